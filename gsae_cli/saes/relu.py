@@ -1,0 +1,66 @@
+"""Baseline ("relu") SAE, spec §1:
+
+    pi(x) = W_enc (x - b_dec) + b_enc,   f(x) = ReLU(pi(x)),   x_hat = f W_dec + b_dec
+    L(x)  = ||x - x_hat||² + λ ||f||₁
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gsae_cli.saes.base import SAE, LossOutput, squared_error
+
+
+def relu_pre_bias(x: Tensor, W_enc: Tensor, b_dec: Tensor) -> Tensor:
+    """(x - b_dec) W_enc, i.e. pi(x) - b_enc. Shared with rescale_shift so both compute pi with
+    the same operations (and so agree bit for bit at rescale_shift's init)."""
+    return (x - b_dec) @ W_enc
+
+
+class ReluSAE(SAE):
+    name = "relu"
+    _resample_encoder_weights = ("W_enc",)
+    _resample_zeroed = ("b_enc",)
+
+    def __init__(self, d_model: int, d_sae: int) -> None:
+        super().__init__(d_model, d_sae)
+        self.W_enc = nn.Parameter(torch.empty(d_model, d_sae))
+        self.b_enc = nn.Parameter(torch.empty(d_sae))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_model))
+        self.b_dec = nn.Parameter(torch.empty(d_model))
+        self.init_weights_()
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        """pi(x) [batch, d_sae]."""
+        return relu_pre_bias(x, self.W_enc, self.b_dec) + self.b_enc
+
+    def encode(self, x: Tensor) -> Tensor:
+        return torch.relu(self.pre_activation(x))
+
+    def loss(self, x: Tensor, l1_coefficient: float) -> LossOutput:
+        f = self.encode(x)
+        x_hat = self.decode(f)
+        terms = {
+            "recon": squared_error(x, x_hat),
+            # f >= 0, so ||f||₁ is its plain sum.
+            "sparsity": l1_coefficient * f.sum(dim=-1).mean(),
+        }
+        return LossOutput(terms=terms, f=f, x_hat=x_hat, active=f > 0)
+
+    @torch.no_grad()
+    def init_weights_(
+        self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> None:
+        """W_dec rows random unit vectors, W_enc = W_dec.T, b_enc = 0, b_dec = b_dec_init."""
+        self._init_decoder_(b_dec_init, generator)
+        self.W_enc.copy_(self.W_dec.T)
+        self.b_enc.zero_()
+
+    @torch.no_grad()
+    def fold_input_scale_(self, scale: float) -> None:
+        """Trained on x/s; want f'(x) = s f(x/s) = ReLU(W_enc (x - s b_dec) + s b_enc), and then
+        x_hat' = f' W_dec + s b_dec = s x_hat(x/s). So: biases × s, weights unchanged."""
+        s = self._check_scale(scale)
+        self.b_enc.mul_(s)
+        self.b_dec.mul_(s)
