@@ -83,7 +83,8 @@ class HarvestConfig:
     batch_size: int = 8  # sequences per forward pass
     dtype: str = "bfloat16"
     exclude_bos: bool = True
-    chunk_rows: int = 8192
+    chunk_rows: int = 8192  # the unit a training reader fetches
+    shard_chunks: Optional[int] = None  # chunks per shard file = the resume unit; None: ~64 MB
 
 
 @dataclass
@@ -215,7 +216,7 @@ def _plain(node: Any) -> Any:
 
 
 # Keys that change only speed, layout or logging, never an artifact's contents.
-_HARVEST_NON_IDENTITY = {"batch_size", "chunk_rows"}
+_HARVEST_NON_IDENTITY = {"batch_size", "chunk_rows", "shard_chunks"}
 _TRAIN_NON_IDENTITY = {"checkpoint_every", "log_every", "wandb", "wandb_project", "compile",
                        "shuffle_buffer_chunks"}
 

@@ -1,0 +1,365 @@
+"""Shuffled, seeded, resumable training batches from an activation store.
+
+How rows are ordered ("sliding-window shuffle"). The rows of `row_range` are cut into
+*segments* (the part of each store chunk inside the range). Epoch e visits the segments in a
+permutation drawn from (seed, e); concatenating the epochs gives a *stream* of rows, and a
+stream position p is a row's place in it. Each row gets the key
+
+    v = p + j,    j uniform in [0, D) drawn from (seed, epoch, segment),
+
+and rows are emitted in increasing (v, p mod D) order; batch k is emitted rows [kB, (k+1)B).
+So a batch draws uniformly from a window of about D stream rows, i.e. from about
+D / chunk_rows different chunks, where D = (buffer_chunks - 1) * chunk_rows. The first ~D/2
+rows of a fresh run draw from a window that is still growing.
+
+Why this shape:
+- Memory is bounded whatever the store size: a row can be emitted only once every row with
+  a smaller key has been read, and by then every row more than D positions older is already
+  out, so a ring buffer of D + chunk_rows rows holds everything (plus `prefetch_chunks`
+  chunks queued by the reader thread and the one it is reading).
+- It is deterministic: the order depends only on the seed and the sizes, never on when the
+  reader thread delivers a chunk.
+- Resuming at batch k is cheap: the key of the k*B-th row is found among the keys of the
+  2D rows around stream position k*B (rows further back all come before it, rows further
+  on all after), and reading restarts about D rows before it.
+- With n_batches * batch_size equal to the range size, each row comes out exactly once;
+  over E epochs, exactly E times (batches near an epoch boundary mix two epochs).
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from gsae_cli.errors import ConfigError, StoreError
+
+__all__ = ["ShuffledBatches"]
+
+_DEFAULT_BUFFER_BYTES = 512 * 2**20
+
+
+class _Schedule:
+    """The deterministic stream: which segment comes where, and each row's jitter."""
+
+    def __init__(self, seg_lo: np.ndarray, sizes: np.ndarray, epoch_rows: int, n_epochs: int, seed: int, window: int):
+        self.seg_lo, self.sizes = seg_lo, sizes
+        self.n_seg = len(sizes)
+        self.epoch_rows, self.n_epochs = epoch_rows, n_epochs
+        self.seed, self.window = seed, window
+        self.n_total = n_epochs * self.n_seg  # global segment count
+        self.stream_rows = n_epochs * epoch_rows
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        """(segment order, absolute stream start of each visited segment) for epoch e."""
+        hit = self._cache.get(e)
+        if hit is None:
+            perm = np.random.default_rng([self.seed, 0, e]).permutation(self.n_seg)
+            starts = e * self.epoch_rows + np.concatenate(([0], np.cumsum(self.sizes[perm])[:-1]))
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            hit = self._cache[e] = (perm, starts.astype(np.int64))
+        return hit
+
+    def segment(self, g: int) -> tuple[int, int, int]:
+        """(stream start, n rows, first store row) of global segment g."""
+        e, i = divmod(g, self.n_seg)
+        perm, starts = self.epoch(e)
+        s = int(perm[i])
+        return int(starts[i]), int(self.sizes[s]), int(self.seg_lo[s])
+
+    def segment_at(self, p: int) -> int:
+        """Global index of the segment holding stream position p."""
+        e = p // self.epoch_rows
+        _, starts = self.epoch(e)
+        return e * self.n_seg + int(np.searchsorted(starts, p, side="right")) - 1
+
+    def starts_from(self, g: int, vmax: int) -> np.ndarray:
+        """Stream starts of segments g, g+1, ... up to the last one starting at or before vmax."""
+        out = []
+        e, i = divmod(g, self.n_seg)
+        while e < self.n_epochs:
+            starts = self.epoch(e)[1][i:]
+            m = int(np.searchsorted(starts, vmax, side="right"))
+            out.append(starts[:m])
+            if m < len(starts):
+                break
+            e, i = e + 1, 0
+        return np.concatenate(out)
+
+    def keys(self, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(stream positions, v, sort keys) of the rows of segment g."""
+        start, n, _ = self.segment(g)
+        e, i = divmod(g, self.n_seg)
+        p = start + np.arange(n, dtype=np.int64)
+        v = p + np.random.default_rng([self.seed, 1, e, i]).integers(0, self.window, size=n, dtype=np.int64)
+        return p, v, v * self.window + p % self.window
+
+
+class _Loader:
+    """Reads segments g0, g0+1, ... in order; on a background thread when `prefetch`."""
+
+    def __init__(self, store, schedule: _Schedule, g0: int, prefetch: bool, depth: int, stats: dict):
+        self._store, self._sched, self._next = store, schedule, g0
+        self._stats = stats
+        self._thread = None
+        if prefetch:
+            # The thread gets its own schedule object: the epoch cache is not thread-safe.
+            sched = _Schedule(schedule.seg_lo, schedule.sizes, schedule.epoch_rows, schedule.n_epochs,
+                              schedule.seed, schedule.window)
+            self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, args=(sched, g0), name="gsae-batches-prefetch",
+                                            daemon=True)
+            self._thread.start()
+
+    def _read(self, sched: _Schedule, g: int) -> tuple[int, int, torch.Tensor]:
+        start, n, row = sched.segment(g)
+        return start, n, self._store.read_rows(row, row + n)
+
+    def _run(self, sched: _Schedule, g0: int) -> None:
+        g = g0
+        while g < sched.n_total and not self._stop.is_set():
+            try:
+                item: Any = (g, *self._read(sched, g))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                item = e
+            while not self._stop.is_set():
+                try:
+                    self._q.put(item, timeout=0.1)
+                    self._stats["peak_queued"] = max(self._stats["peak_queued"], self._q.qsize())
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+            g += 1
+
+    def get(self) -> tuple[int, int, torch.Tensor]:
+        g = self._next
+        self._next += 1
+        t0 = time.perf_counter()
+        try:
+            if self._thread is None:
+                return self._read(self._sched, g)
+            while True:
+                try:
+                    item = self._q.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    if not self._thread.is_alive():
+                        raise StoreError("the activation reader thread stopped unexpectedly") from None
+            if isinstance(item, BaseException):
+                raise item
+            assert item[0] == g, (item[0], g)
+            return item[1:]
+        finally:
+            self._stats["wait_seconds"] += time.perf_counter() - t0
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+
+class ShuffledBatches:
+    """Seeded, resumable shuffled batches [batch_size, d_model] from an `ActivationStore`.
+
+    Args:
+        store: an opened `ActivationStore` (anything with n_tokens, d_model, chunk_rows, dtype,
+            read_rows).
+        batch_size: rows per batch.
+        row_range: (a, b): use only store rows [a, b) (e.g. a train/validation split).
+        n_batches / n_tokens: how much to yield (n_tokens // batch_size batches); more than
+            the range holds loops over epochs, each re-permuted. Default: one epoch.
+        buffer_chunks: RAM budget in chunks for the shuffle buffer; a batch mixes rows from
+            about buffer_chunks - 1 chunks. Default: what fits in 512 MiB, clamped to [4, 32].
+        seed: the data order is a function of the seed and the sizes only.
+        prefetch: read chunks on a background thread, at most `prefetch_chunks` ahead.
+        start_batch: skip to batch k, yielding exactly batches k, k+1, ... of a fresh run.
+        device, dtype: where and as what batches are returned (dtype None: the store's).
+
+    Iterating yields the batches; each `iter()` starts over from `start_batch`. `wait_seconds`
+    counts the time the consumer spent waiting for reads in the current iteration.
+    """
+
+    def __init__(
+        self,
+        store,
+        batch_size: int,
+        *,
+        row_range: tuple[int, int] | None = None,
+        n_batches: int | None = None,
+        n_tokens: int | None = None,
+        buffer_chunks: int | None = None,
+        seed: int = 0,
+        prefetch: bool = True,
+        start_batch: int = 0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = torch.float32,
+        prefetch_chunks: int = 2,
+    ):
+        self.store = store
+        a, b = (0, store.n_tokens) if row_range is None else (int(row_range[0]), int(row_range[1]))
+        if not 0 <= a < b <= store.n_tokens:
+            raise ConfigError(f"row_range ({a}, {b}) must satisfy 0 <= a < b <= {store.n_tokens} (the store's rows).")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}.")
+        if n_batches is not None and n_tokens is not None:
+            raise ConfigError("give n_batches or n_tokens, not both.")
+        self.row_range = (a, b)
+        self.batch_size = int(batch_size)
+        self.epoch_rows = b - a
+        if n_batches is None:
+            n_batches = (n_tokens if n_tokens is not None else self.epoch_rows) // self.batch_size
+            if n_batches == 0:
+                raise ConfigError(
+                    f"{n_tokens if n_tokens is not None else self.epoch_rows} rows do not make one batch "
+                    f"of {self.batch_size}."
+                )
+        if n_batches < 0 or start_batch < 0 or seed < 0:
+            raise ConfigError("n_batches, start_batch and seed must be non-negative.")
+        self.n_batches = int(n_batches)
+        self.start_batch = int(start_batch)
+        self.seed = int(seed)
+        self.prefetch = bool(prefetch)
+        self.prefetch_chunks = int(prefetch_chunks)
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+        C = store.chunk_rows
+        if buffer_chunks is None:
+            chunk_bytes = C * store.d_model * torch.empty((), dtype=store.dtype).element_size()
+            buffer_chunks = min(32, max(4, _DEFAULT_BUFFER_BYTES // chunk_bytes))
+        if buffer_chunks < 2:
+            raise ConfigError(f"buffer_chunks must be at least 2, got {buffer_chunks}.")
+        self.buffer_chunks = int(buffer_chunks)
+        chunks = np.arange(a // C, (b - 1) // C + 1, dtype=np.int64)
+        seg_lo = np.maximum(a, chunks * C)
+        sizes = np.minimum(b, (chunks + 1) * C) - seg_lo
+        self.window = max(1, min((self.buffer_chunks - 1) * C, self.epoch_rows))
+        self.buffer_rows = self.window + int(sizes.max())  # the ring buffer
+        n_epochs = max(1, math.ceil(self.n_batches * self.batch_size / self.epoch_rows))
+        self._sched = _Schedule(seg_lo, sizes, self.epoch_rows, n_epochs, self.seed, self.window)
+        self._stats = {"wait_seconds": 0.0, "peak_queued": 0}
+        self._gen: Iterator[torch.Tensor] | None = None
+
+    @property
+    def wait_seconds(self) -> float:
+        return self._stats["wait_seconds"]
+
+    @property
+    def peak_queued_chunks(self) -> int:
+        """Most chunks ever waiting in the prefetch queue (bounded by prefetch_chunks)."""
+        return self._stats["peak_queued"]
+
+    def __len__(self) -> int:
+        return max(0, self.n_batches - self.start_batch)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        self.close()
+        self._gen = self._generate()
+        return self._gen
+
+    def __next__(self) -> torch.Tensor:
+        if self._gen is None:
+            self._gen = self._generate()
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stop the current iteration and its reader thread."""
+        if self._gen is not None:
+            self._gen.close()
+            self._gen = None
+
+    def __enter__(self) -> ShuffledBatches:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals
+
+    def _resume_point(self, P: int) -> tuple[int, int]:
+        """(key of the P-th emitted row, stream position to start reading at)."""
+        sched, D = self._sched, self.window
+        lo, hi = max(0, P - D), min(sched.stream_rows, P + D)
+        keys = []
+        g = sched.segment_at(lo)
+        while g < sched.n_total:
+            start, n, _ = sched.segment(g)
+            if start >= hi:
+                break
+            p, _, k = sched.keys(g)
+            keys.append(k[(p >= lo) & (p < hi)])
+            g += 1
+        keys = np.concatenate(keys)
+        return int(np.partition(keys, P - lo)[P - lo]), lo
+
+    def _generate(self) -> Iterator[torch.Tensor]:
+        B, sched, R = self.batch_size, self._sched, self.buffer_rows
+        first, end = self.start_batch * B, self.n_batches * B
+        if first >= end:
+            return
+        self._stats.update(wait_seconds=0.0, peak_queued=0)
+        kstar, lo = self._resume_point(first) if first else (0, 0)
+        g = sched.segment_at(lo)
+        tail = sched.n_total  # bucket of rows whose v lies past the stream's end
+        buckets: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        order_p = np.empty(0, dtype=np.int64)  # stream positions, in emission order
+        qpos = 0
+        ring = torch.empty((R, self.store.d_model), dtype=self.store.dtype)
+        loader = _Loader(self.store, sched, g, self.prefetch, self.prefetch_chunks, self._stats)
+        try:
+            for _ in range(first, end, B):
+                parts, have = [], 0
+                while have < B:
+                    if qpos < len(order_p):
+                        take = min(B - have, len(order_p) - qpos)
+                        idx = torch.from_numpy(order_p[qpos:qpos + take] % R)
+                        parts.append(ring.index_select(0, idx))  # a copy: safe to overwrite the ring after
+                        qpos += take
+                        have += take
+                        continue
+                    if g >= sched.n_total:
+                        raise RuntimeError("internal error: the shuffle stream ran out of rows")
+                    start, n, data = loader.get()
+                    r0 = start % R
+                    k = min(n, R - r0)
+                    ring[r0:r0 + k] = data[:k]
+                    if k < n:
+                        ring[: n - k] = data[k:]
+                    p, v, key = sched.keys(g)
+                    if kstar:
+                        keep = key >= kstar
+                        p, v, key = p[keep], v[keep], key[keep]
+                    # A row becomes emittable once the segment holding stream position v is read.
+                    starts = sched.starts_from(g, int(v.max()) if len(v) else 0)
+                    dest = g + np.searchsorted(starts, v, side="right") - 1
+                    dest[v >= sched.stream_rows] = tail
+                    by = np.argsort(dest, kind="stable")
+                    dest, p, key = dest[by], p[by], key[by]
+                    cuts = np.flatnonzero(np.diff(dest)) + 1
+                    for d_, p_, k_ in zip(np.split(dest, cuts), np.split(p, cuts), np.split(key, cuts)):
+                        if len(d_):
+                            buckets.setdefault(int(d_[0]), []).append((k_, p_))
+                    ready = buckets.pop(g, [])
+                    if g == sched.n_total - 1:
+                        ready += buckets.pop(tail, [])
+                    g += 1
+                    if ready:
+                        ks = np.concatenate([r[0] for r in ready])
+                        ps = np.concatenate([r[1] for r in ready])
+                        order_p, qpos = ps[np.argsort(ks)], 0
+                batch = parts[0] if len(parts) == 1 else torch.cat(parts)
+                batch = batch.to(self.device, non_blocking=False)
+                yield batch if self.dtype is None else batch.to(self.dtype)
+        finally:
+            loader.close()

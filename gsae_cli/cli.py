@@ -1,0 +1,215 @@
+"""The Typer app: one thin function per stage. Positional arguments are Hydra overrides
+(`key=value`, `group=option`); `-m` expands Hydra sweep syntax (`a=1,2 b=x,y`) into runs.
+Exit codes: 0 done, 1 failed, 2 bad input or configuration, 130 interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from gsae_cli.errors import GsaeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Gated SAEs and their baselines: harvest activations, train SAEs, evaluate, report.")
+
+OverridesArg = typer.Argument(None, help="Hydra overrides, e.g. model=tiny sae=relu sae.l1_coefficient=0.2",
+                              show_default=False)
+ForceOpt = typer.Option(False, "--force", help="Rebuild this stage's artifact even if it is complete.")
+JsonOpt = typer.Option(False, "--json", help="Print the artifact's summary as JSON on stdout.")
+MultiOpt = typer.Option(False, "-m", "--multirun", help="Expand sweep syntax (a=1,2) into one run per combination.")
+
+
+def _fail(err: BaseException) -> int:
+    if isinstance(err, GsaeError):
+        typer.echo(f"error: {err}", err=True)
+        return err.exit_code
+    if isinstance(err, KeyboardInterrupt):
+        typer.echo("interrupted; rerun the same command to resume where it stopped.", err=True)
+        return 130
+    if os.environ.get("GSAE_DEBUG"):
+        traceback.print_exc()
+    else:
+        typer.echo(f"error: unexpected {type(err).__name__}: {err}\nThis is a bug in gsae or an environment "
+                   "problem; rerun with GSAE_DEBUG=1 for the full traceback and report it.", err=True)
+    return 1
+
+
+def _run(overrides: Optional[List[str]], multirun: bool, stage: Callable[[list[str]], dict]) -> None:
+    """Run `stage` once, or once per sweep member; map errors to exit codes."""
+    overrides = list(overrides or [])
+    if not multirun:
+        try:
+            stage(overrides)
+        except BaseException as err:  # noqa: BLE001 — every failure becomes one message + exit code
+            if isinstance(err, SystemExit):
+                raise
+            raise typer.Exit(_fail(err))
+        return
+    from gsae_cli.sweep import expand_sweep, run_sweep
+
+    try:
+        members = expand_sweep(overrides)
+    except GsaeError as err:
+        raise typer.Exit(_fail(err))
+    failed = run_sweep(members, stage, _fail)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _emit(summary: dict, path: Path, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    else:
+        typer.echo(str(path))
+
+
+@app.command()
+def harvest(overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt,
+            as_json: bool = JsonOpt, multirun: bool = MultiOpt) -> None:
+    """Write the model's activations at `hook` (or each of `hooks=[...]`) to zarr stores."""
+
+    def stage(ov: list[str]) -> dict:
+        from gsae_cli.artifacts import read_json
+        from gsae_cli.config import compose_config
+        from gsae_cli.harvest import run_harvest
+
+        results = run_harvest(compose_config(ov), force=force)
+        summaries = [read_json(r.path / "summary.json") | {"path": str(r.path), "reused": r.reused}
+                     for r in results]
+        if as_json:
+            typer.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2, default=str))
+        else:
+            for r in results:
+                typer.echo(str(r.path))
+        return summaries[0]
+
+    _run(overrides, multirun, stage)
+
+
+@app.command()
+def train(overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt,
+          as_json: bool = JsonOpt, multirun: bool = MultiOpt) -> None:
+    """Train the SAE of this config (harvesting its store first if needed)."""
+
+    def stage(ov: list[str]) -> dict:
+        from gsae_cli.config import compose_config
+        from gsae_cli.train import run_train
+
+        result = run_train(compose_config(ov), force=force)
+        _emit(result.summary, result.path, as_json)
+        return result.summary
+
+    _run(overrides, multirun, stage)
+
+
+@app.command("eval")
+def eval_(overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt,
+          as_json: bool = JsonOpt, multirun: bool = MultiOpt) -> None:
+    """Measure L0, loss recovered, shrinkage and more on held-out text (training first if needed)."""
+
+    def stage(ov: list[str]) -> dict:
+        from gsae_cli.config import compose_config
+        from gsae_cli.evaluate import print_table, run_eval
+
+        result = run_eval(compose_config(ov), force=force)
+        if not as_json:
+            print_table(result.metrics)
+        _emit(result.metrics, result.path, as_json)
+        return result.metrics
+
+    _run(overrides, multirun, stage)
+
+
+@app.command()
+def report(paths: Optional[List[str]] = typer.Argument(None, help="Eval artifacts or folders to collect (default: OUT_DIR/eval)."),
+           out_dir: str = typer.Option("outputs", "--out-dir", help="Where the artifacts live."),
+           report_dir: str = typer.Option("report", "--report-dir", help="Where to write results.csv, plots, table."),
+           where: Optional[List[str]] = typer.Option(None, "--where", help="Keep rows whose config matches key=value (repeatable), e.g. --where model=smollm2-135m")) -> None:
+    """Collect eval results into a CSV, Pareto plots and a markdown table."""
+    try:
+        from gsae_cli.report import run_report
+
+        out = run_report(paths or [], Path(out_dir), Path(report_dir), where or [])
+        typer.echo(str(out))
+    except BaseException as err:  # noqa: BLE001
+        if isinstance(err, SystemExit):
+            raise
+        raise typer.Exit(_fail(err))
+
+
+@app.command("ls")
+def ls_(out_dir: str = typer.Option("outputs", "--out-dir", help="Where the artifacts live."),
+        as_json: bool = JsonOpt) -> None:
+    """List artifacts under the outputs folder: stage, config, status, size."""
+    try:
+        from gsae_cli.listing import list_artifacts, print_listing
+
+        rows = list_artifacts(Path(out_dir))
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2, default=str))
+        else:
+            print_listing(rows)
+    except BaseException as err:  # noqa: BLE001
+        if isinstance(err, SystemExit):
+            raise
+        raise typer.Exit(_fail(err))
+
+
+@app.command()
+def export(overrides: Optional[List[str]] = OverridesArg,
+           fmt: str = typer.Option("saelens", "--format", help="Target format: saelens."),
+           dest: Optional[str] = typer.Option(None, "--out", help="Destination folder (default: SAE_DIR/export-FORMAT).")) -> None:
+    """Write the SAE of this config (or sae.path=DIR) in another tool's on-disk format."""
+
+    def stage(ov: list[str]) -> dict:
+        from gsae_cli.config import compose_config
+        from gsae_cli.export import run_export
+
+        path = run_export(compose_config(ov), fmt, Path(dest) if dest else None)
+        typer.echo(str(path))
+        return {"path": str(path)}
+
+    _run(overrides, False, stage)
+
+
+@app.command("show-config")
+def show_config(overrides: Optional[List[str]] = OverridesArg) -> None:
+    """Print the composed config (every key, with its value) for these overrides."""
+
+    def stage(ov: list[str]) -> dict:
+        from gsae_cli.config import compose_config, to_yaml
+
+        typer.echo(to_yaml(compose_config(ov)), nl=False)
+        return {}
+
+    _run(overrides, False, stage)
+
+
+@app.command()
+def setup() -> None:
+    """Prepare the offline default model (GGUF -> safetensors) and corpus; idempotent."""
+
+    def stage(_: list[str]) -> dict:
+        from gsae_cli.config import ModelConfig
+        from gsae_cli.data import materialise_default_corpus
+        from gsae_cli.models import prepare_gguf_model
+
+        model_dir = prepare_gguf_model(ModelConfig())
+        corpus = materialise_default_corpus()
+        typer.echo(f"default model: {model_dir}\ndefault corpus: {corpus}", err=True)
+        return {}
+
+    _run([], False, stage)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

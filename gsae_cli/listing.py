@@ -1,0 +1,267 @@
+"""`gsae ls`: every artifact under the outputs folder with the config values that tell them
+apart, its status (complete / running / failed / partial, see status.py) and its size.
+
+It reads only small files (summary.json, sae.json, metrics.json, config.yaml, the store's JSON)
+and never fails on a damaged artifact: what cannot be read shows as blank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from gsae_cli import status
+
+STAGES = ("harvest", "train", "eval")
+FIELDS = ("stage", "name", "model", "hook", "sae", "l1_coefficient", "tokens", "status", "progress",
+          "size_bytes", "path", "message")
+
+
+# ---- reading small files without ever raising --------------------------------------------------
+
+def _json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        obj = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _get(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass  # removed while we walked (a running stage renaming its temporary files)
+    return total
+
+
+def _from_name(name: str) -> dict:
+    """The directory name carries model and hook (config.py: model__hook[__sae]__hash)."""
+    parts = name.split("__")
+    return {"model": parts[0] if len(parts) >= 2 else None,
+            "hook": parts[1] if len(parts) >= 3 else None,
+            "sae": parts[2] if len(parts) >= 4 else None}
+
+
+def _last_json_line(path: Path, tail_bytes: int = 8192) -> dict:
+    """The last complete line of a JSON-lines log, reading only its tail (logs grow long)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - tail_bytes))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in reversed(lines):
+        try:
+            obj = json.loads(line)
+            return obj if isinstance(obj, dict) else {}
+        except ValueError:
+            continue
+    return {}
+
+
+def _fraction(done: Any, total: Any) -> Optional[float]:
+    try:
+        return max(0.0, min(1.0, float(done) / float(total)))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+# ---- one reader per stage: (complete, fields, progress) -----------------------------------------
+
+def _harvest(d: Path) -> tuple[bool, dict, Optional[float]]:
+    from gsae_cli import store
+
+    complete = store.is_complete(d)
+    summary, cfg = _json(d / "summary.json"), _yaml(d / "config.yaml")
+    try:
+        info = store.store_info(d) or {}
+    except Exception:  # noqa: BLE001 — ls must list a damaged store, not crash on it
+        info = {}
+    ident = (info.get("attrs") or {}).get("gsae_identity") or {}
+    # A multi-hook harvest writes the same config.yaml (cfg.hook is not this store's hook) into
+    # every store, so the store's own records come first.
+    fields = {"model": _first(summary.get("model"), _get(ident, "model.name"), _get(cfg, "model.name")),
+              "hook": _first(summary.get("hook"), ident.get("hook")),
+              "sae": None, "l1_coefficient": None,
+              "tokens": _first(summary.get("n_tokens"), info.get("n_tokens"), _get(cfg, "harvest.n_tokens"))}
+    progress = None
+    if not complete:
+        try:
+            progress = _fraction(store.rows_written(d), fields["tokens"])
+        except Exception:  # noqa: BLE001
+            progress = None
+    return complete, fields, progress
+
+
+def _train(d: Path) -> tuple[bool, dict, Optional[float]]:
+    from gsae_cli import artifacts
+
+    complete = artifacts.is_complete(d)
+    meta, summary, cfg = _json(d / "sae.json"), _json(d / "summary.json"), _yaml(d / "config.yaml")
+    tokens = _first(_get(cfg, "train.n_tokens"), summary.get("tokens"))
+    fields = {"model": _first(meta.get("model"), summary.get("model"), _get(cfg, "model.name")),
+              "hook": _first(meta.get("hook"), summary.get("hook"), _get(cfg, "hook")),
+              "sae": _first(meta.get("architecture"), summary.get("architecture"), _get(cfg, "sae.name")),
+              "l1_coefficient": _first(meta.get("l1_coefficient"), summary.get("l1_coefficient"),
+                                       _get(cfg, "sae.l1_coefficient")),
+              "tokens": tokens}
+    progress = None
+    if not complete:
+        progress = _fraction(_last_json_line(d / "metrics.jsonl").get("tokens"), tokens)
+    return complete, fields, progress
+
+
+def _eval(d: Path) -> tuple[bool, dict, Optional[float]]:
+    from gsae_cli import artifacts
+
+    complete = artifacts.is_complete(d)
+    metrics = _json(d / "metrics.json")
+    cfg = metrics.get("config") if isinstance(metrics.get("config"), dict) else _yaml(d / "config.yaml")
+    sae = metrics.get("sae") if isinstance(metrics.get("sae"), dict) else {}
+    # An SAE given by sae.path may not be what config.sae says: trust what the eval recorded.
+    fields = {"model": _get(cfg, "model.name"), "hook": _get(cfg, "hook"),
+              "sae": _first(sae.get("architecture"), _get(cfg, "sae.name")),
+              "l1_coefficient": _first(sae.get("l1_coefficient"), _get(cfg, "sae.l1_coefficient")),
+              "tokens": _get(cfg, "train.n_tokens")}
+    return complete, fields, None
+
+
+READERS: dict[str, Callable[[Path], tuple[bool, dict, Optional[float]]]] = {
+    "harvest": _harvest, "train": _train, "eval": _eval}
+
+
+def _row(stage: str, d: Path) -> dict:
+    guessed = _from_name(d.name)
+    if d.is_dir():
+        try:
+            complete, fields, progress = READERS[stage](d)
+        except Exception:  # noqa: BLE001 — one unreadable artifact must not hide the others
+            complete, fields, progress = False, {}, None
+        size = _size(d)
+    else:  # only a held lock so far: the stage is loading its model before writing anything
+        complete, fields, progress, size = False, {}, None, 0
+    if stage == "harvest":
+        guessed["sae"] = None
+    state = status.artifact_status(d, complete)
+    row = {"stage": stage, "name": d.name,
+           **{k: _first(fields.get(k), guessed.get(k)) for k in ("model", "hook", "sae", "l1_coefficient", "tokens")},
+           "status": state, "progress": progress, "size_bytes": size, "path": str(d),
+           "message": status.read_failed(d) if state == status.FAILED_STATUS else None}
+    return {k: row[k] for k in FIELDS}
+
+
+def list_artifacts(out_dir: Path) -> list[dict]:
+    """One row per artifact under OUT_DIR/{harvest,train,eval}, harvest first; [] if none."""
+    out_dir = Path(out_dir).expanduser()
+    rows: list[dict] = []
+    for stage in STAGES:
+        base = out_dir / stage
+        if not base.is_dir():
+            continue
+        names = set()
+        for p in base.iterdir():
+            if p.name.startswith("."):
+                # `.NAME.lock` without NAME: a stage that holds the lock but has written nothing yet
+                if p.name.endswith(".lock") and not (base / p.name[1:-5]).exists() and status.is_running(base / p.name[1:-5]):
+                    names.add(p.name[1:-5])
+                continue  # lock files, .trash-* of a --force rebuild, temporary files
+            if p.is_dir():
+                names.add(p.name)
+        stage_rows = [_row(stage, base / n) for n in names]
+        stage_rows.sort(key=lambda r: (str(r["model"]), str(r["hook"]), str(r["sae"]),
+                                       _num(r["l1_coefficient"]), _num(r["tokens"]), r["name"]))
+        rows += stage_rows
+    return rows
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("-inf")
+
+
+# ---- printing ----------------------------------------------------------------------------------
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _tokens(v: Any) -> str:
+    try:
+        return f"{int(v):,}"
+    except (TypeError, ValueError):
+        return "" if v is None else str(v)
+
+
+_STYLE = {"complete": "green", "running": "cyan", "failed": "red", "partial": "yellow"}
+
+
+def print_listing(rows: list[dict]) -> None:
+    """A table on stdout (this is the command's result), failure messages under it."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    probe = Console(highlight=False)
+    # Piped output must not be cut at 80 columns: paths are what scripts and users copy.
+    console = Console(highlight=False, soft_wrap=False, width=None if probe.is_terminal else 250)
+    if not rows:
+        console.print(Text("No artifacts yet: nothing has been harvested, trained or evaluated here. "
+                           "Start with `gsae eval` (it harvests and trains first) or sweeps/frontier.sh."))
+        return
+    table = Table(show_lines=False, header_style="bold")
+    fold = {"overflow": "fold"}  # wrap long names, never cut them: users copy them
+    for col, kw in (("stage", {"no_wrap": True}), ("model", fold), ("hook", fold), ("sae", fold),
+                    ("λ (l1)", {"justify": "right", "no_wrap": True}), ("tokens", {"justify": "right", "no_wrap": True}),
+                    ("status", {"no_wrap": True}), ("size", {"justify": "right", "no_wrap": True}),
+                    ("path", {**fold, "ratio": 1})):
+        table.add_column(col, **kw)
+    for r in rows:
+        state = r["status"] + (f" {r['progress']:.0%}" if r.get("progress") is not None else "")
+        l1 = "" if r["l1_coefficient"] is None else f"{r['l1_coefficient']:g}" if isinstance(r["l1_coefficient"], (int, float)) else str(r["l1_coefficient"])
+        cells = [r["stage"], r["model"] or "", r["hook"] or "", r["sae"] or "", l1, _tokens(r["tokens"])]
+        table.add_row(*[Text(str(c)) for c in cells], Text(state, style=_STYLE.get(r["status"], "")),
+                      Text(human_size(r["size_bytes"])), Text(r["path"]))
+    console.print(table)
+    counts = {s: sum(r["status"] == s for r in rows) for s in _STYLE}
+    console.print(Text(", ".join(f"{n} {s}" for s, n in counts.items() if n) + " · tokens: harvested (harvest) "
+                       "or trained on (train, eval)", style="dim"))
+    for r in rows:
+        if r["status"] == "failed":
+            first = (r["message"] or "").splitlines()[0] if r["message"] else ""
+            console.print(Text(f"failed: {r['path']}: {first}", style="red"))

@@ -1,0 +1,731 @@
+"""The activation store: a zarr v3 group of `activations` [n_tokens, d_model] and `tokens` [n_tokens].
+
+Layout of a store directory::
+
+    zarr.json       group metadata; attrs = the caller's attrs (+ final attrs) and a reserved
+                    "gsae_store" entry with the layout (d_model, n_tokens, dtype, chunk/shard rows)
+    activations/    float16 | float32 array; bfloat16 is stored as its raw uint16 bits and the
+                    array's attrs say {"dtype": "bfloat16"}
+    tokens/         int32 token id of each activation row
+    progress.json   {"rows_written": N}: rows [0, N) are fully and durably on disk
+    COMPLETE        written last, by `StoreWriter.finish`
+
+Both arrays are chunked along rows (`chunk_rows`, the unit a reader fetches) and sharded
+(`shard_rows` = a whole number of chunks per file) so that the file count stays low while any
+chunk remains readable on its own.
+
+Resume contract. The writer's flush unit is one whole shard: a shard is written exactly once,
+never read-modify-written. After both arrays' shard files are written (zarr's LocalStore writes
+each file to a temporary name and renames it) and fsynced, `progress.json` is replaced
+atomically. A writer killed at any instant therefore leaves `rows_written` pointing at the end
+of the last complete shard; on reopen any shard files past it are deleted, and the caller
+re-appends rows from `rows_written` on, which makes the result identical to an uninterrupted
+write.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import ZstdCodec
+
+from gsae_cli.errors import ConfigError, StoreError
+
+__all__ = [
+    "ActivationStore",
+    "ShuffledBatches",
+    "StoreLayout",
+    "StoreWriter",
+    "default_shard_chunks",
+    "is_complete",
+    "open_store",
+    "rows_written",
+    "store_info",
+]
+
+FORMAT_VERSION = 1
+META_KEY = "gsae_store"
+PROGRESS_FILE = "progress.json"
+COMPLETE_FILE = "COMPLETE"
+DEFAULT_CHUNK_ROWS = 8192
+SHARD_TARGET_BYTES = 64 * 2**20
+COMPRESSORS = ("none", "zstd")
+ZSTD_LEVEL = 1  # level 3 compressed random bf16 no better (1.29x) and wrote slower
+
+# store dtype name -> (torch dtype, numpy dtype the bits are stored as)
+_DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
+    "float16": (torch.float16, np.dtype("float16")),
+    "float32": (torch.float32, np.dtype("float32")),
+    "bfloat16": (torch.bfloat16, np.dtype("uint16")),
+}
+_DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32", "bf16": "bfloat16"}
+_OWN_ENTRIES = ("zarr.json", "activations", "tokens", PROGRESS_FILE, COMPLETE_FILE)
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """Canonical store dtype name ("float16" | "float32" | "bfloat16") of a torch dtype or name."""
+    if isinstance(dtype, torch.dtype):
+        for name, (tdt, _) in _DTYPES.items():
+            if tdt == dtype:
+                return name
+    elif isinstance(dtype, str):
+        name = dtype.lower().removeprefix("torch.")
+        name = _DTYPE_ALIASES.get(name, name)
+        if name in _DTYPES:
+            return name
+    raise ConfigError(
+        f"activation store dtype {dtype!r} is not supported; use float16, bfloat16 or float32."
+    )
+
+
+def default_shard_chunks(d_model: int, dtype: torch.dtype | str, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> int:
+    """Chunks per shard: as many whole chunks as fit in ~64 MiB (at least one).
+
+    The writer buffers one shard in memory, so this bounds its buffer (d_model 576 in bf16:
+    7 chunks of 8192 rows, 63 MiB) while keeping files few (~16 per GiB of activations).
+    """
+    row_bytes = d_model * _DTYPES[dtype_name(dtype)][1].itemsize
+    return max(1, SHARD_TARGET_BYTES // (row_bytes * chunk_rows))
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """The parameters that fix a store's on-disk layout (kept in group attrs under "gsae_store")."""
+
+    d_model: int
+    n_tokens: int
+    dtype: str
+    chunk_rows: int
+    shard_rows: int
+    compressor: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, **self.__dict__}
+
+    @classmethod
+    def from_json(cls, meta: dict[str, Any]) -> StoreLayout:
+        return cls(**{k: meta[k] for k in cls.__dataclass_fields__})
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype][0]
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return _DTYPES[self.dtype][1]
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_tokens / self.shard_rows)
+
+
+# ---------------------------------------------------------------------------- small file helpers
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_json(path: Path, obj: Any, fsync: bool = True) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if fsync:
+        _fsync_path(path.parent)
+
+
+def _read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _json_normal(obj: Any) -> Any:
+    """`obj` as it reads back from JSON (tuples become lists, ...)."""
+    try:
+        return json.loads(json.dumps(obj))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"activation store attributes must be JSON-serialisable: {e}") from None
+
+
+def _read_meta(path: Path) -> tuple[StoreLayout, dict[str, Any], dict[str, Any]]:
+    """(layout, user attrs, the attrs given when the store was created) from the group's zarr.json."""
+    meta = _read_json(path / "zarr.json")
+    attrs = dict(meta.get("attributes") or {})
+    store_meta = attrs.pop(META_KEY)
+    return StoreLayout.from_json(store_meta), attrs, dict(store_meta.get("open_attrs") or {})
+
+
+def _read_layout(path: Path) -> tuple[StoreLayout, dict[str, Any]]:
+    """(layout, user attrs) from the group's zarr.json, without opening zarr."""
+    layout, attrs, _ = _read_meta(path)
+    return layout, attrs
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """True if `path` holds a finished activation store (cheap: one stat)."""
+    p = Path(path)
+    return (p / COMPLETE_FILE).is_file() and (p / "zarr.json").is_file()
+
+
+def rows_written(path: str | os.PathLike) -> int:
+    """Rows durably on disk in the store at `path` (0 if there is none); cheap."""
+    p = Path(path)
+    try:
+        if is_complete(p):
+            return _read_layout(p)[0].n_tokens
+        return int(_read_json(p / PROGRESS_FILE)["rows_written"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def store_info(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A small summary for listings (`gsae ls`), or None if `path` holds no store; reads only JSON."""
+    p = Path(path)
+    try:
+        layout, attrs = _read_layout(p)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {
+        "path": str(p),
+        "complete": is_complete(p),
+        "rows_written": rows_written(p),
+        "n_tokens": layout.n_tokens,
+        "d_model": layout.d_model,
+        "dtype": layout.dtype,
+        "attrs": attrs,
+    }
+
+
+def _incomplete_message(path: Path, done: int, total: int) -> str:
+    return (
+        f"activation store at {path} is incomplete ({done} of {total} rows); rerun the same "
+        "`gsae harvest` command to resume it, or pass --force to rebuild it from scratch."
+    )
+
+
+# ---------------------------------------------------------------------------- writer
+
+
+class StoreWriter:
+    """Writes (and resumes writing) an activation store; see the module docstring.
+
+    Use `StoreWriter.open(...)`, then `append` rows in order from `rows_written` on, then
+    `finish`. Shards are encoded and written on one background thread (at most `max_pending`
+    full shards queued) so that producing activations overlaps with IO.
+    """
+
+    def __init__(self, path: Path, layout: StoreLayout, group: zarr.Group, start_rows: int,
+                 complete: bool, fsync: bool, max_pending: int):
+        self.path = path
+        self.layout = layout
+        self._group = group
+        self._acts = group["activations"]
+        self._toks = group["tokens"]
+        self._fsync = fsync
+        self._rows_written = start_rows
+        self._pos = start_rows  # rows accepted by append (written or buffered)
+        self._complete = complete
+        self._closed = False
+        self._error: BaseException | None = None
+        self._error_reported = False
+        self._buf: np.ndarray | None = None
+        self._buf_tokens: np.ndarray | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, max_pending))
+        self._thread: threading.Thread | None = None
+        if not complete:
+            self._thread = threading.Thread(target=self._worker, name="gsae-store-writer", daemon=True)
+            self._thread.start()
+
+    # -- opening
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        d_model: int,
+        n_tokens: int,
+        dtype: torch.dtype | str,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        attrs: dict[str, Any] | None = None,
+        *,
+        shard_chunks: int | None = None,
+        compressor: str = "none",
+        fsync: bool = True,
+        max_pending: int = 2,
+    ) -> StoreWriter:
+        """Create the store at `path`, or reopen a partial (or complete) one with the same parameters.
+
+        `attrs` describe what is stored (model, hook, corpus, ...) and are compared on reopen like
+        the layout; a mismatch raises StoreError. Put run-specific values in `finish(final_attrs)`.
+        Other files already in `path` are left alone.
+        """
+        path = Path(path)
+        for name, v in (("d_model", d_model), ("n_tokens", n_tokens), ("chunk_rows", chunk_rows)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"activation store {name} must be a positive integer, got {v!r}.")
+        if compressor not in COMPRESSORS:
+            raise ConfigError(f"activation store compressor must be one of {COMPRESSORS}, got {compressor!r}.")
+        name = dtype_name(dtype)
+        if shard_chunks is None:
+            shard_chunks = default_shard_chunks(d_model, name, chunk_rows)
+        if not isinstance(shard_chunks, (int, np.integer)) or shard_chunks < 1:
+            raise ConfigError(f"activation store shard_chunks must be a positive integer, got {shard_chunks!r}.")
+        shard_chunks = min(int(shard_chunks), math.ceil(n_tokens / chunk_rows))
+        layout = StoreLayout(int(d_model), int(n_tokens), name, int(chunk_rows),
+                             int(chunk_rows) * shard_chunks, compressor)
+        user_attrs = _json_normal(dict(attrs or {}))
+        if META_KEY in user_attrs:
+            raise ConfigError(f"activation store attribute name {META_KEY!r} is reserved.")
+
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path} exists and is not a directory; remove it or choose another output path.")
+        if (path / PROGRESS_FILE).is_file() or (path / COMPLETE_FILE).is_file():
+            return cls._reopen(path, layout, user_attrs, fsync, max_pending)
+        return cls._create(path, layout, user_attrs, fsync, max_pending)
+
+    @classmethod
+    def _create(cls, path: Path, layout: StoreLayout, attrs: dict, fsync: bool, max_pending: int) -> StoreWriter:
+        path.mkdir(parents=True, exist_ok=True)
+        # Leftovers of a creation that died before progress.json was written hold no rows.
+        for entry in _OWN_ENTRIES:
+            p = path / entry
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        group = zarr.create_group(
+            str(path), attributes={**attrs, META_KEY: {**layout.to_json(), "open_attrs": attrs}})
+        compressors = [ZstdCodec(level=ZSTD_LEVEL)] if layout.compressor == "zstd" else None
+        cfg = {"write_empty_chunks": True}
+        acts = group.create_array(
+            "activations", shape=(layout.n_tokens, layout.d_model), dtype=layout.np_dtype,
+            chunks=(layout.chunk_rows, layout.d_model), shards=(layout.shard_rows, layout.d_model),
+            compressors=compressors, fill_value=0, config=cfg, attributes={"dtype": layout.dtype},
+        )
+        group.create_array(
+            "tokens", shape=(layout.n_tokens,), dtype="int32", chunks=(layout.chunk_rows,),
+            shards=(layout.shard_rows,), compressors=compressors, fill_value=0, config=cfg,
+        )
+        del acts
+        if fsync:
+            for p in (path / "zarr.json", path / "activations" / "zarr.json", path / "tokens" / "zarr.json"):
+                _fsync_path(p)
+        _atomic_write_json(path / PROGRESS_FILE, {"rows_written": 0}, fsync)
+        return cls(path, layout, group, 0, False, fsync, max_pending)
+
+    @classmethod
+    def _reopen(cls, path: Path, layout: StoreLayout, attrs: dict, fsync: bool, max_pending: int) -> StoreWriter:
+        try:
+            old_layout, _, old_attrs = _read_meta(path)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(
+                f"{path} holds an activation store whose metadata cannot be read ({type(e).__name__}: {e}); "
+                "pass --force to rebuild it."
+            ) from None
+        diffs = [f"{k}: store has {getattr(old_layout, k)!r}, asked for {getattr(layout, k)!r}"
+                 for k in layout.__dataclass_fields__ if getattr(old_layout, k) != getattr(layout, k)]
+        missing = "<missing>"
+        for k in sorted(set(old_attrs) | set(attrs)):
+            old, new = old_attrs.get(k, missing), attrs.get(k, missing)
+            if old != new:
+                diffs.append(f"attribute {k!r}: store has {old!r}, asked for {new!r}")
+        if diffs:
+            raise StoreError(
+                f"the activation store at {path} was written with different parameters ("
+                + "; ".join(diffs)
+                + "). Pass --force to delete it and rebuild, or choose another output path."
+            )
+        complete = (path / COMPLETE_FILE).is_file()
+        done = layout.n_tokens if complete else rows_written(path)
+        # Rows past the last complete shard are rewritten from scratch.
+        done = layout.n_tokens if done >= layout.n_tokens else done - done % layout.shard_rows
+        try:
+            group = zarr.open_group(str(path), mode="r+" if not complete else "r")
+            acts, toks = group["activations"], group["tokens"]
+        except Exception as e:  # noqa: BLE001 - any zarr failure means an unusable store
+            raise StoreError(
+                f"the activation store at {path} cannot be opened ({type(e).__name__}: {e}); "
+                "pass --force to rebuild it."
+            ) from None
+        if not complete:  # (done == n_tokens: killed between the last shard and finish())
+            _discard_tail(path, acts, toks, done, layout)
+        return cls(path, layout, group, done, complete, fsync, max_pending)
+
+    # -- properties
+
+    @property
+    def rows_written(self) -> int:
+        """Rows fully and durably on disk; a resumed harvest re-appends from here."""
+        return self._rows_written
+
+    @property
+    def rows_appended(self) -> int:
+        """Rows accepted by `append` so far (written, queued or buffered), at most n_tokens."""
+        return self._pos
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    @property
+    def n_tokens(self) -> int:
+        return self.layout.n_tokens
+
+    @property
+    def d_model(self) -> int:
+        return self.layout.d_model
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layout.torch_dtype
+
+    # -- writing
+
+    def append(self, acts: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Append rows `acts` [k, d_model] (any float dtype, any device) with token ids `tokens` [k].
+
+        Rows past n_tokens are dropped silently. Raises StoreError on a shape mismatch, on NaN/inf
+        (also after conversion to the store dtype, i.e. float16 overflow), or if the writer thread
+        failed since the last call.
+        """
+        self._check_usable()
+        if not isinstance(acts, torch.Tensor) or not isinstance(tokens, torch.Tensor):
+            raise StoreError("StoreWriter.append expects torch tensors for activations and tokens.")
+        if acts.ndim != 2 or acts.shape[1] != self.d_model:
+            raise StoreError(
+                f"activations to append have shape {tuple(acts.shape)}, but the store at {self.path} "
+                f"holds rows of d_model={self.d_model}; flatten [batch, seq, d] to [batch*seq, d] "
+                "and check the hook point."
+            )
+        if not acts.dtype.is_floating_point:
+            raise StoreError(f"activations to append must be floating point, got {acts.dtype}.")
+        if tokens.ndim != 1 or tokens.shape[0] != acts.shape[0]:
+            raise StoreError(
+                f"tokens to append have shape {tuple(tokens.shape)}; expected [{acts.shape[0]}], "
+                "one token id per activation row."
+            )
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise StoreError(f"tokens to append must be integer ids, got {tokens.dtype}.")
+        k = min(acts.shape[0], self.n_tokens - self._pos)
+        if k <= 0:
+            return
+        a = acts[:k].detach().to(self.dtype)
+        bad = ~torch.isfinite(a).all(dim=1)
+        if bool(bad.any()):
+            n_bad = int(bad.sum())
+            first = int(bad.nonzero()[0, 0])
+            overflow = bool(torch.isfinite(acts[:k][bad]).all()) and self.dtype != acts.dtype
+            why = (f" (they are finite in {acts.dtype} but overflow {self.layout.dtype}; "
+                   "harvest with dtype=bfloat16 or float32)") if overflow else ""
+            raise StoreError(
+                f"activations contain NaN or inf in {n_bad} of the {k} rows being appended "
+                f"(store rows {self._pos}-{self._pos + k - 1}, first bad row {self._pos + first}){why}; "
+                "nothing from this call was written."
+            )
+        t = tokens[:k].detach()
+        if k and (int(t.min()) < -(2**31) or int(t.max()) >= 2**31):
+            raise StoreError("token ids to append do not fit in int32.")
+        t = t.to(device="cpu", dtype=torch.int32)
+        off = 0
+        while off < k:
+            shard_start = self._pos - self._pos % self.layout.shard_rows
+            shard_len = min(self.layout.shard_rows, self.n_tokens - shard_start)
+            fill = self._pos - shard_start
+            if self._buf is None:
+                self._buf = np.empty((shard_len, self.d_model), dtype=self.layout.np_dtype)
+                self._buf_tokens = np.empty((shard_len,), dtype=np.int32)
+            n = min(k - off, shard_len - fill)
+            self._buf_view()[fill:fill + n].copy_(a[off:off + n])
+            self._buf_tokens[fill:fill + n] = t[off:off + n].numpy()
+            off += n
+            self._pos += n
+            if fill + n == shard_len:
+                self._enqueue(shard_start // self.layout.shard_rows, self._buf, self._buf_tokens)
+                self._buf = self._buf_tokens = None
+
+    def flush(self) -> None:
+        """Block until every full shard handed over so far is on disk; re-raise writer errors.
+
+        Rows of a shard that is not yet full stay in memory (a shard is written once, whole);
+        `finish` writes the last, possibly short, shard.
+        """
+        self._check_usable()
+        self._queue.join()
+        self._raise_pending_error()
+
+    def finish(self, final_attrs: dict[str, Any] | None = None) -> None:
+        """Write the remaining rows, merge `final_attrs` into the attrs, then mark the store complete.
+
+        Requires all n_tokens rows to have been appended. A no-op on an already complete store.
+        """
+        if self._complete:
+            self.close()
+            return
+        final = _json_normal(dict(final_attrs or {}))
+        if META_KEY in final:
+            raise ConfigError(f"activation store attribute name {META_KEY!r} is reserved.")
+        self.flush()
+        if self._pos < self.n_tokens:
+            raise StoreError(
+                f"StoreWriter.finish() called after {self._pos} of {self.n_tokens} rows for the store at "
+                f"{self.path}; the data ran out before n_tokens rows: lower n_tokens or use a larger corpus."
+            )
+        self._stop_thread()
+        try:
+            if final:
+                self._group.attrs.update(final)
+                if self._fsync:
+                    _fsync_path(self.path / "zarr.json")
+            _atomic_write_json(self.path / COMPLETE_FILE, {"rows": self.n_tokens}, self._fsync)
+        except OSError as e:
+            raise StoreError(f"could not finalise the activation store at {self.path}: {e}") from e
+        self._complete = True
+        self._closed = True
+
+    def close(self) -> None:
+        """Write the full shards already handed over and stop the writer thread, without finishing.
+
+        Raises StoreError if the writer thread failed and nothing reported it yet.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_thread()
+        if self._error is not None and not self._error_reported:
+            self._raise_pending_error()
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._closed = True
+            self._stop_thread()
+
+    # -- internals
+
+    def _buf_view(self) -> torch.Tensor:
+        t = torch.from_numpy(self._buf)
+        return t.view(torch.bfloat16) if self.layout.dtype == "bfloat16" else t
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StoreError(f"the writer for the activation store at {self.path} is already closed.")
+        self._raise_pending_error()
+
+    def _raise_pending_error(self) -> None:
+        e = self._error
+        if e is None:
+            return
+        self._error_reported = True
+        raise StoreError(
+            f"writing the activation store at {self.path} failed ({type(e).__name__}: {e}); "
+            f"{self._rows_written} rows are safely on disk: fix the cause and rerun the same "
+            "command to resume."
+        ) from e
+
+    def _enqueue(self, shard: int, acts: np.ndarray, toks: np.ndarray) -> None:
+        while True:
+            self._raise_pending_error()
+            try:
+                self._queue.put((shard, acts, toks), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _worker(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._write_shard(*item)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def _write_shard(self, shard: int, acts: np.ndarray, toks: np.ndarray) -> None:
+        start = shard * self.layout.shard_rows
+        stop = start + acts.shape[0]
+        self._acts[start:stop] = acts
+        self._toks[start:stop] = toks
+        if self._fsync:
+            for arr, key in ((self._acts, (shard, 0)), (self._toks, (shard,))):
+                _fsync_path(self.path / arr.basename / arr.metadata.encode_chunk_key(key))
+        _atomic_write_json(self.path / PROGRESS_FILE, {"rows_written": stop}, self._fsync)
+        self._rows_written = stop
+
+    def _stop_thread(self) -> None:
+        if self._thread is None:
+            return
+        while True:  # the worker drains the queue even after an error, so this returns
+            try:
+                self._queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                if not self._thread.is_alive():
+                    break
+        self._thread.join()
+        self._thread = None
+
+
+def _discard_tail(path: Path, acts, toks, done: int, layout: StoreLayout) -> None:
+    """Delete shard files at or past row `done` and zarr's temporary files (a killed write's debris)."""
+    first = -(-done // layout.shard_rows)  # done is shard-aligned or == n_tokens
+    for arr, key in ((acts, lambda i: (i, 0)), (toks, lambda i: (i,))):
+        root = path / arr.basename
+        for shard in range(first, layout.n_shards):
+            f = root / arr.metadata.encode_chunk_key(key(shard))
+            if f.exists():
+                f.unlink()
+        for dirpath, _, files in os.walk(root):
+            for name in files:
+                if name.endswith(".partial"):
+                    os.unlink(os.path.join(dirpath, name))
+    tmp = path / (PROGRESS_FILE + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+
+
+# ---------------------------------------------------------------------------- reader
+
+
+class ActivationStore:
+    """A complete activation store opened read-only (see `open_store`)."""
+
+    def __init__(self, path: Path, layout: StoreLayout, attrs: dict[str, Any], group: zarr.Group,
+                 rows_written: int | None = None):
+        self.path = path
+        self.layout = layout
+        self.attrs = attrs
+        #: rows readable: n_tokens, or fewer for a partial store opened with allow_incomplete
+        self.rows_written = layout.n_tokens if rows_written is None else rows_written
+        self._acts = group["activations"]
+        self._toks = group["tokens"]
+
+    n_tokens = property(lambda self: self.layout.n_tokens)
+    d_model = property(lambda self: self.layout.d_model)
+    chunk_rows = property(lambda self: self.layout.chunk_rows)
+    shard_rows = property(lambda self: self.layout.shard_rows)
+    dtype = property(lambda self: self.layout.torch_dtype, doc="torch dtype of the activations")
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.n_tokens / self.chunk_rows)
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def __repr__(self) -> str:
+        return (f"ActivationStore({str(self.path)!r}, n_tokens={self.n_tokens}, d_model={self.d_model}, "
+                f"dtype={self.layout.dtype})")
+
+    def chunk_bounds(self, i: int) -> tuple[int, int]:
+        if not 0 <= i < self.n_chunks:
+            raise IndexError(f"chunk {i} out of range [0, {self.n_chunks})")
+        return i * self.chunk_rows, min((i + 1) * self.chunk_rows, self.n_tokens)
+
+    def _check_range(self, start: int, stop: int) -> None:
+        if not 0 <= start <= stop <= self.n_tokens:
+            raise IndexError(f"rows [{start}, {stop}) out of range for a store of {self.n_tokens} rows")
+
+    def _read(self, arr, start: int, stop: int) -> np.ndarray:
+        try:
+            return arr[start:stop]
+        except Exception as e:  # noqa: BLE001 - checksum/decoding failures mean corruption
+            raise StoreError(
+                f"the activation store at {self.path} is corrupt: reading rows {start}-{stop} of "
+                f"{arr.basename} failed ({type(e).__name__}: {e}); pass --force to the harvest to rebuild it."
+            ) from e
+
+    def read_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Activations of rows [start, stop) as a CPU tensor of the store dtype (bfloat16 zero-copy)."""
+        self._check_range(start, stop)
+        t = torch.from_numpy(self._read(self._acts, start, stop))
+        return t.view(torch.bfloat16) if self.layout.dtype == "bfloat16" else t
+
+    def read_tokens(self, start: int, stop: int) -> torch.Tensor:
+        """Token ids of rows [start, stop) as an int32 CPU tensor."""
+        self._check_range(start, stop)
+        return torch.from_numpy(self._read(self._toks, start, stop))
+
+    def read_chunk(self, i: int) -> torch.Tensor:
+        return self.read_rows(*self.chunk_bounds(i))
+
+    def verify(self) -> None:
+        """Read every chunk back (checksummed shard indexes, decoding) and check values are finite."""
+        for i in range(self.n_chunks):
+            x = self.read_chunk(i)
+            if not bool(torch.isfinite(x).all()):
+                raise StoreError(f"the activation store at {self.path} has NaN/inf in chunk {i}; rebuild it with --force.")
+            self.read_tokens(*self.chunk_bounds(i))
+
+
+def open_store(path: str | os.PathLike, *, allow_incomplete: bool = False) -> ActivationStore:
+    """Open a complete activation store read-only, or raise StoreError saying what to do.
+
+    With `allow_incomplete`, a partial store opens too; only rows [0, `.rows_written`) hold data.
+    """
+    p = Path(path)
+    if not (p / "zarr.json").is_file():
+        raise StoreError(
+            f"no activation store at {p}; run `gsae harvest` (with the same model/data overrides) to create it."
+        )
+    try:
+        layout, attrs = _read_layout(p)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StoreError(
+            f"{p} does not hold a readable activation store ({type(e).__name__}: {e}); "
+            "rebuild it with `gsae harvest ... --force`."
+        ) from None
+    complete = (p / COMPLETE_FILE).is_file()
+    done = layout.n_tokens if complete else rows_written(p)
+    if not complete and not allow_incomplete:
+        raise StoreError(_incomplete_message(p, done, layout.n_tokens))
+    corrupt = f"the activation store at {p} is corrupt"
+    try:
+        group = zarr.open_group(str(p), mode="r")
+        acts, toks = group["activations"], group["tokens"]
+    except Exception as e:  # noqa: BLE001
+        raise StoreError(f"{corrupt} ({type(e).__name__}: {e}); rebuild it with `gsae harvest ... --force`.") from None
+    problems = []
+    if acts.shape != (layout.n_tokens, layout.d_model) or toks.shape != (layout.n_tokens,):
+        problems.append(f"array shapes {acts.shape}/{toks.shape} do not match n_tokens={layout.n_tokens}, "
+                        f"d_model={layout.d_model}")
+    if acts.dtype != layout.np_dtype or acts.attrs.get("dtype") != layout.dtype or toks.dtype != np.int32:
+        problems.append(f"array dtypes {acts.dtype}/{toks.dtype} do not match {layout.dtype}/int32")
+    if not problems:  # a missing shard file would silently read back as zeros
+        for arr, key in ((acts, lambda i: (i, 0)), (toks, lambda i: (i,))):
+            missing = [i for i in range(-(-done // layout.shard_rows))
+                       if not (p / arr.basename / arr.metadata.encode_chunk_key(key(i))).is_file()]
+            if missing:
+                problems.append(f"{len(missing)} shard file(s) of {arr.basename} are missing (first: shard {missing[0]})")
+    if problems:
+        raise StoreError(f"{corrupt}: " + "; ".join(problems) + "; rebuild it with `gsae harvest ... --force`.")
+    return ActivationStore(p, layout, attrs, group, None if complete else done)
+
+
+from gsae_cli.batches import ShuffledBatches  # noqa: E402  (re-export; batches does not import this module)

@@ -1,0 +1,38 @@
+"""Shared helpers: running the real `gsae` console script, and small tiny-model configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+GSAE = [sys.executable, "-m", "gsae_cli.cli"]
+TINY_HOOK = "blocks.2.hook_resid_pre"
+
+
+def tiny(out_dir: Path, *extra: str) -> list[str]:
+    """Overrides for a fast pipeline on the tiny random model."""
+    return ["model=tiny", f"hook={TINY_HOOK}", f"out_dir={out_dir}", "harvest.n_tokens=4064",
+            "harvest.chunk_rows=512", "harvest.batch_size=4", "harvest.ctx_len=128", "train.n_tokens=8192",
+            "train.batch_size=512", "train.lr_warmup_steps=2", "train.log_every=4",
+            "train.checkpoint_every=4", "train.geometric_median_tokens=256", "train.resample_window=6",
+            "train.resample_every=6", "eval.n_tokens=508", "eval.batch_size=4", "device=cpu", *extra]
+
+
+def gsae(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.run([*GSAE, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"gsae {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path / "outputs"

@@ -1,0 +1,151 @@
+"""`gsae harvest` end to end: on the tiny model, on the real default model, killed and resumed,
+and with bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import GSAE, TINY_HOOK, gsae, tiny
+from gsae_cli import store
+from gsae_cli.config import compose_config
+from gsae_cli.harvest import RunningNorms, run_harvest
+
+
+def _arrays(path):
+    s = store.open_store(path)
+    return s.read_rows(0, s.n_tokens), s.read_tokens(0, s.n_tokens)
+
+
+def test_harvest_tiny_writes_a_complete_store_and_reuses_it(out):
+    proc = gsae("harvest", *tiny(out), check=True)
+    path = proc.stdout.strip().splitlines()[-1]
+    s = store.open_store(path)
+    assert (s.n_tokens, s.d_model) == (4064, 64)
+    assert s.attrs["hook"] == TINY_HOOK and s.attrs["ctx_len"] == 128 and s.attrs["dtype"] == "bfloat16"
+    assert s.dtype == torch.bfloat16
+    acts, toks = _arrays(path)
+    bos = s.attrs["bos_token_id"]
+    assert not (toks == bos).any()  # BOS positions excluded
+    # the recorded norm statistics are those of the stored values
+    assert s.attrs["norms"]["mean_sq_norm"] == pytest.approx(acts.double().pow(2).sum(1).mean().item(), rel=1e-9)
+    assert {"torch", "zarr", "transformer-lens"} <= set(s.attrs["versions"])
+    t0 = time.monotonic()
+    again = gsae("harvest", *tiny(out), check=True)
+    assert again.stdout.strip().splitlines()[-1] == path
+    assert "reusing" in again.stderr
+    assert time.monotonic() - t0 < 30
+
+
+def test_harvest_json_summary_and_several_hooks_in_one_pass(out):
+    hooks = "hooks=[blocks.1.hook_resid_pre,blocks.3.hook_mlp_out]"
+    proc = gsae("harvest", *tiny(out), hooks, "--json", check=True)
+    summaries = json.loads(proc.stdout)
+    assert [s["hook"] for s in summaries] == ["blocks.1.hook_resid_pre", "blocks.3.hook_mlp_out"]
+    a0, t0 = _arrays(summaries[0]["path"])
+    a1, t1 = _arrays(summaries[1]["path"])
+    assert torch.equal(t0, t1) and not torch.equal(a0, a1)
+
+
+def test_harvest_values_match_a_direct_forward(out):
+    """The store holds exactly the hook's activations (bf16-rounded) with BOS dropped."""
+    from gsae_cli.data import batched_windows, token_windows
+    from gsae_cli.models import load_model
+
+    cfg = compose_config(tiny(out, "harvest.n_tokens=254"))
+    path = run_harvest(cfg)[0].path
+    model = load_model(cfg.model, torch.device("cpu"))
+    windows = token_windows(cfg.data, model.tokenizer, "train", 128, model.bos_token_id, model.eos_token_id)
+    batch = next(batched_windows(windows, 2))
+    _, cache = model.bridge.run_with_cache(batch, names_filter=[TINY_HOOK])
+    expected = cache[TINY_HOOK][:, 1:].reshape(-1, 64).to(torch.bfloat16)
+    acts, toks = _arrays(path)
+    assert torch.equal(toks, batch[:, 1:].reshape(-1).to(toks.dtype))
+    assert torch.allclose(acts.float(), expected.float(), atol=1e-2, rtol=1e-2)
+
+
+def test_killed_harvest_resumes_to_an_identical_store(out, tmp_path):
+    args = tiny(out, "harvest.n_tokens=30480", "harvest.chunk_rows=256", "harvest.shard_chunks=1",
+                "harvest.batch_size=2")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([*GSAE, "harvest", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    path = compose_config(args)
+    from gsae_cli.config import harvest_dir
+    target = harvest_dir(path, TINY_HOOK)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and store.rows_written(target) < 2048:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = store.rows_written(target)
+    assert 0 < killed_at < 30480, "the kill should land mid-harvest"
+    assert not store.is_complete(target)
+    resumed = gsae("harvest", *args, check=True)
+    assert "resuming harvest" in resumed.stderr
+    fresh_out = tmp_path / "fresh"
+    fresh = gsae("harvest", *[a if not a.startswith("out_dir=") else f"out_dir={fresh_out}" for a in args],
+                 check=True)
+    a, t = _arrays(target)
+    b, u = _arrays(fresh.stdout.strip().splitlines()[-1])
+    assert torch.equal(t, u)
+    assert torch.equal(a.view(torch.int16), b.view(torch.int16))  # bit-identical values
+    s1, s2 = store.open_store(target), store.open_store(fresh.stdout.strip().splitlines()[-1])
+    assert s1.attrs["norms"] == pytest.approx(s2.attrs["norms"])
+
+
+def test_running_norms_on_hand_values():
+    n = RunningNorms()
+    n.update(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
+    n.update(torch.tensor([[1.0, 0.0]]))
+    r = n.result()
+    assert r["mean_sq_norm"] == pytest.approx((25 + 0 + 1) / 3)
+    assert r["mean_norm"] == pytest.approx((5 + 0 + 1) / 3)
+    assert r["max_norm"] == 5.0 and r["count"] == 3
+
+
+@pytest.mark.parametrize("override, text", [
+    ("hook=blocks.2.hook_nonsense", "Valid hooks"),
+    ("hook=blocks.99.hook_resid_pre", "Valid hooks"),
+    ("harvest.bogus=1", "harvest.bogus"),
+    ("model=nonexistent", "Available options"),
+])
+def test_bad_input_exits_2_with_a_message_not_a_traceback(out, override, text):
+    proc = gsae("harvest", *tiny(out), override)
+    assert proc.returncode == 2, proc.stderr
+    assert text in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_corpus_too_small_is_a_clear_error(out, tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("just a few words here.\n\nand a second paragraph.\n")
+    proc = gsae("harvest", *tiny(out), f"data.path={small}", "data.eval_every=1000")
+    assert proc.returncode == 2 and "ran out" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_hub_model_not_cached_offline_says_how_to_provide_it(out):
+    proc = gsae("harvest", f"out_dir={out}", "model=pythia-70m", "harvest.n_tokens=10")
+    assert proc.returncode == 2
+    assert "not in the local Hugging Face cache" in proc.stderr and "huggingface-cli download" in proc.stderr
+
+
+@pytest.mark.slow
+def test_harvest_default_model_offline(out):
+    """The real SmolLM2-135M at the default hook: shape [n, 576], values finite, mid-size norms."""
+    proc = gsae("harvest", f"out_dir={out}", "harvest.n_tokens=2540", "device=cpu", "--json", check=True)
+    summary = json.loads(proc.stdout)
+    s = store.open_store(summary["path"])
+    assert (s.n_tokens, s.d_model) == (2540, 576)
+    acts, _ = _arrays(summary["path"])
+    assert torch.isfinite(acts.float()).all()
+    assert summary["model"] == "smollm2-135m" and summary["hook"] == "blocks.12.hook_resid_pre"
+    assert 1.0 < summary["norms"]["mean_norm"] < 1000.0
+    assert np.isclose(summary["norms"]["mean_sq_norm"], acts.double().pow(2).sum(1).mean().item())

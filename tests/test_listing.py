@@ -1,0 +1,146 @@
+"""`gsae ls` on hand-made artifact folders: statuses complete / partial / failed / running."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from pathlib import Path
+
+import pytest
+
+from gsae_cli import status
+from gsae_cli.listing import human_size, list_artifacts, print_listing
+
+HOOK = "blocks.12.hook_resid_pre"
+
+
+def _yaml(d: Path, model="smollm2-135m", sae="gated", l1=0.1, train_tokens=200, harvest_tokens=400):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.yaml").write_text(
+        f"model:\n  name: {model}\nhook: {HOOK}\nsae:\n  name: {sae}\n  l1_coefficient: {l1}\n"
+        f"train:\n  n_tokens: {train_tokens}\nharvest:\n  n_tokens: {harvest_tokens}\n")
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    out = tmp_path / "outputs"
+    # harvest: one complete store, one partial store (a quarter written)
+    h = out / "harvest" / f"smollm2-135m__{HOOK}__aaaa"
+    h.mkdir(parents=True)
+    (h / "zarr.json").write_text("{}")
+    (h / "summary.json").write_text(json.dumps({"model": "smollm2-135m", "hook": HOOK, "n_tokens": 400}))
+    (h / "COMPLETE").write_text("x\n")
+    hp = out / "harvest" / f"smollm2-135m__blocks.3.hook_resid_pre__bbbb"
+    _yaml(hp)
+    (hp / "progress.json").write_text(json.dumps({"rows_written": 100}))
+    # train: complete, partial (log says 50 of 200 tokens), failed
+    t = out / "train" / f"smollm2-135m__{HOOK}__relu__cccc"
+    _yaml(t, sae="relu", l1=0.2)
+    (t / "sae.json").write_text(json.dumps({"architecture": "relu", "model": "smollm2-135m", "hook": HOOK,
+                                            "l1_coefficient": 0.2, "d_model": 4, "d_sae": 16}))
+    (t / "sae.safetensors").write_bytes(b"\0" * 3000)
+    (t / "COMPLETE").write_text("x\n")
+    tp = out / "train" / f"smollm2-135m__{HOOK}__gated__dddd"
+    _yaml(tp, sae="gated", l1=0.1)
+    (tp / "metrics.jsonl").write_text(json.dumps({"step": 1, "tokens": 25}) + "\n" + json.dumps({"step": 2, "tokens": 50}) + "\n")
+    tf = out / "train" / f"smollm2-135m__{HOOK}__gated__eeee"
+    _yaml(tf, sae="gated", l1=0.5)
+    assert status.mark_failed(tf, "StoreError: the store is corrupt\nsecond line")
+    # eval: complete (metrics.json only), and a .trash folder that must not be listed
+    e = out / "eval" / "smollm2-135m__ffff"
+    e.mkdir(parents=True)
+    cfg = {"model": {"name": "smollm2-135m"}, "hook": HOOK, "sae": {"name": "gated", "l1_coefficient": 0.1},
+           "train": {"n_tokens": 200}}
+    (e / "metrics.json").write_text(json.dumps({"l0": 3.0, "config": cfg, "sae": {"architecture": "relu", "l1_coefficient": 0.3}}))
+    (e / "COMPLETE").write_text("x\n")
+    (out / "eval" / ".trash-smollm2-135m__zzzz-123").mkdir()
+    return out
+
+
+def _by_name(rows):
+    return {r["name"]: r for r in rows}
+
+
+def test_statuses_and_config_values(outputs):
+    rows = _by_name(list_artifacts(outputs))
+    assert len(rows) == 6
+    h = rows[f"smollm2-135m__{HOOK}__aaaa"]
+    assert (h["stage"], h["status"], h["model"], h["hook"], h["tokens"]) == ("harvest", "complete", "smollm2-135m", HOOK, 400)
+    hp = rows[f"smollm2-135m__blocks.3.hook_resid_pre__bbbb"]
+    assert hp["status"] == "partial" and hp["progress"] == pytest.approx(0.25)
+    assert hp["hook"] == "blocks.3.hook_resid_pre"  # from the folder name: config.yaml's hook is not the store's
+    t = rows[f"smollm2-135m__{HOOK}__relu__cccc"]
+    assert (t["status"], t["sae"], t["l1_coefficient"], t["tokens"]) == ("complete", "relu", 0.2, 200)
+    assert t["size_bytes"] >= 3000 and t["progress"] is None
+    tp = rows[f"smollm2-135m__{HOOK}__gated__dddd"]
+    assert (tp["status"], tp["sae"], tp["l1_coefficient"]) == ("partial", "gated", 0.1)
+    assert tp["progress"] == pytest.approx(0.25)
+    tf = rows[f"smollm2-135m__{HOOK}__gated__eeee"]
+    assert tf["status"] == "failed" and tf["message"].startswith("StoreError: the store is corrupt")
+    e = rows["smollm2-135m__ffff"]
+    # the eval records which SAE it measured; that wins over config.sae (an sae.path eval)
+    assert (e["stage"], e["status"], e["sae"], e["l1_coefficient"], e["tokens"]) == ("eval", "complete", "relu", 0.3, 200)
+    # harvest rows first, then train, then eval
+    assert [r["stage"] for r in list_artifacts(outputs)] == ["harvest"] * 2 + ["train"] * 3 + ["eval"]
+
+
+def test_running_while_another_process_holds_the_lock(outputs):
+    tp = outputs / "train" / f"smollm2-135m__{HOOK}__gated__dddd"
+    fresh = outputs / "eval" / "smollm2-135m__gggg"  # lock held, nothing written yet
+    held = []
+    for d in (tp, fresh):
+        fh = open(status.lock_path(d), "a+")  # flock locks belong to the open file, so this
+        fcntl.flock(fh, fcntl.LOCK_EX)      # conflicts with ls's own open, as another process would
+        held.append(fh)
+    try:
+        rows = _by_name(list_artifacts(outputs))
+        assert rows[tp.name]["status"] == "running"
+        assert rows[fresh.name]["status"] == "running" and rows[fresh.name]["size_bytes"] == 0
+        assert rows[fresh.name]["model"] == "smollm2-135m"
+    finally:
+        for fh in held:
+            fh.close()
+    rows = _by_name(list_artifacts(outputs))
+    assert rows[tp.name]["status"] == "partial"
+    assert fresh.name not in rows  # a stale lock file with no folder is not an artifact
+    assert not fresh.exists()
+
+
+def test_failed_note_is_cleared_by_a_new_attempt(tmp_path):
+    d = tmp_path / "a"
+    assert not status.mark_failed(d, "boom")  # no folder, no note (and no folder created)
+    assert not d.exists()
+    d.mkdir()
+    with pytest.raises(ValueError):
+        with status.recording(d):
+            raise ValueError("bad value")
+    assert status.read_failed(d) == "ValueError: bad value"
+    with status.recording(d):
+        pass
+    assert status.read_failed(d) is None
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C leaves a partial artifact, not a failed one
+        with status.recording(d):
+            raise KeyboardInterrupt
+    assert status.artifact_status(d, complete=False) == "partial"
+
+
+def test_print_listing(outputs, capsys):
+    print_listing(list_artifacts(outputs))
+    out = capsys.readouterr().out
+    for word in ("complete", "partial 25%", "failed", "relu", " KiB", str(outputs / "eval" / "smollm2-135m__ffff")):
+        assert word in out
+    assert "failed: " in out and "the store is corrupt" in out
+
+
+def test_empty_or_missing_outputs(tmp_path, capsys):
+    assert list_artifacts(tmp_path / "missing") == []
+    (tmp_path / "outputs" / "train").mkdir(parents=True)
+    assert list_artifacts(tmp_path / "outputs") == []
+    print_listing([])
+    assert "No artifacts yet" in capsys.readouterr().out
+
+
+def test_human_size():
+    assert human_size(0) == "0 B"
+    assert human_size(1536) == "1.5 KiB"
+    assert human_size(3 * 2**30) == "3.0 GiB"

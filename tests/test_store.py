@@ -1,0 +1,377 @@
+"""The activation store: round trips, append/truncation, resume after crashes (simulated and a
+real SIGKILL), parameter checks, error propagation from the writer thread, reader errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gsae_cli import store as st
+from gsae_cli.errors import StoreError
+from gsae_cli.store import StoreWriter, is_complete, open_store, rows_written
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Deterministic activations as a function of the row index, so that a resumed writer can
+# regenerate exactly the rows it lost. Shared verbatim with the SIGKILL subprocess.
+GEN_SRC = '''
+import torch
+def gen_rows(start, k, d_model):
+    r = torch.arange(start, start + k, dtype=torch.float64)[:, None]
+    c = torch.arange(d_model, dtype=torch.float64)[None, :]
+    return (torch.sin(r * 0.37 + c * 1.3) * (1 + (r % 7))).float()
+def gen_tokens(start, k):
+    return (torch.arange(start, start + k) * 7919) % 50257
+'''
+exec(GEN_SRC)
+
+ALL_DTYPES = ["float16", "float32", "bfloat16"]
+
+
+def write_store(path, n, d, dtype, sizes=(37,), chunk_rows=16, shard_chunks=2, attrs=None, final=None,
+                start=0, **kw) -> StoreWriter:
+    """Write rows [start, n) with appends cycling through `sizes`, then finish."""
+    w = StoreWriter.open(path, d, n, dtype, chunk_rows, attrs or {"model": "m"}, shard_chunks=shard_chunks, **kw)
+    pos, i = start, 0
+    while pos < n:
+        k = sizes[i % len(sizes)]
+        w.append(gen_rows(pos, k, d), gen_tokens(pos, k))
+        pos, i = pos + k, i + 1
+    w.finish(final or {"norm": 1.5})
+    return w
+
+
+def bits(x: torch.Tensor) -> torch.Tensor:
+    """Integer view of a float tensor, for bit-exact comparison."""
+    return x.view({2: torch.int16, 4: torch.int32}[x.element_size()])
+
+
+def assert_same_store(p1, p2):
+    a, b = open_store(p1), open_store(p2)
+    assert (a.n_tokens, a.d_model, a.dtype, a.attrs) == (b.n_tokens, b.d_model, b.dtype, b.attrs)
+    assert torch.equal(bits(a.read_rows(0, a.n_tokens)), bits(b.read_rows(0, b.n_tokens)))
+    assert torch.equal(a.read_tokens(0, a.n_tokens), b.read_tokens(0, b.n_tokens))
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_round_trip_is_bit_exact(tmp_path, dtype):
+    n, d = 203, 12  # n not a multiple of the chunk or shard
+    write_store(tmp_path / "s", n, d, dtype, sizes=(1, 50, 0, 9, 100), attrs={"model": "m", "hook": "h"})
+    s = open_store(tmp_path / "s")
+    tdt = getattr(torch, dtype)
+    assert (s.n_tokens, s.d_model, s.dtype, s.chunk_rows, s.n_chunks) == (n, d, tdt, 16, 13)
+    assert s.attrs == {"model": "m", "hook": "h", "norm": 1.5}
+    x = s.read_rows(0, n)
+    assert x.dtype == tdt and x.shape == (n, d)
+    assert torch.equal(bits(x), bits(gen_rows(0, n, d).to(tdt)))
+    toks = s.read_tokens(0, n)
+    assert toks.dtype == torch.int32 and torch.equal(toks, gen_tokens(0, n).int())
+    assert torch.equal(bits(s.read_chunk(12)), bits(x[192:203]))
+    assert torch.equal(bits(s.read_rows(17, 40)), bits(x[17:40]))
+    if dtype == "bfloat16":  # raw bits on disk, the dtype recorded in the array's attributes
+        meta = json.loads((tmp_path / "s" / "activations" / "zarr.json").read_text())
+        assert meta["data_type"] == "uint16" and meta["attributes"]["dtype"] == "bfloat16"
+
+
+def test_append_sizes_do_not_matter(tmp_path):
+    n, d = 300, 5
+    write_store(tmp_path / "one", n, d, "bfloat16", sizes=(n,))
+    write_store(tmp_path / "ragged", n, d, "bfloat16", sizes=(1, 2, 31, 0, 64, 65, 3))
+    write_store(tmp_path / "huge", n, d, "bfloat16", sizes=(1000,))  # one append past n_tokens
+    assert_same_store(tmp_path / "one", tmp_path / "ragged")
+    assert_same_store(tmp_path / "one", tmp_path / "huge")
+
+
+def test_truncates_silently_at_n_tokens(tmp_path):
+    d = 4
+    w = StoreWriter.open(tmp_path / "s", d, 50, torch.float32, 16, {}, shard_chunks=2)
+    w.append(gen_rows(0, 40, d), gen_tokens(0, 40))
+    w.append(gen_rows(40, 40, d), gen_tokens(40, 40))
+    assert w.rows_appended == 50
+    w.append(gen_rows(80, 10, d), gen_tokens(80, 10))  # ignored
+    w.finish({})
+    s = open_store(tmp_path / "s")
+    assert s.n_tokens == 50 and torch.equal(s.read_rows(0, 50), gen_rows(0, 50, d))
+    assert w.complete and w.rows_written == 50
+
+
+def test_layout_uses_zarr_sharding_and_optional_zstd(tmp_path):
+    n, d = 100, 8
+    for comp in ("none", "zstd"):
+        write_store(tmp_path / comp, n, d, "bfloat16", chunk_rows=10, shard_chunks=3, compressor=comp)
+        meta = json.loads((tmp_path / comp / "activations" / "zarr.json").read_text())
+        codec = meta["codecs"][0]
+        assert codec["name"] == "sharding_indexed"
+        assert codec["configuration"]["chunk_shape"] == [10, d] and meta["chunk_grid"]["configuration"]["chunk_shape"] == [30, d]
+        inner = [c["name"] for c in codec["configuration"]["codecs"]]
+        assert ("zstd" in inner) == (comp == "zstd")
+        shards = sorted(p.name for p in (tmp_path / comp / "activations" / "c").iterdir())
+        assert shards == ["0", "1", "2", "3"]  # one file per shard of 30 rows
+    assert_same_store(tmp_path / "none", tmp_path / "zstd")
+
+
+def test_default_shard_size_is_bounded_by_bytes():
+    assert st.default_shard_chunks(576, "bfloat16", 8192) == 7  # 57344 rows, 63 MiB
+    assert st.default_shard_chunks(2304, torch.bfloat16, 8192) == 1
+    assert st.default_shard_chunks(4096, "float32", 8192) == 1  # one chunk even if it is larger
+    assert st.default_shard_chunks(16, "float32", 1024) == 1024
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _write_partial(path, n, d, upto, sizes=(23,), **kw):
+    """Append rows [0, upto) and stop as a crash would (no finish); returns rows_written."""
+    w = StoreWriter.open(path, d, n, "bfloat16", 16, {"model": "m"}, shard_chunks=2, **kw)
+    pos, i = 0, 0
+    while pos < upto:
+        k = min(sizes[i % len(sizes)], upto - pos)
+        w.append(gen_rows(pos, k, d), gen_tokens(pos, k))
+        pos, i = pos + k, i + 1
+    w.flush()
+    w.close()
+    return w.rows_written
+
+
+@pytest.mark.parametrize("n", [320, 333])  # the last shard full / short
+def test_resume_after_simulated_crash_is_identical(tmp_path, n):
+    d = 6
+    write_store(tmp_path / "ref", n, d, "bfloat16")
+    path = tmp_path / "s"
+    done = _write_partial(path, n, d, upto=150)
+    assert done == 128 and rows_written(path) == 128 and not is_complete(path)
+    # Debris of a crash while writing the next shard (and the last one): garbage shard files,
+    # a zarr temporary file, a half-written progress file.
+    for shard in (4, (n - 1) // 32):
+        (path / "activations" / "c" / str(shard)).mkdir(parents=True, exist_ok=True)
+        (path / "activations" / "c" / str(shard) / "0").write_bytes(b"\x00garbage" * 7)
+        (path / "tokens" / "c" / str(shard)).write_bytes(b"junk")
+    (path / "activations" / "c" / "4" / "0.0123abcd.partial").write_bytes(b"half")
+    (path / "progress.json.tmp").write_text('{"rows_wri')
+    with pytest.raises(StoreError, match=r"incomplete \(128 of %d rows\)" % n):
+        open_store(path)
+
+    w = StoreWriter.open(path, d, n, "bfloat16", 16, {"model": "m"}, shard_chunks=2)
+    assert w.rows_written == 128 and not w.complete
+    assert not list(path.rglob("*.partial")) and not (path / "progress.json.tmp").exists()
+    pos = w.rows_written
+    for k in (5, 100, 1, 400):
+        w.append(gen_rows(pos, k, d), gen_tokens(pos, k))
+        pos += k
+    w.finish({"norm": 1.5})
+    assert_same_store(tmp_path / "ref", path)
+
+
+def test_resume_when_killed_inside_finish(tmp_path):
+    n, d = 100, 4
+    write_store(tmp_path / "ref", n, d, "bfloat16")
+    path = tmp_path / "s"
+    assert _write_partial(path, n, d, upto=n) == n  # every shard written, no COMPLETE
+    w = StoreWriter.open(path, d, n, "bfloat16", 16, {"model": "m"}, shard_chunks=2)
+    assert w.rows_written == n and not w.complete
+    w.append(gen_rows(0, 10, d), gen_tokens(0, 10))  # nothing left to take: ignored
+    w.finish({"norm": 1.5})
+    assert_same_store(tmp_path / "ref", path)
+    again = StoreWriter.open(path, d, n, "bfloat16", 16, {"model": "m"}, shard_chunks=2)
+    assert again.complete and again.rows_written == n
+    again.finish({"norm": 99})  # a no-op on a complete store
+    assert open_store(path).attrs["norm"] == 1.5
+
+
+def test_resume_keeps_foreign_files_and_recreates_uninitialised_store(tmp_path):
+    path = tmp_path / "s"
+    path.mkdir()
+    (path / "config.yaml").write_text("x: 1\n")  # the harvest artifact's own files live here too
+    (path / "zarr.json").write_text("{trunc")  # died while creating the store: no progress.json
+    write_store(path, 40, 3, "float16")
+    assert (path / "config.yaml").read_text() == "x: 1\n"
+    assert open_store(path).n_tokens == 40
+
+
+SIGKILL_SCRIPT = GEN_SRC + '''
+import sys, time
+from gsae_cli.store import StoreWriter
+path, n, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+w = StoreWriter.open(path, d, n, "bfloat16", 16, {"model": "m"}, shard_chunks=2)
+pos = w.rows_written
+while pos < n:
+    k = 5 + pos % 11
+    w.append(gen_rows(pos, k, d), gen_tokens(pos, k))
+    pos += k
+    time.sleep(0.002)
+print("finished without being killed", flush=True)
+'''
+
+
+def test_sigkill_mid_harvest_then_resume_is_identical(tmp_path):
+    n, d = 6000, 8
+    path = tmp_path / "s"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", SIGKILL_SCRIPT, str(path), str(n), str(d)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while rows_written(path) < 320:  # at least 10 shards on disk
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the writer subprocess made no progress"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = rows_written(path)
+    assert 320 <= done < n and done % 32 == 0 and not is_complete(path)
+
+    write_store(tmp_path / "ref", n, d, "bfloat16", sizes=(997,))
+    w = StoreWriter.open(path, d, n, "bfloat16", 16, {"model": "m"}, shard_chunks=2)
+    assert w.rows_written == done
+    pos = done
+    while pos < n:
+        w.append(gen_rows(pos, 1000, d), gen_tokens(pos, 1000))
+        pos += 1000
+    w.finish({"norm": 1.5})
+    assert_same_store(tmp_path / "ref", path)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_reopen_with_other_parameters_is_refused(tmp_path):
+    path = tmp_path / "s"
+    _write_partial(path, 100, 4, upto=40)
+    cases = [
+        dict(d_model=5), dict(n_tokens=101), dict(dtype="float16"), dict(chunk_rows=8),
+        dict(attrs={"model": "other"}), dict(attrs={"model": "m", "extra": 1}), dict(compressor="zstd"),
+    ]
+    for change in cases:
+        kw = dict(d_model=4, n_tokens=100, dtype="bfloat16", chunk_rows=16, attrs={"model": "m"},
+                  shard_chunks=2)
+        kw.update(change)
+        with pytest.raises(StoreError, match="--force") as e:
+            StoreWriter.open(path, **kw)
+        key = next(iter(change))
+        assert (repr(key) if key == "attrs" else key) in str(e.value) or "attribute" in str(e.value)
+    # the same parameters still resume
+    assert StoreWriter.open(path, 4, 100, "bfloat16", 16, {"model": "m"}, shard_chunks=2).rows_written == 32
+
+
+def test_nan_inf_and_bad_shapes_are_refused(tmp_path):
+    d = 4
+    w = StoreWriter.open(tmp_path / "s", d, 100, "float16", 16, {}, shard_chunks=2)
+    w.append(gen_rows(0, 10, d), gen_tokens(0, 10))
+    x = gen_rows(10, 20, d)
+    x[3, 1] = float("nan")
+    x[7, 0] = float("inf")
+    with pytest.raises(StoreError, match=r"NaN or inf in 2 of the 20 rows.*first bad row 13"):
+        w.append(x, gen_tokens(10, 20))
+    big = gen_rows(10, 5, d) * 1e6  # finite in float32, overflows float16
+    with pytest.raises(StoreError, match="overflow float16"):
+        w.append(big, gen_tokens(10, 5))
+    with pytest.raises(StoreError, match="d_model=4"):
+        w.append(torch.zeros(5, 3), gen_tokens(10, 5))
+    with pytest.raises(StoreError, match="d_model=4"):
+        w.append(torch.zeros(2, 5, 4), gen_tokens(10, 10))
+    with pytest.raises(StoreError, match="one token id per activation row"):
+        w.append(gen_rows(10, 5, d), gen_tokens(10, 4))
+    assert w.rows_appended == 10  # nothing from the refused calls
+    w.append(gen_rows(10, 90, d), gen_tokens(10, 90))
+    w.finish({})
+    assert torch.equal(open_store(tmp_path / "s").read_rows(0, 100), gen_rows(0, 100, d).half())
+
+
+def test_finish_before_n_tokens_is_refused(tmp_path):
+    w = StoreWriter.open(tmp_path / "s", 4, 100, "float32", 16, {}, shard_chunks=2)
+    w.append(gen_rows(0, 60, 4), gen_tokens(0, 60))
+    with pytest.raises(StoreError, match="60 of 100 rows"):
+        w.finish({})
+    w.close()
+    assert not is_complete(tmp_path / "s") and rows_written(tmp_path / "s") == 32
+
+
+def test_writer_thread_error_reaches_the_caller(tmp_path, monkeypatch):
+    real = StoreWriter._write_shard
+    calls = []
+
+    def failing(self, shard, acts, toks):
+        calls.append(shard)
+        if shard == 1:
+            raise OSError(28, "No space left on device")
+        real(self, shard, acts, toks)
+
+    monkeypatch.setattr(StoreWriter, "_write_shard", failing)
+    w = StoreWriter.open(tmp_path / "s", 4, 1000, "float32", 16, {}, shard_chunks=2)
+    with pytest.raises(StoreError, match=r"No space left on device.*32 rows are safely on disk"):
+        for pos in range(0, 1000, 10):  # fails on a later append, once the thread hit the error
+            w.append(gen_rows(pos, 10, 4), gen_tokens(pos, 10))
+            time.sleep(0.002)
+    with pytest.raises(StoreError, match="No space left"):
+        w.finish({})
+    w.close()  # already reported: closes quietly
+    assert rows_written(tmp_path / "s") == 32 and not is_complete(tmp_path / "s")
+    assert 1 in calls and 3 not in calls  # after the error the queued shards are dropped, not written
+
+
+def test_writer_thread_error_surfaces_in_flush(tmp_path, monkeypatch):
+    def failing(self, shard, acts, toks):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(StoreWriter, "_write_shard", failing)
+    w = StoreWriter.open(tmp_path / "s", 4, 100, "float32", 16, {}, shard_chunks=2)
+    w.append(gen_rows(0, 40, 4), gen_tokens(0, 40))
+    with pytest.raises(StoreError, match="boom"):
+        w.flush()
+
+
+def test_open_store_errors_say_what_to_do(tmp_path):
+    with pytest.raises(StoreError, match="no activation store at .*gsae harvest"):
+        open_store(tmp_path / "nothing")
+    _write_partial(tmp_path / "part", 100, 4, upto=70)
+    with pytest.raises(StoreError, match=r"incomplete \(64 of 100 rows\).*same `gsae harvest`.*--force"):
+        open_store(tmp_path / "part")
+    part = open_store(tmp_path / "part", allow_incomplete=True)
+    assert part.rows_written == 64 and torch.equal(part.read_rows(0, 64), gen_rows(0, 64, 4).bfloat16())
+
+    write_store(tmp_path / "gone", 100, 4, "float32")
+    (tmp_path / "gone" / "activations" / "c" / "1" / "0").unlink()
+    with pytest.raises(StoreError, match="corrupt.*missing"):
+        open_store(tmp_path / "gone")
+
+    write_store(tmp_path / "flip", 100, 4, "float32")
+    f = tmp_path / "flip" / "tokens" / "c" / "2"
+    f.write_bytes(f.read_bytes()[:-3] + b"xyz")  # damage the checksummed shard index
+    s = open_store(tmp_path / "flip")
+    with pytest.raises(StoreError, match="corrupt"):
+        s.read_tokens(64, 80)
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreError, match="readable activation store"):
+        open_store(tmp_path / "bad")
+
+
+def test_cheap_helpers(tmp_path):
+    path = tmp_path / "s"
+    assert not is_complete(path) and rows_written(path) == 0 and st.store_info(path) is None
+    _write_partial(path, 100, 4, upto=70)
+    assert not is_complete(path) and rows_written(path) == 64
+    info = st.store_info(path)
+    assert info["complete"] is False and info["rows_written"] == 64 and info["n_tokens"] == 100
+    write_store(path, 100, 4, "bfloat16", start=64)
+    assert is_complete(path) and rows_written(path) == 100
+    assert st.store_info(path)["attrs"] == {"model": "m", "norm": 1.5}
+    open_store(path).verify()
