@@ -9,16 +9,16 @@ stream position p is a row's place in it. Each row gets the key
 
 and rows are emitted in increasing (v, p mod D) order; batch k is emitted rows [kB, (k+1)B).
 So a batch draws uniformly from a window of about D stream rows, i.e. from about
-D / chunk_rows different chunks, where D = (buffer_chunks - 1) * chunk_rows. The first ~D/2
-rows of a fresh run draw from a window that is still growing.
+D / chunk_rows different chunks, where D = (buffer_chunks - 1) * chunk_rows (at most the
+range's size). The first ~D/2 rows of a fresh run draw from a window that is still growing.
 
 Why this shape:
 - Memory is bounded whatever the store size: a row can be emitted only once every row with
   a smaller key has been read, and by then every row more than D positions older is already
-  out, so a ring buffer of D + chunk_rows rows holds everything (plus `prefetch_chunks`
-  chunks queued by the reader thread and the one it is reading).
-- It is deterministic: the order depends only on the seed and the sizes, never on when the
-  reader thread delivers a chunk.
+  out, so a ring buffer of D + chunk_rows rows holds everything (plus the `prefetch_chunks`
+  chunks that the reader threads read ahead).
+- It is deterministic: the order depends only on the seed, the sizes (row range, chunk_rows,
+  buffer_chunks) and the number of epochs, never on when a reader thread delivers a chunk.
 - Resuming at batch k is cheap: the key of the k*B-th row is found among the keys of the
   2D rows around stream position k*B (rows further back all come before it, rows further
   on all after), and reading restarts about D rows before it.
@@ -29,19 +29,38 @@ Why this shape:
 from __future__ import annotations
 
 import math
-import queue
 import threading
 import time
-from typing import Any, Iterator
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from gsae_cli.errors import ConfigError, StoreError
+from gsae_cli.errors import ConfigError
 
 __all__ = ["ShuffledBatches"]
 
 _DEFAULT_BUFFER_BYTES = 512 * 2**20
+
+
+def _raw(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's data as numpy, bfloat16 as its uint16 bits (no copy)."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def _gather(ring: np.ndarray, idx: np.ndarray | None, out: np.ndarray | None, at: int, rows: int) -> np.ndarray:
+    """Copy ring rows `idx` into out[at:] (allocating out [rows, d] on first use)."""
+    if out is None:
+        if idx is not None and len(idx) == rows:
+            return ring[idx]
+        out = np.empty((rows, ring.shape[1]), dtype=ring.dtype)
+    if idx is not None:
+        out[at:at + len(idx)] = ring[idx]
+    return out
 
 
 class _Schedule:
@@ -103,70 +122,49 @@ class _Schedule:
 
 
 class _Loader:
-    """Reads segments g0, g0+1, ... in order; on a background thread when `prefetch`."""
+    """Reads segments g0, g0+1, ... in order; with `prefetch`, up to `depth` reads run ahead on a
+    small thread pool (zarr reads scale with threads) and are handed over in stream order."""
 
     def __init__(self, store, schedule: _Schedule, g0: int, prefetch: bool, depth: int, stats: dict):
-        self._store, self._sched, self._next = store, schedule, g0
-        self._stats = stats
-        self._thread = None
-        if prefetch:
-            # The thread gets its own schedule object: the epoch cache is not thread-safe.
-            sched = _Schedule(schedule.seg_lo, schedule.sizes, schedule.epoch_rows, schedule.n_epochs,
-                              schedule.seed, schedule.window)
-            self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, args=(sched, g0), name="gsae-batches-prefetch",
-                                            daemon=True)
-            self._thread.start()
+        self._store, self._sched, self._stats = store, schedule, stats
+        self._submit = g0
+        self._depth = max(1, depth)
+        self._owner = threading.current_thread()
+        self._ahead: deque = deque()  # (stream start, n rows, future), in stream order
+        self._pool = ThreadPoolExecutor(self._depth, thread_name_prefix="gsae-batches-prefetch") if prefetch else None
+        self._fill()
 
-    def _read(self, sched: _Schedule, g: int) -> tuple[int, int, torch.Tensor]:
-        start, n, row = sched.segment(g)
-        return start, n, self._store.read_rows(row, row + n)
-
-    def _run(self, sched: _Schedule, g0: int) -> None:
-        g = g0
-        while g < sched.n_total and not self._stop.is_set():
-            try:
-                item: Any = (g, *self._read(sched, g))
-            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-                item = e
-            while not self._stop.is_set():
-                try:
-                    self._q.put(item, timeout=0.1)
-                    self._stats["peak_queued"] = max(self._stats["peak_queued"], self._q.qsize())
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, BaseException):
-                return
-            g += 1
+    def _fill(self) -> None:
+        while self._pool is not None and len(self._ahead) < self._depth and self._submit < self._sched.n_total:
+            start, n, row = self._sched.segment(self._submit)
+            self._ahead.append((start, n, self._pool.submit(self._store.read_rows, row, row + n)))
+            self._submit += 1
+        self._stats["peak_queued"] = max(self._stats["peak_queued"], len(self._ahead))
 
     def get(self) -> tuple[int, int, torch.Tensor]:
-        g = self._next
-        self._next += 1
         t0 = time.perf_counter()
         try:
-            if self._thread is None:
-                return self._read(self._sched, g)
-            while True:
-                try:
-                    item = self._q.get(timeout=1.0)
-                    break
-                except queue.Empty:
-                    if not self._thread.is_alive():
-                        raise StoreError("the activation reader thread stopped unexpectedly") from None
-            if isinstance(item, BaseException):
-                raise item
-            assert item[0] == g, (item[0], g)
-            return item[1:]
+            if self._pool is None:
+                start, n, row = self._sched.segment(self._submit)
+                self._submit += 1
+                return start, n, self._store.read_rows(row, row + n)
+            start, n, future = self._ahead.popleft()
+            data = future.result()
+            self._fill()
+            return start, n, data
         finally:
             self._stats["wait_seconds"] += time.perf_counter() - t0
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
+        if self._pool is not None:
+            for _, _, future in self._ahead:
+                future.cancel()
+            # An abandoned iterator may be finalised by the garbage collector on any thread,
+            # zarr's event-loop thread included, which a read may be waiting on: only the
+            # consumer's own thread waits for the reads; elsewhere they just finish on their own.
+            self._pool.shutdown(wait=threading.current_thread() is self._owner, cancel_futures=True)
+            self._pool = None
+            self._ahead.clear()
 
 
 class ShuffledBatches:
@@ -182,7 +180,8 @@ class ShuffledBatches:
         buffer_chunks: RAM budget in chunks for the shuffle buffer; a batch mixes rows from
             about buffer_chunks - 1 chunks. Default: what fits in 512 MiB, clamped to [4, 32].
         seed: the data order is a function of the seed and the sizes only.
-        prefetch: read chunks on a background thread, at most `prefetch_chunks` ahead.
+        prefetch: read chunks on background threads, at most `prefetch_chunks` ahead (and as
+            many reads at once).
         start_batch: skip to batch k, yielding exactly batches k, k+1, ... of a fresh run.
         device, dtype: where and as what batches are returned (dtype None: the store's).
 
@@ -257,7 +256,7 @@ class ShuffledBatches:
 
     @property
     def peak_queued_chunks(self) -> int:
-        """Most chunks ever waiting in the prefetch queue (bounded by prefetch_chunks)."""
+        """Most chunks ever read ahead (in flight or waiting), bounded by prefetch_chunks."""
         return self._stats["peak_queued"]
 
     def __len__(self) -> int:
@@ -287,6 +286,21 @@ class ShuffledBatches:
 
     # -- internals
 
+    def _to_output(self, raw: np.ndarray) -> torch.Tensor:
+        src = self.store.dtype
+        want = src if self.dtype is None else self.dtype
+        if self.device.type == "cpu" and want == torch.float32 and src != torch.float32:
+            if src == torch.bfloat16:  # bf16 bits are the top half of the float32
+                out = np.empty(raw.shape, dtype=np.uint32)
+                np.left_shift(raw, 16, out=out, dtype=np.uint32)
+                return torch.from_numpy(out.view(np.float32))
+            return torch.from_numpy(raw.astype(np.float32))
+        t = torch.from_numpy(raw)
+        if src == torch.bfloat16:
+            t = t.view(torch.bfloat16)
+        t = t.to(self.device)  # the store dtype crosses the bus; converted on the device
+        return t if want == src else t.to(want)
+
     def _resume_point(self, P: int) -> tuple[int, int]:
         """(key of the P-th emitted row, stream position to start reading at)."""
         sched, D = self._sched, self.window
@@ -315,22 +329,28 @@ class ShuffledBatches:
         buckets: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         order_p = np.empty(0, dtype=np.int64)  # stream positions, in emission order
         qpos = 0
-        ring = torch.empty((R, self.store.d_model), dtype=self.store.dtype)
+        ring = None  # raw rows (bfloat16 as uint16 bits); numpy copies beat torch's on small CPUs
         loader = _Loader(self.store, sched, g, self.prefetch, self.prefetch_chunks, self._stats)
         try:
             for _ in range(first, end, B):
-                parts, have = [], 0
+                out = pending = None
+                have = filled = 0
                 while have < B:
                     if qpos < len(order_p):
                         take = min(B - have, len(order_p) - qpos)
-                        idx = torch.from_numpy(order_p[qpos:qpos + take] % R)
-                        parts.append(ring.index_select(0, idx))  # a copy: safe to overwrite the ring after
+                        pending = order_p[qpos:qpos + take] % R
                         qpos += take
                         have += take
                         continue
+                    if pending is not None:  # gather before the ring is overwritten
+                        out = _gather(ring, pending, out, filled, B)
+                        filled, pending = have, None
                     if g >= sched.n_total:
                         raise RuntimeError("internal error: the shuffle stream ran out of rows")
                     start, n, data = loader.get()
+                    data = _raw(data)
+                    if ring is None:
+                        ring = np.empty((R, data.shape[1]), dtype=data.dtype)
                     r0 = start % R
                     k = min(n, R - r0)
                     ring[r0:r0 + k] = data[:k]
@@ -358,8 +378,6 @@ class ShuffledBatches:
                         ks = np.concatenate([r[0] for r in ready])
                         ps = np.concatenate([r[1] for r in ready])
                         order_p, qpos = ps[np.argsort(ks)], 0
-                batch = parts[0] if len(parts) == 1 else torch.cat(parts)
-                batch = batch.to(self.device, non_blocking=False)
-                yield batch if self.dtype is None else batch.to(self.dtype)
+                yield self._to_output(_gather(ring, pending, out, filled, B))
         finally:
             loader.close()

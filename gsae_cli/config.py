@@ -78,7 +78,7 @@ class SAEConfig:
 
 @dataclass
 class HarvestConfig:
-    n_tokens: int = 500_000
+    n_tokens: int = 200_000
     ctx_len: int = 128
     batch_size: int = 8  # sequences per forward pass
     dtype: str = "bfloat16"
@@ -89,7 +89,7 @@ class HarvestConfig:
 
 @dataclass
 class TrainConfig:
-    n_tokens: int = 2_000_000
+    n_tokens: int = 1_000_000
     batch_size: int = 4096
     lr: float = 1e-3
     lr_warmup_steps: int = 100
@@ -101,7 +101,8 @@ class TrainConfig:
     resample_window: int = 200  # steps without firing that make a feature dead
     resample_every: int = 250
     resample_stop_fraction: float = 0.7  # no resampling in the last 30 % of training
-    norm_sample_tokens: int = 32_768
+    norm_sample_tokens: int = 32_768  # rows sampled to estimate the input scale
+    outlier_norm_factor: float = 10.0  # rows with norm > this x median are left out; 0: keep all
     geometric_median_tokens: int = 4096
     shuffle_buffer_chunks: int = 8
     checkpoint_every: int = 100
@@ -114,7 +115,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    n_tokens: int = 16_384
+    n_tokens: int = 8_128  # 64 windows of 128
     ctx_len: int = 128
     batch_size: int = 8
     density_bins: int = 50

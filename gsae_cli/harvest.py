@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from gsae_cli import artifacts, store
+from gsae_cli import artifacts, status, store
 from gsae_cli.config import harvest_dir, harvest_hash, harvest_identity, to_yaml
 from gsae_cli.data import batched_windows, kept_positions, token_windows
 from gsae_cli.errors import ConfigError
@@ -106,7 +106,10 @@ def run_harvest(cfg: DictConfig, force: bool = False) -> list[HarvestResult]:
             if h not in pending:
                 notice(f"reusing complete activation store {dirs[h]}")
         if pending:
-            _harvest(cfg, pending, {h: dirs[h] for h in pending})
+            with contextlib.ExitStack() as recs:
+                for h in pending:
+                    recs.enter_context(status.recording(dirs[h]))
+                _harvest(cfg, pending, {h: dirs[h] for h in pending})
     return [HarvestResult(h, dirs[h], h not in pending) for h in hooks]
 
 
@@ -156,6 +159,9 @@ def _harvest(cfg: DictConfig, hooks: list[str], dirs: dict[str, Path]) -> None:
                     f"The corpus ran out after {cursor:,} training tokens (ctx_len={hc.ctx_len}), short of "
                     f"harvest.n_tokens={hc.n_tokens:,}. Lower harvest.n_tokens or use a larger corpus "
                     "(data.name=... or data.path=...).")
+        for h in hooks:  # killed inside finish(): every row was on disk, no batch was needed
+            if h not in writers:
+                writers[h] = _open_writer(cfg, h, dirs[h], store.store_info(dirs[h])["d_model"], norms[h])
         for w in writers.values():
             w.flush()  # the throughput below includes every byte reaching disk
         seconds = time.monotonic() - t0

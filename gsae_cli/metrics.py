@@ -163,7 +163,9 @@ class ReconstructionStats:
         density = self.fire_counts.to(torch.float64) / n
         return {
             "l0": self.total_active / n,
-            "relative_reconstruction_bias": self.sum_xhat_sq / self.sum_xhat_dot_x,
+            # γ is 0/0 for an all-zero reconstruction: undefined, reported as NaN
+            "relative_reconstruction_bias": (self.sum_xhat_sq / self.sum_xhat_dot_x
+                                             if self.sum_xhat_dot_x != 0.0 else math.nan),
             "nmse": nmse_value,
             "explained_variance": 1.0 - nmse_value,
             "frac_dead": frac_dead(density),

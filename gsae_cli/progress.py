@@ -17,7 +17,7 @@ stderr = Console(stderr=True, highlight=False)
 
 def notice(text: str) -> None:
     """A one-line message for the user, on stderr."""
-    stderr.print(text)
+    stderr.print(text, soft_wrap=True)
 
 
 class _Plain:

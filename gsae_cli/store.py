@@ -133,6 +133,13 @@ class StoreLayout:
 # ---------------------------------------------------------------------------- small file helpers
 
 
+def _raw_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as numpy without a copy; bfloat16 as its uint16 bits."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -429,11 +436,17 @@ class StoreWriter:
         if k <= 0:
             return
         a = acts[:k].detach().to(self.dtype)
-        bad = ~torch.isfinite(a).all(dim=1)
+        if a.device.type == "cpu":  # numpy: torch's CPU kernels are slow on small shared machines
+            a = _raw_numpy(a.contiguous())
+            finite = (a & 0x7F80) != 0x7F80 if self.layout.dtype == "bfloat16" else np.isfinite(a)
+            bad = torch.from_numpy(~finite.all(axis=1))
+        else:
+            bad = ~torch.isfinite(a).all(dim=1)
         if bool(bad.any()):
+            bad = bad.cpu()
             n_bad = int(bad.sum())
             first = int(bad.nonzero()[0, 0])
-            overflow = bool(torch.isfinite(acts[:k][bad]).all()) and self.dtype != acts.dtype
+            overflow = bool(torch.isfinite(acts[:k][bad.to(acts.device)]).all()) and self.dtype != acts.dtype
             why = (f" (they are finite in {acts.dtype} but overflow {self.layout.dtype}; "
                    "harvest with dtype=bfloat16 or float32)") if overflow else ""
             raise StoreError(
@@ -454,7 +467,10 @@ class StoreWriter:
                 self._buf = np.empty((shard_len, self.d_model), dtype=self.layout.np_dtype)
                 self._buf_tokens = np.empty((shard_len,), dtype=np.int32)
             n = min(k - off, shard_len - fill)
-            self._buf_view()[fill:fill + n].copy_(a[off:off + n])
+            if isinstance(a, np.ndarray):
+                self._buf[fill:fill + n] = a[off:off + n]
+            else:  # straight from the device into the shard buffer
+                self._buf_view()[fill:fill + n].copy_(a[off:off + n])
             self._buf_tokens[fill:fill + n] = t[off:off + n].numpy()
             off += n
             self._pos += n
@@ -572,9 +588,14 @@ class StoreWriter:
         stop = start + acts.shape[0]
         self._acts[start:stop] = acts
         self._toks[start:stop] = toks
-        if self._fsync:
+        if self._fsync:  # the shard files and the directory entries that name them
             for arr, key in ((self._acts, (shard, 0)), (self._toks, (shard,))):
-                _fsync_path(self.path / arr.basename / arr.metadata.encode_chunk_key(key))
+                root = self.path / arr.basename
+                f = root / arr.metadata.encode_chunk_key(key)
+                _fsync_path(f)
+                while f != root:
+                    f = f.parent
+                    _fsync_path(f)
         _atomic_write_json(self.path / PROGRESS_FILE, {"rows_written": stop}, self._fsync)
         self._rows_written = stop
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gsae_cli import artifacts, store
+from gsae_cli import artifacts, status, store
 from gsae_cli.config import train_dir, train_hash, train_identity, to_yaml
 from gsae_cli.errors import ArtifactError, ConfigError
 from gsae_cli.models import resolve_device
@@ -50,12 +50,40 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
         from gsae_cli.harvest import run_harvest
 
         store_path = run_harvest(OmegaConf.merge(cfg, {"hooks": []}))[0].path
-        summary = Trainer(cfg, directory, store_path, base).fit()
+        with status.recording(directory):
+            summary = Trainer(cfg, directory, store_path, base).fit()
     return TrainResult(directory, summary, False)
 
 
 def _with_sae_name(cfg: DictConfig, name: str) -> DictConfig:
     return OmegaConf.merge(cfg, {"sae": {"name": name}})
+
+
+def input_scale(sample: torch.Tensor, outlier_factor: float) -> tuple[float, float]:
+    """(scale, outlier_threshold) from a sample of raw activation rows.
+
+    Rows whose norm exceeds `outlier_factor` × the median norm are outliers (in SmolLM2 about 1 in
+    5,000 rows, first positions acting as attention sinks, with norms 100x the median); they
+    would dominate both E||x||² and the reconstruction loss. scale = sqrt(E||x||²) over the
+    other rows. outlier_factor <= 0 disables this (threshold = inf)."""
+    norms = sample.float().norm(dim=1)
+    if outlier_factor > 0:
+        threshold = float(outlier_factor * norms.median())
+        kept = norms[norms <= threshold]
+    else:
+        threshold, kept = math.inf, norms
+    scale = math.sqrt(float(kept.double().pow(2).mean()))
+    if not math.isfinite(scale) or scale <= 0:
+        raise ArtifactError("The activation store holds only zero or non-finite activations; "
+                            "check the hook and rebuild it with `gsae harvest --force`.")
+    return scale, threshold
+
+
+def drop_outliers(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The rows of x whose norm is at most `threshold` (same units as x)."""
+    if math.isinf(threshold):
+        return x
+    return x[x.norm(dim=1) <= threshold]
 
 
 def lr_factor(step: int, warmup_steps: int) -> float:
@@ -69,16 +97,15 @@ class Trainer:
         self.store = store.open_store(store_path)
         self.store_path = store_path
         self.device = resolve_device(cfg.device)
-        norms = self.store.attrs.get("norms") or {}
-        if not norms.get("mean_sq_norm"):
-            raise ArtifactError(f"The store {store_path} records no activation norms; rebuild it with "
-                                "`gsae harvest --force` and the same overrides.")
-        # Inputs are divided by one scalar so that E||x||² = 1 (spec §4, a stated deviation);
-        # the scalar is folded into the saved weights.
-        self.scale = math.sqrt(norms["mean_sq_norm"])
         self.n_steps = max(1, self.tc.n_tokens // self.tc.batch_size)
         self.generator = torch.Generator(device="cpu").manual_seed(self.tc.seed)
+        self.sample = self._sample_rows(max(self.tc.norm_sample_tokens, self.tc.geometric_median_tokens))
+        # Inputs are divided by one scalar so that E||x||² = 1 (spec §4, a stated deviation);
+        # the scalar is folded into the saved weights. Rare attention-sink rows (norms ~100x
+        # the median) are left out of the estimate and of training: see input_scale().
+        self.scale, self.outlier_threshold = input_scale(self.sample, self.tc.outlier_norm_factor)
         self.sae = self._build(base_sae_dir).to(self.device)
+        del self.sample  # only needed for the set-up
         params = [p for p in self.sae.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=self.tc.lr, betas=(self.tc.adam_beta1, self.tc.adam_beta2))
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -98,22 +125,21 @@ class Trainer:
         options = {"tie_weights": sc.tie_weights, "aux_loss": sc.aux_loss,
                    "freeze_aux_decoder": sc.freeze_aux_decoder} if sc.name == "gated" else {}
         sae = build_sae(sc.name, d_model, sc.expansion_factor * d_model, **options)
-        n = min(self.tc.geometric_median_tokens, self.store.n_tokens)
-        rows = torch.randperm(self.store.n_tokens, generator=self.generator)[:n].sort().values
-        sample = torch.cat([self.store.read_rows(int(r), int(r) + 1) for r in rows]) if n <= 64 else \
-            self._sample_rows(rows)
-        sae.init_weights_(geometric_median(sample.float() / self.scale), generator=self.generator)
+        sample = drop_outliers(self.sample, self.outlier_threshold)[: self.tc.geometric_median_tokens]
+        sae.init_weights_(geometric_median(sample / self.scale), generator=self.generator)
         return sae
 
-    def _sample_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Rows at sorted indices, read chunk by chunk (one read per touched chunk)."""
-        out = []
-        cr = self.store.chunk_rows
-        for c in torch.unique(rows // cr).tolist():
-            chunk = self.store.read_chunk(c)
-            sel = rows[(rows // cr) == c] - c * cr
-            out.append(chunk[sel])
-        return torch.cat(out)
+    def _sample_rows(self, n: int) -> torch.Tensor:
+        """About n rows (float32) from whole chunks taken in a seeded random order: cheap on
+        any store size, since only the chunks needed are read."""
+        order = torch.randperm(self.store.n_chunks, generator=self.generator).tolist()
+        out, got = [], 0
+        for c in order:
+            if got >= n:
+                break
+            out.append(self.store.read_chunk(c).float())
+            got += out[-1].shape[0]
+        return torch.cat(out)[:n]
 
     # ---- checkpoints ----------------------------------------------------------------------
 
@@ -178,7 +204,8 @@ class Trainer:
             for x in batches:
                 if self.step >= self.n_steps:
                     break
-                x = x.to(self.device, torch.float32, non_blocking=True) / self.scale
+                x = drop_outliers(x.to(self.device, torch.float32, non_blocking=True),
+                                  self.outlier_threshold) / self.scale
                 l1 = self.cfg.sae.l1_coefficient * lr_factor(self.step, tc.l1_warmup_steps)
                 with autocast:
                     out = loss_fn(x, l1)
@@ -249,6 +276,7 @@ class Trainer:
         meta = {"model": self.cfg.model.name, "hf_name": self.cfg.model.hf_name, "hook": self.cfg.hook,
                 "store": str(self.store_path), "store_hash": self.store.attrs.get("config_hash"),
                 "input_scale_folded": self.scale, "train_hash": train_hash(self.cfg),
+                "outlier_norm_threshold": self.outlier_threshold,
                 "l1_coefficient": self.cfg.sae.l1_coefficient}
         save_sae(self.dir, self.sae.cpu(), meta)
         summary = {**meta, "architecture": self.sae.name, "d_model": self.sae.d_model, "d_sae": self.sae.d_sae,

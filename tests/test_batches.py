@@ -109,14 +109,14 @@ def test_dtype_device_and_bf16_store(tmp_path):
 
 
 def test_close_stops_the_reader_thread(store):
-    before = {t for t in threading.enumerate() if t.name == "gsae-batches-prefetch"}
+    before = {t for t in threading.enumerate() if t.name.startswith("gsae-batches-prefetch")}
     sb = ShuffledBatches(store, 10, n_batches=150, buffer_chunks=3, seed=0)
     next(sb)
     next(sb)
     sb.close()
     with ShuffledBatches(store, 10, n_batches=150, buffer_chunks=3, seed=0) as sb2:
         next(sb2)
-    after = {t for t in threading.enumerate() if t.name == "gsae-batches-prefetch"}
+    after = {t for t in threading.enumerate() if t.name.startswith("gsae-batches-prefetch")}
     assert after <= before
 
 

@@ -149,3 +149,15 @@ def test_harvest_default_model_offline(out):
     assert summary["model"] == "smollm2-135m" and summary["hook"] == "blocks.12.hook_resid_pre"
     assert 1.0 < summary["norms"]["mean_norm"] < 1000.0
     assert np.isclose(summary["norms"]["mean_sq_norm"], acts.double().pow(2).sum(1).mean().item())
+
+
+def test_harvest_killed_inside_finish_completes_on_rerun(out):
+    """All rows on disk but no completion marker (a kill between the last shard and COMPLETE)."""
+    path = gsae("harvest", *tiny(out), check=True).stdout.strip().splitlines()[-1]
+    before = _arrays(path)
+    os.remove(os.path.join(path, "COMPLETE"))
+    assert not store.is_complete(path)
+    gsae("harvest", *tiny(out), check=True)
+    after = _arrays(path)
+    assert store.is_complete(path)
+    assert torch.equal(before[0].view(torch.int16), after[0].view(torch.int16)) and torch.equal(before[1], after[1])

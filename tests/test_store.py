@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -204,7 +203,7 @@ SIGKILL_SCRIPT = GEN_SRC + '''
 import sys, time
 from gsae_cli.store import StoreWriter
 path, n, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-w = StoreWriter.open(path, d, n, "bfloat16", 16, {"model": "m"}, shard_chunks=2)
+w = StoreWriter.open(path, d, n, "bfloat16", 32, {"model": "m"}, shard_chunks=2)
 pos = w.rows_written
 while pos < n:
     k = 5 + pos % 11
@@ -216,17 +215,17 @@ print("finished without being killed", flush=True)
 
 
 def test_sigkill_mid_harvest_then_resume_is_identical(tmp_path):
-    n, d = 6000, 8
+    n, d, shard = 6000, 8, 64
     path = tmp_path / "s"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-c", SIGKILL_SCRIPT, str(path), str(n), str(d)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
-        while rows_written(path) < 320:  # at least 10 shards on disk
+        while rows_written(path) < 5 * shard:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the writer subprocess made no progress"
-            time.sleep(0.01)
+            time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -235,10 +234,10 @@ def test_sigkill_mid_harvest_then_resume_is_identical(tmp_path):
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
     done = rows_written(path)
-    assert 320 <= done < n and done % 32 == 0 and not is_complete(path)
+    assert 5 * shard <= done < n and done % shard == 0 and not is_complete(path)
 
-    write_store(tmp_path / "ref", n, d, "bfloat16", sizes=(997,))
-    w = StoreWriter.open(path, d, n, "bfloat16", 16, {"model": "m"}, shard_chunks=2)
+    write_store(tmp_path / "ref", n, d, "bfloat16", sizes=(997,), chunk_rows=32, fsync=False)
+    w = StoreWriter.open(path, d, n, "bfloat16", 32, {"model": "m"}, shard_chunks=2)
     assert w.rows_written == done
     pos = done
     while pos < n:

@@ -17,7 +17,7 @@ from conftest import GSAE, gsae, tiny
 from gsae_cli import store
 from gsae_cli.config import compose_config, train_dir
 from gsae_cli.sae_io import load_sae
-from gsae_cli.train import lr_factor, run_train
+from gsae_cli.train import drop_outliers, input_scale, lr_factor, run_train
 
 
 @pytest.mark.parametrize("arch", ["gated", "relu"])
@@ -103,3 +103,15 @@ def test_killed_training_resumes_to_identical_weights(out, tmp_path):
 def test_train_on_a_missing_sae_path_is_a_clear_error(out):
     proc = gsae("train", *tiny(out), f"sae.path={out}/nowhere")
     assert proc.returncode == 2 and "not a gsae SAE directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_input_scale_leaves_out_attention_sink_outliers():
+    # norms 1, 2, 2, 3 and one sink of norm 100: median 2, threshold 10 x 2 = 20
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 3.0], [100.0, 0.0]])
+    scale, threshold = input_scale(x, 10.0)
+    assert threshold == 20.0
+    assert scale == pytest.approx(((1 + 4 + 4 + 9) / 4) ** 0.5)
+    assert drop_outliers(x, threshold).shape[0] == 4
+    scale_all, threshold_all = input_scale(x, 0.0)
+    assert threshold_all == float("inf") and scale_all == pytest.approx(((18 + 10000) / 5) ** 0.5)
+    assert drop_outliers(x, threshold_all).shape[0] == 5

@@ -1,0 +1,99 @@
+"""Training throughput, the SAE step's achieved matmul FLOP/s next to this machine's measured
+peak for the same shapes, and the fraction of step time spent waiting for data.
+
+    .venv/bin/python bench/train.py [sae=gated|relu] [train.n_tokens=...] [device=...]
+
+Runs `gsae train` on a synthetic store (random bf16 activations, d_model 576 like the default
+model) so that it needs no harvest. Targets: achieved >= 50 % of peak; data wait < 5 %.
+
+FLOPs per token counted (n = d_model, M = d_sae; a matmul of [B,a]@[a,b] is 2·B·a·b):
+  relu : encoder and decoder forward (2), their input and weight gradients (4)     = 6 · 2nM
+  gated: shared encoder matmul + decoder + aux decoder forward (3), encoder input and
+         weight gradients (2), decoder input and weight gradients (2), aux decoder
+         input gradient only (its W_dec is detached) (1)                          = 8 · 2nM
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from gsae_cli import store  # noqa: E402
+from gsae_cli.config import compose_config, harvest_dir, harvest_hash, harvest_identity  # noqa: E402
+from gsae_cli.models import resolve_device  # noqa: E402
+from gsae_cli.train import run_train  # noqa: E402
+
+MATMULS_PER_TOKEN = {"relu": 6, "gated": 8}
+
+
+def synthetic_store(cfg, d_model: int, n_rows: int) -> None:
+    path = harvest_dir(cfg, cfg.hook)
+    attrs = {"gsae_identity": harvest_identity(cfg, cfg.hook), "config_hash": harvest_hash(cfg, cfg.hook)}
+    w = store.StoreWriter.open(path, d_model=d_model, n_tokens=n_rows, dtype="bfloat16", chunk_rows=8192,
+                               attrs=attrs, fsync=False)
+    g = torch.Generator().manual_seed(0)
+    sum_sq = 0.0
+    for a in range(0, n_rows, 65536):
+        x = (torch.randn(min(65536, n_rows - a), d_model, generator=g) * 3 + 1).to(torch.bfloat16)
+        sum_sq += x.double().pow(2).sum().item()
+        w.append(x, torch.zeros(x.shape[0], dtype=torch.int32))
+    w.finish({"norms": {"mean_sq_norm": sum_sq / n_rows}, "d_model": d_model})
+    w.close()
+
+
+def peak_matmul_flops(batch: int, n: int, m: int, device: torch.device, seconds: float = 3.0) -> float:
+    """Best sustained FLOP/s of the step's three matmul shapes, each timed alone."""
+    a = torch.randn(batch, n, device=device)
+    w = torch.randn(n, m, device=device)
+    f = torch.randn(batch, m, device=device)
+    shapes = [(a, w), (f, w.T.contiguous()), (a.T.contiguous(), f)]  # enc fwd, dec fwd, weight grad
+    best = []
+    for x, y in shapes:
+        flops = 2 * x.shape[0] * x.shape[1] * y.shape[1]
+        x @ y
+        reps, t = 0, time.monotonic()
+        while time.monotonic() - t < seconds / len(shapes):
+            x @ y
+            reps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best.append(flops * reps / (time.monotonic() - t))
+    return sum(best) / len(best)
+
+
+def main() -> None:
+    overrides = sys.argv[1:]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config(["train.n_tokens=409600", "train.resample=false", "train.log_every=20",
+                              "train.checkpoint_every=100000", f"out_dir={tmp}", *overrides])
+        d_model = 576
+        synthetic_store(cfg, d_model, 262_144)
+        result = run_train(cfg)
+        s = result.summary
+        arch = s["architecture"]
+        device = resolve_device(cfg.device)
+        n, m, batch = d_model, s["d_sae"], cfg.train.batch_size
+        flops_per_token = MATMULS_PER_TOKEN[arch] * 2 * n * m
+        achieved = s["tokens_per_s_this_run"] * flops_per_token
+        peak = peak_matmul_flops(batch, n, m, device)
+        print(f"device                 {device}  (torch threads {torch.get_num_threads()})")
+        print(f"sae                    {arch}  d_model {n}  d_sae {m}  batch {batch}")
+        print(f"steps                  {s['steps']}")
+        print(f"training               {s['tokens_per_s_this_run']:,.0f} tokens/s")
+        print(f"achieved matmul        {achieved / 1e9:,.1f} GFLOP/s")
+        print(f"peak matmul (same shapes) {peak / 1e9:,.1f} GFLOP/s")
+        print(f"achieved / peak        {achieved / peak:.1%}   (target >= 50 %)")
+        print(f"waiting for data       {s['data_wait_fraction']:.2%} of step time   (target < 5 %)")
+        print(json.dumps({"tokens_per_s": s["tokens_per_s_this_run"], "achieved_flops": achieved,
+                          "peak_flops": peak, "data_wait_fraction": s["data_wait_fraction"]}))
+
+
+if __name__ == "__main__":
+    main()
