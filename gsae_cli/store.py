@@ -181,6 +181,13 @@ def _read_meta(path: Path) -> tuple[StoreLayout, dict[str, Any], dict[str, Any]]
     return StoreLayout.from_json(store_meta), attrs, dict(store_meta.get("open_attrs") or {})
 
 
+def _nan_fill(layout: StoreLayout):
+    """A fill value no valid row can hold (NaN is rejected on append; token ids are >= 0): zarr
+    leaves out chunks that equal the fill value, which for a legitimately all-zero shard would
+    look like a missing file."""
+    return 0x7FC0 if layout.dtype == "bfloat16" else float("nan")  # 0x7FC0: a bfloat16 NaN
+
+
 def _read_layout(path: Path) -> tuple[StoreLayout, dict[str, Any]]:
     """(layout, user attrs) from the group's zarr.json, without opening zarr."""
     layout, attrs, _ = _read_meta(path)
@@ -326,11 +333,12 @@ class StoreWriter:
         acts = group.create_array(
             "activations", shape=(layout.n_tokens, layout.d_model), dtype=layout.np_dtype,
             chunks=(layout.chunk_rows, layout.d_model), shards=(layout.shard_rows, layout.d_model),
-            compressors=compressors, fill_value=0, config=cfg, attributes={"dtype": layout.dtype},
+            compressors=compressors, fill_value=_nan_fill(layout), config=cfg,
+            attributes={"dtype": layout.dtype},
         )
         group.create_array(
             "tokens", shape=(layout.n_tokens,), dtype="int32", chunks=(layout.chunk_rows,),
-            shards=(layout.shard_rows,), compressors=compressors, fill_value=0, config=cfg,
+            shards=(layout.shard_rows,), compressors=compressors, fill_value=-1, config=cfg,
         )
         del acts
         if fsync:

@@ -38,13 +38,12 @@ if [[ -z "${GSAE:-}" ]]; then
 fi
 MODEL=${MODEL:-smollm2-135m}
 HOOK=${HOOK:-blocks.12.hook_resid_pre}
-TRAIN_TOKENS=${TRAIN_TOKENS:-2000000}
+TRAIN_TOKENS=${TRAIN_TOKENS:-1000000}
 ARCHS=${ARCHS:-"relu gated rescale_shift"}
-# PLACEHOLDER: not yet calibrated. Pick values so that L0 spans roughly 10-150 for every
-# architecture (larger coefficient -> sparser SAE -> smaller L0). λ acts on activations
-# normalised to E||x||^2 = 1, so one set of values should roughly transfer across models/sites.
-UNCALIBRATED_DEFAULT_COEFFS="0.02 0.05 0.1 0.2 0.5"
-COEFFS=${COEFFS:-$UNCALIBRATED_DEFAULT_COEFFS}
+# Calibrated on SmolLM2-135M blocks.12.hook_resid_pre (1M training tokens): L0 spans about
+# 10-150 for relu and gated (larger coefficient -> sparser SAE -> smaller L0). λ acts on
+# activations normalised to E||x||^2 = 1, so the values roughly transfer across models/sites.
+COEFFS=${COEFFS:-"0.05 0.1 0.2 0.4 0.8"}
 EXTRA=${EXTRA:-}          # more overrides for every member, space-separated (no spaces inside one)
 OUT_DIR=${OUT_DIR:-outputs}
 REPORT_DIR=${REPORT_DIR:-report}

@@ -374,3 +374,15 @@ def test_cheap_helpers(tmp_path):
     assert is_complete(path) and rows_written(path) == 100
     assert st.store_info(path)["attrs"] == {"model": "m", "norm": 1.5}
     open_store(path).verify()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_all_zero_rows_and_token_ids_are_stored_not_mistaken_for_missing_shards(tmp_path, dtype):
+    """zarr omits chunks equal to the fill value; zeros must still read back as a complete store."""
+    w = StoreWriter.open(tmp_path / "z", d_model=4, n_tokens=64, dtype=dtype, chunk_rows=16, shard_chunks=1)
+    w.append(torch.zeros(64, 4), torch.zeros(64, dtype=torch.int32))
+    w.finish({})
+    w.close()
+    s = open_store(tmp_path / "z")
+    assert torch.equal(s.read_rows(0, 64).float(), torch.zeros(64, 4))
+    assert torch.equal(s.read_tokens(0, 64), torch.zeros(64, dtype=torch.int32))
