@@ -73,7 +73,6 @@ def prepare_gguf_model(model_cfg) -> Path:
     from gsae_cli.progress import notice
 
     notice(f"converting {model_cfg.gguf_file} to safetensors once (about 20 s)")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF reader's own bar, not ours
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=model_cfg.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=model_cfg.gguf_file, dtype=torch.float32)
     # The dequantised weights are plain fp32; drop the GGUF quantiser so transformers will save them.
