@@ -7,7 +7,6 @@ is held out for evaluation, so evaluation text never overlaps harvested training
 from __future__ import annotations
 
 import json
-import os
 import random
 import sqlite3
 import importlib.util
@@ -16,6 +15,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from gsae_cli.artifacts import atomic_write_text
 from gsae_cli.errors import ConfigError
 from gsae_cli.models import DATA_DIR
 
@@ -75,14 +75,7 @@ def materialise_default_corpus() -> Path:
         return path
     docs = list(_kjv_chapters()) + list(_python_doc_topics())
     random.Random(CORPUS_SEED).shuffle(docs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for doc in docs:
-            fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs))
     return path
 
 

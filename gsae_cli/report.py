@@ -13,9 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -352,11 +350,6 @@ def pairwise_ratios(sites: dict[tuple[str, str], list[Series]]) -> list[dict]:
 
 # ---- outputs ---------------------------------------------------------------------------------
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    # Several sweep processes may finish with `gsae report` at once; never leave half a file.
-    artifacts.atomic_write_text(path, text)
-
-
 def _csv_text(results: list[Result]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
@@ -420,14 +413,9 @@ def _legend(ax, n_entries: int, title: str | None = None) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    artifacts.atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path) -> None:
@@ -560,10 +548,10 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
 
     report_dir = Path(report_dir).expanduser()
     report_dir.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(report_dir / "results.csv", _csv_text(kept))
+    artifacts.atomic_write_text(report_dir / "results.csv", _csv_text(kept))
     plot_frontier(sites, report_dir / "frontier.png")
     plot_shrinkage(sites, report_dir / "shrinkage.png")
-    _write_text_atomic(report_dir / "results.md", _markdown(sites, ratios, looked, where))
+    artifacts.atomic_write_text(report_dir / "results.md", _markdown(sites, ratios, looked, where))
     n_series = sum(len(s) for s in sites.values())
     notice(f"{len(kept)} evaluation(s) in {n_series} series written to {report_dir}")
     for r in ratios:
