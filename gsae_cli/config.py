@@ -228,10 +228,8 @@ def harvest_identity(cfg: DictConfig, hook: str) -> dict:
             "hook": hook, "harvest": harvest}
 
 
-def train_identity(cfg: DictConfig, sae_name: str | None = None) -> dict:
+def train_identity(cfg: DictConfig) -> dict:
     sae = {k: v for k, v in _plain(cfg.sae).items() if k != "path"}
-    if sae_name is not None:
-        sae["name"] = sae_name
     if sae["name"] != "gated":  # ablation switches only mean something for gated
         for k in ("tie_weights", "aux_loss", "freeze_aux_decoder"):
             sae.pop(k)
@@ -243,8 +241,8 @@ def harvest_hash(cfg: DictConfig, hook: str) -> str:
     return _hash(harvest_identity(cfg, hook))
 
 
-def train_hash(cfg: DictConfig, sae_name: str | None = None) -> str:
-    return _hash(train_identity(cfg, sae_name))
+def train_hash(cfg: DictConfig) -> str:
+    return _hash(train_identity(cfg))
 
 
 def eval_identity(cfg: DictConfig, sae_id: str) -> dict:
@@ -264,9 +262,8 @@ def harvest_dir(cfg: DictConfig, hook: str) -> Path:
     return out_dir(cfg) / "harvest" / f"{_slug(cfg.model.name)}__{_slug(hook)}__{harvest_hash(cfg, hook)}"
 
 
-def train_dir(cfg: DictConfig, sae_name: str | None = None) -> Path:
-    name = sae_name or cfg.sae.name
-    return out_dir(cfg) / "train" / f"{_slug(cfg.model.name)}__{_slug(cfg.hook)}__{name}__{train_hash(cfg, sae_name)}"
+def train_dir(cfg: DictConfig) -> Path:
+    return out_dir(cfg) / "train" / f"{_slug(cfg.model.name)}__{_slug(cfg.hook)}__{cfg.sae.name}__{train_hash(cfg)}"
 
 
 def eval_dir(cfg: DictConfig, sae_id: str) -> Path:

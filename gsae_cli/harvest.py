@@ -200,7 +200,7 @@ def _final_attrs(cfg: DictConfig, hook: str, model: LoadedModel, norms: RunningN
         "d_model": d_model,
         "corpus": {"name": cfg.data.name, "path": cfg.data.path, "split": "train",
                    "held_out": f"every {cfg.data.eval_every}-th document (index % {cfg.data.eval_every} == 0)",
-                   "windows": -(-hc.n_tokens // (hc.ctx_len - (1 if hc.exclude_bos else 0)))},
+                   "windows": -(-hc.n_tokens // (hc.ctx_len - kept_positions(hc.ctx_len, hc.exclude_bos).start))},
         "ctx_len": hc.ctx_len,
         "exclude_bos": hc.exclude_bos,
         "bos_token_id": model.bos_token_id,
