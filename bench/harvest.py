@@ -21,7 +21,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from gsae_cli.config import compose_config  # noqa: E402
-from gsae_cli.data import batched_windows, token_windows  # noqa: E402
+from gsae_cli.data import batched_windows, kept_positions, token_windows  # noqa: E402
 from gsae_cli.harvest import capture, run_harvest  # noqa: E402
 from gsae_cli.models import load_model, resolve_device  # noqa: E402
 
@@ -35,7 +35,8 @@ def main() -> None:
         model = load_model(cfg.model, device)
         windows = token_windows(cfg.data, model.tokenizer, "train", hc.ctx_len, model.bos_token_id,
                                 model.eos_token_id)
-        n_windows = -(-n_tokens // (hc.ctx_len - 1))
+        # the windows the harvest itself will run: each stores ctx_len - site_start rows
+        n_windows = -(-n_tokens // (hc.ctx_len - kept_positions(hc.ctx_len, cfg.site_start).start))
         batches = list(batched_windows(itertools.islice(windows, n_windows), hc.batch_size))
         capture(model, batches[0], [cfg.hook])  # warm-up
         t = time.monotonic()
@@ -55,7 +56,7 @@ def main() -> None:
         d = summary["d_model"]
         print(f"device                  {device}")
         print(f"model / hook            {cfg.model.name} / {cfg.hook}  (batch {hc.batch_size} x ctx {hc.ctx_len})")
-        print(f"tokens                  {n_tokens:,}")
+        print(f"tokens                  {n_tokens:,}  ({n_windows:,} windows, positions {cfg.site_start}.. stored)")
         print(f"bare forward to layer   {bare_rate:,.0f} tokens/s")
         print(f"harvest (incl. writes)  {rate:,.0f} tokens/s")
         print(f"harvest / bare          {rate / bare_rate:.3f}   (target >= 0.9)")

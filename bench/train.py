@@ -71,8 +71,12 @@ def peak_matmul_flops(batch: int, n: int, m: int, device: torch.device, seconds:
 def main() -> None:
     overrides = sys.argv[1:]
     with tempfile.TemporaryDirectory() as tmp:
+        # No resampling: its LR drop and re-warm would change what is timed from run to run.
         cfg = compose_config(["train.n_tokens=409600", "train.resample=false", "train.log_every=20",
                               "train.checkpoint_every=100000", f"out_dir={tmp}", *overrides])
+        if cfg.sae.name not in MATMULS_PER_TOKEN:
+            sys.exit(f"bench/train.py counts FLOPs for {', '.join(MATMULS_PER_TOKEN)}; "
+                     f"sae={cfg.sae.name} is not one of them (pass sae=relu or sae=gated).")
         d_model = 576
         synthetic_store(cfg, d_model, 262_144)
         result = run_train(cfg)
@@ -85,7 +89,7 @@ def main() -> None:
         peak = peak_matmul_flops(batch, n, m, device)
         print(f"device                 {device}  (torch threads {torch.get_num_threads()})")
         print(f"sae                    {arch}  d_model {n}  d_sae {m}  batch {batch}")
-        print(f"steps                  {s['steps']}")
+        print(f"steps                  {s['steps']}  (lr {s['lr']:g})")
         print(f"training               {s['tokens_per_s_this_run']:,.0f} tokens/s")
         print(f"achieved matmul        {achieved / 1e9:,.1f} GFLOP/s")
         print(f"peak matmul (same shapes) {peak / 1e9:,.1f} GFLOP/s")

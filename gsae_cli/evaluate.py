@@ -1,82 +1,113 @@
 """`gsae eval`: splice an SAE into the model at its hook and measure it on held-out text
-(spec §5): L0, loss recovered, delta loss, KL, shrinkage (γ), NMSE, explained variance and
-feature density.
+(spec §5): L0, loss recovered, delta loss, KL, shrinkage (γ, raw and centred), NMSE, explained
+variance and feature density, each with a 95 % bootstrap interval over eval windows.
 
-Which positions count (every window is BOS followed by ctx_len - 1 packed text tokens):
+Which text: ceil(eval.n_tokens / (ctx_len - 1)) windows of ctx_len tokens (BOS + ctx_len - 1
+packed text tokens), evenly spread over ALL packed windows of the held-out split (every
+`data.eval_every`-th document), so every genre of a mixed corpus is represented; fewer held-out
+windows than asked is an error. The default 16,256 tokens are 128 windows of 128.
+
+Which positions (every window):
+- **Context and site.** Positions 0 .. site_start-1 (BOS and, by default, the first text token,
+  which SmolLM2 turns into a second attention sink with ~100x the median norm whenever a window
+  starts mid-document) are context: training never saw them, so they keep their clean
+  activation in the spliced AND the zero-ablated pass. Positions site_start .. ctx_len-1 are the
+  site: the SAE's reconstruction x̂(f(x)) (or zeros) replaces the hook's activation there.
+  `eval.splice_all=true` makes the site every position >= 1 (all but BOS) whatever site_start
+  says: the number with nothing passed through. `frac_passthrough` = non-BOS positions left clean
+  / all non-BOS positions = (site_start - 1) / (ctx_len - 1) (0 with splice_all). Spliced and
+  ablated passes share the site, so an exact SAE scores loss_recovered = 1 and an all-zero one 0.
 - **Cross-entropy** (`ce_clean`, `ce_spliced`, `ce_zero_ablation`) is the model's next-token
-  loss over the window, TransformerLens convention: position t predicts token t + 1 for
-  t = 0 .. ctx_len - 2, so ctx_len - 1 predictions per window (`n_tokens` counts them). The
-  prediction made at BOS is included; it is identical in all three runs (causal attention), so
-  it adds the same to every CE and cancels in `delta_loss` and `loss_recovered`.
-- **Splicing**: the hook's activation is replaced by the SAE reconstruction x̂(f(x)) at every
-  position except BOS, which keeps its clean activation. Zero ablation replaces the same
-  positions with zeros. The SAE never saw BOS activations (harvest excludes them: they are huge
-  norm outliers that act as attention sinks), so splicing or ablating there would measure
-  damage the SAE was never asked to avoid; "the site" is therefore the non-BOS positions, and
-  since spliced and ablated runs share that choice, an exact SAE scores loss_recovered = 1 and
-  an all-zero one 0.
-- **Attention sinks**: rows whose norm exceeds the SAE's `outlier_norm_threshold` (recorded in
-  sae.json by training, which left such rows out: 10x the median norm by default, about 1 in
-  5,000 rows of SmolLM2) are treated like BOS: they keep their clean activation in the spliced
-  and ablated runs and are left out of the reconstruction statistics. `frac_passthrough` in
-  the eval's summary.json reports the fraction of non-BOS positions this applied to.
-- **Reconstruction statistics** (L0, γ, NMSE, explained variance, densities) are over the same
-  non-BOS positions, ctx_len - 1 per window. L0 counts `sae.active_mask` (the gate, for Gated
-  SAEs).
-- **KL**: `kl_div` is the mean over the CE positions of KL(P_clean ‖ P_spliced), the divergence
-  of the spliced model's next-token distribution from the clean one, expectation under the clean
-  distribution (float32 log-softmaxes, a few dozen positions at a time; logits are held for
-  one batch only, clean and spliced side by side, never accumulated across batches).
+  loss over the whole window, TransformerLens convention: position t predicts token t + 1 for
+  t = 0 .. ctx_len-2, ctx_len - 1 predictions per window (`n_tokens` counts them). Predictions
+  made at context positions are identical in all three passes (causal attention), so they add
+  the same to every CE and cancel in `delta_loss` and `loss_recovered`.
+- **KL**: `kl_div` is the mean over the same prediction positions of KL(P_clean ‖ P_spliced),
+  the divergence of the spliced model's next-token distribution from the clean one, expectation
+  under the clean distribution (computed as in gsae_cli/evalset.py, to ~1e-6 nats per position).
+- **Reconstruction statistics** are over the site positions only (ctx_len - site_start per
+  window): `l0` counts `sae.active_mask` (the gate, for Gated SAEs);
+  γ = `relative_reconstruction_bias` = E‖x̂‖² / E[x̂·x] (the closed form of
+  argmin_γ E‖x̂/γ − x‖²; < 1 shrinks); `relative_reconstruction_bias_centred` =
+  E‖x̂ − E x̂‖² / E[(x̂ − E x̂)·(x − E x)], the same about the means: at a residual-stream site the
+  mean direction carries about half of E‖x‖², which a constant offset reproduces, so raw γ
+  understates shrinkage of everything else (x̂ = 0.8 x + c scores 0.8 centred, not raw);
+  `nmse` = E‖x − x̂‖² / E‖x − E x‖² and `explained_variance` = 1 − nmse; `frac_dead` (never
+  fires on any eval site token) and `frac_dense` (fires on > 10 % of them), with the log10
+  firing-frequency histogram in density.json / density.png (which state the token count).
 
-How many tokens: ceil(eval.n_tokens / (ctx_len - 1)) held-out windows, so `n_tokens` in the
-metrics is eval.n_tokens rounded up to whole windows (the default 8,128 is 64 windows of 128).
+Intervals: every metric above is a ratio of sums over windows. The per-window sums
+(metrics.WINDOW_SCALARS / WINDOW_VECTORS) are written to `per_window.safetensors` (float64,
+metadata {"format": metrics.WINDOW_FORMAT, "eval_set": evalset_hash}); `ci` in metrics.json is
+the 95 % percentile bootstrap over windows, `eval.bootstrap_samples` resamples drawn by
+`metrics.bootstrap_indices(n_windows, samples, eval.bootstrap_seed)`: every SAE evaluated on
+the same eval set gets the same resamples, so differences between SAEs can be bootstrapped
+paired from their per_window files (`gsae report`). frac_dead / frac_dense are resampled from
+per-window per-feature fire counts kept in memory (not saved). bootstrap_samples=0: no `ci`.
 
-Efficiency: clean, spliced and zero-ablated losses come from the same batches. The clean pass
-captures the hook's activation (and the residual entering the hook's block) with a hook, so x
-costs no extra pass. For a hook inside block L (`blocks.L.*`), the spliced and ablated passes
-restart from that block: the clean residual entering block L is fed to the TransformerBridge
-with `start_at_layer=L`, and the hook's activation is replaced inside block L. TransformerLens
-4.3's `start_at_layer` still executes blocks 0..L-1 (on a throw-away input), so gsae also
-hides those blocks from the underlying HF model for the duration of the call; the first batch
-checks that this reproduces the clean logits and otherwise falls back to full hooked forwards.
-Hooks outside the blocks use full forwards with `run_with_hooks`.
+Cost (gsae_cli/evalset.py): the clean and zero-ablated passes do not depend on the SAE, so
+they run once per eval set (model, corpus, hook, site_start, n_tokens, ctx_len, splice_all)
+and are cached under out_dir/evalset/ with the clean activation at the hook, the residual
+entering the hook's block and what the KL needs. Each SAE then costs its encode/decode, one
+spliced pass restarted at the hook's block (blocks L.. only; verified against the full forward
+when the eval set is built, with full hooked forwards as the fallback), and per-position
+log-sum-exps. `eval.cache=false` builds the same eval set in memory and runs the same code:
+identical metrics.
+
+metrics.json holds exactly METRIC_KEYS, `config` (the resolved config), `sae` (which SAE) and
+`ci` ({metric: [lo, hi]} for every metric but n_tokens).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import itertools
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from gsae_cli import artifacts
-from gsae_cli.config import eval_dir, to_yaml
+from gsae_cli.config import eval_dir, evalset_dir, evalset_hash, to_yaml
 from gsae_cli.errors import ArtifactError, ConfigError
-from gsae_cli.metrics import ReconstructionStats, density_histogram, kl_div_per_position, loss_recovered
-from gsae_cli.models import LoadedModel, hook_layer, load_model, resolve_device, validate_hooks
+from gsae_cli.evalset import (UNEMBED_IN, EvalSet, Splicer, build_evalset, kl_direct, log_sum_exp,
+                              next_token_nll, obtain_evalset)
+from gsae_cli.metrics import (WINDOW_FORMAT, WINDOW_SCALARS, WINDOW_VECTORS, bootstrap_intervals,
+                              density_histogram, window_metrics)
+from gsae_cli.models import LoadedModel, load_model, resolve_device, validate_hooks
 from gsae_cli.progress import notice, track
 
 METRICS = "metrics.json"
+PER_WINDOW = "per_window.safetensors"
 METRIC_KEYS = ("l0", "loss_recovered", "ce_clean", "ce_spliced", "ce_zero_ablation", "delta_loss",
-               "kl_div", "relative_reconstruction_bias", "nmse", "explained_variance", "frac_dead",
-               "frac_dense", "n_tokens")
+               "kl_div", "relative_reconstruction_bias", "relative_reconstruction_bias_centred", "nmse",
+               "explained_variance", "frac_dead", "frac_dense", "frac_passthrough", "n_tokens")
+CI_LEVEL = 0.95
 
 
 @dataclass
 class EvalResult:
     path: Path
-    metrics: dict  # the content of metrics.json: METRIC_KEYS plus "config" and "sae"
+    metrics: dict  # the content of metrics.json: METRIC_KEYS plus "config", "sae" and "ci"
     reused: bool
+
+
+@dataclass
+class Evaluation:
+    """One SAE on one eval set."""
+
+    metrics: dict                      # METRIC_KEYS -> float (n_tokens: int)
+    ci: dict[str, list[float]] | None  # metric -> [lo, hi]; None without bootstrap
+    sums: dict[str, Tensor]            # per-window sums, metrics.WINDOW_SCALARS + WINDOW_VECTORS
+    fire_counts: Tensor                # [n_windows, d_sae] site tokens each feature fired on
+    feature_density: Tensor            # [d_sae] float64 firing frequency over all site tokens
+    method: str                        # how the spliced passes ran: "from_layer" or "full"
+    kl_mode: str                       # "unembed" or "logits" (see gsae_cli/evalset.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,261 +155,121 @@ def check_sae_matches(cfg: DictConfig, meta: dict, sae_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Running the model with the site replaced
+# One SAE on an eval set
 # ---------------------------------------------------------------------------------------------
-
-
-def _block_container(bridge) -> tuple[nn.Module, str] | None:
-    """(parent, attribute) of the HF model's ModuleList that holds the bridge's blocks."""
-    root = getattr(bridge, "original_model", None)
-    blocks = getattr(bridge, "blocks", None)
-    if root is None or blocks is None:
-        return None
-    for module in root.modules():
-        for name, child in module.named_children():
-            if child is blocks:
-                return module, name
-    return None
-
-
-@contextlib.contextmanager
-def _only_blocks_from(bridge, layer: int) -> Iterator[None]:
-    """Hide blocks 0..layer-1 from the HF model's layer loop for one forward: with
-    `start_at_layer` their output is discarded anyway, so running them is pure waste."""
-    found = _block_container(bridge) if layer > 0 else None
-    if found is None:
-        yield
-        return
-    parent, name = found
-    full = getattr(parent, name)
-    setattr(parent, name, nn.ModuleList(list(full)[layer:]))
-    try:
-        yield
-    finally:
-        setattr(parent, name, full)
-
-
-class _Splicer:
-    """Clean forward with capture, and forwards with the hook's activation replaced.
-
-    method: "auto" (restart from the hook's block when the hook is inside one, verified on the
-    first batch), "from_layer" (always restart, unverified) or "full" (full hooked forwards)."""
-
-    def __init__(self, model: LoadedModel, hook: str, method: str = "auto"):
-        if method not in ("auto", "from_layer", "full"):
-            raise ValueError(method)
-        self.bridge, self.hook, self.device = model.bridge, hook, model.device
-        self.layer = hook_layer(hook)
-        self.entry = None if self.layer is None else f"blocks.{self.layer}.hook_resid_pre"
-        self.from_layer = method != "full" and self.layer is not None
-        self.unverified = method == "auto" and self.from_layer
-
-    @property
-    def method(self) -> str:
-        return "from_layer" if self.from_layer else "full"
-
-    def clean(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(logits, activation at the hook, residual entering the hook's block or None)."""
-        got: dict[str, Tensor] = {}
-
-        def keeper(name: str):
-            # Keyed by the name we asked for: TransformerLens may report an alias's target
-            # (hook_resid_pre fires as blocks.L.hook_in).
-            def keep(act: Tensor, hook) -> None:
-                got[name] = act.detach().clone()  # clone: later in-place ops must not reach it
-            return keep
-
-        names = [self.hook] + ([self.entry] if self.from_layer and self.entry != self.hook else [])
-        logits = self.bridge.run_with_hooks(tokens, return_type="logits",
-                                            fwd_hooks=[(n, keeper(n)) for n in names])
-        missing = [n for n in names if n not in got]
-        if missing:
-            raise ConfigError(f"Hook {', '.join(missing)} never fired in a forward pass; choose a hook on "
-                              "the residual stream, attention or MLP path (e.g. blocks.L.hook_resid_pre).")
-        return logits, got[self.hook], (got[self.entry] if self.from_layer else None)
-
-    def patched(self, tokens: Tensor, entry: Tensor | None, replacement: Tensor) -> Tensor:
-        """Logits with the hook's activation replaced by `replacement` (same shape)."""
-
-        def replace(act: Tensor, hook) -> Tensor:
-            return replacement.to(act.dtype)
-
-        fwd_hooks = [(self.hook, replace)]
-        if self.from_layer:
-            with _only_blocks_from(self.bridge, self.layer):
-                return self.bridge.run_with_hooks(entry, start_at_layer=self.layer,
-                                                  return_type="logits", fwd_hooks=fwd_hooks)
-        return self.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=fwd_hooks)
-
-    def verify(self, tokens: Tensor, logits: Tensor, site: Tensor, entry: Tensor | None) -> None:
-        """On the first batch: the restart path, fed the clean activation, must give the clean
-        logits (one sequence, a fraction of a pass). If not, use full forwards from then on."""
-        self.unverified = False
-        try:
-            check = self.patched(tokens[:1], entry[:1], site[:1])
-            ok = check.shape == logits[:1].shape
-            if ok:
-                tol = 1e-4 if logits.dtype == torch.float32 else 2e-2
-                scale = float(logits[:1].abs().max()) + 1e-6
-                ok = float((check.float() - logits[:1].float()).abs().max()) <= tol * scale
-        except Exception as e:  # noqa: BLE001 — any failure of the fast path means: use the slow one
-            ok = False
-            reason = f"{type(e).__name__}: {e}"
-        else:
-            reason = "its logits differ from the full forward's"
-        if not ok:
-            notice(f"eval: cannot restart the forward at block {self.layer} for this model ({reason}); "
-                   "using full forwards (about 1.5x slower).")
-            self.from_layer = False
-
-
-# ---------------------------------------------------------------------------------------------
-# The evaluation loop
-# ---------------------------------------------------------------------------------------------
-
-
-def _next_token_targets(tokens: Tensor) -> Tensor:
-    """tokens shifted left, with the last position (nothing to predict) ignored: lets the loss run
-    on the whole contiguous logits tensor instead of a copied [:, :-1] slice."""
-    ignore = torch.full_like(tokens[:, :1], -100)
-    return torch.cat([tokens[:, 1:], ignore], dim=1)
-
-
-def _nll_sum(logits: Tensor, targets: Tensor) -> float:
-    """Summed next-token cross-entropy over positions whose target is not -100 (float32 logits,
-    float64 result)."""
-    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                 ignore_index=-100, reduction="sum").double())
-
-
-_KL_CHUNK_ELEMENTS = 1 << 22  # 16 MB of float32 per temporary
-
-
-def _kl_sum(logits_clean: Tensor, logits_spliced: Tensor) -> float:
-    """Σ over positions 0..ctx_len-2 of KL(P_clean ‖ P_spliced), float64. Computed a few dozen
-    positions at a time: kl_div_per_position makes several vocabulary-sized temporaries, and
-    small ones are recycled by the allocator instead of being fresh (page-faulting) memory for
-    every op, which makes the KL ~2.5x cheaper on CPU."""
-    b, s, v = logits_clean.shape
-    rows_clean, rows_spliced = logits_clean.reshape(b * s, v), logits_spliced.reshape(b * s, v)
-    step = max(1, _KL_CHUNK_ELEMENTS // v)
-    per_position = torch.cat([kl_div_per_position(rows_clean[i:i + step], rows_spliced[i:i + step])
-                              for i in range(0, b * s, step)])
-    return float(per_position.view(b, s)[:, :-1].double().sum())
 
 
 @torch.no_grad()
-def evaluate_batches(model: LoadedModel, sae: nn.Module, hook: str, batches: Iterable[Tensor], *,
-                     method: str = "auto", advance: Callable[[int], None] | None = None,
-                     sae_label: str = "the SAE", outlier_threshold: float = math.inf) -> dict:
-    """Metrics of `sae` spliced at `hook` over token batches [batch, ctx_len] (each row BOS + text),
-    positions as in the module docstring. Returns METRIC_KEYS plus `feature_density` (a float64
-    tensor [d_sae]) and `method` ("from_layer" or "full": how the patched passes ran)."""
-    splicer = _Splicer(model, hook, method)
-    stats = ReconstructionStats()
-    ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
-    kl_sum = 0.0
-    n_pred = 0
-    n_site = n_passthrough = 0
+def window_sums(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: int,
+                advance: Callable[[int], None] | None = None,
+                sae_label: str = "the SAE") -> tuple[dict[str, Tensor], Tensor]:
+    """(per-window sums named by metrics.WINDOW_SCALARS / WINDOW_VECTORS, float64 on the CPU;
+    per-window per-feature fire counts [n_windows, d_sae] int32) of `sae` spliced into `es`."""
+    d = es.site[0, 0].numel()  # per-token width; heads ([.., n_heads, d_head]) are flattened, as harvest does
+    if d != sae.d_model:
+        raise ConfigError(
+            f"{sae_label} takes d_model={sae.d_model} activations, but hook {es.hook} of this model "
+            f"gives width {d}. Evaluate it with the model and hook it was trained on (see its "
+            "sae.json), or train one for this site.")
+    splicer = Splicer(model, es.hook, es.method)  # the method the eval set was verified with
     sae_device = next(iter(sae.parameters()), torch.empty(0)).device
-    for i, tokens in enumerate(batches):
-        tokens = tokens.to(model.device)
-        if tokens.shape[1] < 2:
-            raise ConfigError("eval windows need at least 2 tokens (BOS plus one text token).")
-        logits, site, entry = splicer.clean(tokens)
-        if splicer.unverified:
-            splicer.verify(tokens, logits, site, entry)
-        b, s = site.shape[:2]
-        body = site[:, 1:]  # non-BOS positions: the SAE's domain
-        x = body.reshape(b * (s - 1), -1)
-        if x.shape[1] != sae.d_model:
-            raise ConfigError(
-                f"{sae_label} takes d_model={sae.d_model} activations, but hook {hook} of this model "
-                f"gives width {x.shape[1]}. Evaluate it with the model and hook it was trained on "
-                "(see its sae.json), or train one for this site.")
-        x32 = x.to(sae_device, torch.float32)
-        # Attention-sink rows (norm above the threshold training left out) keep their clean
-        # activation, like BOS: the SAE was never trained on them.
-        domain = x32.norm(dim=1) <= outlier_threshold
-        n_site += domain.numel()
-        n_passthrough += int((~domain).sum())
+    first, ctx = es.first, es.ctx_len
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("nll_spliced", "kl", "sq_err", "x_sq", "xhat_sq",
+                                                      "xhat_dot_x", "x_sum", "xhat_sum")}
+    fires: list[Tensor] = []
+    for lo in range(0, es.n_windows, batch_size):
+        hi = min(lo + batch_size, es.n_windows)
+        b = hi - lo
+        tokens = es.tokens[lo:hi].to(model.device)
+        site = es.site[lo:hi].to(model.device)
+        entry = es.entry_rows(lo, hi).to(model.device) if splicer.from_layer else None
+        body = site[:, first:]
+        x32 = body.reshape(-1, d).to(sae_device, torch.float32)
         x_hat = sae(x32)
         if not bool(torch.isfinite(x_hat).all()):
             bad = int((~torch.isfinite(x_hat)).sum())
             raise ArtifactError(
-                f"{sae_label} produced {bad} NaN/inf values in its reconstruction of eval batch {i} "
-                f"(inputs finite: {bool(torch.isfinite(x32).all())}). Its weights are corrupt or its "
-                "training diverged; retrain it (`gsae train --force` with a lower train.lr).")
-        stats.update(x32[domain], x_hat[domain], sae.active_mask(x32[domain]).float())
-
-        keep = (~domain).to(site.device).view(b, s - 1, 1)
+                f"{sae_label} produced {bad} NaN/inf values in its reconstruction of eval windows "
+                f"{lo}-{hi - 1} (inputs finite: {bool(torch.isfinite(x32).all())}). Its weights are "
+                "corrupt or its training diverged; retrain it (`gsae train --force` with a lower train.lr).")
         spliced = site.clone()
-        spliced[:, 1:] = torch.where(keep, body, x_hat.to(site.device, site.dtype).view_as(body))
-        zeroed = site.clone()
-        zeroed[:, 1:] = torch.where(keep, body, torch.zeros_like(body))
+        spliced[:, first:] = x_hat.to(site.device, site.dtype).view_as(body)
 
-        targets = _next_token_targets(tokens)
-        ce["clean"] += _nll_sum(logits, targets)
-        sp_logits = splicer.patched(tokens, entry, spliced)
-        ce["spliced"] += _nll_sum(sp_logits, targets)
-        kl_sum += _kl_sum(logits, sp_logits)
-        del sp_logits, logits  # at most one batch of logits besides the one in use
-        ce["zero"] += _nll_sum(splicer.patched(tokens, entry, zeroed), targets)
-        n_pred += b * (s - 1)
+        logits, h = splicer.patched(tokens, entry, spliced, UNEMBED_IN if es.kl is not None else None)
+        lse = log_sum_exp(logits)
+        parts["nll_spliced"].append(next_token_nll(logits, tokens, lse).sum(dim=1).cpu())
+        if es.kl is not None:
+            # KL = Σ_v P_clean (z_clean - z') + L' - L_clean = E_clean[W_U]·(h - h') + L' - L_clean
+            kl = {k: v[lo:hi].to(model.device) for k, v in es.kl.items()}
+            kl_pos = ((kl["unembed_p"].double() * (kl["unembed_in"].double() - h.double())).sum(-1)
+                      + lse - kl["lse_clean"])
+        else:
+            clean_logits, _ = splicer.patched(tokens, entry, site)
+            kl_pos = kl_direct(clean_logits, logits)
+            del clean_logits
+        del logits
+        parts["kl"].append(kl_pos[:, :-1].sum(dim=1).cpu())  # the last position predicts nothing
+
+        x64 = x32.double().view(b, -1, d)
+        xh64 = x_hat.double().view(b, -1, d)
+        parts["sq_err"].append((x64 - xh64).pow(2).sum(dim=(1, 2)).cpu())
+        parts["x_sq"].append(x64.pow(2).sum(dim=(1, 2)).cpu())
+        parts["xhat_sq"].append(xh64.pow(2).sum(dim=(1, 2)).cpu())
+        parts["xhat_dot_x"].append((xh64 * x64).sum(dim=(1, 2)).cpu())
+        parts["x_sum"].append(x64.sum(dim=1).cpu())
+        parts["xhat_sum"].append(xh64.sum(dim=1).cpu())
+        active = sae.active_mask(x32)
+        fires.append(active.view(b, -1, active.shape[-1]).sum(dim=1, dtype=torch.int32).cpu())
         if advance is not None:
-            advance(b * (s - 1))
-    if n_pred == 0:
-        raise ConfigError("No evaluation tokens: the held-out split produced no full window; lower "
-                          "eval.ctx_len or use a larger corpus.")
-    if stats.count == 0:  # every row passed through: nothing was reconstructed
-        d_sae = sae.active_mask(torch.zeros(1, sae.d_model, device=sae_device)).shape[1]
-        rec = {k: math.nan for k in ("l0", "relative_reconstruction_bias", "nmse", "explained_variance",
-                                     "frac_dead", "frac_dense")}
-        rec["feature_density"] = torch.zeros(d_sae, dtype=torch.float64)
-    else:
-        rec = stats.result()
-    ce_clean, ce_spliced, ce_zero = (ce[k] / n_pred for k in ("clean", "spliced", "zero"))
-    return {
-        "l0": rec["l0"],
-        "loss_recovered": loss_recovered(ce_clean, ce_spliced, ce_zero),
-        "ce_clean": ce_clean,
-        "ce_spliced": ce_spliced,
-        "ce_zero_ablation": ce_zero,
-        "delta_loss": ce_spliced - ce_clean,
-        "kl_div": kl_sum / n_pred,
-        "relative_reconstruction_bias": rec["relative_reconstruction_bias"],
-        "nmse": rec["nmse"],
-        "explained_variance": rec["explained_variance"],
-        "frac_dead": rec["frac_dead"],
-        "frac_dense": rec["frac_dense"],
-        "n_tokens": n_pred,
-        "frac_passthrough": n_passthrough / max(n_site, 1),
-        "feature_density": rec["feature_density"],
-        "method": splicer.method,
-    }
+            advance(b * (ctx - 1))
+    fire_counts = torch.cat(fires)
+    n = es.n_windows
+    sums = {k: torch.cat(v) for k, v in parts.items()}
+    sums.update({"n_pred": torch.full((n,), float(ctx - 1), dtype=torch.float64),
+                 "nll_clean": es.nll_clean.double(), "nll_zero": es.nll_zero.double(),
+                 "n_site": torch.full((n,), float(ctx - first), dtype=torch.float64),
+                 "l0": fire_counts.sum(dim=1).double()})
+    return {k: sums[k] for k in WINDOW_SCALARS + WINDOW_VECTORS}, fire_counts
+
+
+def summarise(sums: dict[str, Tensor], fire_counts: Tensor, frac_passthrough: float, *,
+              bootstrap_samples: int = 0, bootstrap_seed: int = 0) -> tuple[dict, dict | None]:
+    """(METRIC_KEYS -> value, {metric: [lo, hi]} or None) from per-window sums."""
+    point = {k: float(v) for k, v in window_metrics(sums, fire_counts).items()}
+    point["frac_passthrough"] = frac_passthrough
+    point["n_tokens"] = int(sums["n_pred"].sum())
+    metrics = {k: point[k] for k in METRIC_KEYS}
+    if bootstrap_samples <= 0:
+        return metrics, None
+    intervals = bootstrap_intervals(sums, fire_counts, bootstrap_samples, bootstrap_seed, CI_LEVEL)
+    intervals["frac_passthrough"] = (frac_passthrough, frac_passthrough)  # the same in every window
+    return metrics, {k: list(intervals[k]) for k in METRIC_KEYS if k != "n_tokens"}
+
+
+def evaluate(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: int,
+             bootstrap_samples: int = 0, bootstrap_seed: int = 0,
+             advance: Callable[[int], None] | None = None, sae_label: str = "the SAE") -> Evaluation:
+    """`sae` spliced into the eval set `es`: metrics, intervals and per-window sums."""
+    sums, fire_counts = window_sums(model, sae, es, batch_size=batch_size, advance=advance, sae_label=sae_label)
+    metrics, ci = summarise(sums, fire_counts, es.frac_passthrough, bootstrap_samples=bootstrap_samples,
+                            bootstrap_seed=bootstrap_seed)
+    density = fire_counts.sum(dim=0).double() / sums["n_site"].sum()
+    return Evaluation(metrics=metrics, ci=ci, sums=sums, fire_counts=fire_counts, feature_density=density,
+                      method=es.method, kl_mode=es.kl_mode)
+
+
+def evaluate_windows(model: LoadedModel, sae: nn.Module, hook: str, windows: Tensor, *, first: int = 1,
+                     batch_size: int = 8, method: str = "auto", bootstrap_samples: int = 0,
+                     bootstrap_seed: int = 0) -> Evaluation:
+    """Build an eval set for token windows [n, ctx_len] in memory and evaluate `sae` on it."""
+    es = build_evalset(model, hook, windows, first, batch_size=batch_size, method=method)
+    return evaluate(model, sae, es, batch_size=batch_size, bootstrap_samples=bootstrap_samples,
+                    bootstrap_seed=bootstrap_seed)
 
 
 # ---------------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------------
-
-
-def eval_windows(cfg: DictConfig, model: LoadedModel) -> list[list[int]]:
-    """Enough held-out windows for eval.n_tokens CE positions (ctx_len - 1 per window), tokenised
-    up front (cheap) so that a too-small corpus fails before any forward pass."""
-    from gsae_cli.data import token_windows
-
-    ec = cfg.eval
-    n_windows = -(-ec.n_tokens // (ec.ctx_len - 1))
-    windows = list(itertools.islice(
-        token_windows(cfg.data, model.tokenizer, "eval", ec.ctx_len, model.bos_token_id,
-                      model.eos_token_id), n_windows))
-    if len(windows) < n_windows:
-        raise ConfigError(
-            f"The held-out split ran out after {len(windows) * (ec.ctx_len - 1):,} tokens, short of "
-            f"eval.n_tokens={ec.n_tokens:,} (ctx_len={ec.ctx_len}). Lower eval.n_tokens, hold out more "
-            "documents (a smaller data.eval_every) or use a larger corpus.")
-    return windows
 
 
 def run_eval(cfg: DictConfig, force: bool = False) -> EvalResult:
@@ -395,45 +286,61 @@ def run_eval(cfg: DictConfig, force: bool = False) -> EvalResult:
     return EvalResult(directory, metrics, False)
 
 
+def write_per_window(path: Path, sums: dict[str, Tensor], eval_set: str) -> None:
+    """per_window.safetensors: float64 [n_windows] (scalars) and [n_windows, d_model] (vectors)
+    sums, metadata {"format": WINDOW_FORMAT, "eval_set": <evalset hash>}."""
+    from safetensors.torch import save
+
+    tensors = {k: sums[k].to(torch.float64).contiguous() for k in WINDOW_SCALARS + WINDOW_VECTORS}
+    artifacts.atomic_write_bytes(path, save(tensors, metadata={"format": WINDOW_FORMAT, "eval_set": eval_set}))
+
+
 def _evaluate(cfg: DictConfig, sae_dir: Path, meta: dict, directory: Path) -> dict:
-    from gsae_cli.data import batched_windows
     from gsae_cli.sae_io import load_sae
 
     device = resolve_device(cfg.device)
     model = load_model(cfg.model, device)
     validate_hooks(model, [cfg.hook])
     sae = load_sae(sae_dir, device)
-    windows = eval_windows(cfg, model)
-    total = len(windows) * (cfg.eval.ctx_len - 1)
     t0 = time.monotonic()
-    with track("eval", total, "tokens") as bar:
-        out = evaluate_batches(model, sae, cfg.hook, batched_windows(windows, cfg.eval.batch_size),
-                               advance=bar.advance, sae_label=f"The SAE in {sae_dir}",
-                               outlier_threshold=float(meta.get("outlier_norm_threshold", math.inf)))
-    seconds = time.monotonic() - t0
-    density = out.pop("feature_density")
-    method = out.pop("method")
+    es, cached = obtain_evalset(cfg, model)
+    t1 = time.monotonic()
+    with track("eval", es.n_windows * (es.ctx_len - 1), "tokens") as bar:
+        ev = evaluate(model, sae, es, batch_size=cfg.eval.batch_size,
+                      bootstrap_samples=cfg.eval.bootstrap_samples, bootstrap_seed=cfg.eval.bootstrap_seed,
+                      advance=bar.advance, sae_label=f"The SAE in {sae_dir}")
+    seconds = time.monotonic() - t1
     sae_info = {"path": str(sae_dir), "architecture": meta.get("architecture"), "d_sae": meta.get("d_sae"),
                 "l1_coefficient": meta.get("l1_coefficient"), "train_hash": meta.get("train_hash"),
                 "hook": meta.get("hook", cfg.hook), "model": meta.get("model", cfg.model.name)}
-    metrics = {**{k: out[k] for k in METRIC_KEYS}, "config": OmegaConf.to_container(cfg, resolve=True),
-               "sae": sae_info}
+    metrics = {**ev.metrics, "config": OmegaConf.to_container(cfg, resolve=True), "sae": sae_info}
+    if ev.ci is not None:
+        metrics["ci"] = ev.ci
+    n_site = int(ev.sums["n_site"].sum())
 
     directory.mkdir(parents=True, exist_ok=True)
     artifacts.atomic_write_text(directory / "config.yaml", to_yaml(cfg))
-    hist = density_histogram(density, bins=cfg.eval.density_bins)
+    digest = evalset_hash(cfg)
+    write_per_window(directory / PER_WINDOW, ev.sums, digest)
+    hist = density_histogram(ev.feature_density, bins=cfg.eval.density_bins)
     artifacts.write_json(directory / "density.json", {
         "counts": hist.counts.tolist(), "edges": hist.edges.tolist(), "n_dead": hist.n_dead,
-        "n_features": int(density.numel()), "n_tokens": out["n_tokens"],
-        "x": "log10 firing frequency (fraction of eval tokens on which a feature is active)",
+        "n_features": int(ev.feature_density.numel()), "n_tokens": n_site, "n_windows": es.n_windows,
+        "x": "log10 firing frequency (fraction of the n_tokens eval site tokens on which a feature is active)",
         "dense_threshold": 0.1})
-    artifacts.atomic_write_bytes(directory / "density.png", _density_png(hist, sae_info, out["n_tokens"]))
+    artifacts.atomic_write_bytes(directory / "density.png", _density_png(hist, sae_info, n_site))
+    first = es.first
     artifacts.write_json(directory / "summary.json", {
-        **{k: out[k] for k in METRIC_KEYS}, "sae": sae_info, "seconds": seconds,
-        "tokens_per_s": out["n_tokens"] / max(seconds, 1e-9), "spliced_passes": method,
-        "frac_passthrough": out["frac_passthrough"],
-        "positions": "CE over positions 0..ctx_len-2 (next token); SAE spliced and zeros ablated at "
-                     "positions 1..ctx_len-1 (BOS kept clean); reconstruction stats at 1..ctx_len-1",
+        **ev.metrics, "sae": sae_info, "seconds": seconds, "tokens_per_s": ev.metrics["n_tokens"] / max(seconds, 1e-9),
+        "spliced_passes": ev.method, "kl_mode": ev.kl_mode, "n_windows": es.n_windows,
+        "site_tokens": n_site, "held_out_windows": es.info.get("held_out_windows"),
+        "eval_set": {"hash": digest, "path": str(evalset_dir(cfg)) if cfg.eval.cache else None,
+                     "reused": cached, "seconds": t1 - t0},
+        "bootstrap": {"samples": cfg.eval.bootstrap_samples, "seed": cfg.eval.bootstrap_seed,
+                      "level": CI_LEVEL, "unit": "window"},
+        "positions": f"CE and KL over positions 0..{es.ctx_len - 2} (next token); SAE spliced and zeros "
+                     f"ablated at positions {first}..{es.ctx_len - 1}, positions 0..{first - 1} keep "
+                     f"their clean activation; reconstruction stats at {first}..{es.ctx_len - 1}",
         "kl_direction": "KL(P_clean || P_spliced)"})
     artifacts.write_json(directory / METRICS, metrics)
     artifacts.mark_complete(directory)
@@ -467,39 +374,51 @@ def _density_png(hist, sae_info: dict, n_tokens: int) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 _ROWS = [  # key, label, format, what it means
-    ("l0", "L0", "{:.2f}", "mean active features per token"),
+    ("l0", "L0", "{:.2f}", "mean active features per site token"),
     ("loss_recovered", "loss recovered", "{:.4f}", "(CE_zero - CE_spliced)/(CE_zero - CE_clean); 1 = perfect"),
     ("delta_loss", "delta loss", "{:.4f}", "CE_spliced - CE_clean (nats)"),
     ("ce_clean", "CE clean", "{:.4f}", "next-token cross-entropy, untouched model"),
-    ("ce_spliced", "CE spliced", "{:.4f}", "with the SAE reconstruction at the hook"),
-    ("ce_zero_ablation", "CE zero-ablated", "{:.4f}", "with zeros at the hook"),
+    ("ce_spliced", "CE spliced", "{:.4f}", "with the SAE reconstruction at the site"),
+    ("ce_zero_ablation", "CE zero-ablated", "{:.4f}", "with zeros at the site"),
     ("kl_div", "KL", "{:.4f}", "mean KL(P_clean || P_spliced) per position (nats)"),
-    ("relative_reconstruction_bias", "gamma (shrinkage)", "{:.4f}", "<1 shrinks, 1 = none"),
+    ("relative_reconstruction_bias", "gamma (shrinkage)", "{:.4f}", "E||x_hat||^2 / E[x_hat.x]; <1 shrinks"),
+    ("relative_reconstruction_bias_centred", "gamma centred", "{:.4f}", "the same about the means"),
     ("nmse", "NMSE", "{:.4f}", "E||x - x_hat||^2 / E||x - E[x]||^2"),
     ("explained_variance", "explained variance", "{:.4f}", "1 - NMSE"),
-    ("frac_dead", "dead features", "{:.2%}", "never fire on the eval tokens"),
-    ("frac_dense", "dense features", "{:.2%}", "fire on > 10 % of tokens"),
+    ("frac_dead", "dead features", "{:.2%}", "never fire on the eval site tokens"),
+    ("frac_dense", "dense features", "{:.2%}", "fire on > 10 % of them"),
+    ("frac_passthrough", "passed through", "{:.2%}", "non-BOS positions kept clean (context)"),
     ("n_tokens", "tokens", "{:,}", "predictions counted"),
 ]
 
 
+def _fmt(fmt: str, value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+
+
 def print_table(metrics: dict) -> None:
-    """The metrics as a table on stderr (stdout carries only results)."""
+    """The metrics, with their bootstrap intervals when present, as a table on stderr (stdout
+    carries only results)."""
     from rich.table import Table
     from rich.text import Text
 
     from gsae_cli.progress import stderr
 
     sae = metrics.get("sae") or {}
+    ci = metrics.get("ci") or {}
     title = "eval" + (f": {sae.get('architecture')} SAE at {sae.get('hook')}" if sae else "")
     table = Table(title=Text(title), title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    if ci:
+        table.add_column("95 % CI (windows)", justify="right")
     table.add_column("meaning", style="dim")
     for key, label, fmt, meaning in _ROWS:
         if key not in metrics:
             continue
-        value = metrics[key]
-        text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
-        table.add_row(label, text, Text(meaning))  # Text: "E[x]" is not rich markup
+        cells = [label, _fmt(fmt, metrics[key])]
+        if ci:
+            lo_hi = ci.get(key)
+            cells.append(f"[{_fmt(fmt, lo_hi[0])}, {_fmt(fmt, lo_hi[1])}]" if lo_hi else "")
+        table.add_row(*map(Text, cells), Text(meaning))  # Text: "[n/a, ...]", "E[x]" are not markup
     stderr.print(table)

@@ -24,8 +24,9 @@ rescale_shift (spec §3) has no SAELens architecture but is exactly a gated SAE:
 path exp(r_mag) ⊙ (pi - b_enc) + b_mag = exp(r_mag) ⊙ ((x - b_dec) W_enc) + b_mag is the gated
 magnitude path with W_gate = W_enc, and its support 1[pi > 0] is the gate with b_gate = b_enc.
 So W_enc -> W_enc, b_enc -> b_gate, r_mag and b_mag unchanged (no bias shift is needed because
-spec §3 rescales pi - b_enc, not pi). A gated SAE trained with `sae.tie_weights=false` has a free
-W_mag, which SAELens's gated SAE cannot represent, so it is refused.
+spec §3 rescales pi - b_enc, not pi). A gated SAE trained with `sae.r_mag=false` (W_mag = W_gate)
+is exported with r_mag = 0. One trained with `sae.tie_weights=false` has a free W_mag, which
+SAELens's gated SAE cannot represent, so it is refused.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def saelens_tensors(sae: SAE) -> tuple[str, dict[str, torch.Tensor]]:
                 "This gated SAE was trained with sae.tie_weights=false: its magnitude weights W_mag "
                 "are free, and SAELens's gated architecture can only express W_mag = W_gate ⊙ "
                 "exp(r_mag). Export a tied gated SAE (the default) instead.")
-        arch, named = "gated", {"W_enc": sae.W_gate, "b_gate": sae.b_gate, "r_mag": sae.r_mag,
+        # r_mag=False (W_mag = W_gate) is SAELens's gated SAE with r_mag = 0: exp(0) = 1 exactly.
+        r_mag = sae.r_mag if sae.has_r_mag else torch.zeros_like(sae.b_mag)
+        arch, named = "gated", {"W_enc": sae.W_gate, "b_gate": sae.b_gate, "r_mag": r_mag,
                                 "b_mag": sae.b_mag, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
     elif isinstance(sae, RescaleShiftSAE):  # exactly a gated SAE; see the module docstring
         arch, named = "gated", {"W_enc": sae.W_enc, "b_gate": sae.b_enc, "r_mag": sae.r_mag,

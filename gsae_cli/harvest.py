@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from gsae_cli import artifacts, status, store
-from gsae_cli.config import harvest_dir, harvest_hash, harvest_identity, to_yaml
+from gsae_cli.config import corpus_identity, harvest_dir, harvest_hash, harvest_identity, to_yaml
 from gsae_cli.data import batched_windows, kept_positions, token_windows
 from gsae_cli.errors import ConfigError
 from gsae_cli.models import DTYPES, LoadedModel, load_model, resolve_device, validate_hooks
@@ -118,7 +118,7 @@ def _harvest(cfg: DictConfig, hooks: list[str], dirs: dict[str, Path]) -> None:
     device = resolve_device(cfg.device)
     model = load_model(cfg.model, device)
     validate_hooks(model, hooks)
-    keep = kept_positions(hc.ctx_len, hc.exclude_bos)
+    keep = kept_positions(hc.ctx_len, cfg.site_start)
     rows_per_window = hc.ctx_len - keep.start
     done = {h: store.rows_written(dirs[h]) for h in hooks}
     start_row = min(done.values())
@@ -199,10 +199,12 @@ def _final_attrs(cfg: DictConfig, hook: str, model: LoadedModel, norms: RunningN
         "hook": hook,
         "d_model": d_model,
         "corpus": {"name": cfg.data.name, "path": cfg.data.path, "split": "train",
+                   "version": corpus_identity(cfg).get("default_corpus_version"),  # None: not the default
                    "held_out": f"every {cfg.data.eval_every}-th document (index % {cfg.data.eval_every} == 0)",
-                   "windows": -(-hc.n_tokens // (hc.ctx_len - kept_positions(hc.ctx_len, hc.exclude_bos).start))},
+                   "windows": -(-hc.n_tokens // (hc.ctx_len - kept_positions(hc.ctx_len, cfg.site_start).start))},
         "ctx_len": hc.ctx_len,
-        "exclude_bos": hc.exclude_bos,
+        # positions 0 .. site_start-1 of each window are not stored (BOS, then attention sinks)
+        "site_start": cfg.site_start,
         "bos_token_id": model.bos_token_id,
         "eos_token_id": model.eos_token_id,
         "dtype": hc.dtype,

@@ -9,14 +9,76 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from gsae_cli import status
+from gsae_cli.errors import ConfigError
 
 STAGES = ("harvest", "train", "eval")
 FIELDS = ("stage", "name", "model", "hook", "sae", "l1_coefficient", "tokens", "status", "progress",
           "size_bytes", "path", "message")
+
+
+# ---- the config of the commands that only read artifacts (ls, report) ---------------------------
+
+# A Hydra override: a dotted (or group/path) key with optional ~, +, ++ and @package, then `=`.
+# Anything else on a read-only command's line is a path: `./a=b` and `~/x` are (keys never start
+# with a dot or a slash).
+_OVERRIDE = re.compile(r"^(?:~|\+\+?)?([A-Za-z_][\w\-]*(?:[./][\w\-]+)*)(?:@[\w.\-/]*)?=")
+
+
+def is_override(token: str) -> bool:
+    return _OVERRIDE.match(token) is not None
+
+
+def override_key(token: str) -> Optional[str]:
+    m = _OVERRIDE.match(token)
+    return m.group(1) if m else None
+
+
+def _quote(value: str) -> str:
+    """A path as one Hydra value: quoted unless plainly safe (spaces, commas and brackets would
+    otherwise be read as Hydra syntax)."""
+    if re.fullmatch(r"[\w./\-~:]+", value):
+        return value
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def reader_config(overrides: Sequence[str], *, command: str, uses: Iterable[str],
+                  legacy_out_dir: Optional[str] = None, hint: str = ""):
+    """Compose the config exactly as the building stages do, so `out_dir=X` (and any typo in a key)
+    means the same to `gsae ls`/`gsae report` as to `gsae eval`. Keys outside `uses` are valid
+    but change nothing here; a notice says so rather than silently ignoring them."""
+    from gsae_cli.config import compose_config
+
+    overrides = list(overrides)
+    if legacy_out_dir is not None:
+        if any(override_key(o) == "out_dir" for o in overrides):
+            raise ConfigError(f"gsae {command}: both --out-dir and out_dir= were given; drop --out-dir "
+                              "(deprecated) and keep out_dir=DIR, as for every other stage.")
+        print(f"note: --out-dir is deprecated; write out_dir={legacy_out_dir} as for every other stage.",
+              file=sys.stderr, flush=True)
+        overrides.append(f"out_dir={_quote(legacy_out_dir)}")
+    cfg = compose_config(overrides)
+    uses = set(uses)
+    idle = [o for o in overrides if override_key(o) not in uses]
+    if idle:
+        print(f"note: {', '.join(idle)}: valid, but gsae {command} only reads finished artifacts and uses "
+              f"only {', '.join(sorted(uses))} from the config{hint}.", file=sys.stderr, flush=True)
+    return cfg
+
+
+def ls_config(args: Sequence[str], legacy_out_dir: Optional[str] = None):
+    """`gsae ls`'s arguments are overrides only: a bare path is most likely an outputs folder
+    meant as out_dir=PATH, and the error says exactly that."""
+    paths = [a for a in args if not is_override(a)]
+    if paths:
+        raise ConfigError(f"gsae ls takes key=value overrides, not paths: got {' '.join(paths)}. To list "
+                          f"another outputs folder write `gsae ls out_dir={paths[0]}`.")
+    return reader_config(args, command="ls", uses={"out_dir"}, legacy_out_dir=legacy_out_dir)
 
 
 # ---- reading small files without ever raising --------------------------------------------------

@@ -62,6 +62,16 @@ def relative_reconstruction_bias(x: Tensor, x_hat: Tensor) -> float:
     return float(x_hat.pow(2).sum() / (x_hat * x).sum())
 
 
+def relative_reconstruction_bias_centred(x: Tensor, x_hat: Tensor) -> float:
+    """γ about the means: E||x_hat - E x_hat||² / E[(x_hat - E x_hat)·(x - E x)], the slope of
+    the best fit of x by x_hat/γ + c. Where the mean direction carries much of E||x||², raw γ
+    mostly measures how well that constant is reproduced and hides shrinkage of the rest;
+    x_hat = 0.8 x + c gives exactly 0.8 here but not in raw γ."""
+    x, x_hat = _check_pair(x, x_hat)
+    xc, xhc = x - x.mean(dim=0), x_hat - x_hat.mean(dim=0)
+    return float(xhc.pow(2).sum() / (xhc * xc).sum())
+
+
 def nmse(x: Tensor, x_hat: Tensor) -> float:
     """E||x - x_hat||² / E||x - E[x]||² (variance about the mean, not about zero)."""
     x, x_hat = _check_pair(x, x_hat)
@@ -118,9 +128,9 @@ def density_histogram(
 class ReconstructionStats:
     """Streams eval batches and gives the same numbers as the one-shot functions on all of
     them concatenated. Accumulates in float64:
-      Σ||x_hat||², Σ x_hat·x, Σ||x - x_hat||², Σx (per dim), Σ||x||², N,
+      Σ||x_hat||², Σ x_hat·x, Σ||x - x_hat||², Σx and Σx_hat (per dim), Σ||x||², N,
       per-feature fire counts and the total number of firings.
-    The variance about the mean is Σ||x||²/N - ||Σx/N||².
+    The variance about the mean is Σ||x||²/N - ||Σx/N||²; centred γ uses the same identity.
     """
 
     def __init__(self) -> None:
@@ -130,6 +140,7 @@ class ReconstructionStats:
         self.sum_err_sq = 0.0
         self.sum_x_sq = 0.0
         self.sum_x: Tensor | None = None
+        self.sum_xhat: Tensor | None = None
         self.fire_counts: Tensor | None = None
         self.total_active = 0
 
@@ -144,21 +155,24 @@ class ReconstructionStats:
         self.sum_xhat_dot_x += float((x_hat * x).sum())
         self.sum_err_sq += float((x - x_hat).pow(2).sum())
         self.sum_x_sq += float(x.pow(2).sum())
-        batch_sum_x = x.sum(dim=0).cpu()
+        batch_sum_x, batch_sum_xhat = x.sum(dim=0).cpu(), x_hat.sum(dim=0).cpu()
         batch_fires = fires.sum(dim=0, dtype=torch.int64)
-        if self.sum_x is None or self.fire_counts is None:
-            self.sum_x, self.fire_counts = batch_sum_x, batch_fires
+        if self.sum_x is None or self.sum_xhat is None or self.fire_counts is None:
+            self.sum_x, self.sum_xhat, self.fire_counts = batch_sum_x, batch_sum_xhat, batch_fires
         else:
             self.sum_x += batch_sum_x
+            self.sum_xhat += batch_sum_xhat
             self.fire_counts += batch_fires
         self.total_active += int(batch_fires.sum())
 
     def result(self) -> dict[str, float | Tensor]:
-        if self.count == 0 or self.sum_x is None or self.fire_counts is None:
+        if self.count == 0 or self.sum_x is None or self.sum_xhat is None or self.fire_counts is None:
             raise ValueError("ReconstructionStats.result() called before any update()")
         n = self.count
-        mean_x = self.sum_x / n
+        mean_x, mean_xhat = self.sum_x / n, self.sum_xhat / n
         variance = self.sum_x_sq / n - float(mean_x.pow(2).sum())
+        xhat_variance = self.sum_xhat_sq / n - float(mean_xhat.pow(2).sum())
+        covariance = self.sum_xhat_dot_x / n - float((mean_xhat * mean_x).sum())
         nmse_value = (self.sum_err_sq / n) / variance if variance > 0 else math.nan
         density = self.fire_counts.to(torch.float64) / n
         return {
@@ -166,9 +180,136 @@ class ReconstructionStats:
             # γ is 0/0 for an all-zero reconstruction: undefined, reported as NaN
             "relative_reconstruction_bias": (self.sum_xhat_sq / self.sum_xhat_dot_x
                                              if self.sum_xhat_dot_x != 0.0 else math.nan),
+            "relative_reconstruction_bias_centred": (xhat_variance / covariance
+                                                     if covariance != 0.0 else math.nan),
             "nmse": nmse_value,
             "explained_variance": 1.0 - nmse_value,
             "frac_dead": frac_dead(density),
             "frac_dense": frac_dense(density),
             "feature_density": density,
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-window sums: every metric is a ratio of sums over eval windows, so any subset or bootstrap
+# resample of windows gives its metrics from the sums alone (eval's per_window.safetensors).
+# ---------------------------------------------------------------------------------------------
+
+# Scalar sums per window, each [n_windows] float64.
+WINDOW_SCALARS = ("n_pred", "nll_clean", "nll_spliced", "nll_zero", "kl", "n_site", "l0",
+                  "sq_err", "x_sq", "xhat_sq", "xhat_dot_x")
+# Vector sums per window, each [n_windows, d_model] float64 (for the means in NMSE and γ centred).
+WINDOW_VECTORS = ("x_sum", "xhat_sum")
+WINDOW_FORMAT = "gsae-per-window-1"
+
+
+def metrics_from_window_sums(sums: dict[str, Tensor], index: Tensor | None = None) -> dict[str, Tensor]:
+    """The metrics of the windows `index` (a [k] or [B, k] long tensor of window numbers, repeats
+    allowed, as in a bootstrap resample; None: all windows) from per-window sums:
+
+      n_pred   next-token predictions (CE positions)     nll_*   summed CE (nats) clean/spliced/zero
+      kl       summed KL(P_clean || P_spliced)             n_site  positions spliced (SAE inputs)
+      l0       summed active-feature counts                sq_err  Σ||x - x_hat||²
+      x_sq     Σ||x||²   xhat_sq Σ||x_hat||²   xhat_dot_x Σ x_hat·x   x_sum Σx   xhat_sum Σx_hat
+
+    Returns float64 tensors (0-dim, or [B] for a [B, k] index) for l0, ce_clean, ce_spliced,
+    ce_zero_ablation, delta_loss, loss_recovered, kl_div, relative_reconstruction_bias,
+    relative_reconstruction_bias_centred, nmse and explained_variance."""
+    def total(name: str) -> Tensor:
+        v = sums[name].to(torch.float64)
+        return v.sum(dim=0) if index is None else v[index].sum(dim=-1 - (v.ndim - 1))
+
+    s = {k: total(k) for k in WINDOW_SCALARS}
+    x_sum, xhat_sum = total("x_sum"), total("xhat_sum")
+    n = s["n_site"]
+    ce = {k: s[f"nll_{k}"] / s["n_pred"] for k in ("clean", "spliced", "zero")}
+    var_sum = s["x_sq"] - x_sum.pow(2).sum(-1) / n           # Σ||x - mean x||²
+    xhat_var = s["xhat_sq"] - xhat_sum.pow(2).sum(-1) / n    # Σ||x_hat - mean x_hat||²
+    cov = s["xhat_dot_x"] - (xhat_sum * x_sum).sum(-1) / n   # Σ (x_hat - mean)·(x - mean)
+    nmse_value = s["sq_err"] / var_sum
+    return {
+        "l0": s["l0"] / n,
+        "ce_clean": ce["clean"],
+        "ce_spliced": ce["spliced"],
+        "ce_zero_ablation": ce["zero"],
+        "delta_loss": ce["spliced"] - ce["clean"],
+        "loss_recovered": (s["nll_zero"] - s["nll_spliced"]) / (s["nll_zero"] - s["nll_clean"]),
+        "kl_div": s["kl"] / s["n_pred"],
+        "relative_reconstruction_bias": s["xhat_sq"] / s["xhat_dot_x"],
+        "relative_reconstruction_bias_centred": xhat_var / cov,
+        "nmse": nmse_value,
+        "explained_variance": 1.0 - nmse_value,
+    }
+
+
+def bootstrap_indices(n_windows: int, n_samples: int, seed: int) -> Tensor:
+    """[n_samples, n_windows] window numbers drawn with replacement. The same (n_windows,
+    n_samples, seed) always gives the same draws, so SAEs evaluated on the same eval set are
+    resampled identically and their differences are paired."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, n_windows, (n_samples, n_windows), generator=g)
+
+
+def percentile_interval(samples: Tensor, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` interval of bootstrap samples (percentile method; NaNs ignored)."""
+    s = samples.to(torch.float64).flatten()
+    s = s[~torch.isnan(s)]
+    if s.numel() == 0:
+        return (math.nan, math.nan)
+    q = torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(s, q).tolist()
+    return (lo, hi)
+
+
+def window_multiplicity(index: Tensor, n_windows: int) -> Tensor:
+    """[B, n_windows] float64: how often each window occurs in each row of `index` ([k] or [B, k])."""
+    idx = index if index.ndim == 2 else index[None]
+    counts = torch.zeros(idx.shape[0], n_windows, dtype=torch.float64)
+    return counts.scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))
+
+
+def fire_fractions(fire_counts: Tensor, n_site: Tensor, index: Tensor | None = None,
+                   threshold: float = DENSE_THRESHOLD) -> dict[str, Tensor]:
+    """frac_dead and frac_dense of the windows `index` (as in metrics_from_window_sums) from
+    per-window per-feature fire counts [n_windows, d_sae] and per-window token counts n_site
+    [n_windows]: a feature is dead if it fires on none of those tokens, dense if on more than
+    `threshold` of them. float64 tensors, 0-dim or [B]."""
+    counts_w = fire_counts.to(torch.float64)
+    n_w = n_site.to(torch.float64)
+    if index is None:
+        counts, n = counts_w.sum(dim=0), n_w.sum()
+        density = counts / n
+    else:
+        # a resample's counts are the windows' counts weighted by how often each was drawn:
+        # one matmul instead of gathering [B, k, d_sae] (integers, exact in float64)
+        weights = window_multiplicity(index, counts_w.shape[0])
+        counts, n = weights @ counts_w, weights @ n_w
+        density = counts / n[:, None]
+        if index.ndim == 1:
+            counts, density = counts[0], density[0]
+    return {"frac_dead": (counts == 0).to(torch.float64).mean(dim=-1),
+            "frac_dense": (density > threshold).to(torch.float64).mean(dim=-1)}
+
+
+def window_metrics(sums: dict[str, Tensor], fire_counts: Tensor,
+                   index: Tensor | None = None) -> dict[str, Tensor]:
+    """metrics_from_window_sums plus frac_dead and frac_dense, for the windows `index`."""
+    out = metrics_from_window_sums(sums, index)
+    out.update(fire_fractions(fire_counts, sums["n_site"], index))
+    return out
+
+
+def bootstrap_intervals(sums: dict[str, Tensor], fire_counts: Tensor, n_samples: int, seed: int,
+                        level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals over windows for every metric of `window_metrics`, from
+    `bootstrap_indices(n_windows, n_samples, seed)`: the same windows and seed resample every SAE
+    identically. Resamples are processed a few at a time so that the gathered vector sums
+    ([chunk, n_windows, d_model] float64) stay near 32 MB."""
+    n_windows, d = sums["x_sum"].shape
+    index = bootstrap_indices(n_windows, n_samples, seed)
+    chunk = max(1, (1 << 22) // max(1, n_windows * d))
+    parts: dict[str, list[Tensor]] = {}
+    for start in range(0, n_samples, chunk):
+        for key, value in window_metrics(sums, fire_counts, index[start:start + chunk]).items():
+            parts.setdefault(key, []).append(value)
+    return {key: percentile_interval(torch.cat(values), level) for key, values in parts.items()}

@@ -1,18 +1,26 @@
 """`gsae report`: collect finished evaluations into results.csv, Pareto plots and a markdown
 table, and compute the paper's headline number (spec §6): the L0 ratio between architectures
-at matched loss recovered.
+at matched loss recovered, with a 95 % bootstrap interval over eval windows.
 
 Rows are grouped into *series*: one per (model, hook, architecture) plus any other config value
 that differs between the rows (train tokens, expansion factor, corpus, ...), so that a frontier
 never mixes models, sites or training budgets. The sparsity coefficient is what varies along a
 series.
+
+The interval resamples eval windows: each SAE's per_window.safetensors holds per-window sums
+from which any resample's L0 and loss recovered follow (metrics.metrics_from_window_sums). SAEs
+evaluated on the same eval set get the same resamples (paired), so what is shared by every SAE,
+such as how hard the drawn windows are, cancels out of the ratio.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -22,23 +30,32 @@ from typing import Any, Optional, Sequence
 from gsae_cli import artifacts
 from gsae_cli.errors import ArtifactError, ConfigError
 
-COLUMNS = ["model", "hook", "architecture", "l1_coefficient", "train_tokens", "l0", "loss_recovered",
-           "delta_loss", "kl_div", "relative_reconstruction_bias", "nmse", "explained_variance",
-           "frac_dead", "frac_dense", "ce_clean", "ce_spliced", "ce_zero_ablation", "eval_path"]
-METRIC_KEYS = COLUMNS[5:-1]
+ID_COLUMNS = ["model", "hook", "architecture", "l1_coefficient", "train_tokens"]
+METRIC_KEYS = ["l0", "loss_recovered", "delta_loss", "kl_div", "relative_reconstruction_bias",
+               "relative_reconstruction_bias_centred", "nmse", "explained_variance", "frac_dead", "frac_dense",
+               "frac_passthrough", "ce_clean", "ce_spliced", "ce_zero_ablation"]
+# Each metric with its 95 % interval from metrics.json "ci" (blank where an eval recorded none).
+COLUMNS = ID_COLUMNS + [c for k in METRIC_KEYS for c in (k, f"{k}_lo", f"{k}_hi")] + ["eval_set", "eval_path"]
+
+WINDOW_FILE = "per_window.safetensors"
 
 # Short names for --where, mapped to result columns.
 ALIASES = {"model": "model", "model.name": "model", "sae": "architecture", "sae.name": "architecture",
            "arch": "architecture", "l1": "l1_coefficient", "sae.l1_coefficient": "l1_coefficient",
            "tokens": "train_tokens", "train.n_tokens": "train_tokens", "hook": "hook"}
 
-# Config keys that change speed, logging or where files go, never what an SAE or a measurement
-# is; the coefficient is what varies *along* a series. Differences elsewhere split series.
+# Config keys that change speed, logging, intervals or where files go, never what an SAE or a
+# measurement is; the coefficient is what varies *along* a series. Differences elsewhere split series.
 _NOT_SERIES_KEYS = {"sae.l1_coefficient", "sae.path", "sae.name", "model.name", "hook", "hooks", "out_dir",
                     "device", "train.checkpoint_every", "train.log_every", "train.wandb",
                     "train.wandb_project", "train.compile", "train.shuffle_buffer_chunks",
-                    "train.autocast", "harvest.batch_size", "harvest.chunk_rows", "eval.batch_size"}
-_GATED_ONLY = {"sae.tie_weights", "sae.aux_loss", "sae.freeze_aux_decoder"}
+                    "train.autocast", "harvest.batch_size", "harvest.chunk_rows", "harvest.shard_chunks",
+                    "eval.batch_size", "eval.cache", "eval.bootstrap_samples", "eval.bootstrap_seed",
+                    "eval.density_bins"}
+_GATED_ONLY = {"sae.tie_weights", "sae.r_mag", "sae.aux_loss", "sae.freeze_aux_decoder"}
+# Each architecture has its own tuned learning rate (sae.lr, conf/sae/*.yaml), so the LR splits
+# series *within* an architecture (an LR sweep) but never stops two architectures comparing.
+_ARCH_SCOPED = {"lr"}
 
 # Fixed colours so an architecture looks the same in every plot; the paper's comparison first.
 ARCH_ORDER = ["gated", "rescale_shift", "relu"]
@@ -134,13 +151,132 @@ def matched_l0_ratios(series_a: Sequence[Point], series_b: Sequence[Point], n_ta
     return out
 
 
+# ---- bootstrap interval of the matched-L0 ratio ------------------------------------------------
+
+@dataclass
+class WindowData:
+    """One evaluation's per-window scalar sums (metrics.WINDOW_SCALARS, each [n_windows])."""
+
+    label: str                 # for messages: the eval folder
+    eval_set: Optional[str]    # hash of the eval windows; equal hashes mean the same windows
+    sums: dict                 # name -> float64 tensor [n_windows]
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n_windows(self) -> int:
+        return int(next(iter(self.sums.values())).shape[0])
+
+    def metrics(self, index=None) -> dict:
+        """metrics_from_window_sums on the scalar sums only: L0 and loss recovered need no
+        per-dimension sums, and zero-width stand-ins skip [B, k, d_model] gathers (~0.5 GB for
+        1,000 resamples of 128 windows at d_model 576)."""
+        import torch
+
+        from gsae_cli import metrics
+
+        sums = dict(self.sums)
+        for name in metrics.WINDOW_VECTORS:
+            sums[name] = torch.zeros(self.n_windows, 0, dtype=torch.float64)
+        return metrics.metrics_from_window_sums(sums, index)
+
+    def resampled(self, n_samples: int, seed: int) -> tuple[list[float], list[float]]:
+        """(L0, loss recovered) of each of the `n_samples` resamples drawn with `seed`."""
+        key = (n_samples, seed)
+        if key not in self._cache:
+            from gsae_cli import metrics
+
+            m = self.metrics(metrics.bootstrap_indices(self.n_windows, n_samples, seed))
+            self._cache[key] = (m["l0"].tolist(), m["loss_recovered"].tolist())
+        return self._cache[key]
+
+
+def load_window_data(directory: Path) -> WindowData:
+    """An eval folder's per_window.safetensors; ArtifactError naming what is wrong."""
+    import torch
+    from safetensors import safe_open
+
+    from gsae_cli import metrics
+
+    path = Path(directory) / WINDOW_FILE
+    if not path.exists():
+        raise ArtifactError(f"{path} is missing (evaluations made before gsae recorded per-window sums)")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            names = set(fh.keys())
+            missing = [n for n in metrics.WINDOW_SCALARS if n not in names]
+            if missing:
+                raise ArtifactError(f"{path} lacks the per-window sums {', '.join(missing)}")
+            sums = {n: fh.get_tensor(n).to(torch.float64) for n in metrics.WINDOW_SCALARS}
+    except ArtifactError:
+        raise
+    except Exception as e:  # noqa: BLE001 — safetensors raises its own types for a damaged header
+        raise ArtifactError(f"{path} cannot be read ({e})") from None
+    if meta.get("format") != metrics.WINDOW_FORMAT:
+        raise ArtifactError(f"{path} has format {meta.get('format')!r}, not {metrics.WINDOW_FORMAT!r}")
+    shapes = {tuple(t.shape) for t in sums.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1 or next(iter(shapes))[0] == 0:
+        raise ArtifactError(f"{path}: the per-window sums are not all [n_windows] with n_windows > 0 "
+                            f"(shapes {sorted(shapes)})")
+    return WindowData(str(directory), meta.get("eval_set") or None, sums)
+
+
+def _group_seed(seed: int, group: str) -> int:
+    """A seed per eval set for unpaired resampling: different eval sets must not share draws."""
+    return int(hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()[:15], 16)
+
+
+def resample_seeds(members: Sequence[WindowData], seed: int) -> tuple[bool, list[int]]:
+    """Whether the members can be resampled jointly (all on one eval set: same hash, same
+    number of windows), and the seed each member's resamples are drawn with. Paired: the
+    evaluation's own seed for all, so the draws are eval's. Unpaired: one seed per eval set
+    (members without a hash are each their own set)."""
+    groups = [f"{m.eval_set}/{m.n_windows}" if m.eval_set else f"?{m.label}" for m in members]
+    if len(set(groups)) == 1 and members and members[0].eval_set:
+        return True, [seed] * len(members)
+    return False, [_group_seed(seed, g) for g in groups]
+
+
+def bootstrap_ratio(a: Sequence[WindowData], b: Sequence[WindowData], n_samples: int, seed: int,
+                    n_targets: int = 5, level: float = 0.95) -> dict:
+    """The percentile interval of matched_l0_ratios(...)["geomean"] over `n_samples` resamples of
+    eval windows. Every resample recomputes every SAE's (L0, loss recovered) from its window
+    sums, rebuilds both Pareto frontiers and the ratio. A resample whose frontiers do not overlap
+    has no ratio; the interval is over those that do (`n_valid` of `n_resamples`)."""
+    import torch
+
+    from gsae_cli import metrics
+
+    members = list(a) + list(b)
+    paired, seeds = resample_seeds(members, seed)
+    draws = [m.resampled(n_samples, s) for m, s in zip(members, seeds)]
+    da, db = draws[:len(a)], draws[len(a):]
+    ratios = []
+    for k in range(n_samples):
+        r = matched_l0_ratios([(l0[k], lr[k]) for l0, lr in da], [(l0[k], lr[k]) for l0, lr in db],
+                              n_targets)["geomean"]
+        if r is not None:
+            ratios.append(r)
+    interval = (metrics.percentile_interval(torch.tensor(ratios, dtype=torch.float64), level)
+                if ratios else None)
+    eval_sets = sorted({m.eval_set or "unknown" for m in members})
+    return {"interval": interval, "samples": ratios, "n_resamples": n_samples, "n_valid": len(ratios), "paired": paired,
+            "eval_sets": eval_sets, "n_windows": sorted({m.n_windows for m in members}), "level": level}
+
+
 # ---- collecting eval artifacts ---------------------------------------------------------------
 
 @dataclass
 class Result:
     row: dict                      # the results.csv columns
     config: dict                   # the full resolved config of the evaluation
-    flat: dict = field(default_factory=dict)  # config flattened to dotted keys
+    flat: dict = field(default_factory=dict)         # config flattened to dotted keys (--where)
+    series_keys: dict = field(default_factory=dict)  # what may split series (see group_series)
+    ci: dict = field(default_factory=dict)           # metric -> (lo, hi), from metrics.json "ci"
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.row["eval_path"])
 
 
 def _flatten(node: Any, prefix: str = "") -> dict:
@@ -161,11 +297,15 @@ def _eval_dirs(paths: Sequence[str | Path], out_dir: Path) -> tuple[list[Path], 
     for root in roots:
         if not root.exists():
             if paths:  # an explicit path that is not there is a typo worth stopping for
-                raise ConfigError(f"{root} does not exist; give eval artifact folders (outputs/eval/...) "
-                                  "or folders that contain them.")
+                raise ConfigError(
+                    f"{root} does not exist. Arguments without `=` are eval artifacts (outputs/eval/...) or "
+                    f"folders holding them; to read the evaluations of another outputs folder write "
+                    f"`gsae report out_dir=DIR`.")
             continue
         if root.is_file():
             root = root.parent
+        if not (root / "metrics.json").exists() and (root / "eval").is_dir():
+            root = root / "eval"  # an outputs folder: its other stages hold no evaluations
         candidates = [root / "metrics.json"] if (root / "metrics.json").exists() else sorted(root.rglob("metrics.json"))
         for m in candidates:
             d = m.parent
@@ -179,9 +319,33 @@ def _eval_dirs(paths: Sequence[str | Path], out_dir: Path) -> tuple[list[Path], 
 
 
 def _num(value: Any) -> Optional[float]:
+    if isinstance(value, bool):
+        return None
     try:
         return float(value)
     except (TypeError, ValueError):
+        return None
+
+
+def _interval(value: Any) -> Optional[tuple[float, float]]:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        lo, hi = _num(value[0]), _num(value[1])
+        if lo is not None and hi is not None:
+            return (lo, hi)
+    return None
+
+
+def _eval_set(directory: Path) -> Optional[str]:
+    """The eval-set hash in per_window.safetensors' header (reads the header only)."""
+    path = directory / WINDOW_FILE
+    if not path.exists():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="np") as fh:
+            return (fh.metadata() or {}).get("eval_set") or None
+    except Exception:  # noqa: BLE001 — a damaged file is reported where the sums are needed
         return None
 
 
@@ -196,6 +360,7 @@ def _load(directory: Path) -> Result:
     flat = _flatten(config)
     if arch != "gated":
         flat = {k: v for k, v in flat.items() if k not in _GATED_ONLY}
+    ci = {k: iv for k, v in (metrics.get("ci") or {}).items() if (iv := _interval(v)) is not None}
     row = {
         "model": config.get("model", {}).get("name") or sae.get("model"),
         "hook": config.get("hook") or sae.get("hook"),
@@ -203,9 +368,15 @@ def _load(directory: Path) -> Result:
         "l1_coefficient": _num(sae.get("l1_coefficient", config.get("sae", {}).get("l1_coefficient"))),
         "train_tokens": config.get("train", {}).get("n_tokens"),
         **{k: _num(metrics.get(k)) for k in METRIC_KEYS},
+        **{f"{k}_{end}": (ci[k][i] if k in ci else None) for k in METRIC_KEYS for i, end in enumerate(("lo", "hi"))},
+        "eval_set": _eval_set(directory),
         "eval_path": str(directory),
     }
-    return Result(row, config, flat)
+    # The learning rate that trained the SAE: train.lr when set, else the architecture's sae.lr.
+    keys = {k: v for k, v in flat.items() if k not in ("train.lr", "sae.lr")}
+    if "train.lr" in flat or "sae.lr" in flat:
+        keys["lr"] = flat["train.lr"] if flat.get("train.lr") is not None else flat.get("sae.lr")
+    return Result(row, config, flat, keys, ci)
 
 
 def collect(paths: Sequence[str | Path], out_dir: Path) -> tuple[list[Result], str]:
@@ -301,6 +472,11 @@ def _fmt_value(v: Any) -> str:
     return f"{v:g}"
 
 
+def _natural(text: str) -> tuple:
+    """Sort key reading digit runs as numbers: blocks.6 before blocks.12."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text) if t)
+
+
 def _arch_rank(arch: str) -> tuple[int, str]:
     return (ARCH_ORDER.index(arch) if arch in ARCH_ORDER else len(ARCH_ORDER), str(arch))
 
@@ -311,13 +487,21 @@ def group_series(results: list[Result]) -> dict[tuple[str, str], list[Series]]:
     for r in results:
         by_site.setdefault((str(r.row["model"]), str(r.row["hook"])), []).append(r)
     out: dict[tuple[str, str], list[Series]] = {}
-    for site, rows in sorted(by_site.items()):
-        keys = sorted(set().union(*(r.flat.keys() for r in rows)) - _NOT_SERIES_KEYS)
-        # A key only some rows have (gated-only switches) varies only if those rows disagree.
-        varying = [k for k in keys if len({repr(r.flat[k]) for r in rows if k in r.flat}) > 1]
+    for site, rows in sorted(by_site.items(), key=lambda kv: tuple(_natural(t) for t in kv[0])):
+        keys = sorted(set().union(*(r.series_keys.keys() for r in rows)) - _NOT_SERIES_KEYS)
+
+        def disagree(k: str, rs: list[Result]) -> bool:
+            # A key only some rows have (gated-only switches) varies only if those rows disagree.
+            return len({repr(r.series_keys[k]) for r in rs if k in r.series_keys}) > 1
+
+        archs: dict[str, list[Result]] = {}
+        for r in rows:
+            archs.setdefault(str(r.row["architecture"]), []).append(r)
+        varying = [k for k in keys if (any(disagree(k, rs) for rs in archs.values()) if k in _ARCH_SCOPED
+                                       else disagree(k, rows))]
         groups: dict[tuple, list[Result]] = {}
         for r in rows:
-            extras = tuple((k, r.flat[k]) for k in varying if k in r.flat)
+            extras = tuple((k, r.series_keys[k]) for k in varying if k in r.series_keys)
             groups.setdefault((str(r.row["architecture"]), extras), []).append(r)
         series = [Series(site[0], site[1], arch, extras,
                          sorted(rs, key=lambda r: (r.row["l0"] is None, r.row["l0"] or 0.0)))
@@ -328,15 +512,65 @@ def group_series(results: list[Result]) -> dict[tuple[str, str], list[Series]]:
 
 def _comparable(a: Series, b: Series) -> bool:
     """Same value for every distinguishing key both have: gated(tie_weights=false) still
-    compares with relu, which has no such switch; a 4M-token series does not with a 2M one."""
+    compares with relu, which has no such switch; a 4M-token series does not with a 2M one.
+    Architecture-scoped keys (the learning rate) never block a comparison."""
     ea, eb = dict(a.extras), dict(b.extras)
-    return all(repr(ea[k]) == repr(eb[k]) for k in ea.keys() & eb.keys())
+    return all(repr(ea[k]) == repr(eb[k]) for k in (ea.keys() & eb.keys()) - _ARCH_SCOPED)
 
 
-def pairwise_ratios(sites: dict[tuple[str, str], list[Series]]) -> list[dict]:
-    """Matched-L0 ratios for every pair of series that differ only in architecture, ordered so the
-    paper's comparison reads gated / relu."""
+def _window_data(result: Result, cache: dict) -> WindowData:
+    """The result's per-window sums, checked against its metrics.json: sums that do not give the
+    reported L0 and loss recovered belong to some other run and must not make its interval."""
+    d = result.directory
+    if d not in cache:
+        try:
+            data = load_window_data(d)
+            full = data.metrics()
+            for key in ("l0", "loss_recovered"):
+                want, got = result.row[key], float(full[key])
+                same = want is not None and (math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
+                                             or (math.isnan(got) and math.isnan(want)))
+                if not same:
+                    raise ArtifactError(f"{d / WINDOW_FILE} gives {key} {got:.6g} but metrics.json says "
+                                        f"{want}; the two files are from different runs")
+            cache[d] = data
+        except ArtifactError as e:
+            cache[d] = e
+    return cache[d]
+
+
+def ratio_with_interval(a: Series, b: Series, n_samples: int, seed: int, cache: Optional[dict] = None) -> dict:
+    """matched_l0_ratios of two series' (metrics.json) points, plus bootstrap_ratio's interval
+    when every SAE of both has usable per-window sums; `interval_reason` says why not otherwise."""
+    out = matched_l0_ratios(a.points, b.points)
+    out.update({"interval": None, "n_resamples": 0, "n_valid": 0, "paired": None, "eval_sets": [],
+                "n_windows": [], "level": 0.95, "interval_reason": None})
+    if out["geomean"] is None:
+        out["interval_reason"] = "no point estimate"
+        return out
+    if n_samples <= 0:
+        out["interval_reason"] = "eval.bootstrap_samples=0"
+        return out
+    cache = {} if cache is None else cache
+    data = [_window_data(r, cache) for r in a.results + b.results]
+    bad = [d for d in data if isinstance(d, ArtifactError)]
+    if bad:
+        out["interval_reason"] = (f"{len(bad)} of {len(data)} evaluations have no usable per-window sums "
+                                  f"({bad[0]}); re-evaluate them with `gsae eval --force` and their overrides")
+        return out
+    boot = bootstrap_ratio(data[:len(a.results)], data[len(a.results):], n_samples, seed)
+    boot.pop("samples")  # thousands of numbers: the interval is what the report shows
+    out.update(boot)
+    if out["interval"] is None:
+        out["interval_reason"] = f"no resample out of {n_samples} left the two frontiers overlapping"
+    return out
+
+
+def pairwise_ratios(sites: dict[tuple[str, str], list[Series]], n_samples: int = 0, seed: int = 0) -> list[dict]:
+    """Matched-L0 ratios (with bootstrap intervals when n_samples > 0) for every pair of series at
+    one site that differ only in architecture, ordered so the paper's comparison reads gated / relu."""
     out = []
+    cache: dict = {}
     for (model, hook), series in sites.items():
         for a, b in combinations(series, 2):
             if not _comparable(a, b) or a.architecture == b.architecture:
@@ -344,18 +578,22 @@ def pairwise_ratios(sites: dict[tuple[str, str], list[Series]]) -> list[dict]:
             if _arch_rank(b.architecture) < _arch_rank(a.architecture):
                 a, b = b, a
             out.append({"model": model, "hook": hook, "a": a.label, "b": b.label,
-                        **matched_l0_ratios(a.points, b.points)})
+                        **ratio_with_interval(a, b, n_samples, seed, cache)})
     return out
 
 
 # ---- outputs ---------------------------------------------------------------------------------
 
+def _sort_key(r: Result) -> tuple:
+    return (_natural(str(r.row["model"])), _natural(str(r.row["hook"])), _arch_rank(str(r.row["architecture"])),
+            r.row["l0"] or 0.0)
+
+
 def _csv_text(results: list[Result]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for r in sorted(results, key=lambda r: (str(r.row["model"]), str(r.row["hook"]),
-                                            _arch_rank(str(r.row["architecture"])), r.row["l0"] or 0.0)):
+    for r in sorted(results, key=_sort_key):
         writer.writerow({k: ("" if r.row[k] is None else r.row[k]) for k in COLUMNS})
     return buf.getvalue()
 
@@ -374,9 +612,34 @@ def _style(series: list[Series]) -> dict[int, tuple[str, str, str]]:
     return out
 
 
-def _plottable(s: Series, y_key: str) -> list[tuple[float, float]]:
-    pts = [(r.row["l0"], r.row[y_key]) for r in s.results]
-    return sorted(p for p in pts if _finite(p) and p[0] > 0)  # log x: L0 must be positive
+@dataclass
+class _Plotted:
+    x: float
+    y: float
+    x_ci: Optional[tuple[float, float]]
+    y_ci: Optional[tuple[float, float]]
+
+
+def _plottable(s: Series, y_key: str) -> list[_Plotted]:
+    pts = [_Plotted(r.row["l0"], r.row[y_key], r.ci.get("l0"), r.ci.get(y_key)) for r in s.results]
+    pts = [p for p in pts if _finite((p.x, p.y)) and p.x > 0]  # log x: L0 must be positive
+    return sorted(pts, key=lambda p: (p.x, p.y))
+
+
+def _error_bars(ax, pts: list[_Plotted], colour: str, x: bool, alpha: float = 1.0) -> None:
+    """95 % interval whiskers: vertical always, horizontal when `x`; only points with an interval
+    (artifacts made before eval recorded "ci" have none)."""
+    def err(p: _Plotted, ci, value):
+        return (max(value - ci[0], 0.0), max(ci[1] - value, 0.0)) if ci and _finite(ci) else None
+
+    for axis in ("y", "x") if x else ("y",):
+        with_ci = [(p, e) for p in pts if (e := err(p, p.x_ci if axis == "x" else p.y_ci, p.x if axis == "x" else p.y))]
+        if not with_ci:
+            continue
+        xs, ys = [p.x for p, _ in with_ci], [p.y for p, _ in with_ci]
+        bars = [[e[0] for _, e in with_ci], [e[1] for _, e in with_ci]]
+        ax.errorbar(xs, ys, **{f"{axis}err": bars}, fmt="none", ecolor=colour, elinewidth=1.1, capsize=2.5,
+                    alpha=alpha)
 
 
 def _figure(n_panels: int):
@@ -418,9 +681,18 @@ def _save(fig, path: Path) -> None:
     artifacts.atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path) -> None:
+def _ratio_short(r: dict) -> str:
+    if r["geomean"] is None:
+        return f"{r['a']} / {r['b']}: no overlap"
+    ci = f" [{r['interval'][0]:.2f}, {r['interval'][1]:.2f}]" if r["interval"] else ""
+    unpaired = " (unpaired)" if r["interval"] and not r["paired"] else ""
+    return f"{r['a']} / {r['b']}: {r['geomean']:.2f}{ci}{unpaired}"
+
+
+def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios: Sequence[dict] = ()) -> None:
     """L0 vs loss recovered, one panel per (model, hook): each series' Pareto frontier drawn bold
-    and connected, dominated points faded."""
+    and connected, dominated points faded, 95 % intervals as whiskers in both directions, and the
+    site's matched-L0 ratios in the corner."""
     fig, axes = _figure(len(sites))
     for ax, ((model, hook), series) in zip(axes, sites.items()):
         styles = _style(series)
@@ -429,25 +701,34 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path) -> Non
             pts = _plottable(s, "loss_recovered")
             if not pts:
                 continue
-            front = set(pareto_frontier(pts))
-            dominated = [p for j, p in enumerate(pts) if j not in front]
-            fx, fy = zip(*[pts[j] for j in sorted(front, key=lambda j: pts[j][0])])
-            ax.plot(fx, fy, color=colour, linestyle=ls, marker=marker, linewidth=2.2, markersize=7,
-                    label=f"{s.label} ({len(front)} on frontier / {len(pts)})")
-            if dominated:
-                dx, dy = zip(*dominated)
-                ax.plot(dx, dy, color=colour, marker=marker, linestyle="none", alpha=0.3, markersize=7)
+            front = set(pareto_frontier([(p.x, p.y) for p in pts]))
+            on = [p for j, p in enumerate(pts) if j in front]
+            off = [p for j, p in enumerate(pts) if j not in front]
+            ax.plot([p.x for p in on], [p.y for p in on], color=colour, linestyle=ls, marker=marker,
+                    linewidth=2.2, markersize=7, label=f"{s.label} ({len(front)} on frontier / {len(pts)})")
+            _error_bars(ax, on, colour, x=True)
+            if off:
+                ax.plot([p.x for p in off], [p.y for p in off], color=colour, marker=marker, linestyle="none",
+                        alpha=0.3, markersize=7)
+                _error_bars(ax, off, colour, x=True, alpha=0.3)
+        site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)]
+        if site_ratios:
+            ax.text(0.98, 0.03, "L0 ratio at matched loss recovered (95 % CI)\n"
+                    + "\n".join(_ratio_short(r) for r in site_ratios),
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
+                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
         _log_x(ax)
         ax.set_ylabel("Loss recovered (fraction)")
         ax.set_title(f"{model} · {hook}")
         ax.grid(True, which="both", alpha=0.25)
-        _legend(ax, len(series), "Pareto frontier in bold; faded points are dominated")
+        _legend(ax, len(series), "Pareto frontier in bold; faded points are dominated; whiskers: 95 % CI")
     fig.suptitle("Sparsity vs fidelity (up and to the left is better)", fontsize=13)
     _save(fig, path)
 
 
 def plot_shrinkage(sites: dict[tuple[str, str], list[Series]], path: Path) -> None:
-    """L0 vs relative reconstruction bias γ; γ < 1 means the SAE shrinks its reconstructions."""
+    """L0 vs relative reconstruction bias γ (whiskers: its 95 % interval); γ < 1 means the SAE
+    shrinks its reconstructions."""
     fig, axes = _figure(len(sites))
     for ax, ((model, hook), series) in zip(axes, sites.items()):
         styles = _style(series)
@@ -456,16 +737,16 @@ def plot_shrinkage(sites: dict[tuple[str, str], list[Series]], path: Path) -> No
             colour, ls, marker = styles[i]
             pts = _plottable(s, "relative_reconstruction_bias")
             if pts:
-                xs, ys = zip(*pts)
-                ax.plot(xs, ys, color=colour, linestyle=ls, marker=marker, linewidth=1.8, markersize=7,
-                        label=s.label)
+                ax.plot([p.x for p in pts], [p.y for p in pts], color=colour, linestyle=ls, marker=marker,
+                        linewidth=1.8, markersize=7, label=s.label)
+                _error_bars(ax, pts, colour, x=False)
         _log_x(ax)
         ax.set_ylabel("Relative reconstruction bias γ (< 1: shrinkage)")
         ax.set_title(f"{model} · {hook}")
         ax.grid(True, which="both", alpha=0.25)
         ax.text(0.99, 1.0, "no shrinkage ", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
                 fontsize=9, color="black")
-        _legend(ax, len(series) + 1)
+        _legend(ax, len(series) + 1, "whiskers: 95 % CI")
     fig.suptitle("Shrinkage: relative reconstruction bias γ = E‖x̂‖² / E[x̂·x]", fontsize=13)
     _save(fig, path)
 
@@ -480,46 +761,97 @@ def _f(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _fci(r: Result, key: str, digits: int = 4) -> str:
+    """'0.9761 [0.9702, 0.9813]': the value and its 95 % interval, or the value alone where there
+    is none or it is a single point (pass-through is the same in every resample)."""
+    value = _f(r.row[key], digits)
+    ci = r.ci.get(key)
+    if not ci or r.row[key] is None or ci[0] == ci[1] == r.row[key]:
+        return value
+    return f"{value} [{_f(ci[0], digits)}, {_f(ci[1], digits)}]"
+
+
+# (header, key, digits) for the markdown and terminal tables.
+TABLE = [("L0", "l0", 4), ("loss recovered", "loss_recovered", 4), ("Δ loss", "delta_loss", 3),
+         ("KL", "kl_div", 3), ("γ", "relative_reconstruction_bias", 4),
+         ("γ centred", "relative_reconstruction_bias_centred", 4), ("NMSE", "nmse", 3),
+         ("expl. var.", "explained_variance", 3), ("dead", "frac_dead", 3), ("dense", "frac_dense", 3),
+         ("pass-through", "frac_passthrough", 3)]
+
+
+def _cells(s: Series, r: Result) -> list[str]:
+    row = r.row
+    return ([s.label, _f(row["l1_coefficient"]),
+             _fmt_value(row["train_tokens"]) if row["train_tokens"] is not None else "–"]
+            + [_fci(r, key, d) for _, key, d in TABLE])
+
+
+def _resampling(r: dict) -> str:
+    """How the interval was made, in words."""
+    windows = "/".join(str(n) for n in r["n_windows"])
+    if r["paired"]:
+        how = f"paired bootstrap over the {windows} windows of eval set {r['eval_sets'][0]}"
+    else:
+        if "unknown" in r["eval_sets"]:
+            why = "some per-window files record no eval set, so which windows the SAEs share is unknown"
+        elif len(r["eval_sets"]) > 1:
+            why = f"the SAEs were evaluated on {len(r['eval_sets'])} different eval sets ({', '.join(r['eval_sets'])})"
+        else:
+            why = f"the evaluations of eval set {r['eval_sets'][0]} hold different numbers of windows ({windows})"
+        how = f"UNPAIRED bootstrap: {why}; each eval set was resampled on its own, so the interval is wider than a paired one"
+    valid = (f"{r['n_resamples']:,} resamples" if r["n_valid"] == r["n_resamples"] else
+             f"{r['n_resamples']:,} resamples, of which the {r['n_valid']:,} whose frontiers still overlap give the interval")
+    return f"{how}; {valid}"
+
+
 def _ratio_line(r: dict) -> str:
     head = f"{r['a']} / {r['b']} ({r['model']}, {r['hook']})"
     if r["geomean"] is None:
         return f"{head}: no matched-L0 ratio: {r['reason']}"
     lo, hi = r["overlap"]
-    return (f"{head}: L0 ratio at matched loss recovered = {r['geomean']:.3f} (geometric mean of "
+    text = (f"{head}: L0 ratio at matched loss recovered = {r['geomean']:.3f} (geometric mean of "
             f"{len(r['ratios'])} points over loss recovered {lo:.3f}-{hi:.3f})")
+    if r["interval"]:
+        text += f"; 95 % CI [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}], {_resampling(r)}"
+    else:
+        text += f"; no interval: {r['interval_reason']}"
+    return text
 
 
 def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], where: str, filters: Sequence[str]) -> str:
     lines = ["# gsae report", "",
              f"Evaluations collected from {where}" + (f", filtered by {', '.join(f'`{w}`' for w in filters)}" if filters else "") + ".",
              "L0: mean active features per token. Loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean). "
-             "γ: relative reconstruction bias (1 = no shrinkage). KL: KL(clean ‖ spliced) per token.", "",
+             "γ: relative reconstruction bias (1 = no shrinkage); γ centred: the same about the means. "
+             "KL: KL(clean ‖ spliced) per token. Pass-through: site positions left at their clean activation. "
+             "[lo, hi]: 95 % bootstrap interval over eval windows.", "",
              "![L0 vs loss recovered](frontier.png)", "", "![shrinkage](shrinkage.png)", ""]
-    head = ["series", "λ", "train tokens", "L0", "loss recovered", "Δ loss", "KL", "γ", "NMSE",
-            "expl. var.", "dead", "dense", "eval"]
+    head = ["series", "λ", "train tokens"] + [h for h, *_ in TABLE] + ["eval"]
     for (model, hook), series in sites.items():
         lines += [f"## {model} · {hook}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for s in series:  # already by architecture, then L0
             for r in s.results:
-                row = r.row
-                cells = [s.label, _f(row["l1_coefficient"]), _fmt_value(row["train_tokens"]) if row["train_tokens"] is not None else "–",
-                         _f(row["l0"]), _f(row["loss_recovered"]), _f(row["delta_loss"]), _f(row["kl_div"]),
-                         _f(row["relative_reconstruction_bias"]), _f(row["nmse"]), _f(row["explained_variance"]),
-                         _f(row["frac_dead"], 3), _f(row["frac_dense"], 3), f"`{Path(row['eval_path']).name}`"]
+                cells = _cells(s, r) + [f"`{Path(r.row['eval_path']).name}`"]
                 lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
         site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)]
         lines += ["### L0 ratio at matched loss recovered", "",
                   "The paper's headline (spec §6): how many active features one architecture needs, relative to "
-                  "another, for the same loss recovered; log L0 interpolated along each Pareto frontier. "
-                  "< 1 means the first needs fewer.", ""]
+                  "another, for the same loss recovered; log L0 interpolated along each Pareto frontier, geometric "
+                  "mean over the overlap of the two frontiers' loss-recovered ranges. < 1 means the first needs "
+                  "fewer. The 95 % interval recomputes every SAE's L0 and loss recovered, both frontiers and "
+                  "the ratio on each bootstrap resample of the eval windows.", ""]
         if not site_ratios:
             lines += ["Only one architecture here: nothing to compare.", ""]
         for r in site_ratios:
             if r["geomean"] is None:
                 lines += [f"- **{r['a']} / {r['b']}**: no ratio: {r['reason']}.", ""]
                 continue
-            lines += [f"- **{r['a']} / {r['b']}**: **{r['geomean']:.3f}** (geometric mean)", "",
+            lo, hi = r["overlap"]
+            ci = (f", 95 % CI **{r['interval'][0]:.3f}–{r['interval'][1]:.3f}**: {_resampling(r)}."
+                  if r["interval"] else f"; no interval: {r['interval_reason']}.")
+            lines += [f"- **{r['a']} / {r['b']}**: **{r['geomean']:.3f}** (geometric mean over loss recovered "
+                      f"{lo:.3f}–{hi:.3f}){ci}", "",
                       "  | loss recovered | L0 " + r["a"] + " | L0 " + r["b"] + " | ratio |", "  |---|---|---|---|"]
             for t, la, lb, q in zip(r["targets"], r["l0_a"], r["l0_b"], r["ratios"]):
                 lines.append(f"  | {t:.3f} | {la:.1f} | {lb:.1f} | {q:.3f} |")
@@ -527,14 +859,38 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
     return "\n".join(lines).rstrip() + "\n"
 
 
-def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, where: Sequence[str]) -> Path:
+def print_table(sites: dict[tuple[str, str], list[Series]]) -> None:
+    """The results on stderr (stdout carries only the report folder), one table per site."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    probe = Console(stderr=True)
+    # Not a terminal (a log file): do not fold every interval onto three lines at 80 columns.
+    console = Console(stderr=True, highlight=False, soft_wrap=False, width=None if probe.is_terminal else 250)
+    for (model, hook), series in sites.items():
+        table = Table(title=Text(f"{model} · {hook}  ([lo, hi]: 95 % CI)"), title_justify="left", header_style="bold")
+        for h in ["series", "λ", "tokens"] + [h for h, *_ in TABLE]:
+            table.add_column(h, justify="left" if h == "series" else "right")
+        for s in series:
+            for r in s.results:
+                table.add_row(*[Text(c) for c in _cells(s, r)])  # Text: "[lo, hi]" is not markup
+        console.print(table)
+
+
+def _ratios_json(ratios: list[dict]) -> str:
+    return json.dumps(ratios, indent=2, default=lambda v: list(v) if isinstance(v, tuple) else str(v)) + "\n"
+
+
+def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, where: Sequence[str],
+               bootstrap_samples: int = 1000, bootstrap_seed: int = 0) -> Path:
     results, looked = collect(paths, out_dir)
     if not results:
         raise ConfigError(
             f"No evaluation results were found under {looked}. Make some with "
             "`gsae eval sae=relu sae.l1_coefficient=0.1` (it harvests and trains first), a sweep like "
             "`gsae eval -m sae=relu,gated sae.l1_coefficient=0.05,0.1,0.2`, or `sweeps/frontier.sh`; "
-            "or point `gsae report` at the right folder (--out-dir, or eval folders as arguments).")
+            "or point `gsae report` at the right folder (out_dir=DIR, or eval folders as arguments).")
     kept = filter_results(results, where)
     if not kept:
         present = {k: sorted({str(r.row[c]) for r in results}) for k, c in
@@ -544,16 +900,34 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
             f"{' and '.join(f'--where {w}' for w in where)}. Present: "
             + "; ".join(f"{k}: {', '.join(v)}" for k, v in present.items()) + ".")
     sites = group_series(kept)
-    ratios = pairwise_ratios(sites)
+    ratios = pairwise_ratios(sites, bootstrap_samples, bootstrap_seed)
 
     report_dir = Path(report_dir).expanduser()
     report_dir.mkdir(parents=True, exist_ok=True)
     artifacts.atomic_write_text(report_dir / "results.csv", _csv_text(kept))
-    plot_frontier(sites, report_dir / "frontier.png")
+    artifacts.atomic_write_text(report_dir / "ratios.json", _ratios_json(ratios))
+    plot_frontier(sites, report_dir / "frontier.png", ratios)
     plot_shrinkage(sites, report_dir / "shrinkage.png")
     artifacts.atomic_write_text(report_dir / "results.md", _markdown(sites, ratios, looked, where))
+    print_table(sites)
     n_series = sum(len(s) for s in sites.values())
-    notice(f"{len(kept)} evaluation(s) in {n_series} series written to {report_dir}")
+    notice(f"{len(kept)} evaluation(s) in {n_series} series at {len(sites)} site(s) written to {report_dir}")
     for r in ratios:
         notice(_ratio_line(r))
     return report_dir
+
+
+def report_command(args: Sequence[str], report_dir: Path, where: Sequence[str],
+                   legacy_out_dir: Optional[str] = None) -> Path:
+    """`gsae report ARGS`: `key=value` arguments are config overrides composed like every stage's
+    (out_dir=, and eval.bootstrap_samples / eval.bootstrap_seed for the ratio's interval); any
+    other argument is an eval artifact or a folder holding them."""
+    from gsae_cli.listing import is_override, reader_config
+
+    overrides = [a for a in args if is_override(a)]
+    paths = [a for a in args if not is_override(a)]
+    cfg = reader_config(overrides, command="report", legacy_out_dir=legacy_out_dir,
+                        uses={"out_dir", "eval.bootstrap_samples", "eval.bootstrap_seed"},
+                        hint="; to keep some rows only, use --where KEY=VALUE")
+    return run_report(paths, Path(cfg.out_dir), report_dir, where,
+                      bootstrap_samples=int(cfg.eval.bootstrap_samples), bootstrap_seed=int(cfg.eval.bootstrap_seed))

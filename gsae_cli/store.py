@@ -12,7 +12,14 @@ Layout of a store directory::
 
 Both arrays are chunked along rows (`chunk_rows`, the unit a reader fetches) and sharded
 (`shard_rows` = a whole number of chunks per file) so that the file count stays low while any
-chunk remains readable on its own.
+chunk remains readable on its own. Every chunk carries a crc32c (format 2), so a damaged chunk
+fails to decode instead of reading back as wrong numbers.
+
+Integrity on the read path. `ActivationStore.read_rows` raises `DamagedStoreError`, naming the
+chunk, its rows and its shard file, when a chunk cannot be decoded (checksum, truncation) or
+holds NaN/inf (append refuses those, and a chunk missing from its shard reads back as the NaN
+fill value). The finiteness check works on the raw bits already in memory and costs well under
+1 % of a training step.
 
 Resume contract. The writer's flush unit is one whole shard: a shard is written exactly once,
 never read-modify-written. After both arrays' shard files are written (zarr's LocalStore writes
@@ -38,12 +45,13 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from gsae_cli.errors import ConfigError, StoreError
+from gsae_cli.errors import ArtifactError, ConfigError, StoreError
 
 __all__ = [
     "ActivationStore",
+    "DamagedStoreError",
     "ShuffledBatches",
     "StoreLayout",
     "StoreWriter",
@@ -54,7 +62,7 @@ __all__ = [
     "store_info",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a crc32c per chunk; format-1 stores still read (without it)
 META_KEY = "gsae_store"
 PROGRESS_FILE = "progress.json"
 COMPLETE_FILE = "COMPLETE"
@@ -62,6 +70,11 @@ DEFAULT_CHUNK_ROWS = 8192
 SHARD_TARGET_BYTES = 64 * 2**20
 COMPRESSORS = ("none", "zstd")
 ZSTD_LEVEL = 1  # level 3 compressed random bf16 no better (1.29x) and wrote slower
+
+
+class DamagedStoreError(StoreError, ArtifactError):
+    """A chunk of a store that cannot be decoded or holds values a harvest never writes (exit 2)."""
+
 
 # store dtype name -> (torch dtype, numpy dtype the bits are stored as)
 _DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
@@ -138,6 +151,29 @@ def _raw_numpy(t: torch.Tensor) -> np.ndarray:
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(np.uint16)
     return t.numpy()
+
+
+# store dtype -> (unsigned int of the same width, mask without the sign bit, exponent all ones):
+# a value is NaN or inf exactly when its masked bits reach the all-ones exponent.
+_NONFINITE_BITS: dict[str, tuple[type, int, int]] = {
+    "bfloat16": (np.uint16, 0x7FFF, 0x7F80),
+    "float16": (np.uint16, 0x7FFF, 0x7C00),
+    "float32": (np.uint32, 0x7FFFFFFF, 0x7F800000),
+}
+
+
+def _nonfinite_rows(raw: np.ndarray, dtype: str) -> np.ndarray | None:
+    """Indices of the rows of `raw` (as stored) holding NaN/inf, or None if every value is finite.
+
+    One masked max over the raw bits: no float conversion, ~5x faster than np.isfinite on
+    float16, so it can run on every chunk the training reader fetches."""
+    if raw.size == 0:
+        return None
+    uint, mask, exp = _NONFINITE_BITS[dtype]
+    masked = raw.view(uint) & uint(mask)
+    if masked.max() < exp:
+        return None
+    return np.flatnonzero((masked >= exp).any(axis=1))
 
 
 def _fsync_path(path: Path) -> None:
@@ -328,7 +364,9 @@ class StoreWriter:
                 p.unlink()
         group = zarr.create_group(
             str(path), attributes={**attrs, META_KEY: {**layout.to_json(), "open_attrs": attrs}})
-        compressors = [ZstdCodec(level=ZSTD_LEVEL)] if layout.compressor == "zstd" else None
+        compressors = [ZstdCodec(level=ZSTD_LEVEL)] if layout.compressor == "zstd" else []
+        # last, so it covers the bytes on disk: damage fails to decode instead of reading as numbers
+        compressors.append(Crc32cCodec())
         cfg = {"write_empty_chunks": True}
         acts = group.create_array(
             "activations", shape=(layout.n_tokens, layout.d_model), dtype=layout.np_dtype,
@@ -681,36 +719,83 @@ class ActivationStore:
         if not 0 <= start <= stop <= self.n_tokens:
             raise IndexError(f"rows [{start}, {stop}) out of range for a store of {self.n_tokens} rows")
 
+    def shard_file(self, array: str, row: int) -> Path:
+        """The file holding row `row` of `array` ("activations" or "tokens")."""
+        arr = self._acts if array == "activations" else self._toks
+        shard = row // self.shard_rows
+        return self.path / arr.basename / arr.metadata.encode_chunk_key((shard, 0) if arr.ndim == 2 else (shard,))
+
+    def _damaged(self, arr, chunk: int, problem: str) -> DamagedStoreError:
+        a, b = self.chunk_bounds(chunk)
+        f = self.shard_file(arr.basename, a)
+        if not f.is_file():
+            problem += " (its shard file is missing)"
+        return DamagedStoreError(
+            f"The activation store at {self.path} is damaged: chunk {chunk} of its {arr.basename} (rows "
+            f"{a}-{b - 1}, in the shard file {f}) {problem}. Rebuild the store: rerun `gsae harvest --force` "
+            f"with the same overrides as this command, or delete the directory {self.path} and rerun this "
+            "command, which harvests it again.")
+
     def _read(self, arr, start: int, stop: int) -> np.ndarray:
         try:
             return arr[start:stop]
         except Exception as e:  # noqa: BLE001 - checksum/decoding failures mean corruption
-            raise StoreError(
-                f"the activation store at {self.path} is corrupt: reading rows {start}-{stop} of "
-                f"{arr.basename} failed ({type(e).__name__}: {e}); pass --force to the harvest to rebuild it."
-            ) from e
+            first = e
+        # Only on failure: read the range chunk by chunk to name the damaged one.
+        for c in range(start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1):
+            try:
+                arr[slice(*self.chunk_bounds(c))]
+            except Exception as e:  # noqa: BLE001
+                why = ("fails its crc32c checksum (its bytes changed after they were written)"
+                       if "checksum" in str(e) else f"cannot be decoded ({type(e).__name__}: {_first_line(e)})")
+                raise self._damaged(arr, c, why) from e
+        raise StoreError(
+            f"reading rows {start}-{stop - 1} of {arr.basename} from the activation store at {self.path} failed "
+            f"({type(first).__name__}: {_first_line(first)}), although each chunk reads on its own; rerun, and "
+            "if it happens again rebuild the store with `gsae harvest --force` and the same overrides."
+        ) from first
 
     def read_rows(self, start: int, stop: int) -> torch.Tensor:
-        """Activations of rows [start, stop) as a CPU tensor of the store dtype (bfloat16 zero-copy)."""
+        """Activations of rows [start, stop) as a CPU tensor of the store dtype (bfloat16 zero-copy).
+
+        Raises DamagedStoreError if a chunk cannot be decoded or holds NaN/inf."""
         self._check_range(start, stop)
-        t = torch.from_numpy(self._read(self._acts, start, stop))
+        raw = self._read(self._acts, start, stop)
+        bad = _nonfinite_rows(raw, self.layout.dtype)
+        if bad is not None:
+            row = start + int(bad[0])
+            c = row // self.chunk_rows
+            a, b = self.chunk_bounds(c)
+            n_bad = int(((bad + start >= a) & (bad + start < b)).sum())
+            raise self._damaged(self._acts, c, f"holds NaN or inf, which a harvest never writes, in {n_bad} "
+                                               f"of the rows read (first: row {row})")
+        t = torch.from_numpy(raw)
         return t.view(torch.bfloat16) if self.layout.dtype == "bfloat16" else t
 
     def read_tokens(self, start: int, stop: int) -> torch.Tensor:
-        """Token ids of rows [start, stop) as an int32 CPU tensor."""
+        """Token ids of rows [start, stop) as an int32 CPU tensor.
+
+        Raises DamagedStoreError if a chunk cannot be decoded or holds the missing-chunk fill (-1)."""
         self._check_range(start, stop)
-        return torch.from_numpy(self._read(self._toks, start, stop))
+        raw = self._read(self._toks, start, stop)
+        if raw.size and raw.min() < 0:
+            row = start + int(np.flatnonzero(raw < 0)[0])
+            raise self._damaged(self._toks, row // self.chunk_rows,
+                                f"holds negative token ids, which a harvest never writes (first: row {row})")
+        return torch.from_numpy(raw)
 
     def read_chunk(self, i: int) -> torch.Tensor:
         return self.read_rows(*self.chunk_bounds(i))
 
     def verify(self) -> None:
-        """Read every chunk back (checksummed shard indexes, decoding) and check values are finite."""
+        """Read every chunk back (checksums, decoding, finite values, valid token ids)."""
         for i in range(self.n_chunks):
-            x = self.read_chunk(i)
-            if not bool(torch.isfinite(x).all()):
-                raise StoreError(f"the activation store at {self.path} has NaN/inf in chunk {i}; rebuild it with --force.")
+            self.read_chunk(i)
             self.read_tokens(*self.chunk_bounds(i))
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0].rstrip(".")
 
 
 def open_store(path: str | os.PathLike, *, allow_incomplete: bool = False) -> ActivationStore:

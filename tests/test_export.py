@@ -47,6 +47,10 @@ def gated_sae() -> GatedSAE:
     return _randomise(GatedSAE(D, M), 1)
 
 
+def gated_no_r_mag_sae() -> GatedSAE:
+    return _randomise(GatedSAE(D, M, r_mag=False), 5)
+
+
 def rescale_shift_sae() -> RescaleShiftSAE:
     sae = RescaleShiftSAE.from_relu(relu_sae())
     g = torch.Generator().manual_seed(2)
@@ -75,7 +79,7 @@ def _export(tmp_path: Path, sae: SAE, dest: Path | None = None) -> tuple[Path, P
 
 
 @pytest.mark.parametrize("make,arch", [(relu_sae, "standard"), (gated_sae, "gated"),
-                                       (rescale_shift_sae, "gated")])
+                                       (gated_no_r_mag_sae, "gated"), (rescale_shift_sae, "gated")])
 def test_round_trip_reproduces_outputs(tmp_path: Path, make, arch):
     sae = make()
     sae_dir, out = _export(tmp_path, sae)
@@ -91,6 +95,8 @@ def test_round_trip_reproduces_outputs(tmp_path: Path, make, arch):
         {"W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"}
     assert set(weights) == expected_keys
     assert weights["W_enc"].shape == (D, M) and weights["W_dec"].shape == (M, D)
+    if isinstance(sae, GatedSAE) and not sae.has_r_mag:  # W_mag = W_gate is SAELens's r_mag = 0
+        assert torch.equal(weights["r_mag"], torch.zeros(M))
 
     x = torch.randn(256, D, generator=torch.Generator().manual_seed(3)) * 2
     with torch.no_grad():

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import gsae
 from gsae_cli import status
-from gsae_cli.listing import human_size, list_artifacts, print_listing
+from gsae_cli.errors import ConfigError
+from gsae_cli.listing import human_size, is_override, list_artifacts, ls_config, override_key, print_listing
 
 HOOK = "blocks.12.hook_resid_pre"
 
@@ -144,3 +146,45 @@ def test_human_size():
     assert human_size(0) == "0 B"
     assert human_size(1536) == "1.5 KiB"
     assert human_size(3 * 2**30) == "3.0 GiB"
+
+
+# ---- out_dir=, as for every stage ----------------------------------------------------------------
+
+
+def test_cli_ls_takes_out_dir_like_every_stage(outputs):
+    p = gsae("ls", f"out_dir={outputs}", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert len(rows) == 6 and {r["stage"] for r in rows} == {"harvest", "train", "eval"}
+    assert all(r["path"].startswith(str(outputs)) for r in rows)
+    # the deprecated option still works and says what to write instead
+    p = gsae("ls", "--out-dir", str(outputs), "--json")
+    assert p.returncode == 0 and len(json.loads(p.stdout)) == 6
+    assert f"--out-dir is deprecated; write out_dir={outputs}" in p.stderr
+
+
+def test_cli_ls_bad_input(outputs):
+    # an unknown key fails exactly as it does for every other stage
+    bad, ref = gsae("ls", f"out_dir={outputs}", "sae.l1_coefficent=0.1"), gsae("show-config", "sae.l1_coefficent=0.1")
+    assert bad.returncode == ref.returncode == 2 and bad.stderr == ref.stderr
+    # a bare folder is what a user means by out_dir=FOLDER: the message says so
+    p = gsae("ls", str(outputs))
+    assert p.returncode == 2 and f"gsae ls out_dir={outputs}" in p.stderr
+
+
+def test_ls_config(tmp_path, capsys):
+    assert ls_config([]).out_dir == "outputs"
+    assert ls_config([f"out_dir={tmp_path}"]).out_dir == str(tmp_path)
+    assert ls_config([], legacy_out_dir=str(tmp_path / "a b,c")).out_dir == str(tmp_path / "a b,c")  # quoted for Hydra
+    assert ls_config(["model=tiny"]).out_dir == "outputs"
+    assert "model=tiny: valid, but gsae ls only reads finished artifacts" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="both --out-dir and out_dir="):
+        ls_config([f"out_dir={tmp_path}"], legacy_out_dir=str(tmp_path))
+
+
+def test_overrides_are_told_from_paths():
+    for token, key in (("out_dir=x", "out_dir"), ("sae=relu", "sae"), ("+a.b=1", "a.b"), ("++x=2", "x"),
+                       ("~sae.path=null", "sae.path"), ("db/mysql=x", "db/mysql"), ("a.b@pkg=1", "a.b")):
+        assert is_override(token) and override_key(token) == key
+    for token in ("outputs/eval/m__h", "./a=b", "/abs/x=1", "~/outputs", "~user/outputs", "x", "=a"):
+        assert not is_override(token) and override_key(token) is None

@@ -8,18 +8,28 @@ import pytest
 import torch
 
 from gsae_cli.metrics import (
+    WINDOW_SCALARS,
+    WINDOW_VECTORS,
     ReconstructionStats,
+    bootstrap_indices,
+    bootstrap_intervals,
     density_histogram,
     explained_variance,
     feature_density,
+    fire_fractions,
     frac_dead,
     frac_dense,
     kl_div,
     kl_div_per_position,
     l0,
     loss_recovered,
+    metrics_from_window_sums,
     nmse,
+    percentile_interval,
     relative_reconstruction_bias,
+    relative_reconstruction_bias_centred,
+    window_metrics,
+    window_multiplicity,
 )
 
 
@@ -143,6 +153,9 @@ def test_reconstruction_stats_streamed_equals_one_shot():
     assert r["relative_reconstruction_bias"] == pytest.approx(
         relative_reconstruction_bias(x, x_hat), rel=1e-12
     )
+    assert r["relative_reconstruction_bias_centred"] == pytest.approx(
+        relative_reconstruction_bias_centred(x, x_hat), rel=1e-9
+    )
     assert torch.allclose(r["feature_density"], freqs, rtol=0, atol=1e-15)
     assert r["frac_dead"] == frac_dead(freqs) == pytest.approx(0.1)
     assert r["frac_dense"] == frac_dense(freqs)
@@ -152,3 +165,147 @@ def test_reconstruction_stats_streamed_equals_one_shot():
 def test_reconstruction_stats_requires_data():
     with pytest.raises(ValueError):
         ReconstructionStats().result()
+
+
+# ---- centred γ ---------------------------------------------------------------------------------
+
+
+def test_centred_gamma_by_hand():
+    # x = [0, 0], [2, 0] (mean [1, 0]); x_hat = [1, 1], [2, 1] (mean [1.5, 1])
+    # centred: Σ||x_hat - mean||² = 0.25 + 0.25 = 0.5; Σ (x_hat - mean)·(x - mean) = 0.5 + 0.5 = 1
+    # raw:     Σ||x_hat||² = 2 + 5 = 7;                Σ x_hat·x = 0 + 4 = 4
+    x = t([[0.0, 0.0], [2.0, 0.0]])
+    x_hat = t([[1.0, 1.0], [2.0, 1.0]])
+    assert relative_reconstruction_bias_centred(x, x_hat) == pytest.approx(0.5, abs=1e-15)
+    assert relative_reconstruction_bias(x, x_hat) == pytest.approx(7.0 / 4.0, abs=1e-15)
+
+
+def test_centred_gamma_sees_shrinkage_that_an_offset_hides():
+    """x_hat = 0.8 x + c: exactly 0.8 centred; raw γ is pulled towards 1 by the reproduced mean."""
+    g = torch.Generator().manual_seed(3)
+    mean = torch.full((8,), 2.0)
+    x = (torch.randn(50, 8, generator=g, dtype=torch.float64) + mean)
+    x_hat = 0.8 * x + 0.2 * mean  # shrinks the deviations, keeps the mean
+    assert relative_reconstruction_bias_centred(x, x_hat) == pytest.approx(0.8, abs=1e-12)
+    raw = relative_reconstruction_bias(x, x_hat)
+    assert abs(raw - 0.8) > 0.05 and raw < 1.0
+
+
+# ---- per-window sums ---------------------------------------------------------------------------
+
+
+def _windows(n_windows: int = 6, rows: int = 7, d: int = 5, d_sae: int = 9, seed: int = 0):
+    """Random per-window rows, and their sums in metrics.WINDOW_SCALARS / WINDOW_VECTORS form."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_windows, rows, d, generator=g, dtype=torch.float64) + 2.0
+    x_hat = 0.7 * x + 0.3 * torch.randn(n_windows, rows, d, generator=g, dtype=torch.float64) + 0.4
+    active = torch.rand(n_windows, rows, d_sae, generator=g) < 0.3
+    active[:, :, :2] = False  # feature 0 dead...
+    active[0, 0, 1] = True  # ...feature 1 fires once, in window 0 only
+    active[:, :, 2] = True  # dense
+    nll = torch.rand(3, n_windows, generator=g, dtype=torch.float64) * 10 + torch.tensor([[0.0], [1.0], [5.0]])
+    sums = {"n_pred": torch.full((n_windows,), 8.0, dtype=torch.float64),
+            "nll_clean": nll[0], "nll_spliced": nll[1], "nll_zero": nll[2],
+            "kl": torch.rand(n_windows, generator=g, dtype=torch.float64),
+            "n_site": torch.full((n_windows,), float(rows), dtype=torch.float64),
+            "l0": active.sum(dim=(1, 2)).double(), "sq_err": (x - x_hat).pow(2).sum(dim=(1, 2)),
+            "x_sq": x.pow(2).sum(dim=(1, 2)), "xhat_sq": x_hat.pow(2).sum(dim=(1, 2)),
+            "xhat_dot_x": (x_hat * x).sum(dim=(1, 2)), "x_sum": x.sum(dim=1), "xhat_sum": x_hat.sum(dim=1)}
+    assert set(sums) == set(WINDOW_SCALARS) | set(WINDOW_VECTORS)
+    return x, x_hat, active, sums, active.sum(dim=1, dtype=torch.int32)
+
+
+def _one_shot(x, x_hat, active, sums, index):
+    rows = lambda v: v[index].reshape(-1, v.shape[-1])  # noqa: E731 — the selected windows' rows
+    xs, xhs, fs = rows(x), rows(x_hat), rows(active)
+    ce = {k: float(sums[f"nll_{k}"][index].sum() / sums["n_pred"][index].sum()) for k in ("clean", "spliced", "zero")}
+    freqs = feature_density(fs)
+    return {"l0": l0(fs), "nmse": nmse(xs, xhs), "explained_variance": explained_variance(xs, xhs),
+            "relative_reconstruction_bias": relative_reconstruction_bias(xs, xhs),
+            "relative_reconstruction_bias_centred": relative_reconstruction_bias_centred(xs, xhs),
+            "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"],
+            "delta_loss": ce["spliced"] - ce["clean"],
+            "loss_recovered": loss_recovered(ce["clean"], ce["spliced"], ce["zero"]),
+            "kl_div": float(sums["kl"][index].sum() / sums["n_pred"][index].sum()),
+            "frac_dead": frac_dead(freqs), "frac_dense": frac_dense(freqs)}
+
+
+def test_window_sums_agree_with_one_shot_and_streaming():
+    x, x_hat, active, sums, fires = _windows()
+    got = {k: float(v) for k, v in window_metrics(sums, fires).items()}
+    want = _one_shot(x, x_hat, active, sums, torch.arange(x.shape[0]))
+    assert set(got) == set(want)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+    stats = ReconstructionStats()
+    for w in range(x.shape[0]):
+        stats.update(x[w], x_hat[w], active[w])
+    streamed = stats.result()
+    for key in ("l0", "nmse", "explained_variance", "relative_reconstruction_bias",
+                "relative_reconstruction_bias_centred", "frac_dead", "frac_dense"):
+        assert got[key] == pytest.approx(float(streamed[key]), rel=1e-9, abs=1e-12), key
+    assert got["frac_dead"] == pytest.approx(1 / 9) and got["frac_dense"] >= 1 / 9
+
+
+def test_window_sums_of_a_resample_equal_one_shot_on_its_rows():
+    """Repeated windows count twice, as in a bootstrap resample; a [B, k] index gives B results."""
+    x, x_hat, active, sums, fires = _windows()
+    index = torch.tensor([[0, 0, 3, 5, 5, 5], [1, 2, 2, 4, 0, 3]])
+    batched = window_metrics(sums, fires, index)
+    for b in range(2):
+        want = _one_shot(x, x_hat, active, sums, index[b])
+        single = window_metrics(sums, fires, index[b])
+        for key in want:
+            assert float(batched[key][b]) == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+            assert float(single[key]) == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+    # feature 1 fires only in window 0: alive in resample 0, dead in a resample without window 0
+    assert float(fire_fractions(fires, sums["n_site"], torch.tensor([1, 2]))["frac_dead"]) == pytest.approx(2 / 9)
+
+
+def test_fire_fractions_by_hand():
+    # two windows of 10 and 20 site tokens; feature counts per window
+    fires = torch.tensor([[0, 1, 3, 0], [0, 0, 0, 4]], dtype=torch.int32)
+    n_site = torch.tensor([10.0, 20.0], dtype=torch.float64)
+    # all: counts [0, 1, 3, 4] of 30 -> dead 1/4; dense (> 0.1): 4/30 = 0.133 only -> 1/4
+    r = fire_fractions(fires, n_site)
+    assert (float(r["frac_dead"]), float(r["frac_dense"])) == (0.25, 0.25)
+    # window 0 twice: counts [0, 2, 6, 0] of 20 -> dead 2/4; dense: 6/20 = 0.3 -> 1/4
+    r = fire_fractions(fires, n_site, torch.tensor([[0, 0], [1, 1]]))
+    assert r["frac_dead"].tolist() == [0.5, 0.75] and r["frac_dense"].tolist() == [0.25, 0.25]
+
+
+def test_window_multiplicity():
+    assert window_multiplicity(torch.tensor([[2, 0, 2]]), 4).tolist() == [[1.0, 0.0, 2.0, 0.0]]
+
+
+def test_bootstrap_indices_are_reproducible_and_paired():
+    a, b = bootstrap_indices(12, 50, seed=0), bootstrap_indices(12, 50, seed=0)
+    assert torch.equal(a, b) and a.shape == (50, 12) and int(a.min()) >= 0 and int(a.max()) <= 11
+    assert not torch.equal(a, bootstrap_indices(12, 50, seed=1))
+
+
+def test_percentile_interval_by_hand():
+    samples = torch.arange(101, dtype=torch.float64)  # quantiles are exact on 0..100
+    assert percentile_interval(samples) == pytest.approx((2.5, 97.5))
+    assert percentile_interval(samples, level=0.5) == pytest.approx((25.0, 75.0))
+    assert percentile_interval(torch.tensor([1.0, math.nan, 3.0]), level=0.0) == pytest.approx((2.0, 2.0))
+
+
+def test_bootstrap_intervals_contain_the_point_estimates():
+    x, x_hat, active, sums, fires = _windows(n_windows=20, seed=1)
+    point = {k: float(v) for k, v in window_metrics(sums, fires).items()}
+    ci = bootstrap_intervals(sums, fires, n_samples=400, seed=0)
+    assert set(ci) == set(point)
+    for key, (lo, hi) in ci.items():
+        assert lo <= point[key] <= hi, key
+    assert ci["relative_reconstruction_bias"][0] < ci["relative_reconstruction_bias"][1]  # not degenerate
+    assert bootstrap_intervals(sums, fires, n_samples=400, seed=0) == ci  # same seed, same draws
+
+
+def test_bootstrap_of_identical_windows_is_degenerate():
+    x, x_hat, active, sums, fires = _windows(n_windows=1, seed=2)
+    many = {k: v.repeat(5, *([1] * (v.ndim - 1))) for k, v in sums.items()}
+    ci = bootstrap_intervals(many, fires.repeat(5, 1), n_samples=30, seed=0)
+    point = window_metrics(sums, fires)
+    for key, (lo, hi) in ci.items():
+        assert lo == pytest.approx(float(point[key]), rel=1e-12) and hi == pytest.approx(float(point[key]), rel=1e-12)

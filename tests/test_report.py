@@ -1,5 +1,6 @@
-"""`gsae report`: Pareto frontier and matched-L0 maths on hand-computed numbers, and the report
-files written from hand-made eval artifacts (no model needed)."""
+"""`gsae report`: Pareto frontier and matched-L0 maths on hand-computed numbers, the bootstrap
+interval of the ratio on hand-built per-window sums, and the report files and the CLI on hand-made
+eval artifacts (metrics.json + per_window.safetensors written here; no model needed)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ from pathlib import Path
 
 import pytest
 
+import torch
+from safetensors.torch import save_file
+
+from conftest import gsae
+from gsae_cli import metrics
 from gsae_cli.errors import ConfigError
-from gsae_cli.report import (group_series, l0_at_loss_recovered, matched_l0_ratios, pareto_frontier,
-                             run_report)
+from gsae_cli.report import (WindowData, bootstrap_ratio, collect, group_series, l0_at_loss_recovered,
+                             matched_l0_ratios, pareto_frontier, run_report)
 
 # ---- pure functions --------------------------------------------------------------------------
 
@@ -71,36 +77,152 @@ def test_matched_l0_ratio_without_overlap_says_why():
     assert matched_l0_ratios([], [(1, 0.5)])["reason"].startswith("no usable points")
 
 
+# ---- hand-built per-window sums ------------------------------------------------------------------
+#
+# 8 eval windows of 100 predictions and 100 site positions each; CE clean 3, zero-ablated 5 nats.
+# Window w closes a fraction lr * M[w] of the ablation gap and fires l0 * Q[w] features per
+# position, so an SAE's full-set (L0, loss recovered) is exactly (l0, lr) (M and Q average 1), and
+# a resample `idx` gives (l0 * mean Q[idx], lr * mean M[idx]) -- by hand, for any idx.
+
+M = [0.7, 1.3, 0.85, 1.15, 1.0, 0.9, 1.1, 1.0]
+Q = [1.2, 0.8, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0]
+N_WIN = len(M)
+
+
+def window_sums(l0: float, lr: float, m=M, q=Q) -> dict:
+    n = len(m)
+    full = lambda v: torch.full((n,), float(v), dtype=torch.float64)  # noqa: E731
+    return {"n_pred": full(100), "n_site": full(100), "nll_clean": full(300), "nll_zero": full(500),
+            "nll_spliced": torch.tensor([100 * (3 + 2 * (1 - lr * mw)) for mw in m], dtype=torch.float64),
+            "kl": full(100 * (1 - lr)), "l0": torch.tensor([100 * l0 * qw for qw in q], dtype=torch.float64),
+            "sq_err": full(10), "x_sq": full(100), "xhat_sq": full(90), "xhat_dot_x": full(95),
+            "x_sum": torch.zeros(n, 4, dtype=torch.float64), "xhat_sum": torch.zeros(n, 4, dtype=torch.float64)}
+
+
+def by_hand(l0: float, lr: float, idx: list[int], m=M, q=Q) -> tuple[float, float]:
+    return (l0 * sum(q[i] for i in idx) / len(idx), lr * sum(m[i] for i in idx) / len(idx))
+
+
+def data(l0, lr, eval_set="evset", m=M, q=Q, label=None) -> WindowData:
+    sums = window_sums(l0, lr, m, q)
+    return WindowData(label or f"{l0}/{lr}", eval_set, {k: sums[k] for k in metrics.WINDOW_SCALARS})
+
+
+RELU_FRONT = [(20, 0.80), (40, 0.88), (80, 0.93), (160, 0.96)]
+GATED_FRONT = [(l0 / 2, lr) for l0, lr in RELU_FRONT]  # half the L0 at every loss recovered
+
+
+def test_window_sums_reproduce_their_metrics():
+    full = metrics.metrics_from_window_sums(window_sums(40, 0.88))
+    assert float(full["l0"]) == pytest.approx(40) and float(full["loss_recovered"]) == pytest.approx(0.88)
+    idx = [1, 1, 0, 7, 3, 3, 3, 5]
+    got = metrics.metrics_from_window_sums(window_sums(40, 0.88), torch.tensor(idx))
+    l0, lr = by_hand(40, 0.88, idx)
+    assert (float(got["l0"]), float(got["loss_recovered"])) == pytest.approx((l0, lr))
+
+
+def test_paired_bootstrap_of_exact_half_is_half():
+    # Every SAE shares the eval set, so a resample scales all of them alike and both frontiers
+    # move together: the ratio is 0.5 in every resample.
+    r = bootstrap_ratio([data(*p) for p in GATED_FRONT], [data(*p) for p in RELU_FRONT], 300, seed=0)
+    assert r["paired"] is True and r["eval_sets"] == ["evset"] and r["n_windows"] == [N_WIN]
+    assert r["n_resamples"] == 300 and r["n_valid"] == 300
+    assert r["samples"] == pytest.approx([0.5] * 300)
+    lo, hi = r["interval"]
+    assert lo <= 0.5 <= hi and hi - lo < 1e-9
+
+
+def test_bootstrap_samples_equal_hand_resampled_frontiers():
+    # Each SAE with its own window effects (a permutation of M and Q), so the ratio varies.
+    def perm(v, k):
+        return v[k:] + v[:k]
+
+    a = [(p, perm(M, i + 1), perm(Q, 2 * i)) for i, p in enumerate(GATED_FRONT)]
+    b = [(p, perm(M, 5 - i), perm(Q, i + 3)) for i, p in enumerate(RELU_FRONT)]
+    n = 40
+    r = bootstrap_ratio([data(*p, m=m, q=q) for p, m, q in a], [data(*p, m=m, q=q) for p, m, q in b], n, seed=3)
+    idx = metrics.bootstrap_indices(N_WIN, n, 3).tolist()  # paired: eval's own draws, for every SAE
+    want = []
+    for k in range(n):
+        pa = [by_hand(*p, idx[k], m, q) for p, m, q in a]
+        pb = [by_hand(*p, idx[k], m, q) for p, m, q in b]
+        g = matched_l0_ratios(pa, pb)["geomean"]
+        if g is not None:
+            want.append(g)
+    assert r["paired"] and len(want) > n // 2
+    assert r["samples"] == pytest.approx(want, rel=1e-12)
+    assert r["n_valid"] == len(want) and r["n_resamples"] == n
+    ws = sorted(want)
+    assert r["interval"] == pytest.approx(metrics.percentile_interval(torch.tensor(ws)))
+    assert ws[0] <= r["interval"][0] < r["interval"][1] <= ws[-1] and ws[0] < ws[-1]
+
+
+def test_pairing_narrows_the_interval():
+    gated, relu = [data(*p) for p in GATED_FRONT], [data(*p) for p in RELU_FRONT]
+    paired = bootstrap_ratio(gated, relu, 300, seed=0)
+    # The same sums labelled as two eval sets: no joint resample, so the window effects no
+    # longer cancel between the two frontiers.
+    gated_x = [data(*p, eval_set="evset-x") for p in GATED_FRONT]
+    unpaired = bootstrap_ratio(gated_x, relu, 300, seed=0)
+    assert unpaired["paired"] is False and unpaired["eval_sets"] == ["evset", "evset-x"]
+    (plo, phi), (ulo, uhi) = paired["interval"], unpaired["interval"]
+    assert phi - plo < 1e-9 and uhi - ulo > 0.1
+    assert ulo < 0.5 < uhi
+    # Different eval sets draw different resamples even with equal window counts.
+    assert len(set(round(s, 12) for s in unpaired["samples"])) > 100
+
+
+def test_a_missing_eval_set_hash_is_not_paired():
+    gated = [data(*p) for p in GATED_FRONT]
+    relu = [data(*p, eval_set=None, label=f"r{i}") for i, p in enumerate(RELU_FRONT)]
+    assert bootstrap_ratio(gated, relu, 20, seed=0)["paired"] is False
+
+
 # ---- run_report on hand-made artifacts ----------------------------------------------------------
 
+HOOK = "blocks.12.hook_resid_pre"
 RELU = [(20, 0.80, 0.90), (40, 0.88, 0.92), (80, 0.93, 0.95), (160, 0.96, 0.97), (100, 0.90, 0.93)]
 GATED = [(10, 0.80, 1.00), (20, 0.88, 0.99), (40, 0.93, 1.01), (80, 0.96, 1.00)]
 
 
 def make_eval(root: Path, name: str, arch: str, l1: float, l0: float, lr: float, gamma: float,
-              model: str = "smollm2-135m", train_tokens: int = 2_000_000, complete: bool = True) -> Path:
+              model: str = "smollm2-135m", train_tokens: int = 2_000_000, complete: bool = True,
+              hook: str = HOOK, windows: bool = False, eval_set: str = "evset", ci: bool = True,
+              sae_lr: float | None = None, window_l0: float | None = None) -> Path:
+    """An eval artifact; with `windows`, per_window.safetensors from window_sums(l0, lr) (or
+    window_l0 in place of l0: sums from some other run)."""
     d = root / "eval" / name
     d.mkdir(parents=True)
-    config = {"model": {"name": model, "source": "gguf"}, "hook": "blocks.12.hook_resid_pre",
+    config = {"model": {"name": model, "source": "gguf"}, "hook": hook,
               "sae": {"name": arch, "l1_coefficient": l1, "expansion_factor": 4, "path": None,
-                      "tie_weights": True, "aux_loss": True, "freeze_aux_decoder": True},
-              "train": {"n_tokens": train_tokens, "batch_size": 4096, "log_every": 10},
-              "eval": {"n_tokens": 16384}, "data": {"name": "gsae-default"}, "out_dir": str(root), "device": "cpu"}
-    metrics = {"l0": l0, "loss_recovered": lr, "ce_clean": 3.0, "ce_spliced": 3.0 + (1 - lr) * 2,
-               "ce_zero_ablation": 5.0, "delta_loss": (1 - lr) * 2, "kl_div": (1 - lr), "relative_reconstruction_bias": gamma,
-               "nmse": 0.1, "explained_variance": 0.9, "frac_dead": 0.01, "frac_dense": 0.0, "n_tokens": 16384,
-               "config": config, "sae": {"path": f"/x/{name}", "architecture": arch, "l1_coefficient": l1}}
-    (d / "metrics.json").write_text(json.dumps(metrics))
+                      "lr": sae_lr if sae_lr is not None else (3e-4 if arch == "gated" else 1e-3),
+                      "tie_weights": True, "r_mag": True, "aux_loss": True, "freeze_aux_decoder": True},
+              "train": {"n_tokens": train_tokens, "batch_size": 4096, "log_every": 10, "lr": None},
+              "eval": {"n_tokens": 16384, "bootstrap_samples": 1000, "bootstrap_seed": 0, "cache": True},
+              "data": {"name": "gsae-default"}, "out_dir": str(root), "device": "cpu"}
+    m = {"l0": l0, "loss_recovered": lr, "ce_clean": 3.0, "ce_spliced": 3.0 + (1 - lr) * 2,
+         "ce_zero_ablation": 5.0, "delta_loss": (1 - lr) * 2, "kl_div": (1 - lr), "relative_reconstruction_bias": gamma,
+         "relative_reconstruction_bias_centred": gamma + 0.01, "nmse": 0.1, "explained_variance": 0.9,
+         "frac_dead": 0.01, "frac_dense": 0.0, "frac_passthrough": 0.002, "n_tokens": 16384,
+         "config": config, "sae": {"path": f"/x/{name}", "architecture": arch, "l1_coefficient": l1}}
+    if ci:
+        m["ci"] = {"l0": [l0 * 0.9, l0 * 1.1], "loss_recovered": [lr - 0.01, lr + 0.01],
+                   "relative_reconstruction_bias": [gamma - 0.02, gamma + 0.03], "frac_dead": [0.005, 0.02],
+                   "frac_passthrough": [0.002, 0.002]}  # pass-through: the same in every resample
+    (d / "metrics.json").write_text(json.dumps(m))
+    if windows:
+        save_file({k: v.contiguous() for k, v in window_sums(window_l0 or l0, lr).items()},
+                  str(d / "per_window.safetensors"), metadata={"format": metrics.WINDOW_FORMAT, "eval_set": eval_set})
     if complete:
         (d / "COMPLETE").write_text("done\n")
     return d
 
 
-def make_sweep(root: Path) -> None:
+def make_sweep(root: Path, **kw) -> None:
     for i, (l0, lr, g) in enumerate(RELU):
-        make_eval(root, f"relu{i}", "relu", 0.1 * (i + 1), l0, lr, g)
+        make_eval(root, f"relu{i}", "relu", 0.1 * (i + 1), l0, lr, g, **kw)
     for i, (l0, lr, g) in enumerate(GATED):
-        make_eval(root, f"gated{i}", "gated", 0.1 * (i + 1), l0, lr, g)
+        make_eval(root, f"gated{i}", "gated", 0.1 * (i + 1), l0, lr, g, **kw)
 
 
 def test_run_report_writes_csv_plots_and_markdown(tmp_path, capsys):
@@ -113,16 +235,121 @@ def test_run_report_writes_csv_plots_and_markdown(tmp_path, capsys):
     assert list(rows[0])[:4] == ["model", "hook", "architecture", "l1_coefficient"]
     assert {r["architecture"] for r in rows} == {"relu", "gated"}
     assert rows[0]["train_tokens"] == "2000000" and rows[0]["eval_path"].endswith(tuple(f"gated{i}" for i in range(4)))
+    # the first row is gated at L0 10: its intervals from metrics.json "ci", the new columns
+    assert (float(rows[0]["l0"]), float(rows[0]["l0_lo"]), float(rows[0]["l0_hi"])) == pytest.approx((10, 9, 11))
+    assert (float(rows[0]["loss_recovered_lo"]), float(rows[0]["loss_recovered_hi"])) == pytest.approx((0.79, 0.81))
+    assert rows[0]["kl_div_lo"] == "" and rows[0]["eval_set"] == ""  # no interval recorded, no per-window file
+    assert float(rows[0]["relative_reconstruction_bias_centred"]) == pytest.approx(1.01)
+    assert float(rows[0]["frac_passthrough"]) == pytest.approx(0.002)
+    assert (float(rows[0]["frac_dead_lo"]), float(rows[0]["frac_dead_hi"])) == pytest.approx((0.005, 0.02))
     for png in ("frontier.png", "shrinkage.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "results.md").read_text()
     assert "gated / relu" in md and "**0.500**" in md
+    assert "| γ centred |" in md and "| pass-through |" in md
+    assert "| 10 [9, 11] | 0.8 [0.79, 0.81] |" in md  # L0 and loss recovered with their intervals
+    assert "| 0.01 [0.005, 0.02] | 0 | 0.002 | `gated0` |" in md  # a one-point interval is not shown
+    # no per_window.safetensors: a point estimate, and why there is no interval
+    assert "no interval: 9 of 9 evaluations have no usable per-window sums" in md and "gsae eval --force" in md
     # sorted by architecture, then L0: gated rows come first, each block by increasing L0
     series_col = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| gated") or ln.startswith("| relu")]
     assert series_col == ["gated"] * 4 + ["relu"] * 5
     err = capsys.readouterr().err
     assert "skipping unfinished evaluation" in err
     assert "L0 ratio at matched loss recovered = 0.500" in err
+    assert "10 [9, 11]" in err  # the terminal table
+
+
+def test_report_ratio_interval_per_site_from_window_sums(tmp_path, capsys):
+    root = tmp_path / "outputs"
+    make_sweep(root, windows=True)
+    # a second site where gated needs a quarter of relu's L0: never mixed into the first
+    other = "blocks.6.hook_resid_post"
+    for i, (l0, lr) in enumerate(RELU_FRONT):
+        make_eval(root, f"b6-relu{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, hook=other, windows=True, eval_set="ev6")
+        make_eval(root, f"b6-gated{i}", "gated", 0.1 * (i + 1), l0 / 4, lr, 1.0, hook=other, windows=True, eval_set="ev6")
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=200, bootstrap_seed=1)
+    ratios = json.loads((out / "ratios.json").read_text())
+    assert [(r["hook"], r["a"], r["b"]) for r in ratios] == [(other, "gated", "relu"), (HOOK, "gated", "relu")]
+    for r, want in zip(ratios, (0.25, 0.5)):
+        assert r["geomean"] == pytest.approx(want)
+        assert r["interval"] == pytest.approx([want, want], abs=1e-9)  # paired: exact in every resample
+        assert r["paired"] is True and r["n_resamples"] == r["n_valid"] == 200 and r["n_windows"] == [N_WIN]
+    assert ratios[1]["overlap"] == pytest.approx([0.80, 0.96]) and ratios[1]["eval_sets"] == ["evset"]
+    md = (out / "results.md").read_text()
+    assert md.index(f"## smollm2-135m · {other}") < md.index(f"## smollm2-135m · {HOOK}")  # grouped by site
+    assert "**0.250**" in md and "95 % CI **0.250–0.250**" in md and "95 % CI **0.500–0.500**" in md
+    assert "paired bootstrap over the 8 windows of eval set evset; 200 resamples" in md
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["eval_set"] for r in rows} == {"evset", "ev6"}
+    err = capsys.readouterr().err
+    assert f"gated / relu (smollm2-135m, {HOOK}): L0 ratio at matched loss recovered = 0.500" in err
+    assert "95 % CI [0.500, 0.500], paired bootstrap" in err
+
+
+def test_report_says_when_resampling_is_unpaired(tmp_path, capsys):
+    root = tmp_path / "outputs"
+    for i, (l0, lr) in enumerate(RELU_FRONT):
+        make_eval(root, f"relu{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True, eval_set="old-set")
+        make_eval(root, f"gated{i}", "gated", 0.1 * (i + 1), l0 / 2, lr, 1.0, windows=True, eval_set="new-set")
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=200)
+    (r,) = json.loads((out / "ratios.json").read_text())
+    assert r["paired"] is False and r["eval_sets"] == ["new-set", "old-set"]
+    lo, hi = r["interval"]
+    assert lo < 0.5 < hi and hi - lo > 0.1
+    assert "UNPAIRED bootstrap: the SAEs were evaluated on 2 different eval sets" in (out / "results.md").read_text()
+    assert "UNPAIRED bootstrap" in capsys.readouterr().err
+
+
+def test_window_sums_from_another_run_give_no_interval(tmp_path):
+    root = tmp_path / "outputs"
+    make_sweep(root, windows=True)
+    make_eval(root, "stray", "relu", 9.0, 300, 0.97, 0.9, windows=True, window_l0=250)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=50)
+    (r,) = json.loads((out / "ratios.json").read_text())
+    assert r["interval"] is None and r["geomean"] is not None
+    assert "gives l0 250 but metrics.json says 300.0" in r["interval_reason"]
+
+
+def test_learning_rate_splits_within_an_architecture_only(tmp_path):
+    root = tmp_path / "outputs"
+    make_sweep(root)  # gated at sae.lr 3e-4, relu at 1e-3: still one comparison
+    sites = group_series(collect([], root)[0])
+    assert [s.label for s in sites[("smollm2-135m", HOOK)]] == ["gated", "relu"]
+    for i, (l0, lr, g) in enumerate(RELU[:2]):  # an LR sweep of relu
+        make_eval(root, f"relu-lr{i}", "relu", 0.1 * (i + 1), l0 * 1.5, lr, g, sae_lr=3e-3)
+    sites = group_series(collect([], root)[0])
+    assert [s.label for s in sites[("smollm2-135m", HOOK)]] == ["gated, lr=0.0003", "relu, lr=0.001", "relu, lr=0.003"]
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=0)
+    pairs = [(r["a"], r["b"]) for r in json.loads((out / "ratios.json").read_text())]
+    assert pairs == [("gated, lr=0.0003", "relu, lr=0.001"), ("gated, lr=0.0003", "relu, lr=0.003")]
+
+
+def test_plots_draw_the_intervals(tmp_path, monkeypatch):
+    from matplotlib.container import ErrorbarContainer
+
+    from gsae_cli import report
+
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    make_sweep(tmp_path / "outputs")
+    run_report([], tmp_path / "outputs", tmp_path / "r", [], bootstrap_samples=0)
+    frontier, shrinkage = figures
+
+    def bars(fig):
+        """(x, y) whisker segments as ((x0, y0), (x1, y1)) per ErrorbarContainer in the first panel."""
+        ax = fig.axes[0]
+        return [[tuple(map(tuple, seg)) for seg in c.lines[2][0].get_segments()]
+                for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+    segs = [s for c in bars(frontier) for s in c]
+    # gated at L0 10, loss recovered 0.8: whiskers 9-11 across and 0.79-0.81 up
+    assert ((9.0, 0.8), (11.0, 0.8)) in [tuple((round(x, 9), round(y, 9)) for x, y in s) for s in segs]
+    assert ((10.0, 0.79), (10.0, 0.81)) in [tuple((round(x, 9), round(y, 9)) for x, y in s) for s in segs]
+    assert len(segs) == 2 * (len(RELU) + len(GATED))  # every point, both directions (dominated ones too)
+    segs = [s for c in bars(shrinkage) for s in c]
+    assert len(segs) == len(RELU) + len(GATED)  # γ only
+    assert ((10.0, 0.98), (10.0, 1.03)) in [tuple((round(x, 9), round(y, 9)) for x, y in s) for s in segs]
 
 
 def test_run_report_on_explicit_paths(tmp_path):
@@ -131,7 +358,10 @@ def test_run_report_on_explicit_paths(tmp_path):
     out = run_report([str(one), str(tmp_path / "outputs" / "eval" / "gated0")], tmp_path / "nowhere",
                      tmp_path / "r", [])
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 2
-    with pytest.raises(ConfigError, match="does not exist"):
+    # an outputs folder as a path: its eval/ is what is read
+    out = run_report([str(tmp_path / "outputs")], tmp_path / "nowhere", tmp_path / "r", [], bootstrap_samples=0)
+    assert len(list(csv.DictReader((out / "results.csv").open()))) == 9
+    with pytest.raises(ConfigError, match="does not exist.*out_dir=DIR"):
         run_report([str(tmp_path / "typo")], tmp_path / "outputs", tmp_path / "r", [])
 
 
@@ -164,11 +394,10 @@ def test_series_split_by_train_tokens_and_never_mix_models(tmp_path):
     make_eval(root, "g4m-a", "gated", 0.1, 8, 0.80, 1.0, train_tokens=4_000_000)
     make_eval(root, "g4m-b", "gated", 0.2, 16, 0.90, 1.0, train_tokens=4_000_000)
     make_eval(root, "pythia", "relu", 0.1, 30, 0.9, 0.9, model="pythia-70m")
-    from gsae_cli.report import collect
 
     sites = group_series(collect([], root)[0])
-    assert set(sites) == {("smollm2-135m", "blocks.12.hook_resid_pre"), ("pythia-70m", "blocks.12.hook_resid_pre")}
-    labels = [s.label for s in sites[("smollm2-135m", "blocks.12.hook_resid_pre")]]
+    assert set(sites) == {("smollm2-135m", HOOK), ("pythia-70m", HOOK)}
+    labels = [s.label for s in sites[("smollm2-135m", HOOK)]]
     assert labels == ["gated, train.n_tokens=2M", "gated, train.n_tokens=4M", "relu, train.n_tokens=2M"]
     out = run_report([], root, tmp_path / "r", [])
     md = (out / "results.md").read_text()
@@ -181,6 +410,45 @@ def test_empty_outputs_is_a_clear_config_error(tmp_path):
         run_report([], tmp_path / "outputs", tmp_path / "report", [])
     msg = str(e.value)
     assert "No evaluation results were found under" in msg and str(tmp_path / "outputs" / "eval") in msg
-    assert "gsae eval" in msg and "sweeps/frontier.sh" in msg
+    assert "gsae eval" in msg and "sweeps/frontier.sh" in msg and "out_dir=DIR" in msg
     assert e.value.exit_code == 2
     assert not (tmp_path / "report").exists()
+
+
+# ---- the CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_report_takes_out_dir_like_every_stage(tmp_path):
+    root = tmp_path / "outputs"
+    make_sweep(root, windows=True)
+    p = gsae("report", f"out_dir={root}", "eval.bootstrap_samples=50", "model=tiny",
+             "--report-dir", str(tmp_path / "r"), "--where", "sae=relu,gated")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == str(tmp_path / "r")
+    assert len(list(csv.DictReader((tmp_path / "r" / "results.csv").open()))) == 9
+    assert "paired bootstrap over the 8 windows of eval set evset; 50 resamples" in (tmp_path / "r" / "results.md").read_text()
+    # model=tiny is a valid key that a report cannot use: said, not silently ignored
+    assert "model=tiny: valid, but gsae report only reads finished artifacts" in p.stderr and "--where" in p.stderr
+    # the deprecated spelling still works and says what to write instead
+    p = gsae("report", "--out-dir", str(root), "eval.bootstrap_samples=0", "--report-dir", str(tmp_path / "r2"))
+    assert p.returncode == 0, p.stderr
+    assert f"--out-dir is deprecated; write out_dir={root}" in p.stderr
+    assert "no interval: eval.bootstrap_samples=0" in (tmp_path / "r2" / "results.md").read_text()
+
+
+def test_cli_report_paths_and_bad_input(tmp_path):
+    root = tmp_path / "outputs"
+    make_sweep(root)
+    p = gsae("report", str(root / "eval" / "relu0"), str(root / "eval" / "gated1"), "out_dir=/nonexistent",
+             "--report-dir", str(tmp_path / "r"))
+    assert p.returncode == 0, p.stderr
+    assert len(list(csv.DictReader((tmp_path / "r" / "results.csv").open()))) == 2
+    # an unknown key fails exactly as it does for every other stage
+    bad = gsae("report", f"out_dir={root}", "eval.n_tokenz=5", "--report-dir", str(tmp_path / "r"))
+    ref = gsae("show-config", "eval.n_tokenz=5")
+    assert bad.returncode == ref.returncode == 2
+    assert bad.stderr == ref.stderr and "eval.n_tokenz" in bad.stderr
+    typo = gsae("report", str(tmp_path / "outptus"), "--report-dir", str(tmp_path / "r"))
+    assert typo.returncode == 2 and "does not exist" in typo.stderr and "gsae report out_dir=DIR" in typo.stderr
+    both = gsae("report", "--out-dir", str(root), f"out_dir={root}")
+    assert both.returncode == 2 and "both --out-dir and out_dir=" in both.stderr

@@ -55,7 +55,7 @@ def hand_gated(**options) -> GatedSAE:
     sae = GatedSAE(2, 3, **options)
     # r_mag = [0, ln 2, 0]  ->  W_mag columns scaled by [1, 2, 1]
     set_params(sae, W_gate=W, b_gate=[0.0, -0.5, 0.5], b_mag=[0.5, 0.0, 3.0], W_dec=W_DEC, b_dec=B_DEC)
-    if sae.tie_weights:
+    if sae.has_r_mag:
         set_params(sae, r_mag=[0.0, math.log(2.0), 0.0])
     return sae
 
@@ -191,6 +191,62 @@ def test_gated_untied_weights_are_independent():
     assert is_zero_grad(grad_of(out.terms["recon"], sae.W_gate))  # only via the Heaviside
 
 
+def test_gated_without_r_mag_by_hand():
+    """The paper's "no r_mag" ablation: W_mag = W_gate, the paths differ only in b_mag."""
+    sae = hand_gated(r_mag=False)
+    assert "r_mag" not in dict(sae.named_parameters()) and "r_mag" not in sae.state_dict()
+    assert sae.options["r_mag"] is False
+    pi_gate, pi_mag = sae.pre_activations(t(X1))
+    # x_c W_gate = [1, 2, -1]; pi_gate = + b_gate [0, -0.5, 0.5]; pi_mag = + b_mag [0.5, 0, 3]
+    assert torch.allclose(pi_gate, t([[1.0, 1.5, -0.5]]))
+    assert torch.allclose(pi_mag, t([[1.5, 2.0, 2.0]]))
+    assert torch.allclose(sae.encode(t(X1)), t([[1.5, 2.0, 0.0]]))
+    out = sae.loss(t(X1), 0.1)
+    # x_hat = [1.5, 2] + b_dec = [2, 2]; x - x_hat = [-0.5, 0] -> 0.25
+    assert out.terms["recon"].item() == pytest.approx(0.25, abs=1e-6)
+    # dL/df = -2 (x - x_hat) W_dec^T = [1, 0, 0.6], gated by [1, 1, 0] -> b_mag's gradient
+    assert torch.allclose(grad_of(out.terms["recon"], sae.b_mag), t([1.0, 0.0, 0.0]), atol=1e-6)
+
+
+def test_gated_without_r_mag_equals_the_tied_sae_at_r_mag_zero():
+    plain = perturbed(GatedSAE(5, 7, r_mag=False), seed=6, dtype=torch.float32)
+    tied = GatedSAE(5, 7)
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            getattr(tied, name).copy_(p)
+        tied.r_mag.zero_()
+    x = torch.randn(32, 5, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(plain.encode(x), tied.encode(x))
+    assert torch.equal(plain(x), tied(x))
+    assert torch.equal(plain.active_mask(x), tied.active_mask(x))
+    for name, value in plain.loss(x, 0.1).terms.items():
+        assert torch.equal(value, tied.loss(x, 0.1).terms[name]), name
+    assert torch.equal(plain.mag_weight(), plain.W_gate)
+    # untied SAEs have no r_mag either way, and say so in their options
+    assert GatedSAE(2, 3, tie_weights=False, r_mag=True).options["r_mag"] is False
+
+
+def test_gated_without_r_mag_saves_and_loads(tmp_path):
+    from gsae_cli.sae_io import load_sae, save_sae
+
+    sae = perturbed(GatedSAE(4, 6, r_mag=False), seed=8, dtype=torch.float32)
+    save_sae(tmp_path / "sae", sae, {"hook": "blocks.0.hook_resid_pre"})
+    assert "r_mag" not in load_file(str(tmp_path / "sae" / "sae.safetensors"))
+    loaded = load_sae(tmp_path / "sae")
+    assert isinstance(loaded, GatedSAE) and not loaded.has_r_mag
+    x = torch.randn(10, 4, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(loaded(x), sae(x))
+
+
+def test_resample_gated_without_r_mag_zeroes_both_biases():
+    sae = perturbed(GatedSAE(4, 6, r_mag=False), seed=10, dtype=torch.float32)
+    dead = torch.tensor([False, True, False, False, False, True])
+    touched = sae.resample_(dead, torch.randn(20, 4), torch.Generator().manual_seed(0))
+    assert {(s.name, s.dim) for s in touched} == {("W_gate", 1), ("b_gate", 0), ("b_mag", 0), ("W_dec", 0)}
+    for name in ("b_gate", "b_mag"):
+        assert torch.equal(getattr(sae, name)[dead], torch.zeros(2))
+
+
 def test_gated_active_mask_counts_gate():
     sae = GatedSAE(2, 1)
     set_params(sae, W_gate=[[1.0], [0.0]], b_gate=[0.0], b_mag=[-10.0], W_dec=[[1.0, 0.0]], b_dec=[0.0, 0.0])
@@ -259,10 +315,12 @@ def _make(name: str) -> torch.nn.Module:
         return perturbed(sae, seed=4)
     if name == "gated_untied":
         return perturbed(GatedSAE(4, 6, tie_weights=False), seed=3)
+    if name == "gated_no_r_mag":
+        return perturbed(GatedSAE(4, 6, r_mag=False), seed=3)
     return perturbed(build_sae(name, 4, 6), seed=3)
 
 
-@pytest.mark.parametrize("name", ["relu", "gated", "gated_untied", "rescale_shift"])
+@pytest.mark.parametrize("name", ["relu", "gated", "gated_untied", "gated_no_r_mag", "rescale_shift"])
 @pytest.mark.parametrize("scale", [4.0, 3.7])
 def test_fold_input_scale(name, scale):
     sae = _make(name)
@@ -294,29 +352,43 @@ def test_project_out_parallel_grad_by_hand():
     assert torch.allclose(W_dec.grad, t([[0.0, 4.0], [0.64, -0.48]]), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["relu", "gated"])
-def test_decoder_rows_unit_norm_after_step(name):
-    torch.manual_seed(0)
-    sae = build_sae(name, 8, 16)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-2, betas=(0.0, 0.999))
-    x = torch.randn(32, 8)
-    for _ in range(3):
-        opt.zero_grad()
-        sae.loss(x, 0.1).total().backward()
-        sae.constrain_decoder_grad_()
-        parallel = (sae.W_dec.grad * sae.W_dec).sum(dim=-1)
-        assert torch.allclose(parallel, torch.zeros(16), atol=1e-6)
-        opt.step()
+def test_renormalise_rows_by_hand():
+    W = t([[3.0, 4.0], [0.0, -0.5]])
+    renormalise_rows_(W)
+    assert torch.allclose(W, t([[0.6, 0.8], [0.0, -1.0]]))
+
+
+@pytest.mark.parametrize("name", ["relu", "gated", "rescale_shift"])
+def test_decoder_constraint_calls(name):
+    """What the Trainer calls around each Adam step (tests/test_train.py drives the real loop):
+    a trainable decoder gets its gradient projected and its rows renormalised; rescale_shift's
+    frozen decoder is left bit-exact."""
+    sae = _make(name).float()
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
+    sae.loss(x, 0.1).total().backward()
+    W0 = sae.W_dec.detach().clone()
+    sae.constrain_decoder_grad_()
+    if name == "rescale_shift":
+        assert sae.W_dec.grad is None
         sae.renormalise_decoder_()
-        assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(16), atol=1e-6)
+        assert torch.equal(sae.W_dec, W0)
+        return
+    assert torch.allclose((sae.W_dec.grad * sae.W_dec).sum(-1), torch.zeros(6), atol=1e-6)
+    with torch.no_grad():
+        sae.W_dec.mul_(2.0)
+    sae.renormalise_decoder_()
+    assert torch.allclose(sae.W_dec, W0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["relu", "gated", "gated_untied"])
+@pytest.mark.parametrize("name", ["relu", "gated", "gated_untied", "gated_no_r_mag"])
 def test_init_weights(name):
     b = t([0.1, -0.2, 0.3])
     saes = []
     for _ in range(2):
-        sae = GatedSAE(3, 5, tie_weights=False) if name == "gated_untied" else build_sae(name, 3, 5)
+        if name.startswith("gated_"):
+            sae = GatedSAE(3, 5, tie_weights=name != "gated_untied", r_mag=name != "gated_no_r_mag")
+        else:
+            sae = build_sae(name, 3, 5)
         sae.init_weights_(b, torch.Generator().manual_seed(7))
         saes.append(sae)
     sae, twin = saes
@@ -411,6 +483,8 @@ def test_registry_builds_each_architecture():
         assert sae.decoder_directions.shape == (5, 3)
         assert sae.encode(torch.randn(2, 3)).shape == (2, 5)
     assert build_sae("gated", 3, 5, tie_weights=False).options["tie_weights"] is False
+    no_r_mag = build_sae("gated", 3, 5, r_mag=False)
+    assert no_r_mag.options["r_mag"] is False and "r_mag" not in dict(no_r_mag.named_parameters())
 
 
 def test_registry_errors():

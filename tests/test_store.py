@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from gsae_cli import store as st
-from gsae_cli.errors import StoreError
+from gsae_cli.errors import ArtifactError, StoreError
 from gsae_cli.store import StoreWriter, is_complete, open_store, rows_written
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +117,8 @@ def test_layout_uses_zarr_sharding_and_optional_zstd(tmp_path):
         assert codec["name"] == "sharding_indexed"
         assert codec["configuration"]["chunk_shape"] == [10, d] and meta["chunk_grid"]["configuration"]["chunk_shape"] == [30, d]
         inner = [c["name"] for c in codec["configuration"]["codecs"]]
-        assert ("zstd" in inner) == (comp == "zstd")
+        assert inner == (["bytes", "zstd", "crc32c"] if comp == "zstd" else ["bytes", "crc32c"])
+        assert [c["name"] for c in codec["configuration"]["index_codecs"]][-1] == "crc32c"
         shards = sorted(p.name for p in (tmp_path / comp / "activations" / "c").iterdir())
         assert shards == ["0", "1", "2", "3"]  # one file per shard of 30 rows
     assert_same_store(tmp_path / "none", tmp_path / "zstd")
@@ -221,10 +224,10 @@ def test_sigkill_mid_harvest_then_resume_is_identical(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", SIGKILL_SCRIPT, str(path), str(n), str(d)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 600  # a hang guard only, not a speed check (it takes ~1 s)
         while rows_written(path) < 5 * shard:
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the writer subprocess made no progress"
+            assert time.monotonic() < deadline, "the writer subprocess hung"
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
@@ -354,13 +357,101 @@ def test_open_store_errors_say_what_to_do(tmp_path):
     f = tmp_path / "flip" / "tokens" / "c" / "2"
     f.write_bytes(f.read_bytes()[:-3] + b"xyz")  # damage the checksummed shard index
     s = open_store(tmp_path / "flip")
-    with pytest.raises(StoreError, match="corrupt"):
+    with pytest.raises(st.DamagedStoreError, match=r"chunk 4 of its tokens \(rows 64-79, in the shard file "
+                                                   rf"{re.escape(str(f))}\) fails its crc32c checksum"):
         s.read_tokens(64, 80)
 
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "zarr.json").write_text("{not json")
     with pytest.raises(StoreError, match="readable activation store"):
         open_store(tmp_path / "bad")
+
+
+# --------------------------------------------------------------------------- damaged chunks
+
+# write_store's layout: 16-row chunks, 2 per shard file. An uncompressed chunk of d=4 bfloat16
+# is 16 * 4 * 2 = 128 bytes + a 4-byte crc32c; the shard index (2 x (offset, length) uint64 +
+# its crc32c) follows the chunks, so a shard file is 2 * 132 + 36 = 300 bytes.
+
+
+def _damage_message(path, chunk, rows, shard_file, what):
+    return (rf"The activation store at {re.escape(str(path))} is damaged: chunk {chunk} of its activations "
+            rf"\(rows {rows}, in the shard file {re.escape(str(shard_file))}\) {what}.*"
+            rf"rerun `gsae harvest --force` with the same overrides.*delete the directory {re.escape(str(path))}")
+
+
+@pytest.mark.parametrize("payload", [b"\x00" * 8, b"\x12\x34\x56\x78"], ids=["zeros", "garbage"])
+def test_bytes_overwritten_in_the_middle_of_a_shard_name_the_damaged_chunk(tmp_path, payload):
+    path = tmp_path / "s"
+    write_store(path, 100, 4, "bfloat16")
+    f = path / "activations" / "c" / "1" / "0"  # shard 1: rows 32-63, chunks 2 and 3
+    raw = bytearray(f.read_bytes())
+    assert len(raw) == 300
+    raw[150:150 + len(payload)] = payload  # byte 150: inside the shard's second chunk (132-263)
+    f.write_bytes(bytes(raw))
+    s = open_store(path)  # opening is cheap and does not read chunks
+    with pytest.raises(st.DamagedStoreError, match=_damage_message(path, 3, "48-63", f, "fails its crc32c checksum")) as e:
+        s.read_rows(40, 70)
+    assert isinstance(e.value, ArtifactError) and e.value.exit_code == 2
+    with pytest.raises(st.DamagedStoreError, match="chunk 3 "):
+        s.verify()
+    with pytest.raises(st.DamagedStoreError, match="chunk 3 "):
+        s.read_chunk(3)
+    # every other chunk, including the other one in the same shard file, still reads
+    assert torch.equal(bits(s.read_rows(0, 48)), bits(gen_rows(0, 48, 4).bfloat16()))
+    assert torch.equal(bits(s.read_rows(64, 100)), bits(gen_rows(64, 36, 4).bfloat16()))
+
+
+@pytest.mark.parametrize("dtype, value", [("bfloat16", float("nan")), ("float16", float("inf")),
+                                          ("float32", float("-inf")), ("float32", float("nan"))])
+def test_non_finite_values_on_disk_name_the_chunk(tmp_path, dtype, value):
+    import zarr
+
+    path = tmp_path / "s"
+    write_store(path, 100, 4, dtype)
+    arr = zarr.open_group(str(path), mode="r+")["activations"]  # bypasses append's own check
+    if dtype == "bfloat16":  # stored as raw bits: NaN is 0x7FC0
+        arr[50, 1] = arr[53, 3] = 0x7FC0
+    else:
+        arr[50, 1] = arr[53, 3] = value
+    s = open_store(path)
+    f = path / "activations" / "c" / "1" / "0"
+    with pytest.raises(st.DamagedStoreError, match=_damage_message(
+            path, 3, "48-63", f, r"holds NaN or inf, which a harvest never writes, in 2 of the rows read "
+                                 r"\(first: row 50\)")):
+        s.read_rows(0, 100)
+    with pytest.raises(st.DamagedStoreError, match=r"in 1 of the rows read \(first: row 53\)"):
+        s.read_rows(51, 60)
+    assert s.read_rows(0, 50).shape == (50, 4) and s.read_rows(54, 100).shape == (46, 4)
+
+
+def test_negative_token_ids_on_disk_name_the_chunk(tmp_path):
+    import zarr
+
+    path = tmp_path / "s"
+    write_store(path, 100, 4, "bfloat16")
+    zarr.open_group(str(path), mode="r+")["tokens"][70] = -1  # the fill of a chunk missing from its shard
+    s = open_store(path)
+    with pytest.raises(st.DamagedStoreError, match=rf"chunk 4 of its tokens \(rows 64-79, in the shard file "
+                                                   rf"{re.escape(str(path / 'tokens' / 'c' / '2'))}\) holds "
+                                                   r"negative token ids, which a harvest never writes \(first: row 70\)"):
+        s.read_tokens(60, 100)
+    assert s.read_tokens(0, 70).tolist() == gen_tokens(0, 70).tolist()
+
+
+def test_nonfinite_rows_on_hand_made_bits():
+    bf16 = np.array([[0x3F80, 0x7F7F],   # 1.0, the largest finite bfloat16
+                     [0xFF80, 0x0000],   # -inf
+                     [0x7FC1, 0x3F80],   # NaN
+                     [0xFF7F, 0x8000]],  # -largest finite, -0.0
+                    dtype=np.uint16)
+    assert st._nonfinite_rows(bf16, "bfloat16").tolist() == [1, 2]
+    f16 = np.array([[0x7BFF, 0x7C00], [0xFBFF, 0x0001], [0xFE00, 0x0000]], dtype=np.uint16)
+    assert st._nonfinite_rows(f16, "float16").tolist() == [0, 2]  # inf; NaN
+    f32 = np.array([[3.4e38, -3.4e38], [0.0, np.nan], [1.0, 2.0]], dtype=np.float32)
+    assert st._nonfinite_rows(f32, "float32").tolist() == [1]
+    assert st._nonfinite_rows(f32[[0, 2]], "float32") is None
+    assert st._nonfinite_rows(np.empty((0, 4), np.uint16), "bfloat16") is None
 
 
 def test_cheap_helpers(tmp_path):

@@ -7,8 +7,10 @@
 
     L = ||x - x_hat||² + λ ||ReLU(pi_gate)||₁ + ||x - (ReLU(pi_gate) W_dec.detach() + b_dec.detach())||²
 
-Ablation options [gsae]: tie_weights=False gives W_mag its own parameter (and no r_mag);
-aux_loss=False drops the third term; freeze_aux_decoder=False lets it train W_dec and b_dec.
+Ablation options. The paper's own (its GELU-1L appendix): tie_weights=False gives W_mag its own
+parameter (and no r_mag); r_mag=False ties W_mag = W_gate outright, so the paths differ only in
+b_mag (no r_mag parameter); freeze_aux_decoder=False lets the third term train W_dec and b_dec.
+gsae's own addition, not in the paper: aux_loss=False drops the third term.
 Note b_dec also centres the encoder input; that use is not detached (the spec detaches only the
 auxiliary *decoder*), so the aux term can still reach b_dec through pi_gate.
 """
@@ -32,18 +34,21 @@ class GatedSAE(SAE):
         d_sae: int,
         *,
         tie_weights: bool = True,
+        r_mag: bool = True,
         aux_loss: bool = True,
         freeze_aux_decoder: bool = True,
     ) -> None:
         super().__init__(d_model, d_sae)
         self.tie_weights = bool(tie_weights)
+        # r_mag only exists with tied weights (untied, W_mag is free and subsumes it).
+        self.has_r_mag = self.tie_weights and bool(r_mag)
         self.aux_loss = bool(aux_loss)
         self.freeze_aux_decoder = bool(freeze_aux_decoder)
 
         self.W_gate = nn.Parameter(torch.empty(d_model, d_sae))
-        if self.tie_weights:
+        if self.has_r_mag:
             self.r_mag = nn.Parameter(torch.empty(d_sae))
-        else:
+        elif not self.tie_weights:
             self.W_mag = nn.Parameter(torch.empty(d_model, d_sae))
         self.b_gate = nn.Parameter(torch.empty(d_sae))
         self.b_mag = nn.Parameter(torch.empty(d_sae))
@@ -52,7 +57,7 @@ class GatedSAE(SAE):
         # Which parameters resampling touches depends on the weight sharing.
         if self.tie_weights:
             self._resample_encoder_weights = ("W_gate",)
-            self._resample_zeroed = ("r_mag", "b_gate", "b_mag")
+            self._resample_zeroed = ("r_mag", "b_gate", "b_mag") if self.has_r_mag else ("b_gate", "b_mag")
         else:
             self._resample_encoder_weights = ("W_gate", "W_mag")
             self._resample_zeroed = ("b_gate", "b_mag")
@@ -62,16 +67,17 @@ class GatedSAE(SAE):
     def options(self) -> dict[str, Any]:
         return {
             "tie_weights": self.tie_weights,
+            "r_mag": self.has_r_mag,
             "aux_loss": self.aux_loss,
             "freeze_aux_decoder": self.freeze_aux_decoder,
         }
 
     def mag_weight(self) -> Tensor:
-        """W_mag [d_model, d_sae]: exp(r_mag) ⊙ W_gate (per column) when tied, else the separate
-        `W_mag` parameter (tie_weights=False)."""
-        if self.tie_weights:
+        """W_mag [d_model, d_sae]: exp(r_mag) ⊙ W_gate (per column) when tied, W_gate itself with
+        r_mag=False, else the separate `W_mag` parameter (tie_weights=False)."""
+        if self.has_r_mag:
             return self.W_gate * torch.exp(self.r_mag)
-        return self.W_mag
+        return self.W_gate if self.tie_weights else self.W_mag
 
     def pre_activations(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(pi_gate, pi_mag), each [batch, d_sae]."""
@@ -80,7 +86,8 @@ class GatedSAE(SAE):
             # (x_c W_gate) ⊙ exp(r_mag) == x_c (W_gate ⊙ exp(r_mag)): one [batch, d_sae] matmul
             # serves both paths, a third of the step's FLOPs saved.
             pre = x_c @ self.W_gate
-            return pre + self.b_gate, pre * torch.exp(self.r_mag) + self.b_mag
+            mag = pre * torch.exp(self.r_mag) if self.has_r_mag else pre
+            return pre + self.b_gate, mag + self.b_mag
         return x_c @ self.W_gate + self.b_gate, x_c @ self.W_mag + self.b_mag
 
     @staticmethod
@@ -120,12 +127,12 @@ class GatedSAE(SAE):
         self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None
     ) -> None:
         """W_dec rows random unit vectors; W_gate = W_dec.T (untied: W_mag = W_gate too);
-        r_mag = 0; b_gate = b_mag = 0; b_dec = b_dec_init."""
+        r_mag = 0 (when present); b_gate = b_mag = 0; b_dec = b_dec_init."""
         self._init_decoder_(b_dec_init, generator)
         self.W_gate.copy_(self.W_dec.T)
-        if self.tie_weights:
+        if self.has_r_mag:
             self.r_mag.zero_()
-        else:
+        elif not self.tie_weights:
             self.W_mag.copy_(self.W_gate)
         self.b_gate.zero_()
         self.b_mag.zero_()

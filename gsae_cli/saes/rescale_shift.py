@@ -23,6 +23,7 @@ from gsae_cli.saes.relu import ReluSAE, relu_pre_bias
 
 class RescaleShiftSAE(SAE):
     name = "rescale_shift"
+    FROZEN = ("W_enc", "b_enc", "W_dec", "b_dec")  # the relu baseline's tensors
 
     def __init__(self, d_model: int, d_sae: int) -> None:
         super().__init__(d_model, d_sae)
@@ -44,11 +45,16 @@ class RescaleShiftSAE(SAE):
         """Freeze a trained relu SAE's weights (copied) and start at r_mag = 0, b_mag = b_enc."""
         sae = cls(relu_sae.d_model, relu_sae.d_sae)
         sae.to(device=relu_sae.W_dec.device, dtype=relu_sae.W_dec.dtype)
-        with torch.no_grad():
-            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-                getattr(sae, name).copy_(getattr(relu_sae, name))
+        sae.copy_baseline_(relu_sae)
         sae.init_weights_()
         return sae
+
+    @torch.no_grad()
+    def copy_baseline_(self, relu_sae: ReluSAE) -> None:
+        """Overwrite the frozen W_enc, b_enc, W_dec, b_dec with copies of `relu_sae`'s (bit for
+        bit); r_mag and b_mag are left as they are."""
+        for name in self.FROZEN:
+            getattr(self, name).copy_(getattr(relu_sae, name))
 
     def _pre_bias(self, x: Tensor) -> Tensor:
         # pi - b_enc, computed without adding and subtracting b_enc so that at init
@@ -87,7 +93,8 @@ class RescaleShiftSAE(SAE):
     def fold_input_scale_(self, scale: float) -> None:
         """Trained on x/s. With b_enc, b_dec × s, pi'(x) = s pi(x/s) (same support) and
         pi' - b_enc' = s (pi - b_enc)(x/s); with b_mag × s, f' = s f(x/s); x_hat' = s x_hat(x/s).
-        W_enc, W_dec and r_mag are unchanged."""
+        W_enc, W_dec and r_mag are unchanged. (Folding b_enc, b_dec by 1/s and back by s can miss
+        them by an ulp; the Trainer then restores the relu SAE's saved tensors with copy_baseline_.)"""
         s = self._check_scale(scale)
         self.b_enc.mul_(s)
         self.b_dec.mul_(s)
