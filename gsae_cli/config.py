@@ -319,7 +319,18 @@ def train_identity(cfg: DictConfig) -> dict:
     if not train["resample"]:
         for k in [k for k in train if k.startswith("resample_")]:
             train.pop(k)
-    return {"stage": "train", "store": harvest_hash(cfg, cfg.hook), "sae": sae, "train": train}
+    identity = {"stage": "train", "store": harvest_hash(cfg, cfg.hook), "sae": sae, "train": train}
+    if cfg.sae.name == "rescale_shift":  # built on a relu SAE: a different baseline, a different SAE
+        identity["baseline"] = train_hash(baseline_config(cfg))
+    return identity
+
+
+def baseline_config(cfg: DictConfig) -> DictConfig:
+    """The config of the relu SAE a rescale_shift SAE is built on: every key kept except the
+    architecture and its own learning rate, so it is exactly the SAE `sae=relu` with the same keys
+    trains (and reuses)."""
+    relu_lr = compose_config(["sae=relu"]).sae.lr
+    return OmegaConf.merge(cfg, {"sae": {"name": "relu", "lr": relu_lr}})
 
 
 def harvest_hash(cfg: DictConfig, hook: str) -> str:

@@ -367,7 +367,10 @@ def build_evalset(model: LoadedModel, hook: str, tokens: Tensor, first: int, *, 
         raise ConfigError(f"The first spliced position {first} must lie in 0..{ctx - 1} (site_start, eval.ctx_len).")
     splicer = Splicer(model, hook, method)
     affine = _unembed_affine(model.bridge) if kl_mode in ("auto", "unembed") else None
-    want_unembed = affine is not None and UNEMBED_IN in model.bridge.hook_dict
+    # float32 only: with bf16/fp16 logits the shortcut's fp32 product and the low-precision
+    # log-sum-exps would differ by about a logit's rounding, as large as a typical KL.
+    want_unembed = (affine is not None and UNEMBED_IN in model.bridge.hook_dict
+                    and affine[0].dtype == torch.float32)
     w_float = affine[0].float() if want_unembed else None  # once, not per batch (a copy for bf16 models)
     parts: dict[str, list[Tensor]] = {}
 

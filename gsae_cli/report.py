@@ -49,7 +49,7 @@ ALIASES = {"model": "model", "model.name": "model", "sae": "architecture", "sae.
 _NOT_SERIES_KEYS = {"sae.l1_coefficient", "sae.path", "sae.name", "model.name", "hook", "hooks", "out_dir",
                     "device", "train.checkpoint_every", "train.log_every", "train.wandb",
                     "train.wandb_project", "train.compile", "train.shuffle_buffer_chunks",
-                    "train.autocast", "harvest.batch_size", "harvest.chunk_rows", "harvest.shard_chunks",
+                    "harvest.batch_size", "harvest.chunk_rows", "harvest.shard_chunks",
                     "eval.batch_size", "eval.cache", "eval.bootstrap_samples", "eval.bootstrap_seed",
                     "eval.density_bins"}
 _GATED_ONLY = {"sae.tie_weights", "sae.r_mag", "sae.aux_loss", "sae.freeze_aux_decoder"}
@@ -491,8 +491,12 @@ def group_series(results: list[Result]) -> dict[tuple[str, str], list[Series]]:
         keys = sorted(set().union(*(r.series_keys.keys() for r in rows)) - _NOT_SERIES_KEYS)
 
         def disagree(k: str, rs: list[Result]) -> bool:
-            # A key only some rows have (gated-only switches) varies only if those rows disagree.
-            return len({repr(r.series_keys[k]) for r in rs if k in r.series_keys}) > 1
+            # A gated-only switch varies only if the rows that have it disagree. Any other key a
+            # row lacks (an evaluation from an older gsae) counts as a value of its own, so old
+            # and new results never merge into one frontier.
+            if k in _GATED_ONLY:
+                return len({repr(r.series_keys[k]) for r in rs if k in r.series_keys}) > 1
+            return len({repr(r.series_keys.get(k, "<absent>")) for r in rs}) > 1
 
         archs: dict[str, list[Result]] = {}
         for r in rows:

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gsae_cli import artifacts, status, store
-from gsae_cli.config import effective_lr, train_dir, train_hash, train_identity, to_yaml
+from gsae_cli.config import baseline_config, effective_lr, train_dir, train_hash, train_identity, to_yaml
 from gsae_cli.errors import ArtifactError, ConfigError, StoreError
 from gsae_cli.models import resolve_device
 from gsae_cli.progress import notice, track
@@ -41,7 +41,7 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
     directory = train_dir(cfg)
     base = None
     if cfg.sae.name == "rescale_shift":  # spec §3: built on the relu SAE of the same config
-        base = run_train(_with_sae_name(cfg, "relu")).path
+        base = run_train(baseline_config(cfg)).path
     with artifacts.locked(directory, f"the {cfg.sae.name} SAE"):
         if force:
             artifacts.remove(directory)
@@ -54,14 +54,6 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
         with status.recording(directory):
             summary = Trainer(cfg, directory, store_path, base).fit()
     return TrainResult(directory, summary, False)
-
-
-def _with_sae_name(cfg: DictConfig, name: str) -> DictConfig:
-    """cfg for the architecture `name` with every other key kept, except sae.lr, which is
-    per architecture: the baseline must be the SAE that `sae=NAME` with the same keys trains."""
-    from gsae_cli.config import compose_config
-
-    return OmegaConf.merge(cfg, {"sae": {"name": name, "lr": compose_config([f"sae={name}"]).sae.lr}})
 
 
 def input_scale(sample: torch.Tensor, where: Path | str = "the activation store") -> float:
@@ -90,13 +82,19 @@ class ResampleSchedule:
     """When dead features are resampled, in steps of a run of `n_steps` (train.resample_* keys are
     fractions of the run, so every run of a sweep is treated alike).
 
-    interval_steps: a check at every multiple of it (not at step 0) ...
-    stop_step:      ... while the step is below this;
+    check_steps:    the steps at which dead features are looked for: round(k * interval * n_steps)
+                    for every k >= 1 with k * interval < stop_fraction, counted in fractions so
+                    that every run length gets the same checks (4 by default: 10, 20, 30, 40 %);
+                    rounding only the check steps, never the count, is what keeps a 244-step and a
+                    488-step run alike;
+    interval_steps: round(interval * n_steps), the spacing that bounds the re-warm;
+    stop_step:      stop_fraction * n_steps (for the record);
     dead_steps:     a feature is dead when it has not fired in this many consecutive updates;
     rewarm_steps:   the cosine re-warm of the LR after a resample (paper App. D: 1,000 steps),
                     capped at half an interval so that it ends before the next check.
     """
 
+    check_steps: tuple[int, ...]
     interval_steps: int
     stop_step: float
     dead_steps: int
@@ -106,13 +104,16 @@ class ResampleSchedule:
     @classmethod
     def of(cls, tc: DictConfig, n_steps: int) -> "ResampleSchedule":
         interval = max(1, round(tc.resample_interval * n_steps))
-        return cls(interval_steps=interval, stop_step=tc.resample_stop_fraction * n_steps,
+        n_checks = math.ceil(tc.resample_stop_fraction / tc.resample_interval - 1e-9) - 1
+        checks = sorted({round(k * tc.resample_interval * n_steps) for k in range(1, n_checks + 1)})
+        return cls(check_steps=tuple(c for c in checks if 0 < c < n_steps), interval_steps=interval,
+                   stop_step=tc.resample_stop_fraction * n_steps,
                    dead_steps=max(1, round(tc.resample_dead_window * n_steps)),
                    rewarm_steps=max(1, min(tc.resample_rewarm_steps, interval // 2)),
                    lr_factor=float(tc.resample_lr_factor))
 
     def is_check(self, step: int) -> bool:
-        return step > 0 and step % self.interval_steps == 0 and step < self.stop_step
+        return step in self.check_steps
 
 
 def lr_multiplier(step: int, resample_steps: Sequence[int], tc: DictConfig, n_steps: int) -> float:
@@ -149,6 +150,8 @@ class Trainer:
         # Inputs are divided by one scalar so that E||x||² = 1 (spec §4, a stated deviation);
         # the scalar is folded into the saved weights.
         self.scale = input_scale(sample, f"The activation store at {store_path}")
+        if base_sae_dir is not None:  # rescale_shift works in the units its baseline trained in
+            self.scale = float(read_sae_meta(base_sae_dir).get("input_scale_folded", self.scale))
         self.base_relu: SAE | None = None  # rescale_shift's frozen baseline, as saved (raw units)
         self.sae = self._build(base_sae_dir, sample).to(self.device)
         params = [p for p in self.sae.parameters() if p.requires_grad]
@@ -344,7 +347,8 @@ class Trainer:
         rs = self.resample_schedule
         summary = {**meta, "architecture": self.sae.name, "d_model": self.sae.d_model, "d_sae": self.sae.d_sae,
                    "steps": self.n_steps, "tokens": self.n_steps * self.tc.batch_size, "lr": self.lr,
-                   "resample_schedule": {"interval_steps": rs.interval_steps, "stop_step": rs.stop_step,
+                   "resample_schedule": {"check_steps": list(rs.check_steps),
+                                         "interval_steps": rs.interval_steps, "stop_step": rs.stop_step,
                                          "dead_steps": rs.dead_steps, "rewarm_steps": rs.rewarm_steps,
                                          "lr_factor": rs.lr_factor} if self.tc.resample else None,
                    "resamples": self.resamples,

@@ -119,6 +119,17 @@ def test_keys_that_matter_only_in_some_settings():
     assert train_hash(untied) == train_hash(compose_config(["sae.tie_weights=false", "sae.r_mag=false"]))
     off = compose_config(["train.resample=false"])
     assert train_hash(off) == train_hash(compose_config(["train.resample=false", "train.resample_interval=0.2"]))
+    # rescale_shift's identity includes the relu SAE it is built on
+    rs = compose_config(["sae=rescale_shift"])
+    assert train_hash(rs) != train_hash(compose_config(["sae=rescale_shift", "sae.lr=0.5"]))
+    import gsae_cli.config as config_module
+    real_compose = config_module.compose_config
+    before = train_hash(rs)
+    try:  # relu's default LR changing (conf/sae/relu.yaml) must change rescale_shift's hash
+        config_module.compose_config = lambda ov: OmegaConf.merge(real_compose(ov), {"sae": {"lr": 0.123}})
+        assert train_hash(rs) != before
+    finally:
+        config_module.compose_config = real_compose
     # the learning rate is hashed as the effective one, wherever it was set
     assert effective_lr(compose_config([])) == 3e-4
     assert train_hash(compose_config(["train.lr=0.0003"])) == train_hash(compose_config([]))

@@ -164,6 +164,10 @@ def test_resample_schedule_is_relative_to_the_run():
     short = ResampleSchedule.of(tc, 3)  # everything at least one step
     assert (short.interval_steps, short.dead_steps, short.rewarm_steps) == (1, 1, 1)
     assert [k for k in range(4) if short.is_check(k)] == [1]
+    # the default run (244 steps) and its doubled-token check (488) get the same four checks, at
+    # the same fractions of the run, although 0.5 * 244 = 122 > 5 * round(24.4)
+    assert ResampleSchedule.of(tc, 244).check_steps == (24, 49, 73, 98)
+    assert ResampleSchedule.of(tc, 488).check_steps == (49, 98, 146, 195)
 
 
 def test_lr_multiplier_drops_then_rewarms_on_a_cosine():
