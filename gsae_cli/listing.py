@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from gsae_cli import status
 from gsae_cli.errors import ConfigError
 
-STAGES = ("harvest", "train", "eval")
+STAGES = ("harvest", "train", "evalset", "eval")
 FIELDS = ("stage", "name", "model", "hook", "sae", "l1_coefficient", "tokens", "status", "progress",
           "size_bytes", "path", "message")
 
@@ -217,8 +217,18 @@ def _eval(d: Path) -> tuple[bool, dict, Optional[float]]:
     return complete, fields, None
 
 
+def _evalset(d: Path) -> tuple[bool, dict, Optional[float]]:
+    """The clean and zero-ablated passes shared by every SAE evaluated at one site."""
+    from gsae_cli import artifacts
+
+    cfg = _yaml(d / "config.yaml")
+    fields = {"model": _get(cfg, "model.name"), "hook": _get(cfg, "hook"), "sae": None,
+              "l1_coefficient": None, "tokens": _get(cfg, "eval.n_tokens")}
+    return artifacts.is_complete(d), fields, None
+
+
 READERS: dict[str, Callable[[Path], tuple[bool, dict, Optional[float]]]] = {
-    "harvest": _harvest, "train": _train, "eval": _eval}
+    "harvest": _harvest, "train": _train, "evalset": _evalset, "eval": _eval}
 
 
 def _row(stage: str, d: Path) -> dict:
@@ -231,7 +241,7 @@ def _row(stage: str, d: Path) -> dict:
         size = _size(d)
     else:  # only a held lock so far: the stage is loading its model before writing anything
         complete, fields, progress, size = False, {}, None, 0
-    if stage == "harvest":
+    if stage in ("harvest", "evalset"):
         guessed["sae"] = None
     state = status.artifact_status(d, complete)
     row = {"stage": stage, "name": d.name,
@@ -242,7 +252,7 @@ def _row(stage: str, d: Path) -> dict:
 
 
 def list_artifacts(out_dir: Path) -> list[dict]:
-    """One row per artifact under OUT_DIR/{harvest,train,eval}, harvest first; [] if none."""
+    """One row per artifact under OUT_DIR/{harvest,train,evalset,eval}, harvest first; [] if none."""
     out_dir = Path(out_dir).expanduser()
     rows: list[dict] = []
     for stage in STAGES:

@@ -56,6 +56,11 @@ def outputs(tmp_path: Path) -> Path:
     (e / "metrics.json").write_text(json.dumps({"l0": 3.0, "config": cfg, "sae": {"architecture": "relu", "l1_coefficient": 0.3}}))
     (e / "COMPLETE").write_text("x\n")
     (out / "eval" / ".trash-smollm2-135m__zzzz-123").mkdir()
+    # evalset: the clean and zero-ablated passes shared by a site's evaluations
+    es = out / "evalset" / f"smollm2-135m__{HOOK}__gggg"
+    es.mkdir(parents=True)
+    (es / "config.yaml").write_text(f"model:\n  name: smollm2-135m\nhook: {HOOK}\neval:\n  n_tokens: 508\n")
+    (es / "COMPLETE").write_text("x\n")
     return out
 
 
@@ -65,7 +70,9 @@ def _by_name(rows):
 
 def test_statuses_and_config_values(outputs):
     rows = _by_name(list_artifacts(outputs))
-    assert len(rows) == 6
+    assert len(rows) == 7
+    es = rows[f"smollm2-135m__{HOOK}__gggg"]
+    assert (es["stage"], es["status"], es["hook"], es["sae"], es["tokens"]) == ("evalset", "complete", HOOK, None, 508)
     h = rows[f"smollm2-135m__{HOOK}__aaaa"]
     assert (h["stage"], h["status"], h["model"], h["hook"], h["tokens"]) == ("harvest", "complete", "smollm2-135m", HOOK, 400)
     hp = rows[f"smollm2-135m__blocks.3.hook_resid_pre__bbbb"]
@@ -82,8 +89,8 @@ def test_statuses_and_config_values(outputs):
     e = rows["smollm2-135m__ffff"]
     # the eval records which SAE it measured; that wins over config.sae (an sae.path eval)
     assert (e["stage"], e["status"], e["sae"], e["l1_coefficient"], e["tokens"]) == ("eval", "complete", "relu", 0.3, 200)
-    # harvest rows first, then train, then eval
-    assert [r["stage"] for r in list_artifacts(outputs)] == ["harvest"] * 2 + ["train"] * 3 + ["eval"]
+    # harvest rows first, then train, then the shared eval sets, then eval
+    assert [r["stage"] for r in list_artifacts(outputs)] == ["harvest"] * 2 + ["train"] * 3 + ["evalset", "eval"]
 
 
 def test_running_while_another_process_holds_the_lock(outputs):
@@ -155,11 +162,11 @@ def test_cli_ls_takes_out_dir_like_every_stage(outputs):
     p = gsae("ls", f"out_dir={outputs}", "--json")
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)
-    assert len(rows) == 6 and {r["stage"] for r in rows} == {"harvest", "train", "eval"}
+    assert len(rows) == 7 and {r["stage"] for r in rows} == {"harvest", "train", "evalset", "eval"}
     assert all(r["path"].startswith(str(outputs)) for r in rows)
     # the deprecated option still works and says what to write instead
     p = gsae("ls", "--out-dir", str(outputs), "--json")
-    assert p.returncode == 0 and len(json.loads(p.stdout)) == 6
+    assert p.returncode == 0 and len(json.loads(p.stdout)) == 7
     assert f"--out-dir is deprecated; write out_dir={outputs}" in p.stderr
 
 
