@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The short learning-rate sweep behind the relu and rescale_shift defaults (conf/sae/*.yaml).
 # Each architecture is trained at one mid-frontier λ with each LR on the same store; the
-# criterion is the training objective itself over the last 10 % of steps (the data is never
-# repeated, so it is a held-out loss): lower is better at the same λ.
+# criterion is the training objective itself, the median of its logged 10-step means over the
+# last quarter of the run (the data is never repeated, so it is a held-out loss; the median,
+# because a rare attention-sink row left in a batch makes that batch's loss spike): lower is
+# better at the same λ.
 #
 #   sweeps/lr_sweep.sh                       # relu and rescale_shift, LRs 3e-4 1e-3 3e-3
 #   ARCHS=gated LRS="1e-4 3e-4 1e-3" sweeps/lr_sweep.sh
@@ -32,9 +34,9 @@ import json, sys
 from pathlib import Path
 d, arch, lr = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 rows = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines() if l]
-tail = rows[-max(1, len(rows) // 10):]
-mean = lambda k: sum(r.get(k, 0.0) for r in tail) / len(tail)
-print(f"{arch:<14} {lr:<8} {mean('loss'):<10.5f} {mean('recon'):<10.5f} {mean('l0'):<8.1f}")
+tail = rows[-max(1, len(rows) // 4):]
+median = lambda k: sorted(r.get(k, 0.0) for r in tail)[len(tail) // 2]
+print(f"{arch:<14} {lr:<8} {median('loss'):<10.5f} {median('recon'):<10.5f} {median('l0'):<8.1f}")
 PY
     done
 done

@@ -162,7 +162,7 @@ def test_context_positions_keep_their_clean_activation(tiny_setup, monkeypatch, 
 
 
 def test_splice_all_and_site_start_set_the_first_position(out: Path):
-    assert evalset.first_spliced(compose_config(overrides(out))) == 2  # site_start's default
+    assert evalset.first_spliced(compose_config(overrides(out))) == 4  # site_start's default
     assert evalset.first_spliced(compose_config(overrides(out, "site_start=3"))) == 3
     assert evalset.first_spliced(compose_config(overrides(out, "site_start=3", "eval.splice_all=true"))) == 1
 
@@ -343,7 +343,7 @@ def test_run_eval_artifact_reuse_and_force(tmp_path: Path, out: Path):
     on_disk = json.loads((first.path / "metrics.json").read_text())
     assert set(on_disk) == set(METRIC_KEYS) | {"config", "sae", "ci"}
     assert on_disk["config"]["hook"] == TINY_HOOK and on_disk["sae"]["architecture"] == "relu"
-    assert on_disk["n_tokens"] == 254 and on_disk["frac_passthrough"] == pytest.approx(1 / 127)
+    assert on_disk["n_tokens"] == 254 and on_disk["frac_passthrough"] == pytest.approx(3 / 127)
     for name in ("config.yaml", "density.json", "density.png", "summary.json", PER_WINDOW):
         assert (first.path / name).exists(), name
     density = json.loads((first.path / "density.json").read_text())
@@ -495,7 +495,7 @@ def test_real_model_identity_sae_and_restart(tmp_path: Path):
     assert m["n_tokens"] == 254
     assert m["loss_recovered"] == pytest.approx(1.0, abs=1e-5)
     assert m["kl_div"] == pytest.approx(0.0, abs=1e-5)
-    assert m["frac_passthrough"] == pytest.approx(1 / 127)
+    assert m["frac_passthrough"] == pytest.approx(3 / 127)  # site_start=4: BOS + 3
     assert m["ce_zero_ablation"] > m["ce_clean"] + 1.0
     summary = json.loads((result.path / "summary.json").read_text())
     assert summary["spliced_passes"] == "from_layer" and summary["kl_mode"] == "unembed"

@@ -36,7 +36,7 @@ def test_harvest_tiny_writes_a_complete_store_and_reuses_it(out):
     acts, toks = _arrays(path)
     bos = s.attrs["bos_token_id"]
     assert not (toks == bos).any()  # BOS positions excluded
-    assert s.attrs["site_start"] == 2 and json.loads((Path(path) / "summary.json").read_text())["site_start"] == 2
+    assert s.attrs["site_start"] == 4 and json.loads((Path(path) / "summary.json").read_text())["site_start"] == 4
     # the recorded norm statistics are those of the stored values
     assert s.attrs["norms"]["mean_sq_norm"] == pytest.approx(acts.double().pow(2).sum(1).mean().item(), rel=1e-9)
     assert {"torch", "zarr", "transformer-lens"} <= set(s.attrs["versions"])
@@ -56,11 +56,11 @@ def test_harvest_json_summary_and_several_hooks_in_one_pass(out):
 
 
 def test_harvest_values_match_a_direct_forward(out):
-    """The store holds exactly the hook's activations (bf16-rounded) from position site_start=2 on."""
+    """The store holds exactly the hook's activations (bf16-rounded) from position site_start on."""
     from gsae_cli.data import batched_windows, token_windows
     from gsae_cli.models import load_model
 
-    cfg = compose_config(tiny(out, "harvest.n_tokens=252"))  # two windows of 128 - 2
+    cfg = compose_config(tiny(out, "harvest.n_tokens=252", "site_start=2"))  # two windows of 128 - 2
     path = run_harvest(cfg)[0].path
     model = load_model(cfg.model, torch.device("cpu"))
     windows = token_windows(cfg.data, model.tokenizer, "train", 128, model.bos_token_id, model.eos_token_id)
