@@ -60,6 +60,6 @@ def test_eval_from_empty_outputs_runs_every_stage_then_is_cached(out):
     export_dir = exported.stdout.strip().splitlines()[-1]
     cfg = json.loads(open(f"{export_dir}/cfg.json").read())
     assert cfg["architecture"] == "gated" and cfg["d_in"] == 576
-    listing = gsae("ls", "--out-dir", str(out), "--json", check=True)
+    listing = gsae("ls", f"out_dir={out}", "--json", check=True)
     stages = sorted(r["stage"] for r in json.loads(listing.stdout))
-    assert stages == ["eval", "harvest", "train"]
+    assert stages == ["eval", "evalset", "harvest", "train"]

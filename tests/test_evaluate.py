@@ -348,7 +348,7 @@ def test_run_eval_artifact_reuse_and_force(tmp_path: Path, out: Path):
         assert (first.path / name).exists(), name
     density = json.loads((first.path / "density.json").read_text())
     assert sum(density["counts"]) + density["n_dead"] == on_disk["sae"]["d_sae"] == 4 * D
-    assert density["n_tokens"] == 2 * (CTX - 2)  # the site tokens the densities are over
+    assert density["n_tokens"] == 2 * (CTX - 4)  # site_start=4: the site tokens the densities are over
     assert (first.path / "density.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((first.path / "summary.json").read_text())
     assert summary["held_out_windows"] > 100 and summary["n_windows"] == 2

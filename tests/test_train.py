@@ -82,7 +82,7 @@ def test_train_writes_the_sae_directory(out, arch):
         assert key in rows[-1]
     if arch == "gated":
         assert "aux" in rows[-1]
-    lr = {"gated": 3e-4, "relu": 1e-3}[arch]  # each architecture's own sae.lr
+    lr = {"gated": 3e-4, "relu": 3e-3}[arch]  # each architecture's own sae.lr
     assert effective_lr(cfg) == lr and summary["lr"] == lr
     assert rows[-1]["lr"] == pytest.approx(lr)  # warm-up and any re-warm over
     # 16 steps: one resampling check, at step 4, logged in the row of steps 5-8
