@@ -214,20 +214,17 @@ def metrics_from_window_sums(sums: dict[str, Tensor], index: Tensor | None = Non
 
     Returns float64 tensors (0-dim, or [B] for a [B, k] index) for l0, ce_clean, ce_spliced,
     ce_zero_ablation, delta_loss, loss_recovered, kl_div, relative_reconstruction_bias,
-    relative_reconstruction_bias_centred, nmse and explained_variance."""
+    relative_reconstruction_bias_centred, nmse and explained_variance. Without the vector sums
+    (x_sum, xhat_sum), the three metrics that need the means (γ centred, NMSE, explained
+    variance) are left out: a resample then never gathers [B, k, d_model] tensors."""
     def total(name: str) -> Tensor:
         v = sums[name].to(torch.float64)
         return v.sum(dim=0) if index is None else v[index].sum(dim=-1 - (v.ndim - 1))
 
     s = {k: total(k) for k in WINDOW_SCALARS}
-    x_sum, xhat_sum = total("x_sum"), total("xhat_sum")
     n = s["n_site"]
     ce = {k: s[f"nll_{k}"] / s["n_pred"] for k in ("clean", "spliced", "zero")}
-    var_sum = s["x_sq"] - x_sum.pow(2).sum(-1) / n           # Σ||x - mean x||²
-    xhat_var = s["xhat_sq"] - xhat_sum.pow(2).sum(-1) / n    # Σ||x_hat - mean x_hat||²
-    cov = s["xhat_dot_x"] - (xhat_sum * x_sum).sum(-1) / n   # Σ (x_hat - mean)·(x - mean)
-    nmse_value = s["sq_err"] / var_sum
-    return {
+    out = {
         "l0": s["l0"] / n,
         "ce_clean": ce["clean"],
         "ce_spliced": ce["spliced"],
@@ -236,10 +233,17 @@ def metrics_from_window_sums(sums: dict[str, Tensor], index: Tensor | None = Non
         "loss_recovered": (s["nll_zero"] - s["nll_spliced"]) / (s["nll_zero"] - s["nll_clean"]),
         "kl_div": s["kl"] / s["n_pred"],
         "relative_reconstruction_bias": s["xhat_sq"] / s["xhat_dot_x"],
-        "relative_reconstruction_bias_centred": xhat_var / cov,
-        "nmse": nmse_value,
-        "explained_variance": 1.0 - nmse_value,
     }
+    if not all(k in sums for k in WINDOW_VECTORS):
+        return out
+    x_sum, xhat_sum = total("x_sum"), total("xhat_sum")
+    var_sum = s["x_sq"] - x_sum.pow(2).sum(-1) / n           # Σ||x - mean x||²
+    xhat_var = s["xhat_sq"] - xhat_sum.pow(2).sum(-1) / n    # Σ||x_hat - mean x_hat||²
+    cov = s["xhat_dot_x"] - (xhat_sum * x_sum).sum(-1) / n   # Σ (x_hat - mean)·(x - mean)
+    nmse_value = s["sq_err"] / var_sum
+    out.update({"relative_reconstruction_bias_centred": xhat_var / cov, "nmse": nmse_value,
+                "explained_variance": 1.0 - nmse_value})
+    return out
 
 
 def bootstrap_indices(n_windows: int, n_samples: int, seed: int) -> Tensor:

@@ -168,16 +168,11 @@ class WindowData:
 
     def metrics(self, index=None) -> dict:
         """metrics_from_window_sums on the scalar sums only: L0 and loss recovered need no
-        per-dimension sums, and zero-width stand-ins skip [B, k, d_model] gathers (~0.5 GB for
+        per-dimension sums, and leaving them out skips [B, k, d_model] gathers (~0.5 GB for
         1,000 resamples of 128 windows at d_model 576)."""
-        import torch
-
         from gsae_cli import metrics
 
-        sums = dict(self.sums)
-        for name in metrics.WINDOW_VECTORS:
-            sums[name] = torch.zeros(self.n_windows, 0, dtype=torch.float64)
-        return metrics.metrics_from_window_sums(sums, index)
+        return metrics.metrics_from_window_sums(self.sums, index)
 
     def resampled(self, n_samples: int, seed: int) -> tuple[list[float], list[float]]:
         """(L0, loss recovered) of each of the `n_samples` resamples drawn with `seed`."""
