@@ -306,13 +306,14 @@ def harvest_identity(cfg: DictConfig, hook: str) -> dict:
             "hook": hook, "site_start": cfg.site_start, "harvest": _identity_part(cfg, "harvest")}
 
 
-_GATED_ONLY = ("tie_weights", "r_mag", "aux_loss", "freeze_aux_decoder")
+# sae.* switches that exist only for gated (its paper ablations); report.py reads them too.
+GATED_ONLY_KEYS = ("tie_weights", "r_mag", "aux_loss", "freeze_aux_decoder")
 
 
 def train_identity(cfg: DictConfig) -> dict:
     sae = _identity_part(cfg, "sae")
     if sae["name"] != "gated":  # ablation switches only mean something for gated
-        for k in _GATED_ONLY:
+        for k in GATED_ONLY_KEYS:
             sae.pop(k)
     elif not sae["tie_weights"]:
         sae.pop("r_mag")  # untied: W_mag is its own parameter, r_mag does not exist

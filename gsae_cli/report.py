@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from gsae_cli import artifacts
+from gsae_cli.config import GATED_ONLY_KEYS
 from gsae_cli.errors import ArtifactError, ConfigError
 
 ID_COLUMNS = ["model", "hook", "architecture", "l1_coefficient", "train_tokens"]
@@ -52,7 +53,7 @@ _NOT_SERIES_KEYS = {"sae.l1_coefficient", "sae.path", "sae.name", "model.name", 
                     "harvest.batch_size", "harvest.chunk_rows", "harvest.shard_chunks",
                     "eval.batch_size", "eval.cache", "eval.bootstrap_samples", "eval.bootstrap_seed",
                     "eval.density_bins"}
-_GATED_ONLY = {"sae.tie_weights", "sae.r_mag", "sae.aux_loss", "sae.freeze_aux_decoder"}
+_GATED_ONLY = {f"sae.{k}" for k in GATED_ONLY_KEYS}
 # Each architecture has its own tuned learning rate (sae.lr, conf/sae/*.yaml), so the LR splits
 # series *within* an architecture (an LR sweep) but never stops two architectures comparing.
 _ARCH_SCOPED = {"lr"}

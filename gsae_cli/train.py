@@ -146,12 +146,15 @@ class Trainer:
         self.lr = effective_lr(cfg)
         self.resample_schedule = ResampleSchedule.of(self.tc, self.n_steps)
         self.generator = torch.Generator(device="cpu").manual_seed(self.tc.seed)
-        sample = self._sample_rows(max(self.tc.norm_sample_tokens, self.tc.geometric_median_tokens))
-        # Inputs are divided by one scalar so that E||x||² = 1 (spec §4, a stated deviation);
-        # the scalar is folded into the saved weights.
-        self.scale = input_scale(sample, f"The activation store at {store_path}")
-        if base_sae_dir is not None:  # rescale_shift works in the units its baseline trained in
-            self.scale = float(read_sae_meta(base_sae_dir).get("input_scale_folded", self.scale))
+        # Inputs are divided by one scalar so that E||x||² = 1 (a stated deviation); the scalar is
+        # folded into the saved weights. rescale_shift works in the units its baseline trained in,
+        # so it reads the baseline's scale instead of sampling rows for one.
+        sample = None
+        if base_sae_dir is not None:
+            self.scale = float(read_sae_meta(base_sae_dir)["input_scale_folded"])
+        else:
+            sample = self._sample_rows(max(self.tc.norm_sample_tokens, self.tc.geometric_median_tokens))
+            self.scale = input_scale(sample, f"The activation store at {store_path}")
         self.base_relu: SAE | None = None  # rescale_shift's frozen baseline, as saved (raw units)
         self.sae = self._build(base_sae_dir, sample).to(self.device)
         params = [p for p in self.sae.parameters() if p.requires_grad]
@@ -162,13 +165,14 @@ class Trainer:
 
     # ---- set-up -------------------------------------------------------------------------
 
-    def _build(self, base_sae_dir: Path | None, sample: torch.Tensor) -> SAE:
+    def _build(self, base_sae_dir: Path | None, sample: torch.Tensor | None) -> SAE:
         d_model = self.store.d_model
         if base_sae_dir is not None:
             self.base_relu = load_sae(base_sae_dir)
             relu = load_sae(base_sae_dir)
             relu.fold_input_scale_(1.0 / self.scale)  # into the normalised units it trained in
             return RescaleShiftSAE.from_relu(relu)
+        assert sample is not None  # sampled whenever there is no baseline
         sc = self.cfg.sae
         options = {"tie_weights": sc.tie_weights, "r_mag": sc.r_mag, "aux_loss": sc.aux_loss,
                    "freeze_aux_decoder": sc.freeze_aux_decoder} if sc.name == "gated" else {}

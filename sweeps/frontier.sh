@@ -12,9 +12,9 @@
 # What it runs:
 #   1. one harvest pass writing a store per hook, HARVEST_TOKENS rows each (default 2 x
 #      TRAIN_TOKENS, so that even the doubled-token runs read every row at most once);
-#   2. every (hook, architecture, λ) at TRAIN_TOKENS, then, with DOUBLE=1 (the default), every
-#      one again at 2 x TRAIN_TOKENS from the same store: the convergence check (does doubling
-#      the tokens move the L0 ratio beyond its interval?);
+#   2. every (hook, architecture, λ) at TRAIN_TOKENS, then, with DOUBLE=1 (the default), the
+#      λ of DOUBLE_COEFFS again at 2 x TRAIN_TOKENS from the same store: the convergence check
+#      (does doubling the tokens move the L0 ratio beyond its interval?);
 #   3. `gsae report` over everything.
 #
 # Safe to rerun: finished harvests, trainings and evaluations are reused, so a second run only
@@ -48,6 +48,11 @@ ARCHS=${ARCHS:-"relu gated rescale_shift"}
 # λ acts on activations normalised to E||x||^2 = 1, so one list roughly transfers across sites;
 # on SmolLM2-135M it spans loss recovered from about 0.8 to 0.99 for relu and gated.
 COEFFS=${COEFFS:-"0.02 0.04 0.08 0.16 0.32"}
+DOUBLE_COEFFS=${DOUBLE_COEFFS:-"0.04 0.08 0.16"}   # the mid-frontier λ the doubled-token check repeats
+# Learning rates, "arch=lr" (train.lr) per architecture; the others keep their sae.lr. Runs of a
+# few hundred steps need a higher LR than the paper's 3e-4 for gated: sweeps/lr_sweep.sh chose
+# every architecture's rate by the same criterion (README, "Learning rates").
+LRS=${LRS-"gated=1e-3"}
 EXTRA=${EXTRA:-}          # more overrides for every member, space-separated (no spaces inside one)
 OUT_DIR=${OUT_DIR:-outputs}
 REPORT_DIR=${REPORT_DIR:-report}
@@ -56,6 +61,8 @@ REPORT=${REPORT:-1}       # 0: skip `gsae report` at the end (when several proce
 read -r -a hooks <<< "$HOOKS"
 read -r -a archs <<< "$ARCHS"
 read -r -a coeffs <<< "$COEFFS"
+read -r -a double_coeffs <<< "$DOUBLE_COEFFS"
+read -r -a lrs <<< "$LRS"
 read -r -a extra <<< "$EXTRA"
 token_counts=("$TRAIN_TOKENS")
 [[ "$DOUBLE" != 0 ]] && token_counts+=("$((2 * TRAIN_TOKENS))")
@@ -66,12 +73,28 @@ for t in "${token_counts[@]}"; do
     fi
 done
 
+lr_of() {  # arch -> its train.lr from LRS, or "-" for the architecture's own sae.lr
+    local kv
+    for kv in ${lrs[@]+"${lrs[@]}"}; do
+        [[ "${kv%%=*}" == "$1" ]] && { echo "${kv#*=}"; return; }
+    done
+    echo -
+}
+for kv in ${lrs[@]+"${lrs[@]}"}; do
+    if ! [[ "$kv" =~ ^[a-z_]+=[0-9.eE+-]+$ ]]; then
+        echo "frontier.sh: LRS item '$kv' is not arch=lr (e.g. LRS=\"gated=1e-3 relu=3e-3\")" >&2
+        exit 2
+    fi
+done
+
 members=()
 for hook in "${hooks[@]}"; do
     for t in "${token_counts[@]}"; do
+        cs=("${coeffs[@]}")
+        (( t != TRAIN_TOKENS )) && cs=("${double_coeffs[@]}")
         for arch in "${archs[@]}"; do
-            for c in "${coeffs[@]}"; do
-                members+=("$hook $t $arch $c")
+            for c in "${cs[@]}"; do
+                members+=("$hook $t $arch $c $(lr_of "$arch")")
             done
         done
     done
@@ -90,9 +113,11 @@ case "${1:-}" in
     *) echo "frontier.sh: unknown argument '$1' (use --list, --count, or environment variables; see the header)" >&2; exit 2 ;;
 esac
 
-run_member() {  # hook tokens arch coeff
+run_member() {  # hook tokens arch coeff lr ("-": the architecture's own)
+    local lr=()
+    [[ "$5" != - ]] && lr=("train.lr=$5")
     "$GSAE" eval "${common[@]}" "hook=$1" "train.n_tokens=$2" "sae=$3" "sae.l1_coefficient=$4" \
-        ${extra[@]+"${extra[@]}"}
+        ${lr[@]+"${lr[@]}"} ${extra[@]+"${extra[@]}"}
 }
 
 harvest_all() {  # one forward pass fills every site's store
@@ -107,9 +132,9 @@ if [[ -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
         echo "frontier.sh: SLURM_ARRAY_TASK_ID=$i but the sweep has $n members; submit with --array=0-$((n - 1))" >&2
         exit 2
     fi
-    read -r hook t arch c <<< "${members[$i]}"
-    echo "[task $i of $n] hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c" >&2
-    run_member "$hook" "$t" "$arch" "$c"
+    read -r hook t arch c lr <<< "${members[$i]}"
+    echo "[task $i of $n] hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c train.lr=$lr" >&2
+    run_member "$hook" "$t" "$arch" "$c" "$lr"
     exit $?
 fi
 
@@ -126,10 +151,10 @@ failed=()
 i=0
 for m in "${members[@]}"; do
     i=$((i + 1))
-    read -r hook t arch c <<< "$m"
-    echo "[$i/$n] hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c" >&2
+    read -r hook t arch c lr <<< "$m"
+    echo "[$i/$n] hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c train.lr=$lr" >&2
     SECONDS=0
-    run_member "$hook" "$t" "$arch" "$c"
+    run_member "$hook" "$t" "$arch" "$c" "$lr"
     rc=$?
     echo "[$i/$n] took ${SECONDS}s" >&2
     if (( rc == 130 )); then  # Ctrl-C: stop the sweep, not just this member
@@ -137,7 +162,7 @@ for m in "${members[@]}"; do
         exit 130
     fi
     if (( rc != 0 )); then
-        failed+=("hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c (exit $rc)")
+        failed+=("hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c train.lr=$lr (exit $rc)")
     fi
 done
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The short learning-rate sweep behind the relu and rescale_shift defaults (conf/sae/*.yaml).
+# The short learning-rate sweep behind the relu and rescale_shift defaults (conf/sae/*.yaml) and
+# behind the gated rate sweeps/frontier.sh uses for its short runs (LRS; gated's default stays the
+# paper's 3e-4, meant for runs of hundreds of thousands of steps).
 # Each architecture is trained at one mid-frontier λ with each LR on the same store; the
 # criterion is the training objective itself, the median of its logged 10-step means over the
 # last quarter of the run (the data is never repeated, so it is a held-out loss; the median,
@@ -7,7 +9,7 @@
 # better at the same λ.
 #
 #   sweeps/lr_sweep.sh                       # relu and rescale_shift, LRs 3e-4 1e-3 3e-3
-#   ARCHS=gated LRS="1e-4 3e-4 1e-3" sweeps/lr_sweep.sh
+#   ARCHS=gated LRS="3e-4 1e-3 3e-3" sweeps/lr_sweep.sh
 #
 # rescale_shift is swept with its own sae.lr, on the relu SAE trained at relu's default LR.
 set -euo pipefail

@@ -10,7 +10,6 @@ import torch
 from gsae_cli.metrics import (
     WINDOW_SCALARS,
     WINDOW_VECTORS,
-    ReconstructionStats,
     bootstrap_indices,
     bootstrap_intervals,
     density_histogram,
@@ -120,53 +119,6 @@ def test_density_histogram():
     assert hist.n_dead == 2
 
 
-def test_reconstruction_stats_on_hand_data():
-    stats = ReconstructionStats()
-    x = t([[2.0, 0.0], [4.0, 0.0]])
-    stats.update(x[:1], t([[2.5, 0.0]]), t([[1.0, 0.0, 0.0]]))
-    stats.update(x[1:], t([[3.5, 0.0]]), t([[1.0, 2.0, 0.0]]))
-    r = stats.result()
-    assert r["nmse"] == pytest.approx(0.25)
-    assert r["explained_variance"] == pytest.approx(0.75)
-    assert r["l0"] == pytest.approx(1.5)
-    assert r["frac_dead"] == pytest.approx(1.0 / 3.0)
-    assert r["frac_dense"] == pytest.approx(2.0 / 3.0)
-    # gamma = (6.25 + 12.25) / (5 + 14) = 18.5 / 19
-    assert r["relative_reconstruction_bias"] == pytest.approx(18.5 / 19.0)
-
-
-def test_reconstruction_stats_streamed_equals_one_shot():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(203, 6, generator=g) + 3.0  # nonzero mean
-    x_hat = 0.9 * x + 0.1 * torch.randn(203, 6, generator=g)
-    f = torch.relu(torch.randn(203, 10, generator=g) - 1.0)
-    f[:, 4] = 0.0  # a dead feature
-    f[:, 7] = 1.0  # a dense one
-    stats = ReconstructionStats()
-    for lo, hi in ((0, 1), (1, 50), (50, 128), (128, 203)):
-        stats.update(x[lo:hi], x_hat[lo:hi], f[lo:hi])
-    r = stats.result()
-    freqs = feature_density(f)
-    assert r["l0"] == pytest.approx(l0(f), rel=1e-12)
-    assert r["nmse"] == pytest.approx(nmse(x, x_hat), rel=1e-9)
-    assert r["explained_variance"] == pytest.approx(explained_variance(x, x_hat), rel=1e-9)
-    assert r["relative_reconstruction_bias"] == pytest.approx(
-        relative_reconstruction_bias(x, x_hat), rel=1e-12
-    )
-    assert r["relative_reconstruction_bias_centred"] == pytest.approx(
-        relative_reconstruction_bias_centred(x, x_hat), rel=1e-9
-    )
-    assert torch.allclose(r["feature_density"], freqs, rtol=0, atol=1e-15)
-    assert r["frac_dead"] == frac_dead(freqs) == pytest.approx(0.1)
-    assert r["frac_dense"] == frac_dense(freqs)
-    assert r["frac_dense"] >= 0.1
-
-
-def test_reconstruction_stats_requires_data():
-    with pytest.raises(ValueError):
-        ReconstructionStats().result()
-
-
 # ---- centred γ ---------------------------------------------------------------------------------
 
 
@@ -230,20 +182,39 @@ def _one_shot(x, x_hat, active, sums, index):
             "frac_dead": frac_dead(freqs), "frac_dense": frac_dense(freqs)}
 
 
-def test_window_sums_agree_with_one_shot_and_streaming():
+def test_window_metrics_on_hand_data():
+    """Two one-row windows: x = [2, 0], [4, 0]; x_hat = [2.5, 0], [3.5, 0]; features fire
+    {0} and {0, 1} of 3. Mean x = [3, 0]: variance Σ||x - mean||²/N = 1, Σ||x - x_hat||²/N = 0.25,
+    so NMSE 0.25; γ = Σ||x_hat||² / Σ x_hat·x = (6.25 + 12.25) / (5 + 14) = 18.5 / 19."""
+    one = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    sums = {"n_pred": one(1.0).repeat(2), "nll_clean": t([1.0, 1.0]).double(),
+            "nll_spliced": t([2.0, 3.0]).double(), "nll_zero": t([5.0, 7.0]).double(),
+            "kl": t([0.5, 0.25]).double(), "n_site": t([1.0, 1.0]).double(), "l0": t([1.0, 2.0]).double(),
+            "sq_err": t([0.25, 0.25]).double(), "x_sq": t([4.0, 16.0]).double(),
+            "xhat_sq": t([6.25, 12.25]).double(), "xhat_dot_x": t([5.0, 14.0]).double(),
+            "x_sum": t([[2.0, 0.0], [4.0, 0.0]]).double(), "xhat_sum": t([[2.5, 0.0], [3.5, 0.0]]).double()}
+    fires = torch.tensor([[1, 0, 0], [1, 1, 0]], dtype=torch.int32)
+    r = {k: float(v) for k, v in window_metrics(sums, fires).items()}
+    assert r["nmse"] == pytest.approx(0.25)
+    assert r["explained_variance"] == pytest.approx(0.75)
+    assert r["l0"] == pytest.approx(1.5)
+    assert r["frac_dead"] == pytest.approx(1.0 / 3.0)
+    assert r["frac_dense"] == pytest.approx(2.0 / 3.0)  # features 0 and 1 fire on 100 % and 50 % of rows (> 10 %)
+    assert r["relative_reconstruction_bias"] == pytest.approx(18.5 / 19.0)
+    # centred: deviations x ±1, x_hat ±0.5 → Σ||x_hat - m||² / Σ (x_hat - m)·(x - m) = 0.5 / 1
+    assert r["relative_reconstruction_bias_centred"] == pytest.approx(0.5)
+    # CE: clean 1, spliced 2.5, zero 6 → (6 - 2.5) / (6 - 1) = 0.7; KL 0.375 per prediction
+    assert r["loss_recovered"] == pytest.approx(0.7)
+    assert r["kl_div"] == pytest.approx(0.375)
+
+
+def test_window_sums_agree_with_one_shot():
     x, x_hat, active, sums, fires = _windows()
     got = {k: float(v) for k, v in window_metrics(sums, fires).items()}
     want = _one_shot(x, x_hat, active, sums, torch.arange(x.shape[0]))
     assert set(got) == set(want)
     for key in want:
         assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
-    stats = ReconstructionStats()
-    for w in range(x.shape[0]):
-        stats.update(x[w], x_hat[w], active[w])
-    streamed = stats.result()
-    for key in ("l0", "nmse", "explained_variance", "relative_reconstruction_bias",
-                "relative_reconstruction_bias_centred", "frac_dead", "frac_dense"):
-        assert got[key] == pytest.approx(float(streamed[key]), rel=1e-9, abs=1e-12), key
     assert got["frac_dead"] == pytest.approx(1 / 9) and got["frac_dense"] >= 1 / 9
 
 
