@@ -11,7 +11,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from gsae_cli.errors import ArtifactError
 
@@ -89,3 +89,20 @@ def locked(directory: Path, what: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_once(directory: Path, what: str, force: bool, build: Callable[[], Any],
+               result_file: str = "summary.json") -> tuple[Any, bool]:
+    """(the artifact's result, reused?): under its lock, reuse a complete artifact (its
+    `result_file`), else remove any half-written folder and `build()` it (build writes the files
+    and the COMPLETE marker last, and returns the result)."""
+    from gsae_cli.progress import notice
+
+    with locked(directory, what):
+        if force:
+            remove(directory)
+        if is_complete(directory):
+            notice(f"reusing complete {what} {directory}")
+            return read_json(Path(directory) / result_file), True
+        remove(directory)  # interrupted: rebuilt, never shown half-written
+        return build(), False

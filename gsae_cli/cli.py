@@ -125,6 +125,44 @@ def eval_(overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt,
     _run(overrides, multirun, stage)
 
 
+@app.command(context_settings={"allow_extra_args": False})
+def inspect(args: Optional[List[str]] = typer.Argument(
+                None, show_default=False, metavar="[compare|study] OVERRIDES",
+                help="Hydra overrides choosing the SAE, as for `gsae eval` (sae=relu sae.l1_coefficient=0.1, "
+                     "or sae.path=DIR), and inspect.* keys. `compare` and `study` also need "
+                     "inspect.against=DIR, the other SAE's folder."),
+            force: bool = ForceOpt, as_json: bool = JsonOpt) -> None:
+    """Feature dashboards: `gsae inspect` writes a static HTML feature browser for one SAE;
+    `gsae inspect compare` matches two SAEs' features by decoder cosine; `gsae inspect study`
+    writes the paper's blinded rating study (rate it in a browser, then `gsae report --ratings FILE`)."""
+    args = list(args or [])
+    mode = args.pop(0) if args and args[0] in ("compare", "study") else "browser"
+
+    def stage(ov: list[str]) -> dict:
+        from gsae_cli.config import compose_config
+
+        cfg = compose_config(ov)
+        if mode == "compare":
+            from gsae_cli.compare import run_compare
+
+            result = run_compare(cfg, force=force)
+            summary, path = result.summary, result.path / "index.html"
+        elif mode == "study":
+            from gsae_cli.study import run_study
+
+            result = run_study(cfg, force=force)
+            summary, path = result.summary, Path(result.summary["rating_page"])
+        else:
+            from gsae_cli.dashboard import run_inspect
+
+            result = run_inspect(cfg, force=force)
+            summary, path = result.summary, result.path / "index.html"
+        _emit(summary, path, as_json)
+        return summary
+
+    _run(args, False, stage)
+
+
 @app.command()
 def report(args: Optional[List[str]] = typer.Argument(
                None, show_default=False, metavar="KEY=VALUE|PATH",
@@ -134,11 +172,18 @@ def report(args: Optional[List[str]] = typer.Argument(
                     "them (default: OUT_DIR/eval); write ./NAME for a path containing '='."),
            report_dir: str = typer.Option("report", "--report-dir", help="Where to write results.csv, ratios.json, plots, table."),
            where: Optional[List[str]] = typer.Option(None, "--where", help="Keep rows whose config matches key=value (repeatable), e.g. --where model=smollm2-135m"),
+           ratings: Optional[List[str]] = typer.Option(None, "--ratings", help="Ratings files from a `gsae inspect study` rating page (repeatable): unblind them and report the study's statistics instead."),
            legacy_out_dir: Optional[str] = typer.Option(None, "--out-dir", hidden=True,
                                                         help="Deprecated: out_dir=DIR.")) -> None:
     """Collect eval results into a CSV, Pareto plots and a markdown table, with 95 % intervals and the
     L0 ratio between architectures at matched loss recovered (paired bootstrap over eval windows)."""
     try:
+        if ratings:
+            from gsae_cli.report import ratings_command
+
+            out = ratings_command(args or [], Path(report_dir), [Path(r) for r in ratings])
+            typer.echo(str(out))
+            return
         from gsae_cli.report import report_command
 
         out = report_command(args or [], Path(report_dir), where or [], legacy_out_dir=legacy_out_dir)

@@ -6,6 +6,7 @@ hash covers only the keys that determine its contents (see `*_identity` below).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -147,6 +148,31 @@ class EvalConfig:
 
 
 @dataclass
+class InspectConfig:
+    """`gsae inspect`: feature dashboards over held-out text, a comparison of two SAEs, and the
+    paper's blinded rating study."""
+
+    # Held-out tokens to run the SAE over; None: eval.n_tokens, so the eval set (its windows and
+    # clean activations, cached under out_dir/evalset/) is shared with `gsae eval`.
+    n_tokens: Optional[int] = None
+    top_k: int = 20             # top-activating contexts per feature
+    n_quantiles: int = 4        # equal-count groups of each feature's firings below the top...
+    per_quantile: int = 5       # ...and the examples drawn from each (the paper's raters saw both)
+    context_before: int = 16    # tokens shown before the activating token
+    context_after: int = 4      # and after it
+    n_logits: int = 10          # output tokens promoted / suppressed by each decoder direction
+    n_neighbours: int = 8       # nearest features by decoder cosine
+    hist_bins: int = 24         # bins of each feature's activation histogram
+    seed: int = 0               # draws from the quantile groups
+    shard_features: int = 64    # features per lazily loaded data file of the browser
+    page_size: int = 100        # rows per page of the index (display only)
+    # compare / study: the other SAE, a folder written by `gsae train` (its sae.json and weights)
+    against: Optional[str] = None
+    study_features: int = 20    # features sampled from each SAE for the blinded study
+    study_seed: int = 0
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -154,6 +180,7 @@ class Config:
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)
     hook: str = "blocks.12.hook_resid_pre"
     hooks: list[str] = field(default_factory=list)  # harvest several hooks in one pass
     # Positions 0 .. site_start-1 of every window are context, not site: never harvested, never
@@ -224,7 +251,13 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}.")
     positive = ["harvest.n_tokens", "harvest.ctx_len", "harvest.batch_size", "harvest.chunk_rows",
                 "train.n_tokens", "train.batch_size", "eval.n_tokens", "eval.ctx_len",
-                "eval.batch_size", "sae.expansion_factor", "data.eval_every"]
+                "eval.batch_size", "sae.expansion_factor", "data.eval_every", "inspect.top_k",
+                "inspect.n_quantiles", "inspect.per_quantile", "inspect.n_logits", "inspect.n_neighbours",
+                "inspect.hist_bins", "inspect.shard_features", "inspect.page_size", "inspect.study_features"]
+    if cfg.inspect.n_tokens is not None and cfg.inspect.n_tokens <= 0:
+        raise ConfigError(f"inspect.n_tokens must be positive (or null: eval.n_tokens), got {cfg.inspect.n_tokens}.")
+    if cfg.inspect.context_before < 0 or cfg.inspect.context_after < 0:
+        raise ConfigError("inspect.context_before and inspect.context_after must be >= 0.")
     for key in positive:
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {OmegaConf.select(cfg, key)}.")
@@ -285,6 +318,8 @@ NON_IDENTITY_KEYS = {
     "train.compile",        # the same maths, fused
     "eval.batch_size",      # windows per forward pass
     "eval.cache",           # the cached and uncached paths give identical results (tested)
+    "inspect.shard_features", "inspect.page_size",  # how the browser's data is split and paged
+    "inspect.against",      # the other SAE of a comparison or study: its own id is hashed, not its path
 }
 
 
@@ -359,6 +394,37 @@ def eval_identity(cfg: DictConfig, sae_id: str) -> dict:
             "hook": cfg.hook, "site_start": cfg.site_start, "eval": _identity_part(cfg, "eval")}
 
 
+def inspect_text_config(cfg: DictConfig) -> DictConfig:
+    """The config whose eval set `gsae inspect` reads: eval's, with inspect.n_tokens if set."""
+    if cfg.inspect.n_tokens is None:
+        return cfg
+    text = copy.deepcopy(cfg)
+    text.eval.n_tokens = cfg.inspect.n_tokens
+    return text
+
+
+_STUDY_KEYS = ("study_features", "study_seed")
+
+
+def inspect_identity(cfg: DictConfig, sae_id: str) -> dict:
+    ins = {k: v for k, v in _identity_part(cfg, "inspect").items() if k not in _STUDY_KEYS}
+    ins.pop("n_tokens")  # enters through the eval set
+    return {"stage": "inspect", "sae": sae_id, "text": evalset_hash(inspect_text_config(cfg)), "inspect": ins}
+
+
+def inspect_hash(cfg: DictConfig, sae_id: str) -> str:
+    return _hash(inspect_identity(cfg, sae_id))
+
+
+def compare_hash(inspect_a: str, inspect_b: str) -> str:
+    return _hash({"stage": "compare", "a": inspect_a, "b": inspect_b})
+
+
+def study_identity(cfg: DictConfig, inspect_a: str, inspect_b: str) -> dict:
+    return {"stage": "study", "a": inspect_a, "b": inspect_b,
+            "n": cfg.inspect.study_features, "seed": cfg.inspect.study_seed}
+
+
 def evalset_hash(cfg: DictConfig) -> str:
     return _hash(evalset_identity(cfg))
 
@@ -381,6 +447,11 @@ def train_dir(cfg: DictConfig) -> Path:
 
 def evalset_dir(cfg: DictConfig) -> Path:
     return out_dir(cfg) / "evalset" / f"{_slug(cfg.model.name)}__{_slug(cfg.hook)}__{evalset_hash(cfg)}"
+
+
+def inspect_dir(cfg: DictConfig, sae_id: str, arch: str) -> Path:
+    return (out_dir(cfg) / "inspect" /
+            f"{_slug(cfg.model.name)}__{_slug(cfg.hook)}__{_slug(arch)}__{inspect_hash(cfg, sae_id)}")
 
 
 def eval_dir(cfg: DictConfig, sae_id: str) -> Path:

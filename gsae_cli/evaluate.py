@@ -80,7 +80,7 @@ from gsae_cli.evalset import (UNEMBED_IN, EvalSet, Splicer, build_evalset, kl_di
 from gsae_cli.metrics import (WINDOW_FORMAT, WINDOW_SCALARS, WINDOW_VECTORS, bootstrap_intervals,
                               density_histogram, window_metrics)
 from gsae_cli.models import LoadedModel, load_model, resolve_device, validate_hooks
-from gsae_cli.progress import notice, track
+from gsae_cli.progress import track
 
 METRICS = "metrics.json"
 PER_WINDOW = "per_window.safetensors"
@@ -276,14 +276,9 @@ def run_eval(cfg: DictConfig, force: bool = False) -> EvalResult:
     sae_dir, meta, sae_id = locate_sae(cfg)
     check_sae_matches(cfg, meta, sae_dir)
     directory = eval_dir(cfg, sae_id)
-    with artifacts.locked(directory, "this evaluation"):
-        if force:
-            artifacts.remove(directory)
-        if artifacts.is_complete(directory):
-            notice(f"reusing complete evaluation {directory}")
-            return EvalResult(directory, artifacts.read_json(directory / METRICS), True)
-        metrics = _evaluate(cfg, sae_dir, meta, directory)
-    return EvalResult(directory, metrics, False)
+    metrics, reused = artifacts.build_once(directory, "evaluation", force,
+                                           lambda: _evaluate(cfg, sae_dir, meta, directory), METRICS)
+    return EvalResult(directory, metrics, reused)
 
 
 def write_per_window(path: Path, sums: dict[str, Tensor], eval_set: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from gsae_cli import status
 from gsae_cli.errors import ConfigError
 
-STAGES = ("harvest", "train", "evalset", "eval")
+STAGES = ("harvest", "train", "evalset", "eval", "inspect", "compare", "study")
 FIELDS = ("stage", "name", "model", "hook", "sae", "l1_coefficient", "tokens", "status", "progress",
           "size_bytes", "path", "message")
 
@@ -227,8 +227,24 @@ def _evalset(d: Path) -> tuple[bool, dict, Optional[float]]:
     return artifacts.is_complete(d), fields, None
 
 
+def _inspect(d: Path) -> tuple[bool, dict, Optional[float]]:
+    """A feature browser (gsae inspect), a comparison or a study: their summary names the SAE(s)."""
+    from gsae_cli import artifacts
+
+    summary = _json(d / "summary.json") or _json(d / "study.json")
+    cfg = _yaml(d / "config.yaml")
+    sae = summary.get("architecture")
+    if sae is None and isinstance(summary.get("a"), dict) and isinstance(summary.get("b"), dict):
+        sae = f"{summary['a'].get('label')} vs {summary['b'].get('label')}"
+    fields = {"model": _first(summary.get("model"), _get(cfg, "model.name")),
+              "hook": _first(summary.get("hook"), _get(cfg, "hook")), "sae": sae,
+              "l1_coefficient": summary.get("l1_coefficient"), "tokens": summary.get("site_tokens")}
+    return artifacts.is_complete(d), fields, None
+
+
 READERS: dict[str, Callable[[Path], tuple[bool, dict, Optional[float]]]] = {
-    "harvest": _harvest, "train": _train, "evalset": _evalset, "eval": _eval}
+    "harvest": _harvest, "train": _train, "evalset": _evalset, "eval": _eval,
+    "inspect": _inspect, "compare": _inspect, "study": _inspect}
 
 
 def _row(stage: str, d: Path) -> dict:

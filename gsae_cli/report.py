@@ -931,3 +931,23 @@ def report_command(args: Sequence[str], report_dir: Path, where: Sequence[str],
                         hint="; to keep some rows only, use --where KEY=VALUE")
     return run_report(paths, Path(cfg.out_dir), report_dir, where,
                       bootstrap_samples=int(cfg.eval.bootstrap_samples), bootstrap_seed=int(cfg.eval.bootstrap_seed))
+
+
+def ratings_command(args: Sequence[str], report_dir: Path, ratings: Sequence[Path]) -> Path:
+    """`gsae report --ratings FILE ... [out_dir=DIR]`: unblind a study's ratings (the study is
+    found under out_dir/study/) and write study.md and study.json to the report folder."""
+    from gsae_cli.listing import is_override, reader_config
+    from gsae_cli.study import ratings_markdown, ratings_report
+
+    extra = [a for a in args if not is_override(a)]
+    if extra:
+        raise ConfigError(f"With --ratings, report takes only out_dir=DIR (where the study is), not {extra[0]!r}.")
+    cfg = reader_config([a for a in args if is_override(a)], command="report --ratings", legacy_out_dir=None,
+                        uses={"out_dir"}, hint="")
+    rows = ratings_report(list(ratings), Path(cfg.out_dir))
+    report_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(report_dir / "study.json", rows)
+    text = ratings_markdown(rows)
+    artifacts.atomic_write_text(report_dir / "study.md", text)
+    sys.stderr.write(text)
+    return report_dir / "study.md"

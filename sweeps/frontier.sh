@@ -52,7 +52,7 @@ DOUBLE_COEFFS=${DOUBLE_COEFFS:-"0.04 0.08 0.16"}   # the mid-frontier λ the dou
 # Learning rates, "arch=lr" (train.lr) per architecture; the others keep their sae.lr. Runs of a
 # few hundred steps need a higher LR than the paper's 3e-4 for gated: sweeps/lr_sweep.sh chose
 # every architecture's rate by the same criterion (README, "Learning rates").
-LRS=${LRS-"gated=1e-3"}
+LRS=${LRS-"gated=3e-3"}
 EXTRA=${EXTRA:-}          # more overrides for every member, space-separated (no spaces inside one)
 OUT_DIR=${OUT_DIR:-outputs}
 REPORT_DIR=${REPORT_DIR:-report}

@@ -9,7 +9,8 @@ import typing
 from omegaconf import OmegaConf
 
 from gsae_cli.config import (NON_IDENTITY_KEYS, Config, compose_config, effective_lr, eval_identity,
-                             evalset_hash, harvest_dir, harvest_hash, train_dir, train_hash, _hash)
+                             evalset_hash, harvest_dir, harvest_hash, inspect_hash, study_identity, train_dir,
+                             train_hash, _hash)
 from gsae_cli.errors import ConfigError
 
 
@@ -88,12 +89,14 @@ def _changed(key, value, typ):
 
 def _hashes(cfg):
     return {"harvest": harvest_hash(cfg, cfg.hook), "train": train_hash(cfg),
-            "eval": _hash(eval_identity(cfg, "sae")), "evalset": evalset_hash(cfg)}
+            "eval": _hash(eval_identity(cfg, "sae")), "evalset": evalset_hash(cfg),
+            "inspect": inspect_hash(cfg, "sae"), "study": _hash(study_identity(cfg, "a", "b"))}
 
 
 # The artifact whose hash must change with each group's keys.
 _SHAPES = {"model": "harvest", "data": "harvest", "harvest": "harvest", "hook": "harvest",
-           "site_start": "harvest", "sae": "train", "train": "train", "eval": "eval"}
+           "site_start": "harvest", "sae": "train", "train": "train", "eval": "eval", "inspect": "inspect",
+           "inspect.study_features": "study", "inspect.study_seed": "study"}
 
 
 def test_every_key_that_can_change_a_result_is_in_its_artifacts_hash():
@@ -108,7 +111,7 @@ def test_every_key_that_can_change_a_result_is_in_its_artifacts_hash():
         if key in NON_IDENTITY_KEYS:
             assert after == before, f"{key} is listed as speed/logging-only but changes a hash"
         else:
-            artifact = _SHAPES[key.split(".")[0]]
+            artifact = _SHAPES.get(key) or _SHAPES[key.split(".")[0]]
             assert after[artifact] != before[artifact], f"{key} changes results but not the {artifact} hash"
 
 

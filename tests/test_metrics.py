@@ -22,7 +22,6 @@ from gsae_cli.metrics import (
     kl_div_per_position,
     l0,
     loss_recovered,
-    metrics_from_window_sums,
     nmse,
     percentile_interval,
     relative_reconstruction_bias,

@@ -182,6 +182,11 @@ class SAE(nn.Module, abc.ABC):
         """bool [batch, d_sae]: which features fire on x (what L0 counts)."""
         return self.encode(x) != 0
 
+    def encode_with_mask(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(encode(x), active_mask(x)), from one encoder pass where the architecture allows."""
+        f = self.encode(x)
+        return f, f != 0
+
     @abc.abstractmethod
     def loss(self, x: Tensor, l1_coefficient: float) -> LossOutput:
         """Named scalar terms (their sum is optimised), plus f, x_hat and the active mask."""

@@ -105,6 +105,10 @@ class GatedSAE(SAE):
         pi_gate, _ = self.pre_activations(x)
         return pi_gate > 0
 
+    def encode_with_mask(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        pi_gate, pi_mag = self.pre_activations(x)
+        return self._combine(pi_gate, pi_mag), pi_gate > 0
+
     def loss(self, x: Tensor, l1_coefficient: float) -> LossOutput:
         pi_gate, pi_mag = self.pre_activations(x)
         f = self._combine(pi_gate, pi_mag)

@@ -72,6 +72,9 @@ class RescaleShiftSAE(SAE):
     def active_mask(self, x: Tensor) -> Tensor:
         return (self._pre_bias(x) + self.b_enc) > 0
 
+    def encode_with_mask(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._f(self._pre_bias(x))
+
     def loss(self, x: Tensor, l1_coefficient: float = 0.0) -> LossOutput:
         """Only "recon": the support is the frozen baseline's, so there is nothing to sparsify
         (l1_coefficient is accepted for the common interface and ignored)."""
