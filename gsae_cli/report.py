@@ -247,16 +247,14 @@ def bootstrap_ratio(a: Sequence[WindowData], b: Sequence[WindowData], n_samples:
     paired, seeds = resample_seeds(members, seed)
     draws = [m.resampled(n_samples, s) for m, s in zip(members, seeds)]
     da, db = draws[:len(a)], draws[len(a):]
-    ratios = []
-    for k in range(n_samples):
-        r = matched_l0_ratios([(l0[k], lr[k]) for l0, lr in da], [(l0[k], lr[k]) for l0, lr in db],
-                              n_targets)["geomean"]
-        if r is not None:
-            ratios.append(r)
+    aligned = [matched_l0_ratios([(l0[k], lr[k]) for l0, lr in da], [(l0[k], lr[k]) for l0, lr in db],
+                                 n_targets)["geomean"] for k in range(n_samples)]
+    ratios = [r for r in aligned if r is not None]
     interval = (metrics.percentile_interval(torch.tensor(ratios, dtype=torch.float64), level)
                 if ratios else None)
     eval_sets = sorted({m.eval_set or "unknown" for m in members})
-    return {"interval": interval, "samples": ratios, "n_resamples": n_samples, "n_valid": len(ratios), "paired": paired,
+    return {"interval": interval, "samples": ratios, "aligned": aligned, "n_resamples": n_samples,
+            "n_valid": len(ratios), "paired": paired,
             "eval_sets": eval_sets, "n_windows": sorted({m.n_windows for m in members}), "level": level}
 
 
@@ -560,6 +558,7 @@ def ratio_with_interval(a: Series, b: Series, n_samples: int, seed: int, cache: 
         return out
     boot = bootstrap_ratio(data[:len(a.results)], data[len(a.results):], n_samples, seed)
     boot.pop("samples")  # thousands of numbers: the interval is what the report shows
+    out["_aligned"] = boot.pop("aligned")  # per resample (None: no overlap), for paired changes
     out.update(boot)
     if out["interval"] is None:
         out["interval_reason"] = f"no resample out of {n_samples} left the two frontiers overlapping"
@@ -578,7 +577,52 @@ def pairwise_ratios(sites: dict[tuple[str, str], list[Series]], n_samples: int =
             if _arch_rank(b.architecture) < _arch_rank(a.architecture):
                 a, b = b, a
             out.append({"model": model, "hook": hook, "a": a.label, "b": b.label,
-                        **ratio_with_interval(a, b, n_samples, seed, cache)})
+                        "_series": (a, b), **ratio_with_interval(a, b, n_samples, seed, cache)})
+    return out
+
+
+TOKENS_KEY = "train.n_tokens"
+
+
+def doubling_checks(ratios: list[dict], level: float = 0.95) -> list[dict]:
+    """The convergence check: for every ratio at T training tokens whose two series also exist at
+    2T (all else equal), the ratio at 2T against the ratio at T. `change` = ratio(2T) / ratio(T),
+    with a paired bootstrap interval (the same window resamples give both ratios); `within` says
+    whether ratio(2T) lies inside ratio(T)'s interval (the issue's criterion)."""
+    import torch
+
+    from gsae_cli import metrics
+
+    def key(r: dict) -> tuple:
+        a, b = r["_series"]
+        strip = lambda s: tuple((k, repr(v)) for k, v in s.extras if k != TOKENS_KEY)  # noqa: E731
+        return (r["model"], r["hook"], a.architecture, b.architecture, strip(a), strip(b))
+
+    def tokens(r: dict) -> Optional[int]:
+        a, b = r["_series"]
+        ta, tb = dict(a.extras).get(TOKENS_KEY), dict(b.extras).get(TOKENS_KEY)
+        return int(ta) if ta is not None and ta == tb else None
+
+    out = []
+    for r1 in ratios:
+        t = tokens(r1)
+        if t is None or r1["geomean"] is None:
+            continue
+        for r2 in ratios:
+            if key(r2) != key(r1) or tokens(r2) != 2 * t or r2["geomean"] is None:
+                continue
+            change = r2["geomean"] / r1["geomean"]
+            s1, s2 = r1.get("_aligned"), r2.get("_aligned")
+            interval = None
+            if s1 and s2 and len(s1) == len(s2):
+                both = [y / x for x, y in zip(s1, s2) if x is not None and y is not None]
+                if both:
+                    interval = metrics.percentile_interval(torch.tensor(both, dtype=torch.float64), level)
+            lo_hi = r1.get("interval")
+            out.append({"model": r1["model"], "hook": r1["hook"], "a": r1["a"], "b": r1["b"], "tokens": [t, 2 * t],
+                        "ratio": [r1["geomean"], r2["geomean"]], "interval": [lo_hi, r2.get("interval")],
+                        "change": change, "change_interval": interval, "level": level,
+                        "within": None if lo_hi is None else bool(lo_hi[0] <= r2["geomean"] <= lo_hi[1])})
     return out
 
 
@@ -818,7 +862,8 @@ def _ratio_line(r: dict) -> str:
     return text
 
 
-def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], where: str, filters: Sequence[str]) -> str:
+def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], where: str, filters: Sequence[str],
+              checks: Sequence[dict] = ()) -> str:
     lines = ["# gsae report", "",
              f"Evaluations collected from {where}" + (f", filtered by {', '.join(f'`{w}`' for w in filters)}" if filters else "") + ".",
              "L0: mean active features per token. Loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean). "
@@ -856,7 +901,28 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
             for t, la, lb, q in zip(r["targets"], r["l0_a"], r["l0_b"], r["ratios"]):
                 lines.append(f"  | {t:.3f} | {la:.1f} | {lb:.1f} | {q:.3f} |")
             lines.append("")
+        site_checks = [c for c in checks if (c["model"], c["hook"]) == (model, hook)]
+        if site_checks:
+            lines += ["### Convergence: the ratio when the training tokens double", "",
+                      "Each ratio at T training tokens against the same pair of series at 2T. Change = "
+                      "ratio(2T) / ratio(T), with a paired bootstrap interval (the same window resamples give "
+                      "both ratios). Converged by the stated criterion when ratio(2T) lies inside ratio(T)'s "
+                      "95 % interval.", "",
+                      "| pair | T → 2T | ratio at T [95 % CI] | ratio at 2T [95 % CI] | change [95 % CI] | 2T inside T's CI |",
+                      "|---|---|---|---|---|---|"]
+            for c in site_checks:
+                iv = lambda x: f" [{x[0]:.3f}, {x[1]:.3f}]" if x else ""  # noqa: E731
+                pair = f"{_strip_tokens(c['a'])} / {_strip_tokens(c['b'])}"
+                lines.append(f"| {pair} | {_fmt_value(c['tokens'][0])} → {_fmt_value(c['tokens'][1])} | "
+                             f"{c['ratio'][0]:.3f}{iv(c['interval'][0])} | {c['ratio'][1]:.3f}{iv(c['interval'][1])} | "
+                             f"{c['change']:.3f}{iv(c['change_interval'])} | "
+                             f"{'–' if c['within'] is None else 'yes' if c['within'] else 'no'} |")
+            lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _strip_tokens(label: str) -> str:
+    return ", ".join(p for p in label.split(", ") if not p.startswith(TOKENS_KEY + "="))
 
 
 def print_table(sites: dict[tuple[str, str], list[Series]]) -> None:
@@ -901,6 +967,8 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
             + "; ".join(f"{k}: {', '.join(v)}" for k, v in present.items()) + ".")
     sites = group_series(kept)
     ratios = pairwise_ratios(sites, bootstrap_samples, bootstrap_seed)
+    checks = doubling_checks(ratios)
+    ratios = [{k: v for k, v in r.items() if not k.startswith("_")} for r in ratios]
 
     report_dir = Path(report_dir).expanduser()
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -908,12 +976,18 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
     artifacts.atomic_write_text(report_dir / "ratios.json", _ratios_json(ratios))
     plot_frontier(sites, report_dir / "frontier.png", ratios)
     plot_shrinkage(sites, report_dir / "shrinkage.png")
-    artifacts.atomic_write_text(report_dir / "results.md", _markdown(sites, ratios, looked, where))
+    artifacts.atomic_write_text(report_dir / "results.md", _markdown(sites, ratios, looked, where, checks))
+    artifacts.atomic_write_text(report_dir / "convergence.json", _ratios_json(checks))
     print_table(sites)
     n_series = sum(len(s) for s in sites.values())
     notice(f"{len(kept)} evaluation(s) in {n_series} series at {len(sites)} site(s) written to {report_dir}")
     for r in ratios:
         notice(_ratio_line(r))
+    for c in checks:
+        notice(f"{_strip_tokens(c['a'])} / {_strip_tokens(c['b'])} at {c['hook']}: ratio {c['ratio'][0]:.3f} at "
+               f"{_fmt_value(c['tokens'][0])} tokens, {c['ratio'][1]:.3f} at {_fmt_value(c['tokens'][1])} "
+               f"(change {c['change']:.3f}" + (f", 95 % CI [{c['change_interval'][0]:.3f}, {c['change_interval'][1]:.3f}]"
+                                               if c["change_interval"] else "") + ")")
     return report_dir
 
 

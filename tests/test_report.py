@@ -452,3 +452,25 @@ def test_cli_report_paths_and_bad_input(tmp_path):
     assert typo.returncode == 2 and "does not exist" in typo.stderr and "gsae report out_dir=DIR" in typo.stderr
     both = gsae("report", "--out-dir", str(root), f"out_dir={root}")
     assert both.returncode == 2 and "both --out-dir and out_dir=" in both.stderr
+
+
+def test_doubling_check_pairs_t_with_2t(tmp_path, capsys):
+    # At 2M tokens gated needs half relu's L0; at 4M a quarter: the ratio halves when the tokens
+    # double (change 0.5, exact in every paired resample), far outside the 2M ratio's interval.
+    root = tmp_path / "outputs"
+    for t, gated_share in ((2_000_000, 2), (4_000_000, 4)):
+        for i, (l0, lr) in enumerate(RELU_FRONT):
+            make_eval(root, f"relu{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True)
+            make_eval(root, f"gated{t}-{i}", "gated", 0.1 * (i + 1), l0 / gated_share, lr, 1.0, train_tokens=t,
+                      windows=True)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=100, bootstrap_seed=0)
+    checks = json.loads((out / "convergence.json").read_text())
+    assert len(checks) == 1
+    c = checks[0]
+    assert c["tokens"] == [2_000_000, 4_000_000] and c["a"] == "gated, train.n_tokens=2M"
+    assert c["ratio"] == pytest.approx([0.5, 0.25]) and c["change"] == pytest.approx(0.5)
+    assert c["change_interval"] == pytest.approx([0.5, 0.5]) and c["within"] is False
+    md = (out / "results.md").read_text()
+    assert "| gated / relu | 2M → 4M | 0.500 [0.500, 0.500] | 0.250 [0.250, 0.250] | 0.500 [0.500, 0.500] | no |" in md
+    assert "_aligned" not in (out / "ratios.json").read_text()
+    assert "change 0.500, 95 % CI [0.500, 0.500]" in capsys.readouterr().err
