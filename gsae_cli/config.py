@@ -103,6 +103,10 @@ class TrainConfig:
     batch_size: int = 4096
     lr: Optional[float] = None  # None: the architecture's sae.lr
     lr_warmup_steps: int = 100
+    # Linear LR decay to 0 over this last fraction of the run (0: constant, as in the paper). At
+    # the rates short runs need, the final iterate of a constant-LR run is noisy: two relu runs
+    # differing only in data order ended at eval L0 45 and 79 (README); the decay averages it out.
+    lr_decay_fraction: float = 0.2
     l1_warmup_steps: int = 0
     adam_beta1: float = 0.0
     adam_beta2: float = 0.999
@@ -271,6 +275,8 @@ def _validate(cfg: DictConfig) -> None:
     lr = effective_lr(cfg)
     if not lr > 0:
         raise ConfigError(f"The learning rate must be positive, got {lr} (train.lr or sae.lr).")
+    if not 0 <= cfg.train.lr_decay_fraction <= 1:
+        raise ConfigError(f"train.lr_decay_fraction must be in [0, 1] (0: no decay), got {cfg.train.lr_decay_fraction}.")
     fractions = {"train.resample_interval": cfg.train.resample_interval,
                  "train.resample_stop_fraction": cfg.train.resample_stop_fraction,
                  "train.resample_dead_window": cfg.train.resample_dead_window,

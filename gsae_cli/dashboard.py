@@ -44,6 +44,7 @@ class FeatureData:
     first: int                  # first site position of every window
     n_site_rows: int
     norm: str                   # how the final norm was accounted for in the logit effects
+    acts: SparseActs            # every firing, for the context activations the pages show (not saved)
 
 
 # freq, max_act [d]; top_rows/top_vals [d, k]; q_rows/q_vals [d, g, p]; q_ranges [d, g, 2];
@@ -111,9 +112,8 @@ def feature_data(sae, es, W_U: Tensor, norm: tuple[Tensor | None, bool, str], ic
                "q_rows": q_rows, "q_vals": q_vals, "q_ranges": q_ranges,
                "hist": activation_histograms(acts, icfg.hist_bins), "up_ids": up_ids, "up_vals": up_vals,
                "down_ids": down_ids, "down_vals": down_vals, "nb_ids": nb_ids, "nb_cos": nb_cos}
-    data = FeatureData(tensors=tensors, tokens=es.tokens.cpu(), first=first, n_site_rows=acts.n_rows, norm=how)
-    data.acts = acts  # type: ignore[attr-defined]  (kept for the context activations; not saved)
-    return data
+    return FeatureData(tensors=tensors, tokens=es.tokens.cpu(), first=first, n_site_rows=acts.n_rows, norm=how,
+                       acts=acts)
 
 
 def token_strings(tokenizer, ids: list[int]) -> dict[int, str]:

@@ -116,13 +116,23 @@ class ResampleSchedule:
         return step in self.check_steps
 
 
+def decay_factor(step: int, n_steps: int, fraction: float) -> float:
+    """Linear decay to 0 over the last `fraction` of the run's `n_steps` steps: 1 before it, then
+    (n_steps - step) / decay_steps, so the last update is 1/decay_steps of the full rate."""
+    decay_steps = round(fraction * n_steps)
+    if decay_steps <= 0:
+        return 1.0
+    return min(1.0, (n_steps - step) / decay_steps)
+
+
 def lr_multiplier(step: int, resample_steps: Sequence[int], tc: DictConfig, n_steps: int) -> float:
-    """The factor on the base LR for the update at `step` (0-based): the linear warm-up times the
-    re-warm after the latest resample r <= step (resamples happen before that step's update):
+    """The factor on the base LR for the update at `step` (0-based): the linear warm-up, times the
+    linear decay over the last train.lr_decay_fraction of the run, times the re-warm after the
+    latest resample r <= step (resamples happen before that step's update):
     f0 + (1 - f0) (1 - cos(pi (step - r) / rewarm)) / 2 for r <= step < r + rewarm, f0 =
     train.resample_lr_factor; 1 otherwise. A pure function of its arguments, so a resumed run
     recomputes exactly the LRs of an uninterrupted one from the checkpointed resample steps."""
-    factor = lr_factor(step, tc.lr_warmup_steps)
+    factor = lr_factor(step, tc.lr_warmup_steps) * decay_factor(step, n_steps, tc.lr_decay_fraction)
     past = [r for r in resample_steps if r <= step]
     if tc.resample and past:
         sched = ResampleSchedule.of(tc, n_steps)

@@ -23,7 +23,8 @@ from gsae_cli.errors import StoreError
 from gsae_cli.harvest import run_harvest
 from gsae_cli.sae_io import load_sae
 from gsae_cli.store import StoreWriter
-from gsae_cli.train import ResampleSchedule, Trainer, input_scale, lr_factor, lr_multiplier, run_train
+from gsae_cli.train import (ResampleSchedule, Trainer, decay_factor, input_scale, lr_factor, lr_multiplier,
+                             run_train)
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -84,7 +85,10 @@ def test_train_writes_the_sae_directory(out, arch):
         assert "aux" in rows[-1]
     lr = {"gated": 3e-4, "relu": 3e-3}[arch]  # each architecture's own sae.lr
     assert effective_lr(cfg) == lr and summary["lr"] == lr
-    assert rows[-1]["lr"] == pytest.approx(lr)  # warm-up and any re-warm over
+    # warm-up and re-warm over; the last update (step 15 of 16) is in the decay over the last
+    # round(0.2 * 16) = 3 steps: (16 - 15) / 3 of the rate
+    assert rows[-1]["lr"] == pytest.approx(lr / 3)
+    assert rows[-2]["lr"] == pytest.approx(lr)  # step 11: before the decay
     # 16 steps: one resampling check, at step 4, logged in the row of steps 5-8
     assert summary["resample_schedule"]["interval_steps"] == 4
     assert all(e["step"] == 4 and e["n"] > 0 for e in summary["resamples"])
@@ -152,6 +156,18 @@ def test_input_scale_refuses_an_unusable_sample(bad, words):
 def test_lr_warmup_is_linear_then_constant():
     assert [lr_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert lr_factor(0, 0) == 1.0
+
+
+def test_lr_decays_linearly_to_zero_over_the_last_fraction():
+    # 10 steps, last 20 %: steps 8 and 9 at 2/2 and 1/2 of ... (n - step) / 2 = 1.0, 0.5
+    assert [decay_factor(s, 10, 0.2) for s in range(10)] == [1.0] * 8 + [1.0, 0.5]
+    assert [decay_factor(s, 10, 0.5) for s in range(4, 10)] == [1.0, 1.0, 0.8, 0.6, 0.4, 0.2]
+    assert decay_factor(9, 10, 0.0) == 1.0
+    tc = compose_config(["train.lr_warmup_steps=0", "train.resample=false", "train.lr_decay_fraction=0.25"]).train
+    assert [lr_multiplier(s, [], tc, 8) for s in range(8)] == [1, 1, 1, 1, 1, 1, 1.0, 0.5]
+    # a resample's re-warm and the decay multiply
+    on = compose_config(["train.lr_warmup_steps=0", "train.lr_decay_fraction=0.5"]).train
+    assert lr_multiplier(90, [90], on, 100) == pytest.approx(0.1 * 10 / 50)
 
 
 def test_resample_schedule_is_relative_to_the_run():
