@@ -1,6 +1,6 @@
 """Cost of `gsae inspect` against `gsae eval` for one SAE on the same held-out text.
 
-    .venv/bin/python bench/inspect.py [--sae DIR] [--threads N] [OVERRIDES...]
+    .venv/bin/python bench/browser.py [--sae DIR] [--threads N] [OVERRIDES...]
 
 Timed on the default eval text of the config (eval.n_tokens; model loading is not timed):
 - eval set: the clean and zero-ablated passes both stages start from (shared, cached once per site);
