@@ -95,13 +95,13 @@ def test_index_sorts_searches_and_pages(built, page):
     page.wait_for_function("document.querySelector('#pageinfo').textContent.startsWith('page 2')")
     assert set(_ids(page)).isdisjoint(ids)
     page.select_option("#sort", "id")
-    page.wait_for_function("location.hash.includes('sort=id')")
+    page.wait_for_function("(document.body.dataset.rendered || '').includes('sort=id')")
     page.click("#dir")
-    page.wait_for_function("location.hash.includes('dir=asc')")
+    page.wait_for_function("(document.body.dataset.rendered || '').includes('dir=asc')")
     assert _ids(page)[:3] == [0, 1, 2]
     page.fill("#search", "17")
     page.press("#search", "Enter")
-    page.wait_for_function("location.hash.includes('q=17')")
+    page.wait_for_function("(document.body.dataset.rendered || '').includes('q=17')")
     got = _ids(page)
     want = {i for i in range(len(freq)) if i == 17 or "17" in index["label"][i].lower() or "17" in index["up"][i].lower()}
     assert 17 in got and set(got) == want  # the id, or a match in its top token or promoted token
@@ -124,7 +124,7 @@ def test_feature_page_shows_a_dashboard(built, page):
     neighbour = page.locator("#dashboard a[href^='#f=']").first
     target = neighbour.get_attribute("href")
     neighbour.click()
-    page.wait_for_function(f"location.hash === '{target}'")
+    page.wait_for_function(f"document.body.dataset.rendered === '{target}'")
     page.wait_for_selector("#dashboard .dashboard")
 
 

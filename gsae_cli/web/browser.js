@@ -59,6 +59,9 @@ var GSAE = (function () {
     location.hash = Object.keys(params).filter(function (k) { return params[k] !== "" && params[k] != null; })
       .map(function (k) { return encodeURIComponent(k) + "=" + encodeURIComponent(params[k]); }).join("&");
   }
+  // After a view is drawn for the current hash: scroll to the top, and record the hash it was
+  // drawn for (data-rendered), so scripts driving the page know the new view is there.
+  function rendered() { window.scrollTo(0, 0); document.body.setAttribute("data-rendered", location.hash); }
   function showTok(s) { return s.replace(/\n/g, "↵\n").replace(/\t/g, "→"); }
 
   // ---- charts --------------------------------------------------------------------------------
@@ -213,7 +216,7 @@ var GSAE = (function () {
     function route() {
       var p = hashParams();
       if (p.f !== undefined) featureView(parseInt(p.f, 10)); else indexView(p);
-      window.scrollTo(0, 0);
+      rendered();
     }
     window.addEventListener("hashchange", route);
     route();
@@ -261,7 +264,7 @@ var GSAE = (function () {
     function route() {
       var p = hashParams();
       if (p.a !== undefined) pairView(parseInt(p.a, 10), parseInt(p.b, 10)); else listView(p);
-      window.scrollTo(0, 0);
+      rendered();
     }
     window.addEventListener("hashchange", route);
     route();
@@ -326,7 +329,7 @@ var GSAE = (function () {
       };
     }
     function go(k) { setHash({ item: k + 1 }); }
-    function route() { var p = hashParams(), k = parseInt(p.item || "1", 10) - 1; view(Math.max(0, Math.min(N - 1, isNaN(k) ? 0 : k))); window.scrollTo(0, 0); }
+    function route() { var p = hashParams(), k = parseInt(p.item || "1", 10) - 1; view(Math.max(0, Math.min(N - 1, isNaN(k) ? 0 : k))); rendered(); }
     window.addEventListener("hashchange", route);
     route();
   }
