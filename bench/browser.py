@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from gsae_cli.config import compose_config, out_dir  # noqa: E402
-from gsae_cli.dashboard import feature_data, final_norm  # noqa: E402
+from gsae_cli.dashboard import feature_data, final_norm, page_settings  # noqa: E402
 from gsae_cli.evalset import _build_for, _unembed_affine  # noqa: E402
 from gsae_cli.evaluate import evaluate  # noqa: E402
 from gsae_cli.models import load_model, resolve_device, validate_hooks  # noqa: E402
@@ -76,9 +76,7 @@ def main() -> None:
 
     W_U = _unembed_affine(model.bridge)[0]
     info = {"model": cfg.model.name, "hook": cfg.hook, "label": f"{meta.get('architecture')} SAE", "site_tokens": 0,
-            "settings": {k: cfg.inspect[k] for k in ("top_k", "n_quantiles", "per_quantile", "context_before",
-                                                     "context_after", "n_logits", "n_neighbours", "hist_bins",
-                                                     "seed", "shard_features", "page_size")}}
+            "settings": page_settings(cfg)}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         data = feature_data(sae, es, W_U, final_norm(model.bridge), cfg.inspect, device)

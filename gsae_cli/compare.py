@@ -78,7 +78,6 @@ def inspect_pair(cfg: DictConfig, force: bool = False):
 
 
 def run_compare(cfg: DictConfig, force: bool = False) -> CompareResult:
-    from gsae_cli.dashboard import load_feature_data
     from gsae_cli.sae_io import load_sae
     from gsae_cli.webpages import _js, copy_data, write_assets, write_page
 
@@ -98,8 +97,6 @@ def run_compare(cfg: DictConfig, force: bool = False) -> CompareResult:
         directory.mkdir(parents=True)
         copy_data(a.path, directory / "a")
         copy_data(b.path, directory / "b")
-        load_feature_data(a.path)  # both browsers must be complete (raises otherwise)
-        load_feature_data(b.path)
         stats = {"median_ab": float(ab_cos.median()), "median_ba": float(ba_cos.median()),
                  "frac_ab_above_0.9": float((ab_cos > 0.9).double().mean()),
                  "frac_ba_above_0.9": float((ba_cos > 0.9).double().mean())}

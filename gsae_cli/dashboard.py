@@ -15,7 +15,6 @@ The artifact (out_dir/inspect/<model>__<hook>__<arch>__<hash>/):
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ from gsae_cli import artifacts
 from gsae_cli.config import evalset_hash, inspect_dir, inspect_hash, inspect_identity, inspect_text_config, to_yaml
 from gsae_cli.errors import ConfigError
 from gsae_cli.features import (SparseActs, activation_histograms, log_density_histogram, logit_effects,
-                               nearest_by_cosine, quantile_examples, sparse_from_batches, top_examples)
+                               max_activations, nearest_by_cosine, quantile_examples, sparse_from_batches,
+                               top_examples)
 from gsae_cli.progress import notice
 
 FEATURES_FILE = "features.safetensors"
@@ -98,9 +98,7 @@ def feature_data(sae, es, W_U: Tensor, norm: tuple[Tensor | None, bool, str], ic
     acts = encode_site(sae, es.site, first, device=device)
     gen = torch.Generator().manual_seed(int(icfg.seed))
     freq = acts.counts.double() / acts.n_rows
-    max_act = torch.zeros(acts.d_sae)
-    live = acts.counts > 0
-    max_act[live] = acts.values[acts.start[:-1][live]]
+    max_act = max_activations(acts)
     top_rows, top_vals = top_examples(acts, icfg.top_k)
     q_rows, q_vals, q_ranges = quantile_examples(acts, icfg.n_quantiles, icfg.per_quantile, gen)
     directions = sae.decoder_directions.detach().float().cpu()
@@ -114,6 +112,15 @@ def feature_data(sae, es, W_U: Tensor, norm: tuple[Tensor | None, bool, str], ic
                "down_ids": down_ids, "down_vals": down_vals, "nb_ids": nb_ids, "nb_cos": nb_cos}
     return FeatureData(tensors=tensors, tokens=es.tokens.cpu(), first=first, n_site_rows=acts.n_rows, norm=how,
                        acts=acts)
+
+
+# The inspect.* keys the pages read (from `info["settings"]`).
+PAGE_SETTINGS = ("top_k", "n_quantiles", "per_quantile", "context_before", "context_after", "n_logits",
+                 "n_neighbours", "hist_bins", "seed", "shard_features", "page_size")
+
+
+def page_settings(cfg: DictConfig) -> dict:
+    return {k: cfg.inspect[k] for k in PAGE_SETTINGS}
 
 
 def token_strings(tokenizer, ids: list[int]) -> dict[int, str]:
@@ -185,9 +192,7 @@ def _inspect(cfg: DictConfig, sae_dir: Path, meta: dict, sae_id: str, directory:
             "n_windows": int(es.n_windows), "ctx_len": int(es.ctx_len), "first": int(data.first),
             "site_tokens": int(data.n_site_rows), "eval_set": evalset_hash(text_cfg),
             "final_norm": data.norm, "inspect_hash": digest, "identity": inspect_identity(cfg, sae_id),
-            "settings": {k: cfg.inspect[k] for k in ("top_k", "n_quantiles", "per_quantile", "context_before",
-                                                     "context_after", "n_logits", "n_neighbours", "hist_bins",
-                                                     "seed", "shard_features", "page_size")}}
+            "settings": page_settings(cfg)}
     write_browser(directory, data, info, model.tokenizer)
     t3 = time.monotonic()
     freq = data.tensors["freq"]
@@ -217,9 +222,3 @@ def load_feature_data(directory: Path) -> tuple[dict[str, Tensor], dict]:
 def density_summary(freq: Tensor) -> dict:
     counts, edges, dead = log_density_histogram(freq)
     return {"counts": counts, "edges": edges, "dead": dead}
-
-
-def round_sig(x: float, digits: int = 3) -> float:
-    if x == 0 or not math.isfinite(x):
-        return 0.0 if not math.isfinite(x) else x
-    return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))

@@ -63,12 +63,19 @@ def sort_sparse(rows: Tensor, feats: Tensor, values: Tensor, n_rows: int, d_sae:
 def top_examples(acts: SparseActs, k: int) -> tuple[Tensor, Tensor]:
     """(rows [d_sae, k], values [d_sae, k]) of each feature's k largest activations; -1 / 0 pad
     features that fire on fewer than k tokens."""
-    offs = acts.start[:-1, None] + torch.arange(k)[None, :]
-    ok = torch.arange(k)[None, :] < acts.counts[:, None]
-    idx = torch.where(ok, offs, torch.zeros_like(offs))
-    rows = torch.where(ok, acts.rows[idx] if acts.rows.numel() else idx, torch.full_like(idx, -1))
-    vals = torch.where(ok, acts.values[idx] if acts.values.numel() else idx.float(), torch.zeros(idx.shape))
-    return rows, vals
+    idx, ok = _segment_heads(acts.feats, acts.d_sae, k)
+    if acts.values.numel() == 0:
+        return torch.full(idx.shape, -1, dtype=torch.int64), torch.zeros(idx.shape)
+    return (torch.where(ok, acts.rows[idx], torch.full_like(idx, -1)),
+            torch.where(ok, acts.values[idx], torch.zeros(idx.shape)))
+
+
+def max_activations(acts: SparseActs) -> Tensor:
+    """[d_sae] each feature's largest activation (the head of its segment), 0 if it never fires."""
+    vmax = torch.zeros(acts.d_sae)
+    live = acts.counts > 0
+    vmax[live] = acts.values[acts.start[:-1][live]]
+    return vmax
 
 
 def _segment_heads(seg: Tensor, n_segments: int, k: int) -> tuple[Tensor, Tensor]:
@@ -121,10 +128,7 @@ def activation_histograms(acts: SparseActs, bins: int) -> Tensor:
     d = acts.d_sae
     if acts.values.numel() == 0:
         return torch.zeros(d, bins, dtype=torch.int64)
-    vmax = torch.zeros(d)
-    has = acts.counts > 0
-    vmax[has] = acts.values[acts.start[:-1][has]]
-    rel = acts.values / vmax[acts.feats].clamp_min(1e-30)
+    rel = acts.values / max_activations(acts)[acts.feats].clamp_min(1e-30)
     b = torch.clamp((rel * bins).to(torch.int64), 0, bins - 1)
     return torch.bincount(acts.feats * bins + b, minlength=d * bins).view(d, bins)
 
@@ -146,11 +150,6 @@ class Lookup:
         pos = torch.searchsorted(self.keys, flat).clamp(max=self.keys.numel() - 1)
         hit = (self.keys[pos] == flat) & (rows.reshape(-1) >= 0)
         return torch.where(hit, self.values[pos], torch.zeros(())).view(want.shape)
-
-
-def lookup(acts: SparseActs, rows: Tensor, feats: Tensor) -> Tensor:
-    """f[row, feat] (one-off; build a Lookup for many queries)."""
-    return Lookup(acts)(rows, feats)
 
 
 def unit_rows(w: Tensor) -> Tensor:

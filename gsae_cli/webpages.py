@@ -58,6 +58,13 @@ def write_page(path: Path, page: str, title: str, data_files: list[str]) -> None
 # ---------------------------------------------------------------------------------------------
 
 
+def window_position(rows: Tensor, n_site: int, first: int) -> tuple[Tensor, Tensor]:
+    """(window, position) of site rows (row r: window r // n_site, position first + r % n_site);
+    padding rows (-1) map to window 0, position `first`."""
+    r = rows.clamp(min=0)
+    return torch.div(r, n_site, rounding_mode="floor"), r % n_site + first
+
+
 def example_lists(rows: Tensor, vals: Tensor, feature_ids: Tensor, look: Lookup, first: int, ctx_len: int,
                   before: int, after: int) -> list[list[list]]:
     """For features `feature_ids` [F] and their example rows/values [F, E] (-1: none): per
@@ -66,8 +73,7 @@ def example_lists(rows: Tensor, vals: Tensor, feature_ids: Tensor, look: Lookup,
     from its first shown position, which may be a context position < first)."""
     n_site = ctx_len - first
     span = torch.arange(-before, after + 1)
-    w = torch.div(rows.clamp(min=0), n_site, rounding_mode="floor")
-    p = rows.clamp(min=0) % n_site + first
+    w, p = window_position(rows, n_site, first)
     pos = p[..., None] + span  # [F, E, S]
     in_site = (pos >= first) & (pos < ctx_len) & (rows[..., None] >= 0)
     ctx_rows = torch.where(in_site, w[..., None] * n_site + pos - first, torch.full_like(pos, -1))
@@ -120,10 +126,8 @@ def _labels(data, strings: dict[int, str]) -> list[str]:
     """A short label per feature for the index: its top-activating token (what search matches,
     with the promoted tokens)."""
     t = data.tensors
-    n_site = data.tokens.shape[1] - data.first
     rows = t["top_rows"][:, 0]
-    w = torch.div(rows.clamp(min=0), n_site, rounding_mode="floor")
-    p = rows.clamp(min=0) % n_site + data.first
+    w, p = window_position(rows, data.tokens.shape[1] - data.first, data.first)
     tok = data.tokens[w, p]
     return [strings[int(tk)] if int(r) >= 0 else "" for r, tk in zip(rows.tolist(), tok.tolist())]
 
@@ -134,7 +138,8 @@ def write_browser(directory: Path, data, info: dict, tokenizer) -> None:
     from gsae_cli.dashboard import density_summary, token_strings
 
     t = data.tensors
-    ids = set(data.tokens.unique().tolist()) | set(t["up_ids"].unique().tolist()) | set(t["down_ids"].unique().tolist())
+    text_ids = data.tokens.unique().tolist()
+    ids = set(text_ids) | set(t["up_ids"].unique().tolist()) | set(t["down_ids"].unique().tolist())
     strings = token_strings(tokenizer, sorted(ids))
     look = Lookup(data.acts)
     d_sae = int(t["freq"].numel())
@@ -146,7 +151,6 @@ def write_browser(directory: Path, data, info: dict, tokenizer) -> None:
     index = {"kind": "index", "info": info, "density": density_summary(t["freq"]), "shard": shard,
              "freq": sig(t["freq"], 4).tolist(), "max": sig(t["max_act"]).tolist(), "label": labels, "up": up0}
     artifacts.atomic_write_text(data_dir / "index.js", _js(index))
-    text_ids = sorted(set(data.tokens.unique().tolist()))
     text = {"kind": "text", "first": data.first, "tokens": data.tokens.tolist(),
             "vocab": {str(i): strings[i] for i in text_ids}}
     artifacts.atomic_write_text(data_dir / "text.js", _js(text))
