@@ -48,11 +48,13 @@ def synthetic_store(cfg, d_model: int, n_rows: int) -> None:
     w.close()
 
 
-def peak_matmul_flops(batch: int, n: int, m: int, device: torch.device, seconds: float = 3.0) -> float:
-    """Best sustained FLOP/s of the step's three matmul shapes, each timed alone."""
-    a = torch.randn(batch, n, device=device)
-    w = torch.randn(n, m, device=device)
-    f = torch.randn(batch, m, device=device)
+def peak_matmul_flops(batch: int, n: int, m: int, device: torch.device, seconds: float = 3.0,
+                      dtype: torch.dtype = torch.float32) -> float:
+    """Best sustained FLOP/s of the step's three matmul shapes, each timed alone, in the dtype the
+    step's matmuls run in (bf16 under train.autocast=bf16 on CUDA)."""
+    a = torch.randn(batch, n, device=device, dtype=dtype)
+    w = torch.randn(n, m, device=device, dtype=dtype)
+    f = torch.randn(batch, m, device=device, dtype=dtype)
     shapes = [(a, w), (f, w.T.contiguous()), (a.T.contiguous(), f)]  # enc fwd, dec fwd, weight grad
     best = []
     for x, y in shapes:
@@ -86,13 +88,14 @@ def main() -> None:
         n, m, batch = d_model, s["d_sae"], cfg.train.batch_size
         flops_per_token = MATMULS_PER_TOKEN[arch] * 2 * n * m
         achieved = s["tokens_per_s_this_run"] * flops_per_token
-        peak = peak_matmul_flops(batch, n, m, device)
+        bf16 = cfg.train.autocast == "bf16" and device.type == "cuda"
+        peak = peak_matmul_flops(batch, n, m, device, dtype=torch.bfloat16 if bf16 else torch.float32)
         print(f"device                 {device}  (torch threads {torch.get_num_threads()})")
         print(f"sae                    {arch}  d_model {n}  d_sae {m}  batch {batch}")
         print(f"steps                  {s['steps']}  (lr {s['lr']:g})")
         print(f"training               {s['tokens_per_s_this_run']:,.0f} tokens/s")
         print(f"achieved matmul        {achieved / 1e9:,.1f} GFLOP/s")
-        print(f"peak matmul (same shapes) {peak / 1e9:,.1f} GFLOP/s")
+        print(f"peak matmul (same shapes) {peak / 1e9:,.1f} GFLOP/s  ({'bf16' if bf16 else 'fp32'})")
         print(f"achieved / peak        {achieved / peak:.1%}   (target >= 50 %)")
         print(f"waiting for data       {s['data_wait_fraction']:.2%} of step time   (target < 5 %)")
         print(json.dumps({"tokens_per_s": s["tokens_per_s_this_run"], "achieved_flops": achieved,

