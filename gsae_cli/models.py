@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from gsae_cli import paths
 from gsae_cli.errors import ConfigError, ModelError
 
-DATA_DIR = Path(os.environ.get("GSAE_DATA_DIR", Path(__file__).resolve().parent.parent / "data"))
+DATA_DIR = paths.data_dir()
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

@@ -21,15 +21,15 @@ Member = list[str]
 
 class _ConfGroups:
     """The one ConfigLoader method `glob(...)` sweeps need: the options of a config group,
-    read from `conf/<group>/*.yaml`. Stands in for Hydra's internal ConfigLoaderImpl."""
+    read from `<dir>/<group>/*.yaml` of every config folder searched (GSAE_CONFIG_PATH, then the
+    built-in tree). Stands in for Hydra's internal ConfigLoaderImpl."""
 
     def get_group_options(self, group_name: str, results_filter=None, config_name=None, overrides=None) -> list[str]:
+        from gsae_cli import paths
         from gsae_cli.config import CONF_DIR
 
-        folder = CONF_DIR / group_name
-        if not folder.is_dir():
-            return []
-        return sorted(p.stem for p in folder.iterdir() if p.suffix in (".yaml", ".yml"))
+        folders = [d / group_name for d in [*paths.extra_conf_dirs(), CONF_DIR]]
+        return sorted({p.stem for f in folders if f.is_dir() for p in f.iterdir() if p.suffix in (".yaml", ".yml")})
 
 
 def _tidy_float(text: str) -> str:
