@@ -195,6 +195,9 @@ class Config:
     # BOS only; 0 keeps everything.
     site_start: int = 4
     device: str = "auto"  # cpu | cuda | auto
+    # CPU threads for this process (torch intra-op, zarr codecs); None: its share of the cores,
+    # cores // processes on this machine (torchrun's LOCAL_WORLD_SIZE or GSAE_LOCAL_PROCS; cpus.py)
+    threads: Optional[int] = None
     out_dir: str = "outputs"
 
 
@@ -230,6 +233,10 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     finally:
         GlobalHydra.instance().clear()
     _validate(cfg)
+    # Every stage composes its config once: this is where the process takes its share of cores.
+    from gsae_cli.cpus import use_thread_share
+
+    use_thread_share(cfg.threads)
     return cfg
 
 
@@ -260,6 +267,8 @@ def _validate(cfg: DictConfig) -> None:
                 "eval.batch_size", "sae.expansion_factor", "data.eval_every", "inspect.top_k",
                 "inspect.n_quantiles", "inspect.per_quantile", "inspect.n_logits", "inspect.n_neighbours",
                 "inspect.hist_bins", "inspect.shard_features", "inspect.page_size", "inspect.study_features"]
+    if cfg.threads is not None and cfg.threads <= 0:
+        raise ConfigError(f"threads must be positive (or null: this process's share of the cores), got {cfg.threads}.")
     if cfg.inspect.n_tokens is not None and cfg.inspect.n_tokens <= 0:
         raise ConfigError(f"inspect.n_tokens must be positive (or null: eval.n_tokens), got {cfg.inspect.n_tokens}.")
     if cfg.inspect.context_before < 0 or cfg.inspect.context_after < 0:
@@ -317,6 +326,7 @@ def effective_lr(cfg: DictConfig) -> float:
 # whole schema and proves that every other key changes the hash of the artifact it shapes.
 NON_IDENTITY_KEYS = {
     "device",               # where tensors live; results agree to float rounding
+    "threads",              # CPU threads: speed only (reductions may differ in the last ulp)
     "out_dir",              # where artifacts are written, not what they hold
     "hooks",                # harvest several stores in one pass; each store's own hook is hashed
     "sae.path",             # an SAE from elsewhere: its weights' hash identifies it instead

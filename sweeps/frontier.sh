@@ -18,9 +18,9 @@
 #   3. `gsae report` over everything.
 #
 # Safe to rerun: finished harvests, trainings and evaluations are reused, so a second run only
-# does what is missing (a killed run resumes where it stopped). Safe to run as several processes
-# at once (gsae locks each artifact), but on a small CPU run one process: two processes each
-# start a full set of torch threads and run far slower than one after the other.
+# does what is missing (a killed run resumes where it stopped). JOBS=N runs N members at once,
+# each with 1/N of the cores (GSAE_LOCAL_PROCS=N; `threads=K` in EXTRA overrides); gsae locks
+# each artifact, so members that need the same relu baseline wait for each other.
 #
 # SLURM: one array task per member; each task runs only its member and skips the report.
 #   n=$(sweeps/frontier.sh --count)
@@ -57,6 +57,11 @@ EXTRA=${EXTRA:-}          # more overrides for every member, space-separated (no
 OUT_DIR=${OUT_DIR:-outputs}
 REPORT_DIR=${REPORT_DIR:-report}
 REPORT=${REPORT:-1}       # 0: skip `gsae report` at the end (when several processes share the sweep)
+JOBS=${JOBS:-1}           # members run at once, each on its share of the cores
+if ! [[ "$JOBS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "frontier.sh: JOBS=$JOBS is not a positive integer" >&2
+    exit 2
+fi
 
 read -r -a hooks <<< "$HOOKS"
 read -r -a archs <<< "$ARCHS"
@@ -147,24 +152,43 @@ if (( rc != 0 )); then
     exit "$rc"
 fi
 
-failed=()
+status_dir=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$status_dir"; echo "frontier.sh: interrupted; rerun to resume (finished members are reused)." >&2; exit 130' INT TERM
+
+one_member() {  # index member: runs it, records "exit-code description" in $status_dir/index
+    local hook t arch c lr start=$SECONDS rc
+    read -r hook t arch c lr <<< "$2"
+    local what="hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c train.lr=$lr"
+    echo "[$1/$n] $what" >&2
+    GSAE_LOCAL_PROCS=$JOBS run_member "$hook" "$t" "$arch" "$c" "$lr"
+    rc=$?
+    echo "[$1/$n] took $((SECONDS - start))s" >&2
+    echo "$rc $what" > "$status_dir/$1"
+    return "$rc"
+}
+
 i=0
 for m in "${members[@]}"; do
     i=$((i + 1))
-    read -r hook t arch c lr <<< "$m"
-    echo "[$i/$n] hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c train.lr=$lr" >&2
-    SECONDS=0
-    run_member "$hook" "$t" "$arch" "$c" "$lr"
-    rc=$?
-    echo "[$i/$n] took ${SECONDS}s" >&2
-    if (( rc == 130 )); then  # Ctrl-C: stop the sweep, not just this member
-        echo "frontier.sh: interrupted; rerun to resume (finished members are reused)." >&2
-        exit 130
-    fi
-    if (( rc != 0 )); then
-        failed+=("hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c train.lr=$lr (exit $rc)")
+    if (( JOBS == 1 )); then
+        one_member "$i" "$m"
+        if (( $? == 130 )); then  # Ctrl-C: stop the sweep, not just this member
+            echo "frontier.sh: interrupted; rerun to resume (finished members are reused)." >&2
+            exit 130
+        fi
+    else
+        while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
+        one_member "$i" "$m" &
     fi
 done
+wait
+
+failed=()
+for f in "$status_dir"/*; do
+    read -r rc what < "$f"
+    (( rc != 0 )) && failed+=("$what (exit $rc)")
+done
+rm -rf "$status_dir"
 
 status=0
 if (( ${#failed[@]} )); then

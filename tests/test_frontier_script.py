@@ -1,0 +1,54 @@
+"""sweeps/frontier.sh's own logic (member order, JOBS, failures, exit codes), with a recording
+stand-in for the gsae executable; the real stages are tested end to end elsewhere."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE = """#!/usr/bin/env bash
+echo "$1 procs=${GSAE_LOCAL_PROCS:-} $*" >> "$LOG"
+[[ "$1" == eval && "$*" == *sae.l1_coefficient=0.2* ]] && exit 3
+sleep 0.2
+exit 0
+"""
+
+
+def frontier(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    fake = tmp_path / "gsae"
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    log = tmp_path / "log"
+    full = {**os.environ, "GSAE": str(fake), "LOG": str(log), "HOOKS": "blocks.1.hook_resid_pre",
+            "ARCHS": "relu gated", "COEFFS": "0.1 0.2", "DOUBLE": "0", "OUT_DIR": str(tmp_path / "out"), **env}
+    proc = subprocess.run([str(REPO / "sweeps" / "frontier.sh")], env=full, capture_output=True, text=True,
+                          timeout=120)
+    return proc, log.read_text().splitlines() if log.exists() else []
+
+
+def test_jobs_run_members_at_once_with_a_share_each_and_collect_failures(tmp_path):
+    proc, calls = frontier(tmp_path, JOBS="2")
+    assert proc.returncode == 1
+    assert "2 of 4 members failed" in proc.stderr
+    assert len(re.findall(r"sae.l1_coefficient=0.2 train.lr=\S+ \(exit 3\)", proc.stderr)) == 2
+    stages = [c.split()[0] for c in calls]
+    assert stages[0] == "harvest" and stages[-1] == "report" and stages.count("eval") == 4
+    assert calls[0].split()[1] == "procs="  # the harvest runs alone, on every core
+    assert all(c.split()[1] == "procs=2" for c in calls if c.startswith("eval"))
+
+
+def test_one_job_runs_members_in_order(tmp_path):
+    proc, calls = frontier(tmp_path, COEFFS="0.1 0.3")
+    assert proc.returncode == 0, proc.stderr
+    evals = [c for c in calls if c.startswith("eval")]
+    assert [("sae=relu" in c, "0.1" in c) for c in evals] == [(True, True), (True, False), (False, True),
+                                                              (False, False)]
+    assert all(c.split()[1] == "procs=1" for c in evals)
+
+
+def test_bad_jobs_is_refused(tmp_path):
+    proc, calls = frontier(tmp_path, JOBS="0")
+    assert proc.returncode == 2 and "JOBS=0" in proc.stderr and calls == []
