@@ -79,8 +79,9 @@ def harvest(overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOp
         from gsae_cli.harvest import run_harvest
 
         results = run_harvest(compose_config(ov), force=force)
-        summaries = [read_json(r.path / "summary.json") | {"path": str(r.path), "reused": r.reused}
-                     for r in results]
+        # a rank whose part is done but whose store another rank will complete has no summary yet
+        summaries = [(read_json(r.path / "summary.json") if r.complete else {"complete": False})
+                     | {"path": str(r.path), "reused": r.reused} for r in results]
         if as_json:
             typer.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2, default=str))
         else:

@@ -94,6 +94,10 @@ class HarvestConfig:
     dtype: str = "bfloat16"
     chunk_rows: int = 8192  # the unit a training reader fetches
     shard_chunks: Optional[int] = None  # chunks per shard file = the resume unit; None: ~64 MB
+    # Several processes harvesting one store, each writing its own shards (rank r: shards r, r+N,
+    # ...); the store is the same bit for bit. None: torchrun's RANK / WORLD_SIZE, else 0 / 1.
+    rank: Optional[int] = None
+    world_size: Optional[int] = None
 
 
 @dataclass
@@ -332,6 +336,7 @@ NON_IDENTITY_KEYS = {
     "sae.path",             # an SAE from elsewhere: its weights' hash identifies it instead
     "harvest.batch_size",   # sequences per forward pass
     "harvest.shard_chunks", # chunks per shard file: file layout only (chunk_rows sets the order)
+    "harvest.rank", "harvest.world_size",  # who writes which shards: the store is the same
     "train.checkpoint_every", "train.log_every", "train.wandb", "train.wandb_project",
     "train.compile",        # the same maths, fused
     "eval.batch_size",      # windows per forward pass

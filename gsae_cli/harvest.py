@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -49,35 +50,23 @@ def capture(model: LoadedModel, tokens: torch.Tensor, hooks: list[str]) -> dict[
     return got
 
 
-class RunningNorms:
-    """E||x||², E||x||, max ||x|| over rows, in float64 (training scales inputs by E||x||²)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.sum_sq = 0.0
-        self.sum = 0.0
-        self.max = 0.0
-
-    def update(self, rows: torch.Tensor) -> None:
-        if rows.numel() == 0:
-            return
-        sq = rows.double().pow(2).sum(dim=1)
-        self.count += rows.shape[0]
-        self.sum_sq += sq.sum().item()
-        self.sum += sq.sqrt().sum().item()
-        self.max = max(self.max, sq.max().sqrt().item())
-
-    def result(self) -> dict:
-        n = max(self.count, 1)
-        return {"mean_sq_norm": self.sum_sq / n, "mean_norm": self.sum / n, "max_norm": self.max,
-                "count": self.count}
-
-
 @dataclass
 class HarvestResult:
     hook: str
     path: Path
     reused: bool
+    complete: bool = True  # False: this rank's part is done, other ranks' parts are not yet
+
+
+def harvest_world(cfg: DictConfig) -> tuple[int, int]:
+    """(rank, world_size) of this harvest process: harvest.rank / harvest.world_size, else
+    torchrun's RANK / WORLD_SIZE, else (0, 1)."""
+    hc = cfg.harvest
+    world = hc.world_size if hc.world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
+    rank = hc.rank if hc.rank is not None else int(os.environ.get("RANK", 0))
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"harvest.rank={rank} and harvest.world_size={world} do not fit: ranks run 0..world_size-1.")
+    return rank, world
 
 
 def library_versions() -> dict:
@@ -95,103 +84,121 @@ def library_versions() -> dict:
 def run_harvest(cfg: DictConfig, force: bool = False) -> list[HarvestResult]:
     hooks = list(dict.fromkeys(cfg.hooks or [cfg.hook]))
     dirs = {h: harvest_dir(cfg, h) for h in hooks}
+    rank, world = harvest_world(cfg)
+    # one process per store, or one per (store, rank) when several ranks share the store
+    lock = {h: dirs[h] if world == 1 else dirs[h].with_name(f"{dirs[h].name}.rank{rank}of{world}") for h in hooks}
     with contextlib.ExitStack() as stack:
         for h in sorted(hooks, key=lambda h: str(dirs[h])):  # one global order: no deadlocks
-            stack.enter_context(artifacts.locked(dirs[h], f"the activation store for {h}"))
+            stack.enter_context(artifacts.locked(lock[h], f"the activation store for {h}"))
         if force:
+            if world > 1:
+                raise ConfigError("--force with harvest.world_size > 1 would let each rank delete the others' "
+                                  "work; delete the store once (gsae harvest --force with one process, or rm), "
+                                  "then start the ranks.")
             for h in hooks:
                 artifacts.remove(dirs[h])
         pending = [h for h in hooks if not store.is_complete(dirs[h])]
         for h in hooks:
             if h not in pending:
                 notice(f"reusing complete activation store {dirs[h]}")
+        complete = {h: True for h in hooks}
         if pending:
             with contextlib.ExitStack() as recs:
                 for h in pending:
                     recs.enter_context(status.recording(dirs[h]))
-                _harvest(cfg, pending, {h: dirs[h] for h in pending})
-    return [HarvestResult(h, dirs[h], h not in pending) for h in hooks]
+                complete |= _harvest(cfg, pending, {h: dirs[h] for h in pending}, rank, world)
+    return [HarvestResult(h, dirs[h], h not in pending, complete[h]) for h in hooks]
 
 
-def _harvest(cfg: DictConfig, hooks: list[str], dirs: dict[str, Path]) -> None:
+def _harvest(cfg: DictConfig, hooks: list[str], dirs: dict[str, Path], rank: int, world: int) -> dict[str, bool]:
+    """Run the model over the global grid of batches, computing only the batches that hold rows
+    this process's writers still need (all rows with one process; this rank's shards with
+    several), so every rank and every resume sees each batch exactly as one uninterrupted
+    process would. Returns, per hook, whether the store is complete."""
     hc = cfg.harvest
     device = resolve_device(cfg.device)
     model = load_model(cfg.model, device)
     validate_hooks(model, hooks)
     keep = kept_positions(hc.ctx_len, cfg.site_start)
     rows_per_window = hc.ctx_len - keep.start
-    done = {h: store.rows_written(dirs[h]) for h in hooks}
-    start_row = min(done.values())
-    skip_windows = start_row // rows_per_window
-    cursor = skip_windows * rows_per_window  # global index of the next row the model produces
-    if start_row:
-        notice(f"resuming harvest at token {start_row:,} of {hc.n_tokens:,}")
-
     windows = token_windows(cfg.data, model.tokenizer, "train", hc.ctx_len,
                             model.bos_token_id, model.eos_token_id)
-    windows = itertools.islice(windows, skip_windows, None)  # tokenising is cheap; no forward
+    batches = iter(batched_windows(windows, hc.batch_size))
+    first = next(batches, None)
+    if first is None:
+        raise _ran_out(0, hc)
+    widths = {h: (store.store_info(dirs[h]) or {}).get("d_model") for h in hooks}
+    if any(w is None for w in widths.values()):  # a new store: one window tells each hook's width
+        probe = capture(model, first[:1], hooks)
+        widths = {h: widths[h] or probe[h].shape[-1] for h in hooks}
     writers: dict[str, store.StoreWriter] = {}
-    norms = {h: RunningNorms() for h in hooks}
-    t0 = time.monotonic()
     try:
-        with track("harvest", hc.n_tokens, "tokens", completed=start_row) as bar:
-            for batch in batched_windows(windows, hc.batch_size):
-                if cursor >= hc.n_tokens:
+        for h in hooks:
+            writers[h] = _open_writer(cfg, h, dirs[h], widths[h], rank, world)
+        lead = writers[hooks[0]]
+        if lead.next_row:
+            notice(f"resuming harvest{f' rank {rank} of {world}' if world > 1 else ''} at row {lead.next_row:,} "
+                   f"of {hc.n_tokens:,}")
+        todo = lead.owned_rows(lead.next_row, hc.n_tokens)
+        t0 = time.monotonic()
+        cursor = 0  # global index of the first row of the batch at hand
+        with track("harvest" if world == 1 else f"harvest rank {rank}/{world}", todo, "tokens") as bar:
+            for batch in itertools.chain([first], batches):
+                if all(w.next_row >= hc.n_tokens for w in writers.values()):
                     break
-                acts = capture(model, batch, hooks)
-                tokens = batch[:, keep].reshape(-1)
-                n = tokens.shape[0]
-                for h in hooks:
-                    rows = acts[h][:, keep].reshape(n, -1)
-                    if h not in writers:
-                        writers[h] = _open_writer(cfg, h, dirs[h], rows.shape[1], norms[h])
-                    lo = max(done[h], cursor) - cursor  # rows this store already holds
-                    hi = min(n, hc.n_tokens - cursor)
-                    if lo < hi:
-                        chunk = rows[lo:hi].to("cpu", DTYPES[hc.dtype])
-                        norms[h].update(chunk)
-                        writers[h].append(chunk, tokens[lo:hi])
-                advance = min(n, hc.n_tokens - cursor) - max(0, start_row - cursor)
+                n = batch.shape[0] * rows_per_window
+                hi = min(cursor + n, hc.n_tokens)
+                wanted = [h for h in hooks if writers[h].needs(cursor, hi)]
+                if wanted:
+                    bar.advance(lead.owned_rows(max(cursor, lead.next_row), hi))
+                    acts = capture(model, batch, hooks)
+                    tokens = batch[:, keep].reshape(-1)[: hi - cursor]
+                    for h in wanted:
+                        rows = acts[h][:, keep].reshape(n, -1)[: hi - cursor]
+                        writers[h].append_at(cursor, rows.to("cpu", DTYPES[hc.dtype]), tokens)
                 cursor += n
-                bar.advance(max(advance, 0))
-            if cursor < hc.n_tokens:
-                raise ConfigError(
-                    f"The corpus ran out after {cursor:,} training tokens (ctx_len={hc.ctx_len}), short of "
-                    f"harvest.n_tokens={hc.n_tokens:,}. Lower harvest.n_tokens or use a larger corpus "
-                    "(data.name=... or data.path=...).")
-        for h in hooks:  # killed inside finish(): every row was on disk, no batch was needed
-            if h not in writers:
-                writers[h] = _open_writer(cfg, h, dirs[h], store.store_info(dirs[h])["d_model"], norms[h])
+            if any(w.next_row < hc.n_tokens for w in writers.values()):
+                raise _ran_out(cursor, hc)
         for w in writers.values():
             w.flush()  # the throughput below includes every byte reaching disk
         seconds = time.monotonic() - t0
+        complete = {}
         for h in hooks:
-            attrs = _final_attrs(cfg, h, model, norms[h], writers[h].d_model)
-            attrs["throughput"] = {"tokens_this_run": hc.n_tokens - start_row, "seconds": seconds,
-                                   "tokens_per_s": (hc.n_tokens - start_row) / max(seconds, 1e-9),
-                                   "device": str(device)}
-            artifacts.atomic_write_text(dirs[h] / "config.yaml", to_yaml(cfg))
-            artifacts.write_json(dirs[h] / "summary.json", attrs)
-            writers[h].finish(attrs)  # marks the store complete, last
+            attrs = _final_attrs(cfg, h, model, writers[h].d_model)
+            attrs["throughput"] = {"tokens_this_run": todo, "seconds": seconds,
+                                   "tokens_per_s": todo / max(seconds, 1e-9), "device": str(device),
+                                   "world_size": world}
+
+            def before_complete(final: dict, h: str = h) -> None:  # written before the COMPLETE marker
+                artifacts.atomic_write_text(dirs[h] / "config.yaml", to_yaml(cfg))
+                artifacts.write_json(dirs[h] / "summary.json", final)
+
+            complete[h] = writers[h].finish(attrs, before_complete)
+            if not complete[h]:
+                notice(f"harvest rank {rank} of {world}: this rank's part of {dirs[h]} is done; the store is "
+                       "complete once every rank has finished (the last one marks it)")
+        return complete
     finally:
         for w in writers.values():
             w.close()
 
 
-def _open_writer(cfg: DictConfig, hook: str, path: Path, d_model: int, norms: RunningNorms) -> store.StoreWriter:
+def _ran_out(rows: int, hc) -> ConfigError:
+    return ConfigError(
+        f"The corpus ran out after {rows:,} training tokens (ctx_len={hc.ctx_len}), short of "
+        f"harvest.n_tokens={hc.n_tokens:,}. Lower harvest.n_tokens or use a larger corpus "
+        "(data.name=... or data.path=...).")
+
+
+def _open_writer(cfg: DictConfig, hook: str, path: Path, d_model: int, rank: int, world: int) -> store.StoreWriter:
     hc = cfg.harvest
     attrs = {"gsae_identity": harvest_identity(cfg, hook), "config_hash": harvest_hash(cfg, hook)}
-    writer = store.StoreWriter.open(path, d_model=d_model, n_tokens=hc.n_tokens, dtype=hc.dtype,
-                                    chunk_rows=hc.chunk_rows, shard_chunks=hc.shard_chunks, attrs=attrs)
-    if writer.rows_written:  # a resume: the norms must cover the rows written before the kill
-        partial = store.open_store(path, allow_incomplete=True)
-        step = 65_536
-        for a in range(0, writer.rows_written, step):
-            norms.update(partial.read_rows(a, min(a + step, writer.rows_written)))
-    return writer
+    return store.StoreWriter.open(path, d_model=d_model, n_tokens=hc.n_tokens, dtype=hc.dtype,
+                                  chunk_rows=hc.chunk_rows, shard_chunks=hc.shard_chunks, attrs=attrs,
+                                  rank=rank, world_size=world)
 
 
-def _final_attrs(cfg: DictConfig, hook: str, model: LoadedModel, norms: RunningNorms, d_model: int) -> dict:
+def _final_attrs(cfg: DictConfig, hook: str, model: LoadedModel, d_model: int) -> dict:
     hc = cfg.harvest
     return {
         "model": cfg.model.name,
@@ -211,5 +218,4 @@ def _final_attrs(cfg: DictConfig, hook: str, model: LoadedModel, norms: RunningN
         "n_tokens": hc.n_tokens,
         "config_hash": harvest_hash(cfg, hook),
         "versions": library_versions(),
-        "norms": norms.result(),
-    }
+    }  # + "norms", added by the store writer from its per-shard statistics

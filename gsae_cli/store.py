@@ -28,6 +28,18 @@ atomically. A writer killed at any instant therefore leaves `rows_written` point
 of the last complete shard; on reopen any shard files past it are deleted, and the caller
 re-appends rows from `rows_written` on, which makes the result identical to an uninterrupted
 write.
+
+Several writers (harvest ranks). With `world_size` N > 1, writer `rank` r owns shards r, r+N,
+r+2N, ... and writes only those, whole, in order; `progress.json` (written by rank 0 when it
+creates the store) records N, and each rank records its own progress in
+`progress.rank<r>of<N>.json` (shards done and their row statistics). A rank killed at any instant
+resumes its own part; the writer that finds every rank's part done (under a lock) writes the
+final attrs and `COMPLETE`. The shards are the same whole-shard writes as with one writer, so the
+result does not depend on N.
+
+Row statistics. Each writer computes, per shard, the row count, Σ||x||², Σ||x|| and max ||x||
+(float64) as it writes the shard, and keeps them in its progress file; the store's `norms` attr
+combines them in shard order, so they too are the same for any N and across resumes.
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -84,6 +96,51 @@ _DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
 }
 _DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32", "bf16": "bfloat16"}
 _OWN_ENTRIES = ("zarr.json", "activations", "tokens", PROGRESS_FILE, COMPLETE_FILE)
+_WAIT_FOR_RANK0_S = 3600.0  # how long a rank > 0 waits for rank 0 to create the store
+
+
+def rank_progress_name(rank: int, world_size: int) -> str:
+    return f"progress.rank{rank}of{world_size}.json"
+
+
+def shard_stats(rows: np.ndarray, dtype: str) -> list[float]:
+    """[rows, Σ||x||², Σ||x||, max ||x||] of one shard's rows (raw store bits), in float64."""
+    x = torch.from_numpy(rows)
+    x = (x.view(torch.bfloat16) if dtype == "bfloat16" else x).double()
+    sq = x.pow(2).sum(dim=1)
+    if sq.numel() == 0:
+        return [0, 0.0, 0.0, 0.0]
+    return [int(sq.numel()), float(sq.sum()), float(sq.sqrt().sum()), float(sq.max().sqrt())]
+
+
+def combine_stats(per_shard: list[list[float]]) -> dict[str, float]:
+    """The store's norms from its shards' statistics, summed in shard order."""
+    count, sum_sq, total, peak = 0, 0.0, 0.0, 0.0
+    for n, sq, s, m in per_shard:
+        count += n
+        sum_sq += sq
+        total += s
+        peak = max(peak, m)
+    n = max(count, 1)
+    return {"mean_sq_norm": sum_sq / n, "mean_norm": total / n, "max_norm": peak, "count": count}
+
+
+def _world_size(path: Path) -> int:
+    try:
+        return int(_read_json(path / PROGRESS_FILE).get("world_size", 1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 1
+
+
+def _rank_progress(path: Path, rank: int, world_size: int) -> dict[str, Any]:
+    try:
+        return _read_json(path / rank_progress_name(rank, world_size))
+    except (OSError, ValueError):
+        return {"shards_done": 0, "shard_stats": {}}
+
+
+def owned_shards(n_shards: int, rank: int, world_size: int) -> list[int]:
+    return list(range(rank, n_shards, world_size))
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:
@@ -242,7 +299,15 @@ def rows_written(path: str | os.PathLike) -> int:
     try:
         if is_complete(p):
             return _read_layout(p)[0].n_tokens
-        return int(_read_json(p / PROGRESS_FILE)["rows_written"])
+        world = _world_size(p)
+        if world == 1:
+            return int(_read_json(p / PROGRESS_FILE)["rows_written"])
+        layout = _read_layout(p)[0]
+        done = [int(_rank_progress(p, r, world)["shards_done"]) for r in range(world)]
+        shard = 0
+        while shard < layout.n_shards and shard // world < done[shard % world]:
+            shard += 1
+        return min(shard * layout.shard_rows, layout.n_tokens)
     except (OSError, ValueError, KeyError, TypeError):
         return 0
 
@@ -284,15 +349,20 @@ class StoreWriter:
     """
 
     def __init__(self, path: Path, layout: StoreLayout, group: zarr.Group, start_rows: int,
-                 complete: bool, fsync: bool, max_pending: int):
+                 complete: bool, fsync: bool, max_pending: int, rank: int = 0, world_size: int = 1,
+                 stats: dict[int, list[float]] | None = None, shards_done: int = 0):
         self.path = path
         self.layout = layout
+        self.rank, self.world_size = rank, world_size
+        self._owned = owned_shards(layout.n_shards, rank, world_size)
+        self._shards_done = shards_done  # owned shards durably written (this writer's part)
+        self._stats: dict[int, list[float]] = dict(stats or {})
         self._group = group
         self._acts = group["activations"]
         self._toks = group["tokens"]
         self._fsync = fsync
         self._rows_written = start_rows
-        self._pos = start_rows  # rows accepted by append (written or buffered)
+        self._pos = start_rows  # the next row this writer needs (rows before it: written or buffered)
         self._complete = complete
         self._closed = False
         self._error: BaseException | None = None
@@ -321,14 +391,19 @@ class StoreWriter:
         compressor: str = "none",
         fsync: bool = True,
         max_pending: int = 2,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> StoreWriter:
         """Create the store at `path`, or reopen a partial (or complete) one with the same parameters.
 
         `attrs` describe what is stored (model, hook, corpus, ...) and are compared on reopen like
         the layout; a mismatch raises StoreError. Put run-specific values in `finish(final_attrs)`.
-        Other files already in `path` are left alone.
+        Other files already in `path` are left alone. With `world_size` > 1 this writer writes only
+        the shards of `rank` (module docstring); rank 0 creates the store, the others wait for it.
         """
         path = Path(path)
+        if not (0 <= rank < world_size):
+            raise ConfigError(f"harvest rank {rank} is outside 0..{world_size - 1} (world_size={world_size}).")
         for name, v in (("d_model", d_model), ("n_tokens", n_tokens), ("chunk_rows", chunk_rows)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"activation store {name} must be a positive integer, got {v!r}.")
@@ -348,16 +423,18 @@ class StoreWriter:
 
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} exists and is not a directory; remove it or choose another output path.")
+        if rank > 0 and not (path / PROGRESS_FILE).is_file() and not (path / COMPLETE_FILE).is_file():
+            _wait_for_creation(path, rank)
         if (path / PROGRESS_FILE).is_file() or (path / COMPLETE_FILE).is_file():
-            return cls._reopen(path, layout, user_attrs, fsync, max_pending)
-        return cls._create(path, layout, user_attrs, fsync, max_pending)
+            return cls._reopen(path, layout, user_attrs, fsync, max_pending, rank, world_size)
+        return cls._create(path, layout, user_attrs, fsync, max_pending, world_size)
 
     @classmethod
-    def _create(cls, path: Path, layout: StoreLayout, attrs: dict, fsync: bool, max_pending: int) -> StoreWriter:
+    def _create(cls, path: Path, layout: StoreLayout, attrs: dict, fsync: bool, max_pending: int,
+                world_size: int = 1) -> StoreWriter:
         path.mkdir(parents=True, exist_ok=True)
         # Leftovers of a creation that died before progress.json was written hold no rows.
-        for entry in _OWN_ENTRIES:
-            p = path / entry
+        for p in [path / e for e in _OWN_ENTRIES] + list(path.glob("progress.rank*of*.json")):
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
@@ -382,11 +459,13 @@ class StoreWriter:
         if fsync:
             for p in (path / "zarr.json", path / "activations" / "zarr.json", path / "tokens" / "zarr.json"):
                 _fsync_path(p)
-        _atomic_write_json(path / PROGRESS_FILE, {"rows_written": 0}, fsync)
-        return cls(path, layout, group, 0, False, fsync, max_pending)
+        progress = {"rows_written": 0} | ({"world_size": world_size} if world_size > 1 else {})
+        _atomic_write_json(path / PROGRESS_FILE, progress, fsync)
+        return cls(path, layout, group, 0, False, fsync, max_pending, 0, world_size)
 
     @classmethod
-    def _reopen(cls, path: Path, layout: StoreLayout, attrs: dict, fsync: bool, max_pending: int) -> StoreWriter:
+    def _reopen(cls, path: Path, layout: StoreLayout, attrs: dict, fsync: bool, max_pending: int,
+                rank: int = 0, world_size: int = 1) -> StoreWriter:
         try:
             old_layout, _, old_attrs = _read_meta(path)
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -408,9 +487,24 @@ class StoreWriter:
                 + "). Pass --force to delete it and rebuild, or choose another output path."
             )
         complete = (path / COMPLETE_FILE).is_file()
-        done = layout.n_tokens if complete else rows_written(path)
-        # Rows past the last complete shard are rewritten from scratch.
-        done = layout.n_tokens if done >= layout.n_tokens else done - done % layout.shard_rows
+        started = _world_size(path)
+        if not complete and started != world_size:
+            raise StoreError(
+                f"the activation store at {path} was started by {started} harvest process(es) and is not "
+                f"finished; resume it with harvest.world_size={started} (each rank reruns its own part), or "
+                "pass --force to rebuild it.")
+        if world_size > 1 and not complete:
+            part = _rank_progress(path, rank, world_size)
+            shards_done = int(part["shards_done"])
+            stats = {int(k): v for k, v in part.get("shard_stats", {}).items()}
+            owned = owned_shards(layout.n_shards, rank, world_size)
+            done = owned[shards_done] * layout.shard_rows if shards_done < len(owned) else layout.n_tokens
+        else:
+            done = layout.n_tokens if complete else rows_written(path)
+            # Rows past the last complete shard are rewritten from scratch.
+            done = layout.n_tokens if done >= layout.n_tokens else done - done % layout.shard_rows
+            shards_done = -(-done // layout.shard_rows)
+            stats = {} if complete else dict(enumerate(_read_json(path / PROGRESS_FILE).get("shard_stats", [])))
         try:
             group = zarr.open_group(str(path), mode="r+" if not complete else "r")
             acts, toks = group["activations"], group["tokens"]
@@ -420,8 +514,13 @@ class StoreWriter:
                 "pass --force to rebuild it."
             ) from None
         if not complete:  # (done == n_tokens: killed between the last shard and finish())
-            _discard_tail(path, acts, toks, done, layout)
-        return cls(path, layout, group, done, complete, fsync, max_pending)
+            owned = owned_shards(layout.n_shards, rank, world_size)
+            _discard_shards(path, acts, toks, owned[shards_done:], temporaries=world_size == 1)
+            for shard in owned[:shards_done]:  # written before gsae kept statistics: read them back
+                if shard not in stats:
+                    lo = shard * layout.shard_rows
+                    stats[shard] = shard_stats(np.asarray(acts[lo:lo + layout.shard_rows]), layout.dtype)
+        return cls(path, layout, group, done, complete, fsync, max_pending, rank, world_size, stats, shards_done)
 
     # -- properties
 
@@ -438,6 +537,41 @@ class StoreWriter:
     @property
     def complete(self) -> bool:
         return self._complete
+
+    @property
+    def next_row(self) -> int:
+        """The first row this writer still needs (n_tokens when it needs none)."""
+        return self._pos
+
+    def needs(self, start: int, stop: int) -> bool:
+        """Whether any row in [start, stop) is one this writer still has to be given."""
+        lo = max(start, self._pos)
+        if lo >= min(stop, self.n_tokens):
+            return False
+        sr = self.layout.shard_rows
+        return any(s % self.world_size == self.rank for s in range(lo // sr, (min(stop, self.n_tokens) - 1) // sr + 1))
+
+    def owned_rows(self, start: int, stop: int) -> int:
+        """How many rows of [start, stop) lie in this writer's shards."""
+        sr, stop = self.layout.shard_rows, min(stop, self.n_tokens)
+        if self.world_size == 1:
+            return max(0, stop - start)
+        return sum(max(0, min(stop, (s + 1) * sr) - max(start, s * sr))
+                   for s in range(start // sr, -(-stop // sr)) if s % self.world_size == self.rank)
+
+    def append_at(self, start: int, acts: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Give the writer rows [start, start + len(acts)) of the store; it keeps the ones it still
+        needs (its own shards, from `next_row` on) and ignores the rest. Calls must not skip rows
+        the writer needs: a gap raises StoreError."""
+        stop = min(start + acts.shape[0], self.n_tokens)
+        sr = self.layout.shard_rows
+        while self._pos < stop:
+            if self._pos < start:
+                raise StoreError(f"rows {self._pos}-{start - 1} of the store at {self.path} were never given "
+                                 "to its writer; a harvest must give rows in order without gaps.")
+            end = min(stop, (self._pos // sr + 1) * sr)  # within the current shard
+            a, b = self._pos - start, end - start
+            self.append(acts[a:b], tokens[a:b])
 
     @property
     def n_tokens(self) -> int:
@@ -521,8 +655,12 @@ class StoreWriter:
             off += n
             self._pos += n
             if fill + n == shard_len:
-                self._enqueue(shard_start // self.layout.shard_rows, self._buf, self._buf_tokens)
+                shard = shard_start // self.layout.shard_rows
+                self._enqueue(shard, self._buf, self._buf_tokens)
                 self._buf = self._buf_tokens = None
+                if self.world_size > 1:  # on to this rank's next shard
+                    self._pos = min(self.n_tokens, (shard + self.world_size) * self.layout.shard_rows)
+                    break
 
     def flush(self) -> None:
         """Block until every full shard handed over so far is on disk; re-raise writer errors.
@@ -534,14 +672,18 @@ class StoreWriter:
         self._queue.join()
         self._raise_pending_error()
 
-    def finish(self, final_attrs: dict[str, Any] | None = None) -> None:
-        """Write the remaining rows, merge `final_attrs` into the attrs, then mark the store complete.
+    def finish(self, final_attrs: dict[str, Any] | None = None,
+               before_complete: Callable[[dict[str, Any]], None] | None = None) -> bool:
+        """Write the remaining rows, merge `final_attrs` and the store's `norms` into the attrs,
+        call `before_complete(attrs)` (to write files that must exist before the marker), then mark
+        the store complete. Returns whether the store is complete: with several writers, only the
+        one that finishes last completes it; the others return False with their part on disk.
 
-        Requires all n_tokens rows to have been appended. A no-op on an already complete store.
+        Requires all of this writer's rows to have been appended. A no-op on a complete store.
         """
         if self._complete:
             self.close()
-            return
+            return True
         final = _json_normal(dict(final_attrs or {}))
         if META_KEY in final:
             raise ConfigError(f"activation store attribute name {META_KEY!r} is reserved.")
@@ -552,16 +694,43 @@ class StoreWriter:
                 f"{self.path}; the data ran out before n_tokens rows: lower n_tokens or use a larger corpus."
             )
         self._stop_thread()
-        try:
-            if final:
+        self._closed = True
+        import fcntl
+
+        # several writers: whoever finds every part done completes the store, once (under a lock)
+        with open(self.path / ".finish.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (self.path / COMPLETE_FILE).is_file():
+                self._complete = True
+                return True
+            stats = self._all_stats()
+            if stats is None:
+                return False
+            final["norms"] = combine_stats(stats)
+            try:
                 self._group.attrs.update(final)
                 if self._fsync:
                     _fsync_path(self.path / "zarr.json")
-            _atomic_write_json(self.path / COMPLETE_FILE, {"rows": self.n_tokens}, self._fsync)
-        except OSError as e:
-            raise StoreError(f"could not finalise the activation store at {self.path}: {e}") from e
+                if before_complete is not None:
+                    before_complete(final)
+                _atomic_write_json(self.path / COMPLETE_FILE, {"rows": self.n_tokens}, self._fsync)
+            except OSError as e:
+                raise StoreError(f"could not finalise the activation store at {self.path}: {e}") from e
         self._complete = True
-        self._closed = True
+        return True
+
+    def _all_stats(self) -> list[list[float]] | None:
+        """Every shard's statistics in shard order, or None while another rank's part is unfinished."""
+        if self.world_size == 1:
+            return [self._stats[i] for i in range(self.layout.n_shards)]
+        merged: dict[int, list[float]] = {}
+        for r in range(self.world_size):
+            part = self._stats if r == self.rank else {
+                int(k): v for k, v in _rank_progress(self.path, r, self.world_size).get("shard_stats", {}).items()}
+            merged.update(part)
+        if len(merged) < self.layout.n_shards:
+            return None
+        return [merged[i] for i in range(self.layout.n_shards)]
 
     def close(self) -> None:
         """Write the full shards already handed over and stop the writer thread, without finishing.
@@ -632,6 +801,7 @@ class StoreWriter:
     def _write_shard(self, shard: int, acts: np.ndarray, toks: np.ndarray) -> None:
         start = shard * self.layout.shard_rows
         stop = start + acts.shape[0]
+        self._stats[shard] = shard_stats(acts, self.layout.dtype)
         self._acts[start:stop] = acts
         self._toks[start:stop] = toks
         if self._fsync:  # the shard files and the directory entries that name them
@@ -642,8 +812,15 @@ class StoreWriter:
                 while f != root:
                     f = f.parent
                     _fsync_path(f)
-        _atomic_write_json(self.path / PROGRESS_FILE, {"rows_written": stop}, self._fsync)
-        self._rows_written = stop
+        if self.world_size == 1:
+            stats = [self._stats[i] for i in range(shard + 1)]
+            _atomic_write_json(self.path / PROGRESS_FILE, {"rows_written": stop, "shard_stats": stats}, self._fsync)
+            self._rows_written = stop
+        else:
+            self._shards_done += 1
+            _atomic_write_json(self.path / rank_progress_name(self.rank, self.world_size),
+                               {"shards_done": self._shards_done, "shard_stats": self._stats}, self._fsync)
+            self._rows_written += stop - start
 
     def _stop_thread(self) -> None:
         if self._thread is None:
@@ -659,22 +836,39 @@ class StoreWriter:
         self._thread = None
 
 
-def _discard_tail(path: Path, acts, toks, done: int, layout: StoreLayout) -> None:
-    """Delete shard files at or past row `done` and zarr's temporary files (a killed write's debris)."""
-    first = -(-done // layout.shard_rows)  # done is shard-aligned or == n_tokens
+def _wait_for_creation(path: Path, rank: int) -> None:
+    import time
+
+    from gsae_cli.progress import notice
+
+    notice(f"harvest rank {rank}: waiting for rank 0 to create the store at {path}")
+    deadline = time.monotonic() + _WAIT_FOR_RANK0_S
+    while not (path / PROGRESS_FILE).is_file() and not (path / COMPLETE_FILE).is_file():
+        if time.monotonic() > deadline:
+            raise StoreError(f"harvest rank {rank} waited {_WAIT_FOR_RANK0_S:.0f} s for rank 0 to create the store at "
+                             f"{path}; start rank 0 (harvest.rank=0) with the same config.")
+        time.sleep(0.5)
+
+
+def _discard_shards(path: Path, acts, toks, shards: list[int], temporaries: bool) -> None:
+    """Delete the files of `shards` (a killed write's debris: shards a writer will write again)
+    and, with `temporaries` (one writer, so no other is mid-write), zarr's temporary files."""
     for arr, key in ((acts, lambda i: (i, 0)), (toks, lambda i: (i,))):
         root = path / arr.basename
-        for shard in range(first, layout.n_shards):
+        for shard in shards:
             f = root / arr.metadata.encode_chunk_key(key(shard))
             if f.exists():
                 f.unlink()
+        if not temporaries:
+            continue
         for dirpath, _, files in os.walk(root):
             for name in files:
                 if name.endswith(".partial"):
                     os.unlink(os.path.join(dirpath, name))
-    tmp = path / (PROGRESS_FILE + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
+    if temporaries:
+        tmp = path / (PROGRESS_FILE + ".tmp")
+        if tmp.exists():
+            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------- reader

@@ -18,7 +18,7 @@ import torch
 from conftest import GSAE, TINY_HOOK, gsae, tiny
 from gsae_cli import store
 from gsae_cli.config import compose_config
-from gsae_cli.harvest import RunningNorms, run_harvest
+from gsae_cli.harvest import run_harvest
 
 
 def _arrays(path):
@@ -164,14 +164,16 @@ def test_training_on_a_damaged_store_exits_2_naming_the_chunk_and_the_fix(out, d
     assert "Traceback" not in proc.stderr and "only zero or non-finite" not in proc.stderr
 
 
-def test_running_norms_on_hand_values():
-    n = RunningNorms()
-    n.update(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
-    n.update(torch.tensor([[1.0, 0.0]]))
-    r = n.result()
+def test_shard_statistics_on_hand_values():
+    a = store.shard_stats(np.array([[3.0, 4.0], [0.0, 0.0]], np.float32), "float32")
+    b = store.shard_stats(np.array([[1.0, 0.0]], np.float32), "float32")
+    assert a == [2, 25.0, 5.0, 5.0] and b == [1, 1.0, 1.0, 1.0]
+    r = store.combine_stats([a, b])
     assert r["mean_sq_norm"] == pytest.approx((25 + 0 + 1) / 3)
     assert r["mean_norm"] == pytest.approx((5 + 0 + 1) / 3)
     assert r["max_norm"] == 5.0 and r["count"] == 3
+    bf16 = torch.tensor([[3.0, 4.0]], dtype=torch.bfloat16).view(torch.uint16).numpy()  # raw store bits
+    assert store.shard_stats(bf16, "bfloat16") == [1, 25.0, 5.0, 5.0]
 
 
 @pytest.mark.parametrize("override, text", [

@@ -73,8 +73,14 @@ def test_round_trip_is_bit_exact(tmp_path, dtype):
     s = open_store(tmp_path / "s")
     tdt = getattr(torch, dtype)
     assert (s.n_tokens, s.d_model, s.dtype, s.chunk_rows, s.n_chunks) == (n, d, tdt, 16, 13)
-    assert s.attrs == {"model": "m", "hook": "h", "norm": 1.5}
+    attrs = dict(s.attrs)
+    norms = attrs.pop("norms")  # the writer's own row statistics, combined over shards
+    assert attrs == {"model": "m", "hook": "h", "norm": 1.5}
     x = s.read_rows(0, n)
+    sq = x.double().pow(2).sum(1)
+    assert norms["count"] == n and norms["mean_sq_norm"] == pytest.approx(sq.mean().item(), rel=1e-12)
+    assert norms["mean_norm"] == pytest.approx(sq.sqrt().mean().item(), rel=1e-12)
+    assert norms["max_norm"] == pytest.approx(sq.max().sqrt().item(), rel=1e-12)
     assert x.dtype == tdt and x.shape == (n, d)
     assert torch.equal(bits(x), bits(gen_rows(0, n, d).to(tdt)))
     toks = s.read_tokens(0, n)
@@ -463,7 +469,9 @@ def test_cheap_helpers(tmp_path):
     assert info["complete"] is False and info["rows_written"] == 64 and info["n_tokens"] == 100
     write_store(path, 100, 4, "bfloat16", start=64)
     assert is_complete(path) and rows_written(path) == 100
-    assert st.store_info(path)["attrs"] == {"model": "m", "norm": 1.5}
+    attrs = st.store_info(path)["attrs"]
+    assert attrs.pop("norms")["count"] == 100  # statistics of the resumed store cover every row
+    assert attrs == {"model": "m", "norm": 1.5}
     open_store(path).verify()
 
 
