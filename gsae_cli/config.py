@@ -130,6 +130,10 @@ class TrainConfig:
     norm_sample_tokens: int = 32_768  # rows sampled to estimate the input scale
     geometric_median_tokens: int = 4096
     shuffle_buffer_chunks: int = 8
+    # The data order's number of streams S (distributed.py): batches are drawn from S contiguous
+    # parts of the store, each shuffled alone (buffer: shuffle_buffer_chunks // S chunks each).
+    # torchrun with N ranks needs N to divide S; one process with the same S trains the same SAE.
+    data_streams: int = 1
     checkpoint_every: int = 100
     log_every: int = 10
     wandb: bool = False
@@ -271,6 +275,9 @@ def _validate(cfg: DictConfig) -> None:
                 "eval.batch_size", "sae.expansion_factor", "data.eval_every", "inspect.top_k",
                 "inspect.n_quantiles", "inspect.per_quantile", "inspect.n_logits", "inspect.n_neighbours",
                 "inspect.hist_bins", "inspect.shard_features", "inspect.page_size", "inspect.study_features"]
+    if cfg.train.data_streams < 1 or cfg.train.batch_size % cfg.train.data_streams:
+        raise ConfigError(f"train.data_streams={cfg.train.data_streams} must be positive and divide "
+                          f"train.batch_size={cfg.train.batch_size} (each stream gives an equal part of a batch).")
     if cfg.threads is not None and cfg.threads <= 0:
         raise ConfigError(f"threads must be positive (or null: this process's share of the cores), got {cfg.threads}.")
     if cfg.inspect.n_tokens is not None and cfg.inspect.n_tokens <= 0:
@@ -381,6 +388,8 @@ def train_identity(cfg: DictConfig) -> dict:
     if not train["resample"]:
         for k in [k for k in train if k.startswith("resample_")]:
             train.pop(k)
+    if train["data_streams"] == 1:  # the one-stream order every SAE before the key had
+        train.pop("data_streams")
     identity = {"stage": "train", "store": harvest_hash(cfg, cfg.hook), "sae": sae, "train": train}
     if cfg.sae.name == "rescale_shift":  # built on a relu SAE: a different baseline, a different SAE
         identity["baseline"] = train_hash(baseline_config(cfg))

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gsae_cli import artifacts, status, store
+from gsae_cli import artifacts, distributed, status, store
 from gsae_cli.config import baseline_config, effective_lr, train_dir, train_hash, train_identity, to_yaml
 from gsae_cli.errors import ArtifactError, ConfigError, StoreError
 from gsae_cli.models import resolve_device
@@ -38,22 +38,35 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
     if cfg.sae.path:  # an SAE from elsewhere: nothing to train
         path = Path(cfg.sae.path).expanduser()
         return TrainResult(path, read_sae_meta(path), True)
+    world = distributed.world_from_env()  # torchrun's ranks train one SAE together
+    distributed.init(world, train_device(cfg, world))
     directory = train_dir(cfg)
     base = None
     if cfg.sae.name == "rescale_shift":  # spec §3: built on the relu SAE of the same config
         base = run_train(baseline_config(cfg)).path
-    with artifacts.locked(directory, f"the {cfg.sae.name} SAE"):
+    # rank 0 holds the artifact's lock and writes every file; the other ranks only compute
+    with artifacts.locked(directory, f"the {cfg.sae.name} SAE") if world.is_main else nullcontext():
         if force:
-            artifacts.remove(directory)
+            if world.is_main:
+                artifacts.remove(directory)
+            distributed.barrier(world)
         if artifacts.is_complete(directory):
             notice(f"reusing trained SAE {directory}")
             return TrainResult(directory, artifacts.read_json(directory / "summary.json"), True)
         from gsae_cli.harvest import run_harvest
 
         store_path = run_harvest(OmegaConf.merge(cfg, {"hooks": []}))[0].path
-        with status.recording(directory):
-            summary = Trainer(cfg, directory, store_path, base).fit()
+        distributed.barrier(world)  # a distributed harvest is complete once every rank is past it
+        with status.recording(directory) if world.is_main else nullcontext():
+            summary = Trainer(cfg, directory, store_path, base, world).fit()
     return TrainResult(directory, summary, False)
+
+
+def train_device(cfg: DictConfig, world: distributed.World) -> torch.device:
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world.size > 1:
+        return torch.device("cuda", world.local_rank)  # one GPU per rank on each node
+    return device
 
 
 def input_scale(sample: torch.Tensor, where: Path | str = "the activation store") -> float:
@@ -147,11 +160,21 @@ class Trainer:
     """One training run. Each step: (resample, at a check) -> forward -> backward -> project the
     decoder gradient -> Adam step at base LR x `lr_multiplier` -> renormalise decoder rows."""
 
-    def __init__(self, cfg: DictConfig, directory: Path, store_path: Path, base_sae_dir: Path | None):
+    def __init__(self, cfg: DictConfig, directory: Path, store_path: Path, base_sae_dir: Path | None,
+                 world: distributed.World = distributed.World()):
         self.cfg, self.tc, self.dir = cfg, cfg.train, directory
+        self.world = world
         self.store = store.open_store(store_path)
         self.store_path = store_path
-        self.device = resolve_device(cfg.device)
+        self.device = train_device(cfg, world)
+        streams = self.tc.data_streams
+        if streams % world.size:
+            raise ConfigError(f"train.data_streams={streams} cannot be split among {world.size} ranks; set "
+                              f"train.data_streams to a multiple of {world.size} (the same value trains the "
+                              "same SAE with any rank count that divides it).")
+        if streams > self.store.n_chunks:
+            raise ConfigError(f"train.data_streams={streams} exceeds the store's {self.store.n_chunks} chunks; "
+                              "lower it or harvest with a smaller harvest.chunk_rows.")
         self.n_steps = max(1, self.tc.n_tokens // self.tc.batch_size)
         self.lr = effective_lr(cfg)
         self.resample_schedule = ResampleSchedule.of(self.tc, self.n_steps)
@@ -206,6 +229,8 @@ class Trainer:
     # ---- checkpoints ----------------------------------------------------------------------
 
     def _save_checkpoint(self) -> None:
+        if not self.world.is_main:
+            return
         state = {"step": self.step, "sae": self.sae.state_dict(), "opt": self.opt.state_dict(),
                  "resamples": self.resamples, "steps_since_fired": self.steps_since_fired,
                  "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
@@ -237,7 +262,7 @@ class Trainer:
         self.step = state["step"]
         # Drop log lines written after the checkpoint (at step <= it they were logged before saving).
         log = self.dir / METRICS
-        if log.exists():
+        if log.exists() and self.world.is_main:
             kept = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
             artifacts.atomic_write_text(log, "".join(ln + "\n" for ln in kept))
         return True
@@ -245,8 +270,10 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------
 
     def fit(self) -> dict:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        artifacts.atomic_write_text(self.dir / "config.yaml", to_yaml(self.cfg))
+        if self.world.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            artifacts.atomic_write_text(self.dir / "config.yaml", to_yaml(self.cfg))
+        distributed.barrier(self.world)
         if self._load_checkpoint():
             notice(f"resuming training at step {self.step:,} of {self.n_steps:,}")
         tc = self.tc
@@ -255,18 +282,16 @@ class Trainer:
             notice(f"train.n_tokens={wanted:,} is {wanted / self.store.n_tokens:.2f}x the store's "
                    f"{self.store.n_tokens:,} rows: training repeats data. Raise harvest.n_tokens to at "
                    "least train.n_tokens to train on every row once.")
-        batches = store.ShuffledBatches(
-            self.store, tc.batch_size, n_tokens=self.n_steps * tc.batch_size, seed=tc.seed,
-            buffer_chunks=tc.shuffle_buffer_chunks, start_batch=self.step, device=self.device)
+        batches = self._batches()
         loss_fn = torch.compile(self.sae.loss) if tc.compile else self.sae.loss
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                     if tc.autocast == "bf16" and self.device.type == "cuda" else nullcontext())
-        logger = _WandbLogger(self.cfg, self.dir) if tc.wandb else None
+        logger = _WandbLogger(self.cfg, self.dir) if tc.wandb and self.world.is_main else None
         window: list[dict] = []
         t_start = time.monotonic()
         start_step = self.step
         last = {}
-        with open(self.dir / METRICS, "a") as log, \
+        with open(self.dir / METRICS, "a") if self.world.is_main else nullcontext() as log, \
                 track(f"train {self.cfg.sae.name}", self.n_steps * tc.batch_size, "tokens",
                       completed=self.step * tc.batch_size) as bar:
             for x in batches:
@@ -283,16 +308,21 @@ class Trainer:
                 with autocast:
                     out = loss_fn(x, l1)
                     total = out.total()
-                if not torch.isfinite(total):
+                reported = total.detach().clone()
+                distributed.average_([reported], self.world)  # every rank stops together
+                if not torch.isfinite(reported):
                     raise ArtifactError(
                         f"The loss became {total.item()} at step {self.step}; lower the learning rate "
                         f"(train.lr={self.lr / 3:.3g}, say). The last checkpoint in {self.dir} is intact.")
                 self.opt.zero_grad(set_to_none=True)
                 total.backward()
+                # each rank's loss is the mean over its equal share of the batch: the mean of the
+                # ranks' gradients is the gradient of the global batch's mean loss
+                distributed.average_([p.grad for p in self.sae.parameters() if p.grad is not None], self.world)
                 self.sae.constrain_decoder_grad_()
                 self.opt.step()
                 self.sae.renormalise_decoder_()
-                fired = out.active.any(dim=0)
+                fired = distributed.any_(out.active.any(dim=0), self.world)
                 self.steps_since_fired += 1
                 self.steps_since_fired[fired] = 0
                 self.step += 1
@@ -306,13 +336,27 @@ class Trainer:
                                 loss=f"{last['loss']:.4f}", l0=f"{last['l0']:.1f}")
                 if self.step % tc.checkpoint_every == 0 and self.step < self.n_steps:
                     self._save_checkpoint()
-        batches.close()
-        wait = batches.wait_seconds
+        for b in batches.streams:
+            b.close()
+        wait = sum(b.wait_seconds for b in batches.streams)
         elapsed = time.monotonic() - t_start
         summary = self._finish(last, elapsed, start_step, wait)
         if logger:
             logger.finish(summary)
         return summary
+
+    def _batches(self) -> "_StreamBatches":
+        """This rank's part of every global batch: its data streams' sub-batches, in stream order
+        (distributed.py). One stream is the plain shuffled order of the whole store."""
+        tc, S = self.tc, self.tc.data_streams
+        ranges = distributed.stream_ranges(self.store.n_chunks, self.store.chunk_rows, self.store.n_tokens, S)
+        buffer = tc.shuffle_buffer_chunks if S == 1 else max(2, tc.shuffle_buffer_chunks // S)
+        streams = [store.ShuffledBatches(
+            self.store, tc.batch_size // S, row_range=None if S == 1 else ranges[s],
+            n_batches=self.n_steps, seed=tc.seed if S == 1 else tc.seed + s, buffer_chunks=buffer,
+            start_batch=self.step, device=self.device)
+            for s in range(self.world.rank, S, self.world.size)]
+        return _StreamBatches(streams)
 
     @torch.no_grad()
     def _maybe_resample(self, x: torch.Tensor) -> None:
@@ -320,6 +364,7 @@ class Trainer:
         (Bricken et al. 2023; `SAE.resample_`) and zero their Adam moments."""
         if not self.tc.resample or not self.resample_schedule.is_check(self.step):
             return
+        x = distributed.gather_streams(x, self.world, self.tc.data_streams)  # the same rows on every rank
         dead = self.steps_since_fired >= self.resample_schedule.dead_steps
         if not bool(dead.any()):
             return
@@ -333,14 +378,18 @@ class Trainer:
         """One metrics.jsonl row for the steps since the previous row: mean loss terms and L0; `lr`
         of the window's last update; `resampled`, features resampled within the window (from the
         checkpointed event list, so a resumed run logs what an uninterrupted one does)."""
-        keys = window[0].keys()
-        row = {k: float(torch.stack([w[k] for w in window]).float().mean()) for k in keys}
+        keys = list(window[0].keys())
+        means = torch.stack([torch.stack([w[k] for w in window]).float().mean() for k in keys])
+        distributed.average_([means], self.world)  # each rank saw an equal share of every batch
+        row = {k: float(v) for k, v in zip(keys, means)}
         elapsed = max(time.monotonic() - t_start, 1e-9)
         window_start = (self.step - 1) // self.tc.log_every * self.tc.log_every
         row |= {"step": self.step, "tokens": self.step * self.tc.batch_size, "lr": lr, "l1_coefficient": l1,
                 "resampled": sum(e["n"] for e in self.resamples if window_start <= e["step"] < self.step),
                 "frac_dead": float((self.steps_since_fired >= self.resample_schedule.dead_steps).float().mean()),
                 "tokens_per_s": (self.step - start_step) * self.tc.batch_size / elapsed}
+        if not self.world.is_main:
+            return row
         log.write(json.dumps(row) + "\n")
         log.flush()
         if logger:
@@ -348,6 +397,9 @@ class Trainer:
         return row
 
     def _finish(self, last: dict, elapsed: float, start_step: int, wait: float) -> dict:
+        if not self.world.is_main:  # rank 0 writes the SAE; the others return what it wrote
+            distributed.barrier(self.world)
+            return artifacts.read_json(self.dir / "summary.json")
         self.sae.fold_input_scale_(self.scale)  # the saved SAE takes raw activations
         if self.base_relu is not None:
             # Folding the frozen biases by 1/s and back by s can miss them by an ulp; the frozen
@@ -372,7 +424,20 @@ class Trainer:
         artifacts.write_json(self.dir / "summary.json", summary)
         artifacts.mark_complete(self.dir)
         (self.dir / CHECKPOINT).unlink(missing_ok=True)
+        distributed.barrier(self.world)
         return summary
+
+
+class _StreamBatches:
+    """Zips the sub-batches of several streams into one batch per step."""
+
+    def __init__(self, streams: list):
+        self.streams = streams
+
+    def __iter__(self):
+        if len(self.streams) == 1:
+            return iter(self.streams[0])
+        return (torch.cat(parts) for parts in zip(*self.streams))
 
 
 class _WandbLogger:
