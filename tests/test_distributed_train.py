@@ -100,3 +100,28 @@ def _workers(marker: str) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def test_the_slurm_script_launches_a_real_two_rank_training(tmp_path):
+    """sweeps/slurm_train.sbatch under stand-ins for srun (runs its command once: one node) and
+    scontrol (names this host), so its torchrun rendezvous and arguments run for real."""
+    import socket
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\necho localhost\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    slurm = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "localhost",
+             "SLURM_JOB_ID": "4242", "NPROC_PER_NODE": "2", "MASTER_PORT": str(port), "GSAE_PYTHON": sys.executable}
+    script = Path(__file__).resolve().parent.parent / "sweeps" / "slurm_train.sbatch"
+    proc = subprocess.run([str(script), *tiny(tmp_path / "slurm", "train.data_streams=2")], capture_output=True,
+                          text=True, env={**env(), **slurm}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 node(s) x 2 process(es), rendezvous at localhost" in proc.stderr
+    out = Path(proc.stdout.strip().splitlines()[-1])
+    assert (out / "COMPLETE").exists() and json.loads((out / "summary.json").read_text())["steps"] == 16

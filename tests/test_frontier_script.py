@@ -52,3 +52,12 @@ def test_one_job_runs_members_in_order(tmp_path):
 def test_bad_jobs_is_refused(tmp_path):
     proc, calls = frontier(tmp_path, JOBS="0")
     assert proc.returncode == 2 and "JOBS=0" in proc.stderr and calls == []
+
+
+def test_slurm_array_mode_runs_only_its_member(tmp_path):
+    proc, calls = frontier(tmp_path, SLURM_ARRAY_TASK_ID="2")
+    assert proc.returncode == 0, proc.stderr
+    assert [c.split()[0] for c in calls] == ["eval"]  # no harvest pass, no report: one member
+    assert "sae=gated" in calls[0] and "sae.l1_coefficient=0.1" in calls[0]  # member 2: gated, first λ
+    proc, calls = frontier(tmp_path, SLURM_ARRAY_TASK_ID="9")
+    assert proc.returncode == 2 and "--array=0-3" in proc.stderr
