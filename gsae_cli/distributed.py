@@ -29,7 +29,15 @@ class World:
         return self.rank == 0
 
 
+# Set by a sweep launched under torchrun (`torchrun ... -m gsae_cli train -m ...`): its members are
+# spread over the ranks (sparsify's "distribute modules"), so each member runs as one process.
+SPREAD_MEMBERS = "GSAE_SPREAD_MEMBERS"
+
+
 def world_from_env() -> World:
+    """torchrun's world (RANK, WORLD_SIZE, LOCAL_RANK), or one process."""
+    if os.environ.get(SPREAD_MEMBERS) == "1":
+        return World()
     size = int(os.environ.get("WORLD_SIZE", 1))
     return World(int(os.environ.get("RANK", 0)), size, int(os.environ.get("LOCAL_RANK", 0)))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from gsae_cli import artifacts, status, store
+from gsae_cli import artifacts, distributed, status, store
 from gsae_cli.config import corpus_identity, harvest_dir, harvest_hash, harvest_identity, to_yaml
 from gsae_cli.data import batched_windows, kept_positions, token_windows
 from gsae_cli.errors import ConfigError
@@ -62,8 +61,9 @@ def harvest_world(cfg: DictConfig) -> tuple[int, int]:
     """(rank, world_size) of this harvest process: harvest.rank / harvest.world_size, else
     torchrun's RANK / WORLD_SIZE, else (0, 1)."""
     hc = cfg.harvest
-    world = hc.world_size if hc.world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
-    rank = hc.rank if hc.rank is not None else int(os.environ.get("RANK", 0))
+    env = distributed.world_from_env()
+    world = hc.world_size if hc.world_size is not None else env.size
+    rank = hc.rank if hc.rank is not None else env.rank
     if world < 1 or not 0 <= rank < world:
         raise ConfigError(f"harvest.rank={rank} and harvest.world_size={world} do not fit: ranks run 0..world_size-1.")
     return rank, world

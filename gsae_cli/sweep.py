@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import shlex
 import sys
 from collections import OrderedDict
@@ -122,6 +123,14 @@ def run_sweep(members: list[Member], stage: Callable[[Member], object],
     Rerunning the same command resumes, since finished artifacts are reused."""
     import typer
 
+    from gsae_cli import distributed
+
+    world = distributed.world_from_env()
+    if world.size > 1:  # under torchrun: the members are spread over the ranks, each run alone
+        members = members[world.rank::world.size]
+        os.environ[distributed.SPREAD_MEMBERS] = "1"
+        print(f"rank {world.rank} of {world.size}: {len(members)} of the sweep's members (every "
+              f"{world.size}th from #{world.rank + 1})", file=sys.stderr, flush=True)
     n = len(members)
     codes: dict[int, int] = {}
     failed: list[tuple[Member, int]] = []

@@ -125,3 +125,17 @@ def test_the_slurm_script_launches_a_real_two_rank_training(tmp_path):
     assert "1 node(s) x 2 process(es), rendezvous at localhost" in proc.stderr
     out = Path(proc.stdout.strip().splitlines()[-1])
     assert (out / "COMPLETE").exists() and json.loads((out / "summary.json").read_text())["steps"] == 16
+
+
+def test_a_sweep_under_torchrun_spreads_its_members_over_the_ranks(tmp_path):
+    """sparsify's "distribute modules": one launch, each rank trains its own members alone."""
+    proc = torchrun("train", "-m", *tiny(tmp_path / "spread", "sae.l1_coefficient=0.1,0.2,0.3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 of 2: 2 of the sweep's members" in proc.stderr
+    assert "rank 1 of 2: 1 of the sweep's members" in proc.stderr
+    done = sorted((tmp_path / "spread" / "train").glob("*/COMPLETE"))
+    assert len(done) == 3
+    coeffs = sorted(json.loads((d.parent / "summary.json").read_text())["l1_coefficient"] for d in done)
+    assert coeffs == [0.1, 0.2, 0.3]
+    one = gsae("train", *tiny(tmp_path / "spread", "sae.l1_coefficient=0.2"), check=True)
+    assert "reusing trained SAE" in one.stderr  # each member is the ordinary one-process SAE
