@@ -221,7 +221,8 @@ def _register() -> None:
 
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose `conf/config.yaml` with Hydra override strings; errors become ConfigError.
-    Folders in GSAE_CONFIG_PATH are searched before the built-in tree (paths.py)."""
+    Folders in GSAE_CONFIG_PATH are searched after the built-in tree, for options of their own
+    (paths.py); a `hydra.searchpath=[...]` override replaces them."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -230,7 +231,8 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             extra = paths.extra_conf_dirs()
-            search = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in extra)}]"] if extra else []
+            own = any(o.startswith("hydra.searchpath=") for o in overrides)  # the user's own wins
+            search = [f"hydra.searchpath=[{','.join(repr(f'file://{d}') for d in extra)}]"] if extra and not own else []
             cfg = compose(config_name="config", overrides=[*search, *overrides])
     except (HydraException, OmegaConfBaseException) as e:
         msg = _tidy_hydra_message(e)

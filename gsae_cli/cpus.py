@@ -22,6 +22,10 @@ def available_cores() -> int:
         affinity = len(os.sched_getaffinity(0))  # respects taskset / cgroup cpusets
     except AttributeError:  # macOS
         affinity = os.cpu_count() or 1
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        # torchrun sets OMP_NUM_THREADS=1 in every worker, so torch's own count says 1: not the
+        # user's choice, and not the machine; divide what the process may run on instead
+        return max(1, affinity)
     return max(1, min(_DEFAULT, affinity))
 
 

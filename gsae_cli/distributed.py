@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -42,10 +43,27 @@ def world_from_env() -> World:
     return World(int(os.environ.get("RANK", 0)), size, int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def rank_device(name: str) -> torch.device:
+    """The device config names, made this process's own GPU under torchrun (cuda:LOCAL_RANK):
+    also for a sweep's members spread over ranks, which run as single processes."""
+    from gsae_cli.models import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+# A rank may wait at a barrier while another finishes its part of a long harvest.
+TIMEOUT = timedelta(hours=float(os.environ.get("GSAE_DIST_TIMEOUT_HOURS", 24)))
+
+
 def init(world: World, device: torch.device) -> None:
     """Join the process group (once per process) when there is more than one rank."""
     if world.size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
 
 
 def barrier(world: World) -> None:
@@ -64,6 +82,14 @@ def average_(tensors: list[torch.Tensor], world: World) -> None:
     for t in tensors:
         t.copy_(flat[offset:offset + t.numel()].view_as(t))
         offset += t.numel()
+
+
+def broadcast_(tensors: list[torch.Tensor], world: World) -> None:
+    """In place: rank 0's values everywhere (insurance that every rank starts from the same weights)."""
+    if world.size > 1:
+        with torch.no_grad():
+            for t in tensors:
+                dist.broadcast(t, src=0)
 
 
 def any_(mask: torch.Tensor, world: World) -> torch.Tensor:

@@ -17,7 +17,7 @@ from gsae_cli import artifacts, distributed, status, store
 from gsae_cli.config import corpus_identity, harvest_dir, harvest_hash, harvest_identity, to_yaml
 from gsae_cli.data import batched_windows, kept_positions, token_windows
 from gsae_cli.errors import ConfigError
-from gsae_cli.models import DTYPES, LoadedModel, load_model, resolve_device, validate_hooks
+from gsae_cli.models import DTYPES, LoadedModel, load_model, validate_hooks
 from gsae_cli.progress import notice, track
 
 
@@ -116,7 +116,7 @@ def _harvest(cfg: DictConfig, hooks: list[str], dirs: dict[str, Path], rank: int
     several), so every rank and every resume sees each batch exactly as one uninterrupted
     process would. Returns, per hook, whether the store is complete."""
     hc = cfg.harvest
-    device = resolve_device(cfg.device)
+    device = distributed.rank_device(cfg.device)  # each local rank its own GPU
     model = load_model(cfg.model, device)
     validate_hooks(model, hooks)
     keep = kept_positions(hc.ctx_len, cfg.site_start)
@@ -130,13 +130,13 @@ def _harvest(cfg: DictConfig, hooks: list[str], dirs: dict[str, Path], rank: int
     widths = {h: (store.store_info(dirs[h]) or {}).get("d_model") for h in hooks}
     if any(w is None for w in widths.values()):  # a new store: one window tells each hook's width
         probe = capture(model, first[:1], hooks)
-        widths = {h: widths[h] or probe[h].shape[-1] for h in hooks}
+        widths = {h: widths[h] or probe[h][0, 0].numel() for h in hooks}  # a row: one position, flattened
     writers: dict[str, store.StoreWriter] = {}
     try:
         for h in hooks:
             writers[h] = _open_writer(cfg, h, dirs[h], widths[h], rank, world)
         lead = writers[hooks[0]]
-        if lead.next_row:
+        if lead.owned_rows(0, lead.next_row):  # some of this process's rows are already on disk
             notice(f"resuming harvest{f' rank {rank} of {world}' if world > 1 else ''} at row {lead.next_row:,} "
                    f"of {hc.n_tokens:,}")
         todo = lead.owned_rows(lead.next_row, hc.n_tokens)

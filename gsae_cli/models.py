@@ -100,9 +100,22 @@ def prepare_gguf_model(model_cfg) -> Path:
     Written to a temporary folder and renamed into place, so a killed conversion leaves nothing.
     A folder without the special-token record (converted by an older gsae) is converted again."""
     target = converted_dir(model_cfg)
-    if ((target / "config.json").exists() and any(target.glob("*.safetensors"))
-            and (target / SPECIAL_TOKENS_FILE).exists()):
+
+    def done() -> bool:
+        return ((target / "config.json").exists() and any(target.glob("*.safetensors"))
+                and (target / SPECIAL_TOKENS_FILE).exists())
+
+    if done():
         return target
+    from gsae_cli import artifacts
+
+    with artifacts.locked(target, "the converted default model"):  # ranks or sweep members starting together
+        if not done():
+            _convert_gguf(model_cfg, target)
+    return target
+
+
+def _convert_gguf(model_cfg, target: Path) -> None:
     gguf_path = _gguf_file(model_cfg)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -129,7 +142,6 @@ def prepare_gguf_model(model_cfg) -> Path:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def gguf_tokenizer(model_cfg):

@@ -5,8 +5,10 @@ installed wheel carries the same configs inside the package (`gsae_cli/conf`, bu
 top-level `conf/`) and keeps the converted default model and the corpus file in a user cache
 directory, like the Hugging Face cache. Environment variables override each:
   GSAE_CONF_DIR     the config tree to compose from (replaces the built-in one)
-  GSAE_CONFIG_PATH  more config folders searched first, os.pathsep-separated: a
-                    `model/my-model.yaml` there makes `model=my-model` work without copying the tree
+  GSAE_CONFIG_PATH  more config folders, os.pathsep-separated, searched after the built-in tree
+                    (Hydra appends search paths): a `model/my-model.yaml` there makes `model=my-model`
+                    work without copying the tree; to change a built-in option, copy the tree and
+                    point GSAE_CONF_DIR at it
   GSAE_DATA_DIR     where the converted model and the corpus file live
                     (default in an installed copy: $XDG_CACHE_HOME/gsae, else ~/.cache/gsae)
 Outputs go to `out_dir` (default `outputs`, relative to the current directory) in both cases.

@@ -105,11 +105,12 @@ def rank_progress_name(rank: int, world_size: int) -> str:
 
 def shard_stats(rows: np.ndarray, dtype: str) -> list[float]:
     """[rows, Σ||x||², Σ||x||, max ||x||] of one shard's rows (raw store bits), in float64."""
-    x = torch.from_numpy(rows)
-    x = (x.view(torch.bfloat16) if dtype == "bfloat16" else x).double()
-    sq = x.pow(2).sum(dim=1)
-    if sq.numel() == 0:
+    if rows.shape[0] == 0:
         return [0, 0.0, 0.0, 0.0]
+    x = torch.from_numpy(rows)
+    x = x.view(torch.bfloat16) if dtype == "bfloat16" else x
+    # squared norms block by block: a float64 copy of a whole 64 MiB shard would be ~0.5 GB
+    sq = torch.cat([x[i:i + 8192].double().pow(2).sum(dim=1) for i in range(0, x.shape[0], 8192)])
     return [int(sq.numel()), float(sq.sum()), float(sq.sqrt().sum()), float(sq.max().sqrt())]
 
 
@@ -504,7 +505,10 @@ class StoreWriter:
             # Rows past the last complete shard are rewritten from scratch.
             done = layout.n_tokens if done >= layout.n_tokens else done - done % layout.shard_rows
             shards_done = -(-done // layout.shard_rows)
-            stats = {} if complete else dict(enumerate(_read_json(path / PROGRESS_FILE).get("shard_stats", [])))
+            try:  # statistics missing or unreadable are recomputed from the shards below
+                stats = {} if complete else dict(enumerate(_read_json(path / PROGRESS_FILE).get("shard_stats", [])))
+            except (OSError, ValueError, AttributeError):
+                stats = {}
         try:
             group = zarr.open_group(str(path), mode="r+" if not complete else "r")
             acts, toks = group["activations"], group["tokens"]

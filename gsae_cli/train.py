@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from gsae_cli import artifacts, distributed, status, store
 from gsae_cli.config import baseline_config, effective_lr, train_dir, train_hash, train_identity, to_yaml
 from gsae_cli.errors import ArtifactError, ConfigError, StoreError
-from gsae_cli.models import resolve_device
 from gsae_cli.progress import notice, track
 from gsae_cli.sae_io import load_sae, read_sae_meta, save_sae
 from gsae_cli.saes import SAE, RescaleShiftSAE, build_sae, geometric_median, reset_adam_state_
@@ -39,6 +38,10 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
         path = Path(cfg.sae.path).expanduser()
         return TrainResult(path, read_sae_meta(path), True)
     world = distributed.world_from_env()  # torchrun's ranks train one SAE together
+    if cfg.train.data_streams % world.size:  # before any harvest, not after
+        raise ConfigError(f"train.data_streams={cfg.train.data_streams} cannot be split among {world.size} ranks; "
+                          f"set train.data_streams to a multiple of {world.size} (the same value trains the same "
+                          "SAE with any rank count that divides it).")
     distributed.init(world, train_device(cfg, world))
     directory = train_dir(cfg)
     base = None
@@ -46,6 +49,7 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
         base = run_train(baseline_config(cfg)).path
     # rank 0 holds the artifact's lock and writes every file; the other ranks only compute
     with artifacts.locked(directory, f"the {cfg.sae.name} SAE") if world.is_main else nullcontext():
+        distributed.barrier(world)  # every rank decides "complete?" after rank 0 holds the lock
         if force:
             if world.is_main:
                 artifacts.remove(directory)
@@ -63,10 +67,7 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
 
 
 def train_device(cfg: DictConfig, world: distributed.World) -> torch.device:
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and world.size > 1:
-        return torch.device("cuda", world.local_rank)  # one GPU per rank on each node
-    return device
+    return distributed.rank_device(cfg.device)  # one GPU per rank on each node
 
 
 def input_scale(sample: torch.Tensor, where: Path | str = "the activation store") -> float:
@@ -168,10 +169,6 @@ class Trainer:
         self.store_path = store_path
         self.device = train_device(cfg, world)
         streams = self.tc.data_streams
-        if streams % world.size:
-            raise ConfigError(f"train.data_streams={streams} cannot be split among {world.size} ranks; set "
-                              f"train.data_streams to a multiple of {world.size} (the same value trains the "
-                              "same SAE with any rank count that divides it).")
         if streams > self.store.n_chunks:
             raise ConfigError(f"train.data_streams={streams} exceeds the store's {self.store.n_chunks} chunks; "
                               "lower it or harvest with a smaller harvest.chunk_rows.")
@@ -276,6 +273,7 @@ class Trainer:
         distributed.barrier(self.world)
         if self._load_checkpoint():
             notice(f"resuming training at step {self.step:,} of {self.n_steps:,}")
+        distributed.broadcast_(list(self.sae.parameters()), self.world)
         tc = self.tc
         wanted = self.n_steps * tc.batch_size
         if wanted > self.store.n_tokens:  # allowed, but the user should know data repeats

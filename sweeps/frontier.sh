@@ -153,7 +153,8 @@ if (( rc != 0 )); then
 fi
 
 status_dir=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$status_dir"; echo "frontier.sh: interrupted; rerun to resume (finished members are reused)." >&2; exit 130' INT TERM
+# (each job is a subshell whose gsae is its child: stop both, or the gsae runs on holding its lock)
+trap 'for j in $(jobs -p); do pkill -TERM -P "$j"; kill "$j"; done 2>/dev/null; rm -rf "$status_dir"; echo "frontier.sh: interrupted; rerun to resume (finished members are reused)." >&2; exit 130' INT TERM
 
 one_member() {  # index member: runs it, records "exit-code description" in $status_dir/index
     local hook t arch c lr start=$SECONDS rc

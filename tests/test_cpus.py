@@ -58,3 +58,9 @@ def test_a_process_started_with_a_share_uses_it():
             "print(torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "1", out.stderr
+
+
+def test_torchrun_workers_divide_the_machine_not_torchruns_one_thread(eight_cores, monkeypatch):
+    monkeypatch.setattr(cpus, "_DEFAULT", 1)  # torchrun exports OMP_NUM_THREADS=1 to its workers
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert cpus.thread_share(None) == 2

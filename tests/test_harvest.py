@@ -226,3 +226,9 @@ def test_harvest_killed_inside_finish_completes_on_rerun(out):
     after = _arrays(path)
     assert store.is_complete(path)
     assert torch.equal(before[0].view(torch.int16), after[0].view(torch.int16)) and torch.equal(before[1], after[1])
+
+
+def test_a_per_head_hook_stores_one_flattened_row_per_position(out):
+    proc = gsae("harvest", *tiny(out, "hook=blocks.1.attn.hook_z", "harvest.n_tokens=1016"), check=True)
+    s = store.open_store(proc.stdout.strip().splitlines()[-1])
+    assert s.d_model == 64  # 4 heads x d_head 16, flattened: the width the probe must report
