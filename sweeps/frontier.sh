@@ -185,8 +185,8 @@ done
 wait
 
 failed=()
-for f in "$status_dir"/*; do
-    read -r rc what < "$f"
+for k in $(ls "$status_dir" | sort -n); do  # in member order
+    read -r rc what < "$status_dir/$k"
     (( rc != 0 )) && failed+=("$what (exit $rc)")
 done
 rm -rf "$status_dir"
