@@ -279,8 +279,10 @@ def list_artifacts(out_dir: Path) -> list[dict]:
         for p in base.iterdir():
             if p.name.startswith("."):
                 # `.NAME.lock` without NAME: a stage that holds the lock but has written nothing yet
-                if p.name.endswith(".lock") and not (base / p.name[1:-5]).exists() and status.is_running(base / p.name[1:-5]):
-                    names.add(p.name[1:-5])
+                # (`.NAME.rank<r>of<N>.lock`: one rank of a distributed harvest)
+                name = re.sub(r"\.rank\d+of\d+$", "", p.name[1:-5])
+                if p.name.endswith(".lock") and not (base / name).exists() and status.is_running(base / name):
+                    names.add(name)
                 continue  # lock files, .trash-* of a --force rebuild, temporary files
             if p.is_dir():
                 names.add(p.name)

@@ -10,6 +10,7 @@ Anything else that exists is `partial`: killed, interrupted, or resumable.
 from __future__ import annotations
 
 import fcntl
+import glob
 import os
 import time
 from contextlib import contextmanager
@@ -69,10 +70,17 @@ def lock_path(directory: Path) -> Path:
 
 
 def is_running(directory: Path) -> bool:
-    """Whether another process holds `directory`'s lock now. We try a non-blocking *shared*
-    lock: it conflicts only with a builder's exclusive lock, never with another `gsae ls`,
-    and we release it at once. Opening read-only never creates a lock file."""
-    path = lock_path(directory)
+    """Whether another process holds `directory`'s lock now, or (a store harvested by several
+    ranks) any rank's lock, `.NAME.rank<r>of<N>.lock`."""
+    directory = Path(directory)
+    ranks = directory.parent.glob(f".{glob.escape(directory.name)}.rank*of*.lock")
+    return any(_held(p) for p in [lock_path(directory), *ranks])
+
+
+def _held(path: Path) -> bool:
+    """We try a non-blocking *shared* lock: it conflicts only with a builder's exclusive lock,
+    never with another `gsae ls`, and we release it at once. Opening read-only never creates a
+    lock file."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

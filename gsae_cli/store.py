@@ -711,6 +711,12 @@ class StoreWriter:
             if stats is None:
                 return False
             final["norms"] = combine_stats(stats)
+            if self.world_size > 1:  # killed ranks' debris; every part is done, so no rank is writing
+                for root in (self.path / "activations", self.path / "tokens"):
+                    for f in root.rglob("*.partial"):
+                        f.unlink(missing_ok=True)
+                for f in self.path.glob("progress*.json.tmp"):
+                    f.unlink(missing_ok=True)
             try:
                 self._group.attrs.update(final)
                 if self._fsync:

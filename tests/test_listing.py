@@ -195,3 +195,16 @@ def test_overrides_are_told_from_paths():
         assert is_override(token) and override_key(token) == key
     for token in ("outputs/eval/m__h", "./a=b", "/abs/x=1", "~/outputs", "~user/outputs", "x", "=a"):
         assert not is_override(token) and override_key(token) is None
+
+
+def test_a_distributed_harvest_is_running_while_any_rank_holds_its_lock(outputs):
+    fresh = outputs / "harvest" / f"smollm2-135m__{HOOK}__abab"  # rank 1 started, nothing written yet
+    fh = open(fresh.with_name(f".{fresh.name}.rank1of2.lock"), "a+")
+    fcntl.flock(fh, fcntl.LOCK_EX)
+    try:
+        rows = _by_name(list_artifacts(outputs))
+        assert rows[fresh.name]["status"] == "running"
+        assert not [n for n in rows if ".rank" in n]  # one row per store, not one per rank
+    finally:
+        fh.close()
+    assert fresh.name not in _by_name(list_artifacts(outputs))

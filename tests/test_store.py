@@ -485,3 +485,28 @@ def test_all_zero_rows_and_token_ids_are_stored_not_mistaken_for_missing_shards(
     s = open_store(tmp_path / "z")
     assert torch.equal(s.read_rows(0, 64).float(), torch.zeros(64, 4))
     assert torch.equal(s.read_tokens(0, 64), torch.zeros(64, dtype=torch.int32))
+
+
+def test_two_writers_fill_one_store_like_one_writer_and_the_last_completes_it(tmp_path):
+    n, d = 203, 12  # 7 shards of 32 rows (chunk 16 x 2): rank 0 owns 0,2,4,6 and rank 1 owns 1,3,5
+    one = write_store(tmp_path / "one", n, d, "bfloat16")
+    assert one.complete
+    w0 = StoreWriter.open(tmp_path / "two", d, n, "bfloat16", 16, {"model": "m"}, shard_chunks=2, rank=0, world_size=2)
+    w1 = StoreWriter.open(tmp_path / "two", d, n, "bfloat16", 16, {"model": "m"}, shard_chunks=2, rank=1, world_size=2)
+    assert (w0.next_row, w1.next_row) == (0, 32)
+    assert w0.owned_rows(0, n) == 32 * 3 + (n - 192) and w1.owned_rows(0, n) == 96
+    for start in range(0, n, 50):  # both see every block, in order; each keeps its own shards
+        k = min(50, n - start)
+        for w in (w0, w1):
+            if w.needs(start, start + k):
+                w.append_at(start, gen_rows(start, k, d), gen_tokens(start, k))
+    debris = tmp_path / "two" / "activations" / "c" / "9.partial"  # a killed rank's half-written file
+    debris.parent.mkdir(parents=True, exist_ok=True)
+    debris.write_bytes(b"x")
+    assert w1.finish({"norm": 1.5}) is False and not is_complete(tmp_path / "two")  # rank 0 not done
+    w0.flush()  # every row is on disk now, yet the store is complete only once rank 0 finishes
+    assert rows_written(tmp_path / "two") == n and not is_complete(tmp_path / "two")
+    assert w0.finish({"norm": 1.5}) is True and is_complete(tmp_path / "two")
+    assert not debris.exists()
+    assert_same_store(tmp_path / "one", tmp_path / "two")
+    assert open_store(tmp_path / "two").attrs["norms"] == open_store(tmp_path / "one").attrs["norms"]
