@@ -133,11 +133,13 @@ def _world_size(path: Path) -> int:
         return 1
 
 
-def _rank_progress(path: Path, rank: int, world_size: int) -> dict[str, Any]:
+def _rank_progress(path: Path, rank: int, world_size: int) -> tuple[int, dict[int, list[float]]]:
+    """(owned shards done, their statistics by shard index) from a rank's progress file."""
     try:
-        return _read_json(path / rank_progress_name(rank, world_size))
+        part = _read_json(path / rank_progress_name(rank, world_size))
     except (OSError, ValueError):
-        return {"shards_done": 0, "shard_stats": {}}
+        return 0, {}
+    return int(part["shards_done"]), {int(k): v for k, v in part.get("shard_stats", {}).items()}
 
 
 def owned_shards(n_shards: int, rank: int, world_size: int) -> list[int]:
@@ -304,7 +306,7 @@ def rows_written(path: str | os.PathLike) -> int:
         if world == 1:
             return int(_read_json(p / PROGRESS_FILE)["rows_written"])
         layout = _read_layout(p)[0]
-        done = [int(_rank_progress(p, r, world)["shards_done"]) for r in range(world)]
+        done = [_rank_progress(p, r, world)[0] for r in range(world)]
         shard = 0
         while shard < layout.n_shards and shard // world < done[shard % world]:
             shard += 1
@@ -355,7 +357,6 @@ class StoreWriter:
         self.path = path
         self.layout = layout
         self.rank, self.world_size = rank, world_size
-        self._owned = owned_shards(layout.n_shards, rank, world_size)
         self._shards_done = shards_done  # owned shards durably written (this writer's part)
         self._stats: dict[int, list[float]] = dict(stats or {})
         self._group = group
@@ -494,11 +495,9 @@ class StoreWriter:
                 f"the activation store at {path} was started by {started} harvest process(es) and is not "
                 f"finished; resume it with harvest.world_size={started} (each rank reruns its own part), or "
                 "pass --force to rebuild it.")
+        owned = owned_shards(layout.n_shards, rank, world_size)
         if world_size > 1 and not complete:
-            part = _rank_progress(path, rank, world_size)
-            shards_done = int(part["shards_done"])
-            stats = {int(k): v for k, v in part.get("shard_stats", {}).items()}
-            owned = owned_shards(layout.n_shards, rank, world_size)
+            shards_done, stats = _rank_progress(path, rank, world_size)
             done = owned[shards_done] * layout.shard_rows if shards_done < len(owned) else layout.n_tokens
         else:
             done = layout.n_tokens if complete else rows_written(path)
@@ -518,7 +517,6 @@ class StoreWriter:
                 "pass --force to rebuild it."
             ) from None
         if not complete:  # (done == n_tokens: killed between the last shard and finish())
-            owned = owned_shards(layout.n_shards, rank, world_size)
             _discard_shards(path, acts, toks, owned[shards_done:], temporaries=world_size == 1)
             for shard in owned[:shards_done]:  # written before gsae kept statistics: read them back
                 if shard not in stats:
@@ -549,11 +547,7 @@ class StoreWriter:
 
     def needs(self, start: int, stop: int) -> bool:
         """Whether any row in [start, stop) is one this writer still has to be given."""
-        lo = max(start, self._pos)
-        if lo >= min(stop, self.n_tokens):
-            return False
-        sr = self.layout.shard_rows
-        return any(s % self.world_size == self.rank for s in range(lo // sr, (min(stop, self.n_tokens) - 1) // sr + 1))
+        return self.owned_rows(max(start, self._pos), stop) > 0
 
     def owned_rows(self, start: int, stop: int) -> int:
         """How many rows of [start, stop) lie in this writer's shards."""
@@ -735,9 +729,7 @@ class StoreWriter:
             return [self._stats[i] for i in range(self.layout.n_shards)]
         merged: dict[int, list[float]] = {}
         for r in range(self.world_size):
-            part = self._stats if r == self.rank else {
-                int(k): v for k, v in _rank_progress(self.path, r, self.world_size).get("shard_stats", {}).items()}
-            merged.update(part)
+            merged.update(self._stats if r == self.rank else _rank_progress(self.path, r, self.world_size)[1])
         if len(merged) < self.layout.n_shards:
             return None
         return [merged[i] for i in range(self.layout.n_shards)]

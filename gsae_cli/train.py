@@ -42,7 +42,7 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
         raise ConfigError(f"train.data_streams={cfg.train.data_streams} cannot be split among {world.size} ranks; "
                           f"set train.data_streams to a multiple of {world.size} (the same value trains the same "
                           "SAE with any rank count that divides it).")
-    distributed.init(world, train_device(cfg, world))
+    distributed.init(world, distributed.rank_device(cfg.device))
     directory = train_dir(cfg)
     base = None
     if cfg.sae.name == "rescale_shift":  # spec §3: built on the relu SAE of the same config
@@ -65,9 +65,6 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
             summary = Trainer(cfg, directory, store_path, base, world).fit()
     return TrainResult(directory, summary, False)
 
-
-def train_device(cfg: DictConfig, world: distributed.World) -> torch.device:
-    return distributed.rank_device(cfg.device)  # one GPU per rank on each node
 
 
 def input_scale(sample: torch.Tensor, where: Path | str = "the activation store") -> float:
@@ -167,7 +164,7 @@ class Trainer:
         self.world = world
         self.store = store.open_store(store_path)
         self.store_path = store_path
-        self.device = train_device(cfg, world)
+        self.device = distributed.rank_device(cfg.device)  # one GPU per rank on each node
         streams = self.tc.data_streams
         if streams > self.store.n_chunks:
             raise ConfigError(f"train.data_streams={streams} exceeds the store's {self.store.n_chunks} chunks; "
@@ -306,17 +303,18 @@ class Trainer:
                 with autocast:
                     out = loss_fn(x, l1)
                     total = out.total()
-                reported = total.detach().clone()
-                distributed.average_([reported], self.world)  # every rank stops together
+                self.opt.zero_grad(set_to_none=True)
+                total.backward()
+                # each rank's loss is the mean over its equal share of the batch: the mean of the
+                # ranks' gradients is the gradient of the global batch's mean loss; the loss rides
+                # in the same all-reduce, so every rank sees a non-finite loss and stops together
+                reported = total.detach().float().reshape(1)
+                distributed.average_([reported, *(p.grad for p in self.sae.parameters() if p.grad is not None)],
+                                     self.world)
                 if not torch.isfinite(reported):
                     raise ArtifactError(
                         f"The loss became {total.item()} at step {self.step}; lower the learning rate "
                         f"(train.lr={self.lr / 3:.3g}, say). The last checkpoint in {self.dir} is intact.")
-                self.opt.zero_grad(set_to_none=True)
-                total.backward()
-                # each rank's loss is the mean over its equal share of the batch: the mean of the
-                # ranks' gradients is the gradient of the global batch's mean loss
-                distributed.average_([p.grad for p in self.sae.parameters() if p.grad is not None], self.world)
                 self.sae.constrain_decoder_grad_()
                 self.opt.step()
                 self.sae.renormalise_decoder_()
@@ -349,10 +347,9 @@ class Trainer:
         tc, S = self.tc, self.tc.data_streams
         ranges = distributed.stream_ranges(self.store.n_chunks, self.store.chunk_rows, self.store.n_tokens, S)
         buffer = tc.shuffle_buffer_chunks if S == 1 else max(2, tc.shuffle_buffer_chunks // S)
-        streams = [store.ShuffledBatches(
-            self.store, tc.batch_size // S, row_range=None if S == 1 else ranges[s],
-            n_batches=self.n_steps, seed=tc.seed if S == 1 else tc.seed + s, buffer_chunks=buffer,
-            start_batch=self.step, device=self.device)
+        streams = [store.ShuffledBatches(  # (one stream: the whole store, seed train.seed, as always)
+            self.store, tc.batch_size // S, row_range=ranges[s], n_batches=self.n_steps, seed=tc.seed + s,
+            buffer_chunks=buffer, start_batch=self.step, device=self.device)
             for s in range(self.world.rank, S, self.world.size)]
         return _StreamBatches(streams)
 
