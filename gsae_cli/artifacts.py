@@ -7,31 +7,21 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from gsae_cli import storage
 from gsae_cli.errors import ArtifactError
 
 COMPLETE = "COMPLETE"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write to a temporary file in the same folder, fsync, then rename over `path` (on object
+    storage: one PUT; storage.write_atomic)."""
+    storage.write_atomic(storage.location(path), data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -43,15 +33,16 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
+    path = storage.location(path)
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ArtifactError(f"Cannot read {path} ({e}); the artifact is damaged. Remove its folder "
-                            f"(rm -r {Path(path).parent}) or rerun the stage with --force.") from None
+                            f"(rm -r {path.parent}) or rerun the stage with --force.") from None
 
 
 def is_complete(directory: Path) -> bool:
-    return (Path(directory) / COMPLETE).exists()
+    return (storage.location(directory) / COMPLETE).exists()
 
 
 def mark_complete(directory: Path) -> None:
@@ -62,7 +53,10 @@ def mark_complete(directory: Path) -> None:
 def remove(directory: Path) -> None:
     """Remove an artifact for --force: rename aside first so a kill never leaves half a folder
     that looks like the artifact."""
-    directory = Path(directory)
+    directory = storage.location(directory)
+    if storage.is_remote(directory):  # no renames on object storage; a prefix without COMPLETE is partial anyway
+        storage.rmtree(directory)
+        return
     if not directory.exists():
         return
     trash = directory.with_name(f".trash-{directory.name}-{os.getpid()}")

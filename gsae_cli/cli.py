@@ -198,7 +198,8 @@ def report(args: Optional[List[str]] = typer.Argument(
 @app.command("ls")
 def ls_(overrides: Optional[List[str]] = typer.Argument(
             None, show_default=False, metavar="KEY=VALUE",
-            help="key=value config overrides, as for every stage: out_dir=DIR (default outputs) is the folder listed."),
+            help="key=value config overrides, as for every stage: out_dir=DIR (default outputs) is the folder "
+                 "listed, store_url=URL where the activation stores are when not in it."),
         as_json: bool = JsonOpt,
         legacy_out_dir: Optional[str] = typer.Option(None, "--out-dir", hidden=True, help="Deprecated: out_dir=DIR.")) -> None:
     """List artifacts under the outputs folder: stage, config, status, size."""
@@ -206,7 +207,13 @@ def ls_(overrides: Optional[List[str]] = typer.Argument(
         from gsae_cli.listing import list_artifacts, ls_config, print_listing
 
         cfg = ls_config(overrides or [], legacy_out_dir)
-        rows = list_artifacts(Path(cfg.out_dir))
+        stores = None
+        if cfg.get("store_url"):  # stores kept elsewhere (maybe on S3) are listed with the rest
+            from gsae_cli import config, storage
+
+            stores = config.store_root(cfg)
+            storage.check_reachable(stores, "the activation stores (store_url)")
+        rows = list_artifacts(Path(cfg.out_dir), stores)
         if as_json:
             typer.echo(json.dumps(rows, indent=2, default=str))
         else:

@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from gsae_cli import paths
+from gsae_cli import paths, storage
 from gsae_cli.errors import ConfigError
 
 # Bump when the default corpus's content changes, so stores built from the old text are not reused.
@@ -130,6 +130,9 @@ class TrainConfig:
     norm_sample_tokens: int = 32_768  # rows sampled to estimate the input scale
     geometric_median_tokens: int = 4096
     shuffle_buffer_chunks: int = 8
+    # Chunks read ahead on background threads (and read at once): speed only. Raise it where
+    # storage has latency (S3: a few per 50 ms of round trip at a GPU's step rate).
+    prefetch_chunks: int = 2
     # The data order's number of streams S (distributed.py): batches are drawn from S contiguous
     # parts of the store, each shuffled alone (buffer: shuffle_buffer_chunks // S chunks each).
     # torchrun with N ranks needs N to divide S; one process with the same S trains the same SAE.
@@ -207,6 +210,10 @@ class Config:
     # cores // processes on this machine (torchrun's LOCAL_WORLD_SIZE or GSAE_LOCAL_PROCS; cpus.py)
     threads: Optional[int] = None
     out_dir: str = "outputs"
+    # Where activation stores live: None puts them in out_dir/harvest; a path or an
+    # s3://bucket/prefix URL (S3-compatible object storage, credentials and endpoint from the AWS_*
+    # environment variables) puts them there. SAEs, evaluations and reports stay in out_dir.
+    store_url: Optional[str] = None
 
 
 _registered = False
@@ -276,7 +283,7 @@ def _validate(cfg: DictConfig) -> None:
                 "train.n_tokens", "train.batch_size", "eval.n_tokens", "eval.ctx_len",
                 "eval.batch_size", "sae.expansion_factor", "data.eval_every", "inspect.top_k",
                 "inspect.n_quantiles", "inspect.per_quantile", "inspect.n_logits", "inspect.n_neighbours",
-                "inspect.hist_bins", "inspect.shard_features", "inspect.page_size", "inspect.study_features"]
+                "inspect.hist_bins", "inspect.shard_features", "inspect.page_size", "inspect.study_features", "train.prefetch_chunks"]
     if cfg.train.data_streams < 1 or cfg.train.batch_size % cfg.train.data_streams:
         raise ConfigError(f"train.data_streams={cfg.train.data_streams} must be positive and divide "
                           f"train.batch_size={cfg.train.batch_size} (each stream gives an equal part of a batch).")
@@ -289,6 +296,13 @@ def _validate(cfg: DictConfig) -> None:
     for key in positive:
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {OmegaConf.select(cfg, key)}.")
+    if "://" in str(cfg.out_dir):
+        raise ConfigError(
+            f"out_dir={cfg.out_dir} is a URL; out_dir holds SAEs, evaluations, reports and the locks that "
+            "coordinate processes, which need a file system (local or shared). Put the activation stores, "
+            f"the large part, on object storage with store_url={cfg.out_dir} and keep out_dir a path.")
+    if cfg.store_url:
+        storage.location(cfg.store_url)  # an unsupported scheme or a missing s3fs fails here, at once
     if cfg.site_start < 0:
         raise ConfigError(f"site_start must be >= 0, got {cfg.site_start}.")
     for stage in ("harvest", "eval"):
@@ -341,12 +355,14 @@ NON_IDENTITY_KEYS = {
     "device",               # where tensors live; results agree to float rounding
     "threads",              # CPU threads: speed only (reductions may differ in the last ulp)
     "out_dir",              # where artifacts are written, not what they hold
+    "store_url",            # where activation stores are written (their content is hashed)
     "hooks",                # harvest several stores in one pass; each store's own hook is hashed
     "sae.path",             # an SAE from elsewhere: its weights' hash identifies it instead
     "harvest.batch_size",   # sequences per forward pass
     "harvest.shard_chunks", # chunks per shard file: file layout only (chunk_rows sets the order)
     "harvest.rank", "harvest.world_size",  # who writes which shards: the store is the same
     "train.checkpoint_every", "train.log_every", "train.wandb", "train.wandb_project",
+    "train.prefetch_chunks",  # how far the reader reads ahead, not which rows it returns
     "train.compile",        # the same maths, fused
     "eval.batch_size",      # windows per forward pass
     "eval.cache",           # the cached and uncached paths give identical results (tested)
@@ -471,8 +487,14 @@ def out_dir(cfg: DictConfig) -> Path:
     return Path(cfg.out_dir).expanduser()
 
 
-def harvest_dir(cfg: DictConfig, hook: str) -> Path:
-    return out_dir(cfg) / "harvest" / f"{_slug(cfg.model.name)}__{_slug(hook)}__{harvest_hash(cfg, hook)}"
+def store_root(cfg: DictConfig):
+    """The folder (Path) or object-storage prefix (UPath) that holds the activation stores."""
+    return storage.location(cfg.store_url) if cfg.store_url else out_dir(cfg) / "harvest"
+
+
+def harvest_dir(cfg: DictConfig, hook: str):
+    """A store's location: a Path, or a UPath when store_url is on object storage."""
+    return store_root(cfg) / f"{_slug(cfg.model.name)}__{_slug(hook)}__{harvest_hash(cfg, hook)}"
 
 
 def train_dir(cfg: DictConfig) -> Path:

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from gsae_cli import artifacts, distributed, status, store
-from gsae_cli.config import corpus_identity, harvest_dir, harvest_hash, harvest_identity, to_yaml
+from gsae_cli import artifacts, distributed, status, storage, store
+from gsae_cli.config import (corpus_identity, harvest_dir, harvest_hash, harvest_identity, out_dir, store_root,
+                             to_yaml)
 from gsae_cli.data import batched_windows, kept_positions, token_windows
 from gsae_cli.errors import ConfigError
 from gsae_cli.models import DTYPES, LoadedModel, load_model, validate_hooks
@@ -85,8 +86,11 @@ def run_harvest(cfg: DictConfig, force: bool = False) -> list[HarvestResult]:
     hooks = list(dict.fromkeys(cfg.hooks or [cfg.hook]))
     dirs = {h: harvest_dir(cfg, h) for h in hooks}
     rank, world = harvest_world(cfg)
-    # one process per store, or one per (store, rank) when several ranks share the store
-    lock = {h: dirs[h] if world == 1 else dirs[h].with_name(f"{dirs[h].name}.rank{rank}of{world}") for h in hooks}
+    storage.check_reachable(store_root(cfg), "the activation stores (store_url)")
+    # one process per store, or one per (store, rank) when several ranks share the store; flocks
+    # need a file system, so a store on object storage is locked under out_dir/harvest instead
+    local = {h: out_dir(cfg) / "harvest" / dirs[h].name if storage.is_remote(dirs[h]) else dirs[h] for h in hooks}
+    lock = {h: local[h] if world == 1 else local[h].with_name(f"{local[h].name}.rank{rank}of{world}") for h in hooks}
     with contextlib.ExitStack() as stack:
         for h in sorted(hooks, key=lambda h: str(dirs[h])):  # one global order: no deadlocks
             stack.enter_context(artifacts.locked(lock[h], f"the activation store for {h}"))

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from gsae_cli import status
+from gsae_cli import status, storage
 from gsae_cli.errors import ConfigError
 
 STAGES = ("harvest", "train", "evalset", "eval", "inspect", "compare", "study")
@@ -78,7 +78,7 @@ def ls_config(args: Sequence[str], legacy_out_dir: Optional[str] = None):
     if paths:
         raise ConfigError(f"gsae ls takes key=value overrides, not paths: got {' '.join(paths)}. To list "
                           f"another outputs folder write `gsae ls out_dir={paths[0]}`.")
-    return reader_config(args, command="ls", uses={"out_dir"}, legacy_out_dir=legacy_out_dir)
+    return reader_config(args, command="ls", uses={"out_dir", "store_url"}, legacy_out_dir=legacy_out_dir)
 
 
 # ---- reading small files without ever raising --------------------------------------------------
@@ -114,6 +114,8 @@ def _first(*values: Any) -> Any:
 
 
 def _size(path: Path) -> int:
+    if storage.is_remote(path):
+        return int(path.fs.du(path.path))
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
@@ -247,7 +249,7 @@ READERS: dict[str, Callable[[Path], tuple[bool, dict, Optional[float]]]] = {
     "inspect": _inspect, "compare": _inspect, "study": _inspect}
 
 
-def _row(stage: str, d: Path) -> dict:
+def _row(stage: str, d: Path, lock_dir: Path) -> dict:
     guessed = _from_name(d.name)
     if d.is_dir():
         try:
@@ -259,7 +261,7 @@ def _row(stage: str, d: Path) -> dict:
         complete, fields, progress, size = False, {}, None, 0
     if stage in ("harvest", "evalset"):
         guessed["sae"] = None
-    state = status.artifact_status(d, complete)
+    state = status.artifact_status(d, complete, lock_dir)
     row = {"stage": stage, "name": d.name,
            **{k: _first(fields.get(k), guessed.get(k)) for k in ("model", "hook", "sae", "l1_coefficient", "tokens")},
            "status": state, "progress": progress, "size_bytes": size, "path": str(d),
@@ -267,26 +269,27 @@ def _row(stage: str, d: Path) -> dict:
     return {k: row[k] for k in FIELDS}
 
 
-def list_artifacts(out_dir: Path) -> list[dict]:
-    """One row per artifact under OUT_DIR/{harvest,train,evalset,eval}, harvest first; [] if none."""
+def list_artifacts(out_dir: Path, stores: Path | None = None) -> list[dict]:
+    """One row per artifact under OUT_DIR/{harvest,train,evalset,eval}, harvest first; [] if none.
+    `stores`: where the activation stores are when not in OUT_DIR/harvest (store_url, maybe on S3;
+    their locks stay in OUT_DIR/harvest)."""
     out_dir = Path(out_dir).expanduser()
     rows: list[dict] = []
     for stage in STAGES:
-        base = out_dir / stage
-        if not base.is_dir():
-            continue
+        local = out_dir / stage  # the stage's lock files are always here
+        base = stores if stage == "harvest" and stores is not None else local
         names = set()
-        for p in base.iterdir():
-            if p.name.startswith("."):
+        for p in local.iterdir() if local.is_dir() else ():
+            if p.name.startswith(".") and p.name.endswith(".lock"):
                 # `.NAME.lock` without NAME: a stage that holds the lock but has written nothing yet
                 # (`.NAME.rank<r>of<N>.lock`: one rank of a distributed harvest)
                 name = re.sub(r"\.rank\d+of\d+$", "", p.name[1:-5])
-                if p.name.endswith(".lock") and not (base / name).exists() and status.is_running(base / name):
+                if not (base / name).exists() and status.is_running(local / name):
                     names.add(name)
-                continue  # lock files, .trash-* of a --force rebuild, temporary files
-            if p.is_dir():
+        for p in base.iterdir() if base.is_dir() else ():
+            if not p.name.startswith(".") and p.is_dir():  # not lock, .trash-* or temporary files
                 names.add(p.name)
-        stage_rows = [_row(stage, base / n) for n in names]
+        stage_rows = [_row(stage, base / n, local / n) for n in names]
         stage_rows.sort(key=lambda r: (str(r["model"]), str(r["hook"]), str(r["sae"]),
                                        _num(r["l1_coefficient"]), _num(r["tokens"]), r["name"]))
         rows += stage_rows

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from gsae_cli import artifacts
+from gsae_cli import artifacts, storage
 
 FAILED = "FAILED"
 
@@ -28,7 +28,7 @@ def mark_failed(directory: Path, message: str) -> bool:
     """Leave a FAILED note (time + message) in `directory`. Writes nothing when the directory does
     not exist: creating an empty artifact folder just to hold the note could later be mistaken
     for a half-written artifact by the stage's resume logic. Returns whether the note was written."""
-    directory = Path(directory)
+    directory = storage.location(directory)
     if not directory.is_dir():
         return False
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -38,12 +38,12 @@ def mark_failed(directory: Path, message: str) -> bool:
 
 def clear_failed(directory: Path) -> None:
     """Forget an earlier failure; call when a new attempt starts (or when it succeeds)."""
-    (Path(directory) / FAILED).unlink(missing_ok=True)
+    (storage.location(directory) / FAILED).unlink(missing_ok=True)
 
 
 def read_failed(directory: Path) -> Optional[str]:
     """The message of the FAILED note (without its time stamp), or None when there is none."""
-    path = Path(directory) / FAILED
+    path = storage.location(directory) / FAILED
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -98,13 +98,14 @@ def _held(path: Path) -> bool:
         os.close(fd)
 
 
-def artifact_status(directory: Path, complete: bool) -> str:
+def artifact_status(directory: Path, complete: bool, lock_dir: Path | None = None) -> str:
     """complete > running > failed > partial. `complete` comes from the caller because harvest
-    stores have their own completion test."""
+    stores have their own completion test; `lock_dir`: where the locks are, when not beside
+    `directory` (a store on object storage is locked under out_dir/harvest)."""
     if complete:
         return COMPLETE
-    if is_running(directory):
+    if is_running(lock_dir or directory):
         return RUNNING
-    if (Path(directory) / FAILED).exists():
+    if (storage.location(directory) / FAILED).exists():
         return FAILED_STATUS
     return PARTIAL

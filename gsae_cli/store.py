@@ -37,6 +37,12 @@ resumes its own part; the writer that finds every rank's part done (under a lock
 final attrs and `COMPLETE`. The shards are the same whole-shard writes as with one writer, so the
 result does not depend on N.
 
+Object storage. A store may live under an s3:// prefix (storage.py; `store_url`). There a PUT
+stands in for write-temp-then-rename (an object appears whole or not at all), there is nothing to
+fsync, and there are no temporaries to sweep; the order of writes, and so the resume contract, is
+the same. The multi-rank finish lock is an flock, so on object storage it is skipped: ranks that
+finish together may both complete the store, writing the same statistics and marker.
+
 Row statistics. Each writer computes, per shard, the row count, Σ||x||², Σ||x|| and max ||x||
 (float64) as it writes the shard, and keeps them in its progress file; the store's `norms` attr
 combines them in shard order, so they too are the same for any N and across resumes.
@@ -44,21 +50,22 @@ combines them in shard order, so they too are the same for any N and across resu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import queue
-import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from gsae_cli import storage
 from gsae_cli.errors import ArtifactError, ConfigError, StoreError
 
 __all__ = [
@@ -236,15 +243,13 @@ def _nonfinite_rows(raw: np.ndarray, dtype: str) -> np.ndarray | None:
     return np.flatnonzero((masked >= exp).any(axis=1))
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_path = storage.fsync  # a no-op on object storage
 
 
 def _atomic_write_json(path: Path, obj: Any, fsync: bool = True) -> None:
+    if storage.is_remote(path):  # one PUT: the object appears whole or not at all
+        path.write_text(json.dumps(obj))
+        return
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(obj, f)
@@ -257,8 +262,7 @@ def _atomic_write_json(path: Path, obj: Any, fsync: bool = True) -> None:
 
 
 def _read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(path.read_text())
 
 
 def _json_normal(obj: Any) -> Any:
@@ -292,13 +296,13 @@ def _read_layout(path: Path) -> tuple[StoreLayout, dict[str, Any]]:
 
 def is_complete(path: str | os.PathLike) -> bool:
     """True if `path` holds a finished activation store (cheap: one stat)."""
-    p = Path(path)
+    p = storage.location(path)
     return (p / COMPLETE_FILE).is_file() and (p / "zarr.json").is_file()
 
 
 def rows_written(path: str | os.PathLike) -> int:
     """Rows durably on disk in the store at `path` (0 if there is none); cheap."""
-    p = Path(path)
+    p = storage.location(path)
     try:
         if is_complete(p):
             return _read_layout(p)[0].n_tokens
@@ -317,7 +321,7 @@ def rows_written(path: str | os.PathLike) -> int:
 
 def store_info(path: str | os.PathLike) -> dict[str, Any] | None:
     """A small summary for listings (`gsae ls`), or None if `path` holds no store; reads only JSON."""
-    p = Path(path)
+    p = storage.location(path)
     try:
         layout, attrs = _read_layout(p)
     except (OSError, ValueError, KeyError, TypeError):
@@ -403,7 +407,7 @@ class StoreWriter:
         Other files already in `path` are left alone. With `world_size` > 1 this writer writes only
         the shards of `rank` (module docstring); rank 0 creates the store, the others wait for it.
         """
-        path = Path(path)
+        path = storage.location(path)
         if not (0 <= rank < world_size):
             raise ConfigError(f"harvest rank {rank} is outside 0..{world_size - 1} (world_size={world_size}).")
         for name, v in (("d_model", d_model), ("n_tokens", n_tokens), ("chunk_rows", chunk_rows)):
@@ -423,6 +427,7 @@ class StoreWriter:
         if META_KEY in user_attrs:
             raise ConfigError(f"activation store attribute name {META_KEY!r} is reserved.")
 
+        storage.check_reachable(path, "the activation store")
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} exists and is not a directory; remove it or choose another output path.")
         if rank > 0 and not (path / PROGRESS_FILE).is_file() and not (path / COMPLETE_FILE).is_file():
@@ -438,11 +443,11 @@ class StoreWriter:
         # Leftovers of a creation that died before progress.json was written hold no rows.
         for p in [path / e for e in _OWN_ENTRIES] + list(path.glob("progress.rank*of*.json")):
             if p.is_dir():
-                shutil.rmtree(p)
+                storage.rmtree(p)
             elif p.exists():
                 p.unlink()
         group = zarr.create_group(
-            str(path), attributes={**attrs, META_KEY: {**layout.to_json(), "open_attrs": attrs}})
+            storage.zarr_store(path), attributes={**attrs, META_KEY: {**layout.to_json(), "open_attrs": attrs}})
         compressors = [ZstdCodec(level=ZSTD_LEVEL)] if layout.compressor == "zstd" else []
         # last, so it covers the bytes on disk: damage fails to decode instead of reading as numbers
         compressors.append(Crc32cCodec())
@@ -509,7 +514,7 @@ class StoreWriter:
             except (OSError, ValueError, AttributeError):
                 stats = {}
         try:
-            group = zarr.open_group(str(path), mode="r+" if not complete else "r")
+            group = zarr.open_group(storage.zarr_store(path, read_only=complete), mode="r+" if not complete else "r")
             acts, toks = group["activations"], group["tokens"]
         except Exception as e:  # noqa: BLE001 - any zarr failure means an unusable store
             raise StoreError(
@@ -693,11 +698,8 @@ class StoreWriter:
             )
         self._stop_thread()
         self._closed = True
-        import fcntl
-
         # several writers: whoever finds every part done completes the store, once (under a lock)
-        with open(self.path / ".finish.lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with _finish_lock(self.path):
             if (self.path / COMPLETE_FILE).is_file():
                 self._complete = True
                 return True
@@ -705,7 +707,8 @@ class StoreWriter:
             if stats is None:
                 return False
             final["norms"] = combine_stats(stats)
-            if self.world_size > 1:  # killed ranks' debris; every part is done, so no rank is writing
+            if self.world_size > 1 and not storage.is_remote(self.path):
+                # killed ranks' temporaries (object stores have none); every part is done: no rank writes
                 for root in (self.path / "activations", self.path / "tokens"):
                     for f in root.rglob("*.partial"):
                         f.unlink(missing_ok=True)
@@ -806,7 +809,7 @@ class StoreWriter:
         self._stats[shard] = shard_stats(acts, self.layout.dtype)
         self._acts[start:stop] = acts
         self._toks[start:stop] = toks
-        if self._fsync:  # the shard files and the directory entries that name them
+        if self._fsync and not storage.is_remote(self.path):  # the shard files and the entries naming them
             for arr, key in ((self._acts, (shard, 0)), (self._toks, (shard,))):
                 root = self.path / arr.basename
                 f = root / arr.metadata.encode_chunk_key(key)
@@ -838,6 +841,21 @@ class StoreWriter:
         self._thread = None
 
 
+@contextlib.contextmanager
+def _finish_lock(path: Path) -> Iterator[None]:
+    """An flock on a file in the store. Object storage has no locks: there two ranks that finish at
+    the same moment may both complete the store; both write the same rows' statistics and marker, so
+    only the `throughput` record of the one that writes last is kept."""
+    if storage.is_remote(path):
+        yield
+        return
+    import fcntl
+
+    with open(path / ".finish.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _wait_for_creation(path: Path, rank: int) -> None:
     import time
 
@@ -854,7 +872,9 @@ def _wait_for_creation(path: Path, rank: int) -> None:
 
 def _discard_shards(path: Path, acts, toks, shards: list[int], temporaries: bool) -> None:
     """Delete the files of `shards` (a killed write's debris: shards a writer will write again)
-    and, with `temporaries` (one writer, so no other is mid-write), zarr's temporary files."""
+    and, with `temporaries` (one writer, so no other is mid-write), zarr's temporary files (a local
+    store's only: an object store never shows a half-written object)."""
+    temporaries = temporaries and not storage.is_remote(path)
     for arr, key in ((acts, lambda i: (i, 0)), (toks, lambda i: (i,))):
         root = path / arr.basename
         for shard in shards:
@@ -999,7 +1019,8 @@ def open_store(path: str | os.PathLike, *, allow_incomplete: bool = False) -> Ac
 
     With `allow_incomplete`, a partial store opens too; only rows [0, `.rows_written`) hold data.
     """
-    p = Path(path)
+    p = storage.location(path)
+    storage.check_reachable(p, "the activation store")
     if not (p / "zarr.json").is_file():
         raise StoreError(
             f"no activation store at {p}; run `gsae harvest` (with the same model/data overrides) to create it."
@@ -1017,7 +1038,7 @@ def open_store(path: str | os.PathLike, *, allow_incomplete: bool = False) -> Ac
         raise StoreError(_incomplete_message(p, done, layout.n_tokens))
     corrupt = f"the activation store at {p} is corrupt"
     try:
-        group = zarr.open_group(str(p), mode="r")
+        group = zarr.open_group(storage.zarr_store(p, read_only=True), mode="r")
         acts, toks = group["activations"], group["tokens"]
     except Exception as e:  # noqa: BLE001
         raise StoreError(f"{corrupt} ({type(e).__name__}: {e}); rebuild it with `gsae harvest ... --force`.") from None

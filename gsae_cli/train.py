@@ -349,7 +349,7 @@ class Trainer:
         buffer = tc.shuffle_buffer_chunks if S == 1 else max(2, tc.shuffle_buffer_chunks // S)
         streams = [store.ShuffledBatches(  # (one stream: the whole store, seed train.seed, as always)
             self.store, tc.batch_size // S, row_range=ranges[s], n_batches=self.n_steps, seed=tc.seed + s,
-            buffer_chunks=buffer, start_batch=self.step, device=self.device)
+            buffer_chunks=buffer, start_batch=self.step, device=self.device, prefetch_chunks=tc.prefetch_chunks)
             for s in range(self.world.rank, S, self.world.size)]
         return _StreamBatches(streams)
 
