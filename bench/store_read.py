@@ -5,7 +5,8 @@ against what the SAE training step consumes.
 
 The same synthetic store (bfloat16, 8,192-row chunks, ~64 MiB shards) is written to a temporary
 folder and to a bucket on a local S3 server. For each, printed:
-  - raw: sequential `read_rows` of every chunk on one thread (one request per chunk);
+  - raw: sequential `read_rows` of every chunk on one thread (on S3 two requests per chunk: the
+    shard's index, then the chunk);
   - the training reader itself (ShuffledBatches, 4,096-row batches, chunks prefetched on background
     threads; 2 ahead, train's default, and 8), with the share of its time the consumer waited;
 and the training step's own rate from bench/train.py's defaults (gated, d_sae 4 x D_MODEL) on

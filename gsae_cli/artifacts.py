@@ -35,7 +35,7 @@ def write_json(path: Path, obj: Any) -> None:
 def read_json(path: Path) -> Any:
     path = storage.location(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(storage.read_bytes(path))
     except (OSError, json.JSONDecodeError) as e:
         raise ArtifactError(f"Cannot read {path} ({e}); the artifact is damaged. Remove its folder "
                             f"(rm -r {path.parent}) or rerun the stage with --force.") from None
@@ -54,8 +54,8 @@ def remove(directory: Path) -> None:
     """Remove an artifact for --force: rename aside first so a kill never leaves half a folder
     that looks like the artifact."""
     directory = storage.location(directory)
-    if storage.is_remote(directory):  # no renames on object storage; a prefix without COMPLETE is partial anyway
-        storage.rmtree(directory)
+    if storage.is_remote(directory):  # no renames on object storage: the markers go first
+        storage.rmtree(directory, first=(COMPLETE, "progress.json"))
         return
     if not directory.exists():
         return

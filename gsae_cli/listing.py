@@ -271,13 +271,13 @@ def _row(stage: str, d: Path, lock_dir: Path) -> dict:
 
 def list_artifacts(out_dir: Path, stores: Path | None = None) -> list[dict]:
     """One row per artifact under OUT_DIR/{harvest,train,evalset,eval}, harvest first; [] if none.
-    `stores`: where the activation stores are when not in OUT_DIR/harvest (store_url, maybe on S3;
-    their locks stay in OUT_DIR/harvest)."""
+    `stores`: where the activation stores are when not in OUT_DIR/harvest (store_url; the locks of
+    stores on object storage are in OUT_DIR/harvest, of local ones beside them: harvest.py)."""
     out_dir = Path(out_dir).expanduser()
     rows: list[dict] = []
     for stage in STAGES:
-        local = out_dir / stage  # the stage's lock files are always here
-        base = stores if stage == "harvest" and stores is not None else local
+        base = stores if stage == "harvest" and stores is not None else out_dir / stage
+        local = out_dir / stage if storage.is_remote(base) else base  # where the stage's lock files are
         names = set()
         for p in local.iterdir() if local.is_dir() else ():
             if p.name.startswith(".") and p.name.endswith(".lock"):

@@ -46,7 +46,7 @@ def read_failed(directory: Path) -> Optional[str]:
     path = storage.location(directory) / FAILED
     try:
         lines = path.read_text(errors="replace").splitlines()
-    except OSError:
+    except Exception:  # noqa: BLE001 - unreadable (or unreachable) note: none to show
         return None
     return "\n".join(lines[1:]).strip() or "failed (no message recorded)"
 
@@ -59,7 +59,10 @@ def recording(directory: Path) -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        mark_failed(directory, f"{type(err).__name__}: {err}")
+        try:
+            mark_failed(directory, f"{type(err).__name__}: {err}")
+        except Exception:  # noqa: BLE001 - the note is best-effort (storage may be what failed); keep the real error
+            pass
         raise
 
 

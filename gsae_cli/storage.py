@@ -47,7 +47,9 @@ def location(where: Any) -> Location:
     except ImportError:
         raise ConfigError(f"{where!r} is on S3, which needs the optional packages s3fs and universal_pathlib: "
                           "pip install 'gsae[s3]' (the test extra includes them).") from None
-    return UPath(where.rstrip("/"))
+    # No listings cache: a cached listing would answer "not there yet" forever to a rank polling
+    # for another rank's progress file (s3fs caches listings without expiry).
+    return UPath(where.rstrip("/"), use_listings_cache=False)
 
 
 def is_remote(p: Any) -> bool:
@@ -68,6 +70,12 @@ def fsync(p: Location) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_bytes(p: Location) -> bytes:
+    """The whole file; on object storage one GET, so a file being replaced is read whole, old or
+    new (a streamed read would fail when the object changes under it)."""
+    return p.fs.cat_file(p.path) if is_remote(p) else p.read_bytes()
 
 
 def write_atomic(p: Location, data: bytes, sync: bool = True) -> None:
@@ -93,10 +101,14 @@ def write_atomic(p: Location, data: bytes, sync: bool = True) -> None:
         fsync(p.parent)
 
 
-def rmtree(p: Location) -> None:
-    """Remove a folder (or prefix) and everything under it; nothing if it does not exist."""
+def rmtree(p: Location, first: tuple[str, ...] = ()) -> None:
+    """Remove a folder (or prefix) and everything under it; nothing if it does not exist. On object
+    storage the files named in `first` (completion markers) go before the rest, which is deleted in
+    no particular order: a kill midway must not leave a marker over missing data."""
     if is_remote(p):
-        if p.exists():
+        for name in first:
+            (p / name).unlink(missing_ok=True)
+        if exists(p):
             p.fs.rm(p.path, recursive=True)
         return
     shutil.rmtree(p, ignore_errors=True)
@@ -111,6 +123,42 @@ def zarr_store(p: Location, read_only: bool = False):
     from zarr.storage import FsspecStore
 
     return FsspecStore.from_url(str(p), storage_options=dict(p.storage_options), read_only=read_only)
+
+
+def access_error(e: BaseException) -> bool:
+    """Whether `e` is a failure to reach the bytes (I/O, network, credentials), as opposed to bytes
+    that were reached and are wrong (decoding, checksum): the first calls for a retry or a fix of
+    the storage, never for deleting data."""
+    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp")
+
+
+def exists(p: Location) -> bool:
+    """Whether `p` exists, strictly: fsspec's own exists/isfile answer False on *any* error, which
+    would read a network failure as a missing file. Only "not found" is False here; other
+    failures raise StoreError."""
+    if not is_remote(p):
+        return p.exists()
+    try:
+        p.fs.info(p.path)
+        return True
+    except FileNotFoundError:
+        return False
+    except Exception as e:  # noqa: BLE001
+        raise StoreError(explain(e, p, "the activation store")) from None
+
+
+def files_under(p: Location) -> set[str]:
+    """The relative paths of every file under `p` (one listing on object storage, not a request
+    per file); raises StoreError on a failure to list."""
+    if not is_remote(p):
+        return {str(f.relative_to(p)) for f in p.rglob("*") if f.is_file()} if p.is_dir() else set()
+    try:
+        root = p.path.rstrip("/") + "/"
+        return {f[len(root):] for f in p.fs.find(p.path)}
+    except FileNotFoundError:
+        return set()
+    except Exception as e:  # noqa: BLE001
+        raise StoreError(explain(e, p, "the activation store")) from None
 
 
 def check_reachable(p: Location, what: str) -> None:

@@ -262,7 +262,7 @@ def _atomic_write_json(path: Path, obj: Any, fsync: bool = True) -> None:
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    return json.loads(storage.read_bytes(path))
 
 
 def _json_normal(obj: Any) -> Any:
@@ -297,7 +297,7 @@ def _read_layout(path: Path) -> tuple[StoreLayout, dict[str, Any]]:
 def is_complete(path: str | os.PathLike) -> bool:
     """True if `path` holds a finished activation store (cheap: one stat)."""
     p = storage.location(path)
-    return (p / COMPLETE_FILE).is_file() and (p / "zarr.json").is_file()
+    return storage.exists(p / COMPLETE_FILE) and storage.exists(p / "zarr.json")
 
 
 def rows_written(path: str | os.PathLike) -> int:
@@ -315,7 +315,10 @@ def rows_written(path: str | os.PathLike) -> int:
         while shard < layout.n_shards and shard // world < done[shard % world]:
             shard += 1
         return min(shard * layout.shard_rows, layout.n_tokens)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if storage.is_remote(p) and storage.access_error(e) and not isinstance(e, FileNotFoundError):
+            # unreachable is not empty: a resume must not restart (and discard shards) on a network error
+            raise StoreError(storage.explain(e, p, "the activation store")) from None
         return 0
 
 
@@ -430,9 +433,9 @@ class StoreWriter:
         storage.check_reachable(path, "the activation store")
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} exists and is not a directory; remove it or choose another output path.")
-        if rank > 0 and not (path / PROGRESS_FILE).is_file() and not (path / COMPLETE_FILE).is_file():
+        if rank > 0 and not storage.exists(path / PROGRESS_FILE) and not storage.exists(path / COMPLETE_FILE):
             _wait_for_creation(path, rank)
-        if (path / PROGRESS_FILE).is_file() or (path / COMPLETE_FILE).is_file():
+        if storage.exists(path / PROGRESS_FILE) or storage.exists(path / COMPLETE_FILE):
             return cls._reopen(path, layout, user_attrs, fsync, max_pending, rank, world_size)
         return cls._create(path, layout, user_attrs, fsync, max_pending, world_size)
 
@@ -493,7 +496,7 @@ class StoreWriter:
                 + "; ".join(diffs)
                 + "). Pass --force to delete it and rebuild, or choose another output path."
             )
-        complete = (path / COMPLETE_FILE).is_file()
+        complete = storage.exists(path / COMPLETE_FILE)
         started = _world_size(path)
         if not complete and started != world_size:
             raise StoreError(
@@ -700,7 +703,7 @@ class StoreWriter:
         self._closed = True
         # several writers: whoever finds every part done completes the store, once (under a lock)
         with _finish_lock(self.path):
-            if (self.path / COMPLETE_FILE).is_file():
+            if storage.exists(self.path / COMPLETE_FILE):
                 self._complete = True
                 return True
             stats = self._all_stats()
@@ -721,8 +724,11 @@ class StoreWriter:
                 if before_complete is not None:
                     before_complete(final)
                 _atomic_write_json(self.path / COMPLETE_FILE, {"rows": self.n_tokens}, self._fsync)
-            except OSError as e:
-                raise StoreError(f"could not finalise the activation store at {self.path}: {e}") from e
+            except Exception as e:  # noqa: BLE001 - disk or object-storage failures alike
+                if not storage.access_error(e):
+                    raise
+                raise StoreError(f"could not finalise the activation store at {self.path}: {e}; every row is "
+                                 "written: rerun the same command to mark it complete.") from e
         self._complete = True
         return True
 
@@ -863,7 +869,7 @@ def _wait_for_creation(path: Path, rank: int) -> None:
 
     notice(f"harvest rank {rank}: waiting for rank 0 to create the store at {path}")
     deadline = time.monotonic() + _WAIT_FOR_RANK0_S
-    while not (path / PROGRESS_FILE).is_file() and not (path / COMPLETE_FILE).is_file():
+    while not storage.exists(path / PROGRESS_FILE) and not storage.exists(path / COMPLETE_FILE):
         if time.monotonic() > deadline:
             raise StoreError(f"harvest rank {rank} waited {_WAIT_FOR_RANK0_S:.0f} s for rank 0 to create the store at "
                              f"{path}; start rank 0 (harvest.rank=0) with the same config.")
@@ -877,10 +883,11 @@ def _discard_shards(path: Path, acts, toks, shards: list[int], temporaries: bool
     temporaries = temporaries and not storage.is_remote(path)
     for arr, key in ((acts, lambda i: (i, 0)), (toks, lambda i: (i,))):
         root = path / arr.basename
+        present = storage.files_under(root)  # one listing, not a request per shard
         for shard in shards:
-            f = root / arr.metadata.encode_chunk_key(key(shard))
-            if f.exists():
-                f.unlink()
+            name = arr.metadata.encode_chunk_key(key(shard))
+            if name in present:
+                (root / name).unlink()
         if not temporaries:
             continue
         for dirpath, _, files in os.walk(root):
@@ -944,7 +951,7 @@ class ActivationStore:
     def _damaged(self, arr, chunk: int, problem: str) -> DamagedStoreError:
         a, b = self.chunk_bounds(chunk)
         f = self.shard_file(arr.basename, a)
-        if not f.is_file():
+        if not storage.exists(f):
             problem += " (its shard file is missing)"
         return DamagedStoreError(
             f"The activation store at {self.path} is damaged: chunk {chunk} of its {arr.basename} (rows "
@@ -962,6 +969,9 @@ class ActivationStore:
             try:
                 arr[slice(*self.chunk_bounds(c))]
             except Exception as e:  # noqa: BLE001
+                if storage.is_remote(self.path) and storage.access_error(e):  # not reached: not damage
+                    raise StoreError(storage.explain(e, self.path, "the activation store") + " Rerun when "
+                                     "the storage is reachable; the store itself may be fine.") from e
                 why = ("fails its crc32c checksum (its bytes changed after they were written)"
                        if "checksum" in str(e) else f"cannot be decoded ({type(e).__name__}: {_first_line(e)})")
                 raise self._damaged(arr, c, why) from e
@@ -1021,7 +1031,7 @@ def open_store(path: str | os.PathLike, *, allow_incomplete: bool = False) -> Ac
     """
     p = storage.location(path)
     storage.check_reachable(p, "the activation store")
-    if not (p / "zarr.json").is_file():
+    if not storage.exists(p / "zarr.json"):
         raise StoreError(
             f"no activation store at {p}; run `gsae harvest` (with the same model/data overrides) to create it."
         )
@@ -1032,7 +1042,7 @@ def open_store(path: str | os.PathLike, *, allow_incomplete: bool = False) -> Ac
             f"{p} does not hold a readable activation store ({type(e).__name__}: {e}); "
             "rebuild it with `gsae harvest ... --force`."
         ) from None
-    complete = (p / COMPLETE_FILE).is_file()
+    complete = storage.exists(p / COMPLETE_FILE)
     done = layout.n_tokens if complete else rows_written(p)
     if not complete and not allow_incomplete:
         raise StoreError(_incomplete_message(p, done, layout.n_tokens))
@@ -1050,8 +1060,9 @@ def open_store(path: str | os.PathLike, *, allow_incomplete: bool = False) -> Ac
         problems.append(f"array dtypes {acts.dtype}/{toks.dtype} do not match {layout.dtype}/int32")
     if not problems:  # a missing shard file would silently read back as zeros
         for arr, key in ((acts, lambda i: (i, 0)), (toks, lambda i: (i,))):
+            present = storage.files_under(p / arr.basename)  # one listing (strict: errors are not "missing")
             missing = [i for i in range(-(-done // layout.shard_rows))
-                       if not (p / arr.basename / arr.metadata.encode_chunk_key(key(i))).is_file()]
+                       if arr.metadata.encode_chunk_key(key(i)) not in present]
             if missing:
                 problems.append(f"{len(missing)} shard file(s) of {arr.basename} are missing (first: shard {missing[0]})")
     if problems:

@@ -84,12 +84,17 @@ def test_a_harvest_killed_mid_upload_resumes_to_the_same_store(tmp_path, s3):
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     done = store.rows_written(target)
-    assert 0 < done < 32512 and not store.is_complete(target), f"the kill should land mid-harvest ({done} rows)"
+    assert 0 < done < 32512 - 256 and not store.is_complete(target), f"the kill should land mid-harvest ({done} rows)"
     assert progress.is_file()
-    # the shard whose upload finished after the last progress record: on S3 it is whole or absent,
-    # never half; plant one with the wrong bytes to prove the resume rewrites it
-    stray = target / "activations" / "c" / str(done // 256) / "0"
+    # an upload that finished after the last progress record: on S3 it is whole or absent, never
+    # half; plant one with the wrong bytes past the resume point: reopening deletes it
+    stray = target / "activations" / "c" / str(done // 256 + 1) / "0"
     stray.write_bytes(b"not a shard")
+    layout, _, created_with = store._read_meta(target)
+    store.StoreWriter.open(target, d_model=layout.d_model, n_tokens=layout.n_tokens, dtype=layout.dtype,
+                           chunk_rows=layout.chunk_rows, shard_chunks=layout.shard_rows // layout.chunk_rows,
+                           compressor=layout.compressor, attrs=created_with).close()
+    assert not stray.exists() and store.rows_written(target) == done
     with pytest.raises(Exception, match="incomplete"):
         store.open_store(target)
     again = gsae("harvest", *over, check=True)
@@ -123,3 +128,15 @@ def test_bad_urls_and_credentials_get_one_clear_error(tmp_path, s3, override, en
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not list((tmp_path / "out").glob("*/tiny__*")), "nothing but lock files is left behind"
+
+
+def test_two_harvest_ranks_write_one_s3_store_equal_to_one_process(tmp_path, s3):
+    over = args(tmp_path / "out", f"store_url=s3://{BUCKET}/ranks", "harvest.world_size=2")
+    ranks = [subprocess.Popen([*GSAE, "harvest", *over, f"harvest.rank={r}"], env=run_env(s3), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (1, 0)]  # rank 1 first: it waits for 0
+    results = [p.communicate(timeout=600) for p in ranks]
+    assert all(p.returncode == 0 for p in ranks), [err[-2000:] for _, err in results]
+    target = storage.location(str(harvest_dir(compose_config(over), TINY_HOOK)))
+    assert store.is_complete(target)
+    local = gsae("harvest", *args(tmp_path / "local"), check=True).stdout.strip().splitlines()[-1]
+    assert_same_store(target, Path(local))
