@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from gsae_cli import artifacts
-from gsae_cli.config import GATED_ONLY_KEYS
+from gsae_cli.config import GATED_ONLY_KEYS, NON_IDENTITY_KEYS
 from gsae_cli.errors import ArtifactError, ConfigError
 
 ID_COLUMNS = ["model", "hook", "architecture", "l1_coefficient", "train_tokens"]
@@ -52,7 +52,7 @@ _NOT_SERIES_KEYS = {"sae.l1_coefficient", "sae.path", "sae.name", "model.name", 
                     "train.wandb_project", "train.compile", "train.shuffle_buffer_chunks",
                     "harvest.batch_size", "harvest.chunk_rows", "harvest.shard_chunks",
                     "eval.batch_size", "eval.cache", "eval.bootstrap_samples", "eval.bootstrap_seed",
-                    "eval.density_bins"}
+                    "eval.density_bins"} | NON_IDENTITY_KEYS  # speed, place, logging: never a series
 _GATED_ONLY = {f"sae.{k}" for k in GATED_ONLY_KEYS}
 # Each architecture has its own tuned learning rate (sae.lr, conf/sae/*.yaml), so the LR splits
 # series *within* an architecture (an LR sweep) but never stops two architectures comparing.
@@ -368,6 +368,8 @@ def _load(directory: Path) -> Result:
     }
     # The learning rate that trained the SAE: train.lr when set, else the architecture's sae.lr.
     keys = {k: v for k, v in flat.items() if k not in ("train.lr", "sae.lr")}
+    if keys.get("train.data_streams") == 1:  # one stream is the order of SAEs from before the key existed
+        del keys["train.data_streams"]
     if "train.lr" in flat or "sae.lr" in flat:
         keys["lr"] = flat["train.lr"] if flat.get("train.lr") is not None else flat.get("sae.lr")
     return Result(row, config, flat, keys, ci)

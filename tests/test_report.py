@@ -474,3 +474,23 @@ def test_doubling_check_pairs_t_with_2t(tmp_path, capsys):
     assert "| gated / relu | 2M → 4M | 0.500 [0.500, 0.500] | 0.250 [0.250, 0.250] | 0.500 [0.500, 0.500] | no |" in md
     assert "_aligned" not in (out / "ratios.json").read_text()
     assert "change 0.500, 95 % CI [0.500, 0.500]" in capsys.readouterr().err
+
+
+def test_keys_that_change_no_result_never_split_a_series(tmp_path):
+    """An SAE from a newer gsae records more config keys (threads, harvest.rank, store_url, ...,
+    train.data_streams=1): none of them changes what it holds, so it joins the older SAEs' series."""
+    root = tmp_path / "outputs"
+    make_sweep(root)
+    for name in ("relu0", "gated1"):
+        path = root / "eval" / name / "metrics.json"
+        m = json.loads(path.read_text())
+        m["config"].update(threads=None, store_url=None)
+        m["config"]["harvest"] = {"rank": None, "world_size": None}
+        m["config"]["train"].update(data_streams=1, prefetch_chunks=2)
+        path.write_text(json.dumps(m))
+    labels = [s.label for s in group_series(collect([], root)[0])[("smollm2-135m", HOOK)]]
+    assert labels == ["gated", "relu"]
+    m["config"]["train"]["data_streams"] = 4  # another data order: a series of its own
+    path.write_text(json.dumps(m))
+    labels = [s.label for s in group_series(collect([], root)[0])[("smollm2-135m", HOOK)]]
+    assert sorted(labels) == ["gated", "gated, train.data_streams=4", "relu"]
