@@ -109,7 +109,7 @@ def run_harvest(cfg: DictConfig, force: bool = False) -> list[HarvestResult]:
         if pending:
             with contextlib.ExitStack() as recs:
                 for h in pending:
-                    recs.enter_context(status.recording(dirs[h]))
+                    recs.enter_context(status.recording(dirs[h], f"harvest rank {rank} of {world}: " if world > 1 else ""))
                 complete |= _harvest(cfg, pending, {h: dirs[h] for h in pending}, rank, world)
     return [HarvestResult(h, dirs[h], h not in pending, complete[h]) for h in hooks]
 

@@ -52,15 +52,18 @@ def read_failed(directory: Path) -> Optional[str]:
 
 
 @contextmanager
-def recording(directory: Path) -> Iterator[None]:
+def recording(directory: Path, who: str = "") -> Iterator[None]:
     """Clear any earlier FAILED note on entry; on an exception, note it and re-raise.
-    Ctrl-C is not a failure (the artifact stays partial and resumable), so it is not noted."""
-    clear_failed(directory)
+    Ctrl-C is not a failure (the artifact stays partial and resumable), so it is not noted.
+    `who` (e.g. "harvest rank 1 of 2: ") heads the note, and a process with a `who` clears only a
+    note it wrote itself: a rank starting must not hide another rank's failure."""
+    if not who or (read_failed(directory) or "").startswith(who):
+        clear_failed(directory)
     try:
         yield
     except Exception as err:
         try:
-            mark_failed(directory, f"{type(err).__name__}: {err}")
+            mark_failed(directory, f"{who}{type(err).__name__}: {err}")
         except Exception:  # noqa: BLE001 - the note is best-effort (storage may be what failed); keep the real error
             pass
         raise

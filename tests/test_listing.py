@@ -208,3 +208,17 @@ def test_a_distributed_harvest_is_running_while_any_rank_holds_its_lock(outputs)
     finally:
         fh.close()
     assert fresh.name not in _by_name(list_artifacts(outputs))
+
+
+def test_a_rank_clears_only_its_own_failure_note(tmp_path):
+    d = tmp_path / "store"
+    d.mkdir()
+    with pytest.raises(RuntimeError):
+        with status.recording(d, "harvest rank 0 of 2: "):
+            raise RuntimeError("out of memory")
+    with status.recording(d, "harvest rank 1 of 2: "):  # rank 1 starting later keeps rank 0's failure
+        pass
+    assert status.read_failed(d) == "harvest rank 0 of 2: RuntimeError: out of memory"
+    with status.recording(d, "harvest rank 0 of 2: "):  # rank 0's own rerun clears it
+        pass
+    assert status.read_failed(d) is None
