@@ -586,11 +586,20 @@ def pairwise_ratios(sites: dict[tuple[str, str], list[Series]], n_samples: int =
 TOKENS_KEY = "train.n_tokens"
 
 
-def doubling_checks(ratios: list[dict], level: float = 0.95) -> list[dict]:
+def _same_coefficients(s: Series, like: Series) -> Series:
+    """`s` with only the SAEs whose λ also occurs in `like`."""
+    keep = {r.row["l1_coefficient"] for r in like.results}
+    return Series(s.model, s.hook, s.architecture, s.extras, [r for r in s.results if r.row["l1_coefficient"] in keep])
+
+
+def doubling_checks(ratios: list[dict], level: float = 0.95, n_samples: int = 0, seed: int = 0) -> list[dict]:
     """The convergence check: for every ratio at T training tokens whose two series also exist at
-    2T (all else equal), the ratio at 2T against the ratio at T. `change` = ratio(2T) / ratio(T),
-    with a paired bootstrap interval (the same window resamples give both ratios); `within` says
-    whether ratio(2T) lies inside ratio(T)'s interval (the issue's criterion)."""
+    2T (all else equal), the ratio at 2T against the ratio at T. Like for like: when the 2T runs
+    repeat only some λ (a sweep doubles the middle of its frontier), the ratio at T is recomputed
+    from the same λ, since the ratio varies along the frontier and a wider T range would compare
+    different parts of it. `change` = ratio(2T) / ratio(T), with a paired bootstrap interval (the
+    same window resamples give both ratios); `within` says whether ratio(2T) lies inside ratio(T)'s
+    interval (the issue's criterion)."""
     import torch
 
     from gsae_cli import metrics
@@ -606,6 +615,7 @@ def doubling_checks(ratios: list[dict], level: float = 0.95) -> list[dict]:
         return int(ta) if ta is not None and ta == tb else None
 
     out = []
+    cache: dict = {}
     for r1 in ratios:
         t = tokens(r1)
         if t is None or r1["geomean"] is None:
@@ -613,16 +623,24 @@ def doubling_checks(ratios: list[dict], level: float = 0.95) -> list[dict]:
         for r2 in ratios:
             if key(r2) != key(r1) or tokens(r2) != 2 * t or r2["geomean"] is None:
                 continue
-            change = r2["geomean"] / r1["geomean"]
-            s1, s2 = r1.get("_aligned"), r2.get("_aligned")
+            (a1, b1), (a2, b2) = r1["_series"], r2["_series"]
+            a1, b1 = _same_coefficients(a1, a2), _same_coefficients(b1, b2)
+            at_t = r1
+            if (len(a1.results), len(b1.results)) != tuple(len(s.results) for s in r1["_series"]):
+                at_t = ratio_with_interval(a1, b1, n_samples, seed, cache)
+                if at_t["geomean"] is None:
+                    continue
+            change = r2["geomean"] / at_t["geomean"]
+            s1, s2 = at_t.get("_aligned"), r2.get("_aligned")
             interval = None
             if s1 and s2 and len(s1) == len(s2):
                 both = [y / x for x, y in zip(s1, s2) if x is not None and y is not None]
                 if both:
                     interval = metrics.percentile_interval(torch.tensor(both, dtype=torch.float64), level)
-            lo_hi = r1.get("interval")
+            lo_hi = at_t.get("interval")
             out.append({"model": r1["model"], "hook": r1["hook"], "a": r1["a"], "b": r1["b"], "tokens": [t, 2 * t],
-                        "ratio": [r1["geomean"], r2["geomean"]], "interval": [lo_hi, r2.get("interval")],
+                        "l1_coefficients": sorted({r.row["l1_coefficient"] for r in a1.results + b1.results}),
+                        "ratio": [at_t["geomean"], r2["geomean"]], "interval": [lo_hi, r2.get("interval")],
                         "change": change, "change_interval": interval, "level": level,
                         "within": None if lo_hi is None else bool(lo_hi[0] <= r2["geomean"] <= lo_hi[1])})
     return out
@@ -906,16 +924,18 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
         site_checks = [c for c in checks if (c["model"], c["hook"]) == (model, hook)]
         if site_checks:
             lines += ["### Convergence: the ratio when the training tokens double", "",
-                      "Each ratio at T training tokens against the same pair of series at 2T. Change = "
+                      "Each ratio at T training tokens against the same pair of series at 2T, both over "
+                      "the λ that were run at both lengths. Change = "
                       "ratio(2T) / ratio(T), with a paired bootstrap interval (the same window resamples give "
                       "both ratios). Converged by the stated criterion when ratio(2T) lies inside ratio(T)'s "
                       "95 % interval.", "",
-                      "| pair | T → 2T | ratio at T [95 % CI] | ratio at 2T [95 % CI] | change [95 % CI] | 2T inside T's CI |",
-                      "|---|---|---|---|---|---|"]
+                      "| pair | T → 2T | λ | ratio at T [95 % CI] | ratio at 2T [95 % CI] | change [95 % CI] | 2T inside T's CI |",
+                      "|---|---|---|---|---|---|---|"]
             for c in site_checks:
                 iv = lambda x: f" [{x[0]:.3f}, {x[1]:.3f}]" if x else ""  # noqa: E731
                 pair = f"{_strip_tokens(c['a'])} / {_strip_tokens(c['b'])}"
-                lines.append(f"| {pair} | {_fmt_value(c['tokens'][0])} → {_fmt_value(c['tokens'][1])} | "
+                lams = ", ".join(f"{x:g}" for x in c.get("l1_coefficients") or [])
+                lines.append(f"| {pair} | {_fmt_value(c['tokens'][0])} → {_fmt_value(c['tokens'][1])} | {lams} | "
                              f"{c['ratio'][0]:.3f}{iv(c['interval'][0])} | {c['ratio'][1]:.3f}{iv(c['interval'][1])} | "
                              f"{c['change']:.3f}{iv(c['change_interval'])} | "
                              f"{'–' if c['within'] is None else 'yes' if c['within'] else 'no'} |")
@@ -969,7 +989,7 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
             + "; ".join(f"{k}: {', '.join(v)}" for k, v in present.items()) + ".")
     sites = group_series(kept)
     ratios = pairwise_ratios(sites, bootstrap_samples, bootstrap_seed)
-    checks = doubling_checks(ratios)
+    checks = doubling_checks(ratios, n_samples=bootstrap_samples, seed=bootstrap_seed)
     ratios = [{k: v for k, v in r.items() if not k.startswith("_")} for r in ratios]
 
     report_dir = Path(report_dir).expanduser()
@@ -986,7 +1006,8 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
     for r in ratios:
         notice(_ratio_line(r))
     for c in checks:
-        notice(f"{_strip_tokens(c['a'])} / {_strip_tokens(c['b'])} at {c['hook']}: ratio {c['ratio'][0]:.3f} at "
+        lams = ", ".join(f"{x:g}" for x in c["l1_coefficients"])
+        notice(f"{_strip_tokens(c['a'])} / {_strip_tokens(c['b'])} at {c['hook']}, λ {lams}: ratio {c['ratio'][0]:.3f} at "
                f"{_fmt_value(c['tokens'][0])} tokens, {c['ratio'][1]:.3f} at {_fmt_value(c['tokens'][1])} "
                f"(change {c['change']:.3f}" + (f", 95 % CI [{c['change_interval'][0]:.3f}, {c['change_interval'][1]:.3f}]"
                                                if c["change_interval"] else "") + ")")

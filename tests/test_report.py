@@ -471,9 +471,31 @@ def test_doubling_check_pairs_t_with_2t(tmp_path, capsys):
     assert c["ratio"] == pytest.approx([0.5, 0.25]) and c["change"] == pytest.approx(0.5)
     assert c["change_interval"] == pytest.approx([0.5, 0.5]) and c["within"] is False
     md = (out / "results.md").read_text()
-    assert "| gated / relu | 2M → 4M | 0.500 [0.500, 0.500] | 0.250 [0.250, 0.250] | 0.500 [0.500, 0.500] | no |" in md
+    assert ("| gated / relu | 2M → 4M | 0.1, 0.2, 0.3, 0.4 | 0.500 [0.500, 0.500] | 0.250 [0.250, 0.250] | "
+            "0.500 [0.500, 0.500] | no |") in md
     assert "_aligned" not in (out / "ratios.json").read_text()
     assert "change 0.500, 95 % CI [0.500, 0.500]" in capsys.readouterr().err
+
+
+def test_doubling_check_compares_the_same_coefficients(tmp_path):
+    # At T gated's share of relu's L0 varies along the frontier: 1/2 at the two low λ, 1/4 at the
+    # two high ones. 2T repeats only the two high λ, with the same 1/4: converged, like for like
+    # (over all four λ at T the ratio would read ~0.35 and the check would wrongly say "moved").
+    root = tmp_path / "outputs"
+    for i, (l0, lr) in enumerate(RELU_FRONT):
+        make_eval(root, f"relu-t-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True)
+        make_eval(root, f"gated-t-{i}", "gated", 0.1 * (i + 1), l0 / (2 if i < 2 else 4), lr, 1.0, windows=True)
+        if i >= 2:
+            make_eval(root, f"relu-2t-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=4_000_000, windows=True)
+            make_eval(root, f"gated-2t-{i}", "gated", 0.1 * (i + 1), l0 / 4, lr, 1.0, train_tokens=4_000_000,
+                      windows=True)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=50, bootstrap_seed=0)
+    full = [r for r in json.loads((out / "ratios.json").read_text()) if r["a"] == "gated, train.n_tokens=2M"]
+    assert full[0]["geomean"] < 0.45  # the whole T frontier mixes both shares
+    (c,) = json.loads((out / "convergence.json").read_text())
+    assert c["l1_coefficients"] == pytest.approx([0.3, 0.4])
+    assert c["ratio"] == pytest.approx([0.25, 0.25]) and c["change"] == pytest.approx(1.0)
+    assert c["change_interval"] == pytest.approx([1.0, 1.0]) and c["within"] is True
 
 
 def test_keys_that_change_no_result_never_split_a_series(tmp_path):
