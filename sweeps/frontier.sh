@@ -40,7 +40,7 @@ if [[ -z "${GSAE:-}" ]]; then
 fi
 MODEL=${MODEL:-smollm2-135m}
 HOOKS=${HOOKS:-"blocks.12.hook_resid_pre blocks.12.hook_attn_out blocks.12.hook_mlp_out"}
-TRAIN_TOKENS=${TRAIN_TOKENS:-1000000}
+TRAIN_TOKENS=${TRAIN_TOKENS:-2000000}  # the convergence check doubles it: 4M rows, which the default corpus (v3) holds unrepeated
 HARVEST_TOKENS=${HARVEST_TOKENS:-$((2 * TRAIN_TOKENS))}
 DOUBLE=${DOUBLE:-1}       # 1: also train every member on 2 x TRAIN_TOKENS (the convergence check)
 EVAL_TOKENS=${EVAL_TOKENS:-32512}   # 256 held-out windows of 128, the same for every SAE of a site

