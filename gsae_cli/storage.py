@@ -57,10 +57,6 @@ def is_remote(p: Any) -> bool:
     return getattr(p, "protocol", "") not in ("", "file", "local")
 
 
-def display(p: Location) -> str:
-    return str(p)
-
-
 def fsync(p: Location) -> None:
     """Flush a local file or folder entry to disk; object stores have nothing to flush."""
     if is_remote(p):
@@ -191,4 +187,4 @@ def explain(e: BaseException, p: Location, what: str) -> str:
                "AWS_SECRET_ACCESS_KEY and the bucket's permissions")
     else:
         why = f"{name}: {e}"
-    return f"Cannot use {what} at {display(p)}: {why}."
+    return f"Cannot use {what} at {p}: {why}."

@@ -243,12 +243,11 @@ def _nonfinite_rows(raw: np.ndarray, dtype: str) -> np.ndarray | None:
     return np.flatnonzero((masked >= exp).any(axis=1))
 
 
-_fsync_path = storage.fsync  # a no-op on object storage
-
-
 def _atomic_write_json(path: Path, obj: Any, fsync: bool = True) -> None:
-    if storage.is_remote(path):  # one PUT: the object appears whole or not at all
-        path.write_text(json.dumps(obj))
+    # A fixed temporary name (not storage.write_atomic's mkstemp) so that a killed write's debris
+    # is known by name and swept on reopen (_discard_shards, finish).
+    if storage.is_remote(path):
+        storage.write_atomic(path, json.dumps(obj).encode())
         return
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
@@ -258,7 +257,7 @@ def _atomic_write_json(path: Path, obj: Any, fsync: bool = True) -> None:
             os.fsync(f.fileno())
     os.replace(tmp, path)
     if fsync:
-        _fsync_path(path.parent)
+        storage.fsync(path.parent)
 
 
 def _read_json(path: Path) -> Any:
@@ -468,7 +467,7 @@ class StoreWriter:
         del acts
         if fsync:
             for p in (path / "zarr.json", path / "activations" / "zarr.json", path / "tokens" / "zarr.json"):
-                _fsync_path(p)
+                storage.fsync(p)
         progress = {"rows_written": 0} | ({"world_size": world_size} if world_size > 1 else {})
         _atomic_write_json(path / PROGRESS_FILE, progress, fsync)
         return cls(path, layout, group, 0, False, fsync, max_pending, 0, world_size)
@@ -720,7 +719,7 @@ class StoreWriter:
             try:
                 self._group.attrs.update(final)
                 if self._fsync:
-                    _fsync_path(self.path / "zarr.json")
+                    storage.fsync(self.path / "zarr.json")
                 if before_complete is not None:
                     before_complete(final)
                 _atomic_write_json(self.path / COMPLETE_FILE, {"rows": self.n_tokens}, self._fsync)
@@ -819,10 +818,10 @@ class StoreWriter:
             for arr, key in ((self._acts, (shard, 0)), (self._toks, (shard,))):
                 root = self.path / arr.basename
                 f = root / arr.metadata.encode_chunk_key(key)
-                _fsync_path(f)
+                storage.fsync(f)
                 while f != root:
                     f = f.parent
-                    _fsync_path(f)
+                    storage.fsync(f)
         if self.world_size == 1:
             stats = [self._stats[i] for i in range(shard + 1)]
             _atomic_write_json(self.path / PROGRESS_FILE, {"rows_written": stop, "shard_stats": stats}, self._fsync)
