@@ -56,7 +56,11 @@ _NOT_SERIES_KEYS = {"sae.l1_coefficient", "sae.path", "sae.name", "model.name", 
 _GATED_ONLY = {f"sae.{k}" for k in GATED_ONLY_KEYS}
 # Each architecture has its own tuned learning rate (sae.lr, conf/sae/*.yaml), so the LR splits
 # series *within* an architecture (an LR sweep) but never stops two architectures comparing.
-_ARCH_SCOPED = {"lr"}
+# The eval set (the held-out windows: corpus and its version, split, site) also splits only where
+# one architecture has several, so SAEs measured on other text never share a frontier; then only
+# series on the same eval set compare. Architectures each on one, different eval set still
+# compare, bootstrapped unpaired, and the report says so.
+_ARCH_SCOPED = {"lr", "eval_set"}
 
 # Fixed colours so an architecture looks the same in every plot; the paper's comparison first.
 ARCH_ORDER = ["gated", "rescale_shift", "relu"]
@@ -372,6 +376,8 @@ def _load(directory: Path) -> Result:
         del keys["train.data_streams"]
     if "train.lr" in flat or "sae.lr" in flat:
         keys["lr"] = flat["train.lr"] if flat.get("train.lr") is not None else flat.get("sae.lr")
+    if row["eval_set"] is not None:  # the config alone does not show the default corpus's version
+        keys["eval_set"] = row["eval_set"]
     return Result(row, config, flat, keys, ci)
 
 
@@ -513,9 +519,9 @@ def group_series(results: list[Result]) -> dict[tuple[str, str], list[Series]]:
 def _comparable(a: Series, b: Series) -> bool:
     """Same value for every distinguishing key both have: gated(tie_weights=false) still
     compares with relu, which has no such switch; a 4M-token series does not with a 2M one.
-    Architecture-scoped keys (the learning rate) never block a comparison."""
+    The learning rate never blocks a comparison; the eval set blocks one only where it splits series."""
     ea, eb = dict(a.extras), dict(b.extras)
-    return all(repr(ea[k]) == repr(eb[k]) for k in (ea.keys() & eb.keys()) - _ARCH_SCOPED)
+    return all(repr(ea[k]) == repr(eb[k]) for k in (ea.keys() & eb.keys()) - {"lr"})
 
 
 def _window_data(result: Result, cache: dict) -> WindowData:

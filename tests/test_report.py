@@ -516,3 +516,22 @@ def test_keys_that_change_no_result_never_split_a_series(tmp_path):
     path.write_text(json.dumps(m))
     labels = [s.label for s in group_series(collect([], root)[0])[("smollm2-135m", HOOK)]]
     assert sorted(labels) == ["gated", "gated, train.data_streams=4", "relu"]
+
+
+def test_another_eval_set_never_joins_a_frontier(tmp_path):
+    """Evaluations whose configs agree but whose held-out windows differ (here: the default
+    corpus's text changed between versions, which the config does not show) are separate
+    series, and each compares only with series on its own eval set."""
+    root = tmp_path / "outputs"
+    make_sweep(root, windows=True, eval_set="v2")
+    for i, (l0, lr) in enumerate(RELU_FRONT):
+        make_eval(root, f"v3-relu{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True, eval_set="v3")
+        make_eval(root, f"v3-gated{i}", "gated", 0.1 * (i + 1), l0 / 4, lr, 1.0, windows=True, eval_set="v3")
+    labels = [s.label for s in group_series(collect([], root)[0])[("smollm2-135m", HOOK)]]
+    assert labels == ["gated, eval_set=v2", "gated, eval_set=v3", "relu, eval_set=v2", "relu, eval_set=v3"]
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=50)
+    ratios = json.loads((out / "ratios.json").read_text())
+    assert [(r["a"], r["b"]) for r in ratios] == [("gated, eval_set=v2", "relu, eval_set=v2"),
+                                                 ("gated, eval_set=v3", "relu, eval_set=v3")]
+    assert all(r["paired"] for r in ratios)
+    assert ratios[1]["geomean"] == pytest.approx(0.25)
