@@ -652,6 +652,81 @@ def doubling_checks(ratios: list[dict], level: float = 0.95, n_samples: int = 0,
     return out
 
 
+SEED_KEY = "train.seed"
+
+
+def seed_summary(ratios: Sequence[float], level: float = 0.95) -> dict:
+    """Run-to-run spread of a ratio measured once per training seed (n >= 2), on the log scale
+    where ratios are symmetric: the geometric mean, a Student-t `level` interval for it
+    (exp(m ± t·s/√n)), and the prediction interval for one more run (exp(m ± t·s·√(1 + 1/n))).
+    s is the sample standard deviation of log ratio; t the t quantile with n - 1 degrees of freedom."""
+    from scipy.stats import t as student_t
+
+    logs = [math.log(r) for r in ratios]
+    n = len(logs)
+    if n < 2:
+        raise ValueError("a spread over seeds needs at least two runs")
+    m = sum(logs) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in logs) / (n - 1))
+    q = float(student_t.ppf(0.5 + level / 2, n - 1))
+    band = lambda w: [math.exp(m - q * sd * w), math.exp(m + q * sd * w)]  # noqa: E731
+    return {"geomean": math.exp(m), "sd_log": sd, "n": n, "t": q, "interval": band(1 / math.sqrt(n)),
+            "prediction": band(math.sqrt(1 + 1 / n)), "level": level}
+
+
+def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, seed: int = 0) -> list[dict]:
+    """For every pair of series compared at several training seeds (train.seed; all else equal):
+    the ratio of each seed, over the λ that every seed ran (the ratio varies along the frontier),
+    and seed_summary of them. This is the run-to-run variation (initialisation, which rows of the
+    store a run reads, their order) that the window bootstrap of a single run does not see."""
+    def strip(s: Series) -> tuple:
+        return tuple((k, repr(v)) for k, v in s.extras if k != SEED_KEY)
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in ratios:
+        a, b = r["_series"]
+        sa, sb = dict(a.extras).get(SEED_KEY), dict(b.extras).get(SEED_KEY)
+        if sa is None or sa != sb:
+            continue
+        groups.setdefault((r["model"], r["hook"], a.architecture, b.architecture, strip(a), strip(b)), []).append(r)
+    out = []
+    cache: dict = {}
+    for rs in groups.values():
+        if len(rs) < 2:
+            continue
+        rs = sorted(rs, key=lambda r: dict(r["_series"][0].extras)[SEED_KEY])
+        lams_a = set.intersection(*({x.row["l1_coefficient"] for x in r["_series"][0].results} for r in rs))
+        lams_b = set.intersection(*({x.row["l1_coefficient"] for x in r["_series"][1].results} for r in rs))
+        per_seed = []
+        for r in rs:
+            a, b = r["_series"]
+            a = Series(a.model, a.hook, a.architecture, a.extras, [x for x in a.results if x.row["l1_coefficient"] in lams_a])
+            b = Series(b.model, b.hook, b.architecture, b.extras, [x for x in b.results if x.row["l1_coefficient"] in lams_b])
+            same = (len(a.results), len(b.results)) == tuple(len(x.results) for x in r["_series"])
+            per_seed.append(r if same else ratio_with_interval(a, b, n_samples, seed, cache))
+        usable = [(dict(r["_series"][0].extras)[SEED_KEY], p) for r, p in zip(rs, per_seed) if p["geomean"] is not None]
+        if len(usable) < 2:
+            continue
+        first = rs[0]
+        out.append({"model": first["model"], "hook": first["hook"],
+                    "a": _strip_key(first["a"], SEED_KEY), "b": _strip_key(first["b"], SEED_KEY),
+                    "tokens": dict(first["_series"][0].extras).get(TOKENS_KEY),
+                    "l1_coefficients": sorted(lams_a | lams_b), "seeds": [s for s, _ in usable],
+                    "ratios": [p["geomean"] for _, p in usable], "windows_interval": [p["interval"] for _, p in usable],
+                    **seed_summary([p["geomean"] for _, p in usable], level)})
+    return out
+
+
+def _spread_for(check: dict, spreads: Sequence[dict]) -> Optional[dict]:
+    """The seed spread of a doubling check's pair at T tokens, if seeds were run there."""
+    for sp in spreads:
+        if ((sp["model"], sp["hook"], sp["a"], sp["b"]) == (check["model"], check["hook"], _strip_key(check["a"], SEED_KEY),
+                                                            _strip_key(check["b"], SEED_KEY))
+                and sp["tokens"] == check["tokens"][0]):
+            return sp
+    return None
+
+
 # ---- outputs ---------------------------------------------------------------------------------
 
 def _sort_key(r: Result) -> tuple:
@@ -765,12 +840,23 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
     site's matched-L0 ratios in the corner."""
     fig, axes = _figure(len(sites))
     for ax, ((model, hook), series) in zip(axes, sites.items()):
-        styles = _style(series)
+        replicas = _seed_replicas(series)
+        styles = _style([s for s in series if id(s) not in replicas])
+        styles = dict(zip((i for i, s in enumerate(series) if id(s) not in replicas), styles.values()))
+        legended: set = set()
         for i, s in enumerate(series):
-            colour, ls, marker = styles[i]
             pts = _plottable(s, "loss_recovered")
             if not pts:
                 continue
+            if id(s) in replicas:  # a further training seed: hollow points in the first seed's style
+                colour, marker = styles[replicas[id(s)]][0], styles[replicas[id(s)]][2]
+                name = f"{_strip_key(s.label, SEED_KEY)}, other seeds"
+                ax.plot([p.x for p in pts], [p.y for p in pts], color=colour, marker=marker, linestyle="none",
+                        markerfacecolor="none", alpha=0.7, markersize=7,
+                        label=name if name not in legended else "_nolegend_")
+                legended.add(name)
+                continue
+            colour, ls, marker = styles[i]
             front = set(pareto_frontier([(p.x, p.y) for p in pts]))
             on = [p for j, p in enumerate(pts) if j in front]
             off = [p for j, p in enumerate(pts) if j not in front]
@@ -781,7 +867,9 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
                 ax.plot([p.x for p in off], [p.y for p in off], color=colour, marker=marker, linestyle="none",
                         alpha=0.3, markersize=7)
                 _error_bars(ax, off, colour, x=True, alpha=0.3)
-        site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)]
+        others = {s.label for s in series if id(s) in replicas}  # their ratios are in the seed table
+        site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)
+                       and r["a"] not in others and r["b"] not in others]
         if site_ratios:
             ax.text(0.98, 0.03, "L0 ratio at matched loss recovered (95 % CI)\n"
                     + "\n".join(_ratio_short(r) for r in site_ratios),
@@ -794,6 +882,23 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
         _legend(ax, len(series), "Pareto frontier in bold; faded points are dominated; whiskers: 95 % CI")
     fig.suptitle("Sparsity vs fidelity (up and to the left is better)", fontsize=13)
     _save(fig, path)
+
+
+def _seed_replicas(series: Sequence[Series]) -> dict[int, int]:
+    """id(series) -> index of the series it repeats with another train.seed (the lowest seed of a
+    group that is otherwise the same): plotted as points around that series, not as their own line."""
+    first: dict[tuple, int] = {}
+    for i, s in sorted(enumerate(series), key=lambda x: _natural(repr(dict(x[1].extras).get(SEED_KEY)))):
+        if SEED_KEY not in dict(s.extras):
+            continue
+        first.setdefault((s.architecture, tuple((k, repr(v)) for k, v in s.extras if k != SEED_KEY)), i)
+    out = {}
+    for i, s in enumerate(series):
+        if SEED_KEY in dict(s.extras):
+            j = first[(s.architecture, tuple((k, repr(v)) for k, v in s.extras if k != SEED_KEY))]
+            if j != i:
+                out[id(s)] = j
+    return out
 
 
 def plot_shrinkage(sites: dict[tuple[str, str], list[Series]], path: Path) -> None:
@@ -888,8 +993,16 @@ def _ratio_line(r: dict) -> str:
     return text
 
 
+def _spread_line(sp: dict) -> str:
+    lams = ", ".join(f"{x:g}" for x in sp["l1_coefficients"])
+    per = ", ".join(f"{r:.3f}" for r in sp["ratios"])
+    return (f"{sp['a']} / {sp['b']} at {sp['hook']}, λ {lams}, seeds {', '.join(str(x) for x in sp['seeds'])}: "
+            f"ratios {per}; geometric mean {sp['geomean']:.3f}, 95 % CI over seeds [{sp['interval'][0]:.3f}, "
+            f"{sp['interval'][1]:.3f}]; one more run would fall in [{sp['prediction'][0]:.3f}, {sp['prediction'][1]:.3f}]")
+
+
 def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], where: str, filters: Sequence[str],
-              checks: Sequence[dict] = ()) -> str:
+              checks: Sequence[dict] = (), spreads: Sequence[dict] = ()) -> str:
     lines = ["# gsae report", "",
              f"Evaluations collected from {where}" + (f", filtered by {', '.join(f'`{w}`' for w in filters)}" if filters else "") + ".",
              "L0: mean active features per token. Loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean). "
@@ -927,6 +1040,23 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
             for t, la, lb, q in zip(r["targets"], r["l0_a"], r["l0_b"], r["ratios"]):
                 lines.append(f"  | {t:.3f} | {la:.1f} | {lb:.1f} | {q:.3f} |")
             lines.append("")
+        site_spreads = [sp for sp in spreads if (sp["model"], sp["hook"]) == (model, hook)]
+        if site_spreads:
+            lines += ["### Run-to-run spread: the ratio over training seeds", "",
+                      "The same pair trained with several `train.seed` (initialisation, which rows of the store a run "
+                      "reads, and their order), each ratio over the λ every seed ran. The window bootstrap above "
+                      "holds the SAEs fixed; this is the variation of training itself. CI: Student t over seeds "
+                      "on log ratio; one more run: the t prediction interval for a further seed.", "",
+                      "| pair | train tokens | λ | ratio per seed | geometric mean [95 % CI over seeds] | one more run |",
+                      "|---|---|---|---|---|---|"]
+            for sp in site_spreads:
+                lams = ", ".join(f"{x:g}" for x in sp["l1_coefficients"])
+                per = ", ".join(f"{r:.3f} (seed {x})" for x, r in zip(sp["seeds"], sp["ratios"]))
+                lines.append(f"| {_strip_tokens(sp['a'])} / {_strip_tokens(sp['b'])} | "
+                             f"{_fmt_value(sp['tokens']) if sp['tokens'] is not None else '–'} | {lams} | {per} | "
+                             f"{sp['geomean']:.3f} [{sp['interval'][0]:.3f}, {sp['interval'][1]:.3f}] | "
+                             f"[{sp['prediction'][0]:.3f}, {sp['prediction'][1]:.3f}] |")
+            lines.append("")
         site_checks = [c for c in checks if (c["model"], c["hook"]) == (model, hook)]
         if site_checks:
             lines += ["### Convergence: the ratio when the training tokens double", "",
@@ -934,9 +1064,11 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
                       "the λ that were run at both lengths. Change = "
                       "ratio(2T) / ratio(T), with a paired bootstrap interval (the same window resamples give "
                       "both ratios). Converged by the stated criterion when ratio(2T) lies inside ratio(T)'s "
-                      "95 % interval.", "",
-                      "| pair | T → 2T | λ | ratio at T [95 % CI] | ratio at 2T [95 % CI] | change [95 % CI] | 2T inside T's CI |",
-                      "|---|---|---|---|---|---|---|"]
+                      "95 % interval. Where several seeds ran at T, the last column asks the same of the run-to-run "
+                      "spread: does ratio(2T) lie where one more run at T would?", "",
+                      "| pair | T → 2T | λ | ratio at T [95 % CI] | ratio at 2T [95 % CI] | change [95 % CI] | 2T inside T's CI "
+                      "| 2T inside T's seed spread |",
+                      "|---|---|---|---|---|---|---|---|"]
             for c in site_checks:
                 iv = lambda x: f" [{x[0]:.3f}, {x[1]:.3f}]" if x else ""  # noqa: E731
                 pair = f"{_strip_tokens(c['a'])} / {_strip_tokens(c['b'])}"
@@ -944,13 +1076,21 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
                 lines.append(f"| {pair} | {_fmt_value(c['tokens'][0])} → {_fmt_value(c['tokens'][1])} | {lams} | "
                              f"{c['ratio'][0]:.3f}{iv(c['interval'][0])} | {c['ratio'][1]:.3f}{iv(c['interval'][1])} | "
                              f"{c['change']:.3f}{iv(c['change_interval'])} | "
-                             f"{'–' if c['within'] is None else 'yes' if c['within'] else 'no'} |")
+                             f"{'–' if c['within'] is None else 'yes' if c['within'] else 'no'} | "
+                             + ("–" if not c.get("seed_prediction") else
+                                f"{'yes' if c['within_seeds'] else 'no'} ([{c['seed_prediction'][0]:.3f}, "
+                                f"{c['seed_prediction'][1]:.3f}], seeds {', '.join(str(x) for x in c['seeds_at_t'])})")
+                             + " |")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _strip_key(label: str, key: str) -> str:
+    return ", ".join(p for p in label.split(", ") if not p.startswith(key + "="))
+
+
 def _strip_tokens(label: str) -> str:
-    return ", ".join(p for p in label.split(", ") if not p.startswith(TOKENS_KEY + "="))
+    return _strip_key(label, TOKENS_KEY)
 
 
 def print_table(sites: dict[tuple[str, str], list[Series]]) -> None:
@@ -996,6 +1136,12 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
     sites = group_series(kept)
     ratios = pairwise_ratios(sites, bootstrap_samples, bootstrap_seed)
     checks = doubling_checks(ratios, n_samples=bootstrap_samples, seed=bootstrap_seed)
+    spreads = seed_spreads(ratios, n_samples=bootstrap_samples, seed=bootstrap_seed)
+    for c in checks:
+        sp = _spread_for(c, spreads)
+        c["seed_prediction"] = sp["prediction"] if sp else None
+        c["seeds_at_t"] = sp["seeds"] if sp else None
+        c["within_seeds"] = None if sp is None else bool(sp["prediction"][0] <= c["ratio"][1] <= sp["prediction"][1])
     ratios = [{k: v for k, v in r.items() if not k.startswith("_")} for r in ratios]
 
     report_dir = Path(report_dir).expanduser()
@@ -1004,8 +1150,9 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
     artifacts.atomic_write_text(report_dir / "ratios.json", _ratios_json(ratios))
     plot_frontier(sites, report_dir / "frontier.png", ratios)
     plot_shrinkage(sites, report_dir / "shrinkage.png")
-    artifacts.atomic_write_text(report_dir / "results.md", _markdown(sites, ratios, looked, where, checks))
+    artifacts.atomic_write_text(report_dir / "results.md", _markdown(sites, ratios, looked, where, checks, spreads))
     artifacts.atomic_write_text(report_dir / "convergence.json", _ratios_json(checks))
+    artifacts.atomic_write_text(report_dir / "seeds.json", _ratios_json(spreads))
     print_table(sites)
     n_series = sum(len(s) for s in sites.values())
     notice(f"{len(kept)} evaluation(s) in {n_series} series at {len(sites)} site(s) written to {report_dir}")
@@ -1016,7 +1163,12 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
         notice(f"{_strip_tokens(c['a'])} / {_strip_tokens(c['b'])} at {c['hook']}, λ {lams}: ratio {c['ratio'][0]:.3f} at "
                f"{_fmt_value(c['tokens'][0])} tokens, {c['ratio'][1]:.3f} at {_fmt_value(c['tokens'][1])} "
                f"(change {c['change']:.3f}" + (f", 95 % CI [{c['change_interval'][0]:.3f}, {c['change_interval'][1]:.3f}]"
-                                               if c["change_interval"] else "") + ")")
+                                               if c["change_interval"] else "") + ")"
+               + (f"; {'inside' if c['within_seeds'] else 'outside'} the spread of one more run over seeds "
+                  f"{', '.join(str(x) for x in c['seeds_at_t'])} at {_fmt_value(c['tokens'][0])} "
+                  f"[{c['seed_prediction'][0]:.3f}, {c['seed_prediction'][1]:.3f}]" if c["seed_prediction"] else ""))
+    for sp in spreads:
+        notice(_spread_line(sp))
     return report_dir
 
 

@@ -18,7 +18,8 @@ from conftest import gsae
 from gsae_cli import metrics
 from gsae_cli.errors import ConfigError
 from gsae_cli.report import (WindowData, bootstrap_ratio, collect, group_series, l0_at_loss_recovered,
-                             matched_l0_ratios, pareto_frontier, run_report)
+                             _seed_replicas, matched_l0_ratios, pareto_frontier, run_report,
+                             seed_summary)
 
 # ---- pure functions --------------------------------------------------------------------------
 
@@ -188,7 +189,7 @@ GATED = [(10, 0.80, 1.00), (20, 0.88, 0.99), (40, 0.93, 1.01), (80, 0.96, 1.00)]
 def make_eval(root: Path, name: str, arch: str, l1: float, l0: float, lr: float, gamma: float,
               model: str = "smollm2-135m", train_tokens: int = 2_000_000, complete: bool = True,
               hook: str = HOOK, windows: bool = False, eval_set: str = "evset", ci: bool = True,
-              sae_lr: float | None = None, window_l0: float | None = None) -> Path:
+              sae_lr: float | None = None, window_l0: float | None = None, seed: int | None = None) -> Path:
     """An eval artifact; with `windows`, per_window.safetensors from window_sums(l0, lr) (or
     window_l0 in place of l0: sums from some other run)."""
     d = root / "eval" / name
@@ -200,6 +201,8 @@ def make_eval(root: Path, name: str, arch: str, l1: float, l0: float, lr: float,
               "train": {"n_tokens": train_tokens, "batch_size": 4096, "log_every": 10, "lr": None},
               "eval": {"n_tokens": 16384, "bootstrap_samples": 1000, "bootstrap_seed": 0, "cache": True},
               "data": {"name": "gsae-default"}, "out_dir": str(root), "device": "cpu"}
+    if seed is not None:
+        config["train"]["seed"] = seed
     m = {"l0": l0, "loss_recovered": lr, "ce_clean": 3.0, "ce_spliced": 3.0 + (1 - lr) * 2,
          "ce_zero_ablation": 5.0, "delta_loss": (1 - lr) * 2, "kl_div": (1 - lr), "relative_reconstruction_bias": gamma,
          "relative_reconstruction_bias_centred": gamma + 0.01, "nmse": 0.1, "explained_variance": 0.9,
@@ -535,3 +538,55 @@ def test_another_eval_set_never_joins_a_frontier(tmp_path):
                                                  ("gated, eval_set=v3", "relu, eval_set=v3")]
     assert all(r["paired"] for r in ratios)
     assert ratios[1]["geomean"] == pytest.approx(0.25)
+
+
+def test_seed_summary_by_hand():
+    # log ratios log(0.5) + (0, 0.1, -0.1): mean log(0.5), sample sd 0.1; t(0.975, 2 df) = 4.302653
+    sp = seed_summary([0.5, 0.5 * math.exp(0.1), 0.5 * math.exp(-0.1)])
+    t = 4.302652729749464
+    assert sp["geomean"] == pytest.approx(0.5) and sp["sd_log"] == pytest.approx(0.1) and sp["t"] == pytest.approx(t)
+    assert sp["interval"] == pytest.approx([0.5 * math.exp(-t * 0.1 / math.sqrt(3)), 0.5 * math.exp(t * 0.1 / math.sqrt(3))])
+    assert sp["prediction"] == pytest.approx([0.5 * math.exp(-t * 0.1 * math.sqrt(4 / 3)),
+                                              0.5 * math.exp(t * 0.1 * math.sqrt(4 / 3))])
+    assert seed_summary([2.0, 2.0])["interval"] == pytest.approx([2.0, 2.0])  # no spread, no width
+    with pytest.raises(ValueError):
+        seed_summary([0.5])
+
+
+def test_seed_spread_and_its_use_in_the_doubling_check(tmp_path, capsys):
+    # Seed 0 runs λ 0.1-0.4 at 2M (gated/relu 0.5) and λ 0.2, 0.3 at 4M (0.5·e^0.05); seeds 1 and
+    # 2 repeat λ 0.2, 0.3 at 2M with ratios 0.5·e^±0.1. The 4M ratio moved beyond the (exact)
+    # window interval of the 2M one, but not beyond what one more seed at 2M would give.
+    root = tmp_path / "outputs"
+    runs = [(0, 2_000_000, 0.0, range(4)), (1, 2_000_000, 0.1, (1, 2)), (2, 2_000_000, -0.1, (1, 2)),
+            (0, 4_000_000, 0.05, (1, 2))]
+    for seed, t, shift, idx in runs:
+        for i in idx:
+            l0, lr = RELU_FRONT[i]
+            make_eval(root, f"relu-{seed}-{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True, seed=seed)
+            make_eval(root, f"gated-{seed}-{t}-{i}", "gated", 0.1 * (i + 1), l0 * 0.5 * math.exp(shift), lr, 1.0,
+                      train_tokens=t, windows=True, seed=seed)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=50, bootstrap_seed=0)
+    (sp,) = json.loads((out / "seeds.json").read_text())
+    assert (sp["a"], sp["b"], sp["tokens"]) == ("gated, train.n_tokens=2M", "relu, train.n_tokens=2M", 2_000_000)
+    assert sp["seeds"] == [0, 1, 2] and sp["l1_coefficients"] == pytest.approx([0.2, 0.3])
+    assert sp["ratios"] == pytest.approx([0.5, 0.5 * math.exp(0.1), 0.5 * math.exp(-0.1)])
+    assert sp["geomean"] == pytest.approx(0.5) and sp["sd_log"] == pytest.approx(0.1)
+    (c,) = json.loads((out / "convergence.json").read_text())
+    assert c["ratio"] == pytest.approx([0.5, 0.5 * math.exp(0.05)]) and c["within"] is False
+    assert c["within_seeds"] is True and c["seeds_at_t"] == [0, 1, 2]
+    assert c["seed_prediction"] == pytest.approx(sp["prediction"])
+    md = (out / "results.md").read_text()
+    assert "### Run-to-run spread: the ratio over training seeds" in md
+    assert "| 0.500 (seed 0), 0.553 (seed 1), 0.452 (seed 2) | 0.500 [" in md
+    assert "| no | yes ([0.304, 0.822], seeds 0, 1, 2) |" in md
+    err = capsys.readouterr().err
+    assert "inside the spread of one more run over seeds 0, 1, 2 at 2M [0.304, 0.822]" in err
+    # the plot draws seeds 1 and 2 around seed 0's line, not as lines of their own
+    series = group_series(collect([], root)[0])[("smollm2-135m", HOOK)]
+    replicas = _seed_replicas(series)
+    by_label = {s.label: s for s in series}
+    assert sorted(s.label for s in series if id(s) in replicas) == [
+        "gated, train.n_tokens=2M, train.seed=1", "gated, train.n_tokens=2M, train.seed=2",
+        "relu, train.n_tokens=2M, train.seed=1", "relu, train.n_tokens=2M, train.seed=2"]
+    assert series[replicas[id(by_label["relu, train.n_tokens=2M, train.seed=2"])]].label == "relu, train.n_tokens=2M, train.seed=0"
