@@ -15,7 +15,10 @@
 #   2. every (hook, architecture, λ) at TRAIN_TOKENS, then, with DOUBLE=1 (the default), the
 #      λ of DOUBLE_COEFFS again at 2 x TRAIN_TOKENS from the same store: the convergence check
 #      (does doubling the tokens move the L0 ratio beyond its interval?);
-#   3. `gsae report` over everything.
+#   3. last, the λ of DOUBLE_COEFFS at TRAIN_TOKENS again with each further training seed of
+#      SEEDS (train.seed: initialisation, which rows of the store a run reads, their order): the
+#      run-to-run spread of the ratio, which the eval-window intervals do not see;
+#   4. `gsae report` over everything.
 #
 # Safe to rerun: finished harvests, trainings and evaluations are reused, so a second run only
 # does what is missing (a killed run resumes where it stopped). JOBS=N runs N members at once,
@@ -27,7 +30,8 @@
 #   sbatch --array=0-$((n - 1)) --gres=gpu:1 --wrap "EXTRA=device=cuda sweeps/frontier.sh"
 #   # when all tasks are done:
 #   .venv/bin/gsae report out_dir=outputs
-# Members are ordered hook-major, then token count, then architecture, as --list shows.
+# Members are ordered hook-major, then token count, then architecture; the further seeds come last,
+# again hook-major. --list shows them (hook, tokens, architecture, λ, train.lr, train.seed).
 #
 # Exit status: 0 if every member succeeded (and the report was written), 1 if any failed,
 # 2 on bad arguments, 130 if interrupted.
@@ -49,6 +53,7 @@ ARCHS=${ARCHS:-"relu gated rescale_shift"}
 # on SmolLM2-135M it spans loss recovered from about 0.8 to 0.99 for relu and gated.
 COEFFS=${COEFFS:-"0.02 0.04 0.08 0.16 0.32"}
 DOUBLE_COEFFS=${DOUBLE_COEFFS:-"0.04 0.08 0.16"}   # the mid-frontier λ the doubled-token check repeats
+SEEDS=${SEEDS:-"0 1 2"}   # train.seed of the spread runs (DOUBLE_COEFFS at TRAIN_TOKENS); "0" turns them off
 # Learning rates, "arch=lr" (train.lr) per architecture; the others keep their sae.lr. Runs of a
 # few hundred steps need a higher LR than the paper's 3e-4 for gated: sweeps/lr_sweep.sh chose
 # every architecture's rate by the same criterion (README, "Learning rates").
@@ -67,6 +72,13 @@ read -r -a hooks <<< "$HOOKS"
 read -r -a archs <<< "$ARCHS"
 read -r -a coeffs <<< "$COEFFS"
 read -r -a double_coeffs <<< "$DOUBLE_COEFFS"
+read -r -a seeds <<< "$SEEDS"
+for s in ${seeds[@]+"${seeds[@]}"}; do
+    if ! [[ "$s" =~ ^[0-9]+$ ]]; then
+        echo "frontier.sh: SEEDS item '$s' is not a non-negative integer (e.g. SEEDS=\"0 1 2\")" >&2
+        exit 2
+    fi
+done
 read -r -a lrs <<< "$LRS"
 read -r -a extra <<< "$EXTRA"
 token_counts=("$TRAIN_TOKENS")
@@ -99,7 +111,17 @@ for hook in "${hooks[@]}"; do
         (( t != TRAIN_TOKENS )) && cs=("${double_coeffs[@]}")
         for arch in "${archs[@]}"; do
             for c in "${cs[@]}"; do
-                members+=("$hook $t $arch $c $(lr_of "$arch")")
+                members+=("$hook $t $arch $c $(lr_of "$arch") 0")
+            done
+        done
+    done
+done
+for hook in "${hooks[@]}"; do  # after everything else: the spread needs the seed-0 runs above
+    for s in ${seeds[@]+"${seeds[@]}"}; do
+        (( s == 0 )) && continue
+        for arch in "${archs[@]}"; do
+            for c in "${double_coeffs[@]}"; do
+                members+=("$hook $TRAIN_TOKENS $arch $c $(lr_of "$arch") $s")
             done
         done
     done
@@ -118,9 +140,10 @@ case "${1:-}" in
     *) echo "frontier.sh: unknown argument '$1' (use --list, --count, or environment variables; see the header)" >&2; exit 2 ;;
 esac
 
-run_member() {  # hook tokens arch coeff lr ("-": the architecture's own)
+run_member() {  # hook tokens arch coeff lr ("-": the architecture's own) seed
     local lr=()
     [[ "$5" != - ]] && lr=("train.lr=$5")
+    [[ "$6" != 0 ]] && lr+=("train.seed=$6")
     "$GSAE" eval "${common[@]}" "hook=$1" "train.n_tokens=$2" "sae=$3" "sae.l1_coefficient=$4" \
         ${lr[@]+"${lr[@]}"} ${extra[@]+"${extra[@]}"}
 }
@@ -137,9 +160,9 @@ if [[ -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
         echo "frontier.sh: SLURM_ARRAY_TASK_ID=$i but the sweep has $n members; submit with --array=0-$((n - 1))" >&2
         exit 2
     fi
-    read -r hook t arch c lr <<< "${members[$i]}"
-    echo "[task $i of $n] hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c train.lr=$lr" >&2
-    run_member "$hook" "$t" "$arch" "$c" "$lr"
+    read -r hook t arch c lr seed <<< "${members[$i]}"
+    echo "[task $i of $n] hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c train.lr=$lr train.seed=$seed" >&2
+    run_member "$hook" "$t" "$arch" "$c" "$lr" "$seed"
     exit $?
 fi
 
@@ -157,11 +180,12 @@ status_dir=$(mktemp -d)
 trap 'for j in $(jobs -p); do pkill -TERM -P "$j"; kill "$j"; done 2>/dev/null; rm -rf "$status_dir"; echo "frontier.sh: interrupted; rerun to resume (finished members are reused)." >&2; exit 130' INT TERM
 
 one_member() {  # index member: runs it, records "exit-code description" in $status_dir/index
-    local hook t arch c lr start=$SECONDS rc
-    read -r hook t arch c lr <<< "$2"
+    local hook t arch c lr seed start=$SECONDS rc
+    read -r hook t arch c lr seed <<< "$2"
     local what="hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c train.lr=$lr"
+    [[ "$seed" != 0 ]] && what+=" train.seed=$seed"
     echo "[$1/$n] $what" >&2
-    GSAE_LOCAL_PROCS=$JOBS run_member "$hook" "$t" "$arch" "$c" "$lr"
+    GSAE_LOCAL_PROCS=$JOBS run_member "$hook" "$t" "$arch" "$c" "$lr" "$seed"
     rc=$?
     echo "[$1/$n] took $((SECONDS - start))s" >&2
     echo "$rc $what" > "$status_dir/$1"

@@ -23,7 +23,7 @@ def frontier(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, l
     fake.chmod(0o755)
     log = tmp_path / "log"
     full = {**os.environ, "GSAE": str(fake), "LOG": str(log), "HOOKS": "blocks.1.hook_resid_pre",
-            "ARCHS": "relu gated", "COEFFS": "0.1 0.2", "DOUBLE": "0", "OUT_DIR": str(tmp_path / "out"), **env}
+            "ARCHS": "relu gated", "COEFFS": "0.1 0.2", "DOUBLE": "0", "SEEDS": "0", "OUT_DIR": str(tmp_path / "out"), **env}
     proc = subprocess.run([str(REPO / "sweeps" / "frontier.sh")], env=full, capture_output=True, text=True,
                           timeout=120)
     return proc, log.read_text().splitlines() if log.exists() else []
@@ -61,3 +61,22 @@ def test_slurm_array_mode_runs_only_its_member(tmp_path):
     assert "sae=gated" in calls[0] and "sae.l1_coefficient=0.1" in calls[0]  # member 2: gated, first λ
     proc, calls = frontier(tmp_path, SLURM_ARRAY_TASK_ID="9")
     assert proc.returncode == 2 and "--array=0-3" in proc.stderr
+
+
+def test_further_seeds_repeat_the_mid_frontier_last(tmp_path):
+    proc, calls = frontier(tmp_path, COEFFS="0.1 0.3", DOUBLE_COEFFS="0.3", SEEDS="0 1 2")
+    assert proc.returncode == 0, proc.stderr
+    evals = [c for c in calls if c.startswith("eval")]
+    assert len(evals) == 8 and not any("train.seed" in c for c in evals[:4])  # seed 0: the sweep as before
+    seeded = [(re.search(r"sae=(\w+)", c).group(1), re.search(r"train.seed=(\d+)", c).group(1)) for c in evals[4:]]
+    assert seeded == [("relu", "1"), ("gated", "1"), ("relu", "2"), ("gated", "2")]
+    assert all("sae.l1_coefficient=0.3" in c for c in evals[4:])
+    listed = subprocess.run([str(REPO / "sweeps" / "frontier.sh"), "--list"], capture_output=True, text=True,
+                            env={**os.environ, "HOOKS": "h", "ARCHS": "relu", "COEFFS": "0.1", "DOUBLE": "0",
+                                 "DOUBLE_COEFFS": "0.1", "SEEDS": "0 3"}).stdout.splitlines()
+    assert listed == ["0 h 2000000 relu 0.1 - 0", "1 h 2000000 relu 0.1 - 3"]
+
+
+def test_bad_seeds_are_refused(tmp_path):
+    proc, calls = frontier(tmp_path, SEEDS="0 one")
+    assert proc.returncode == 2 and "SEEDS item 'one'" in proc.stderr and calls == []
