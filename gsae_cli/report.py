@@ -334,16 +334,24 @@ def _interval(value: Any) -> Optional[tuple[float, float]]:
 
 
 def _eval_set(directory: Path) -> Optional[str]:
-    """The eval-set hash in per_window.safetensors' header (reads the header only)."""
+    """The eval-set hash in per_window.safetensors' header (reads the header only), else the one
+    summary.json records (a missing or damaged per-window file is reported where the sums are
+    needed; the SAE still belongs to its eval set's frontier)."""
     path = directory / WINDOW_FILE
-    if not path.exists():
-        return None
-    try:
-        from safetensors import safe_open
+    if path.exists():
+        try:
+            from safetensors import safe_open
 
-        with safe_open(str(path), framework="np") as fh:
-            return (fh.metadata() or {}).get("eval_set") or None
-    except Exception:  # noqa: BLE001 — a damaged file is reported where the sums are needed
+            with safe_open(str(path), framework="np") as fh:
+                found = (fh.metadata() or {}).get("eval_set")
+            if found:
+                return found
+        except Exception:  # noqa: BLE001
+            pass
+    try:
+        summary = artifacts.read_json(directory / "summary.json")
+        return (summary.get("eval_set") or {}).get("hash") or None
+    except Exception:  # noqa: BLE001 — older artifacts have no summary.json
         return None
 
 
@@ -704,7 +712,11 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
             b = Series(b.model, b.hook, b.architecture, b.extras, [x for x in b.results if x.row["l1_coefficient"] in lams_b])
             same = (len(a.results), len(b.results)) == tuple(len(x.results) for x in r["_series"])
             per_seed.append(r if same else ratio_with_interval(a, b, n_samples, seed, cache))
-        usable = [(dict(r["_series"][0].extras)[SEED_KEY], p) for r, p in zip(rs, per_seed) if p["geomean"] is not None]
+        seed_of = [dict(r["_series"][0].extras)[SEED_KEY] for r in rs]
+        usable = [(s, p) for s, p in zip(seed_of, per_seed) if p["geomean"] is not None]
+        # A seed without a ratio is named, not silently left out: it may be the informative extreme.
+        dropped = [{"seed": s, "reason": p.get("reason") or "no ratio"} for s, p in zip(seed_of, per_seed)
+                   if p["geomean"] is None]
         if len(usable) < 2:
             continue
         first = rs[0]
@@ -713,18 +725,26 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
                     "tokens": dict(first["_series"][0].extras).get(TOKENS_KEY),
                     "l1_coefficients": sorted(lams_a | lams_b), "seeds": [s for s, _ in usable],
                     "ratios": [p["geomean"] for _, p in usable], "windows_interval": [p["interval"] for _, p in usable],
-                    **seed_summary([p["geomean"] for _, p in usable], level)})
+                    "dropped": dropped, **seed_summary([p["geomean"] for _, p in usable], level)})
     return out
 
 
-def _spread_for(check: dict, spreads: Sequence[dict]) -> Optional[dict]:
-    """The seed spread of a doubling check's pair at T tokens, if seeds were run there."""
+def _spread_for(check: dict, spreads: Sequence[dict]) -> tuple[Optional[dict], Optional[str]]:
+    """The seed spread of a doubling check's pair at T tokens, if seeds were run there, and over
+    the same λ as the check (the ratio varies along the frontier); else (None, why not)."""
     for sp in spreads:
         if ((sp["model"], sp["hook"], sp["a"], sp["b"]) == (check["model"], check["hook"], _strip_key(check["a"], SEED_KEY),
                                                             _strip_key(check["b"], SEED_KEY))
                 and sp["tokens"] == check["tokens"][0]):
-            return sp
-    return None
+            if sp["l1_coefficients"] != check["l1_coefficients"]:
+                return None, (f"the seeds at T share λ {_lams(sp['l1_coefficients'])}, the check compares λ "
+                              f"{_lams(check['l1_coefficients'])}: not like for like")
+            return sp, None
+    return None, None
+
+
+def _lams(values: Sequence[float]) -> str:
+    return ", ".join(f"{x:g}" for x in values)
 
 
 # ---- outputs ---------------------------------------------------------------------------------
@@ -1045,8 +1065,10 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
             lines += ["### Run-to-run spread: the ratio over training seeds", "",
                       "The same pair trained with several `train.seed` (initialisation, which rows of the store a run "
                       "reads, and their order), each ratio over the λ every seed ran. The window bootstrap above "
-                      "holds the SAEs fixed; this is the variation of training itself. CI: Student t over seeds "
-                      "on log ratio; one more run: the t prediction interval for a further seed.", "",
+                      "holds the SAEs fixed; this is the variation of training, on these eval windows (every seed "
+                      "is evaluated on the same ones, so window sampling is not in it). CI: Student t over seeds "
+                      "on log ratio; one more run: the t prediction interval for a further seed. With 3 seeds "
+                      "both are wide (t = 4.30) and assume log-normal ratios.", "",
                       "| pair | train tokens | λ | ratio per seed | geometric mean [95 % CI over seeds] | one more run |",
                       "|---|---|---|---|---|---|"]
             for sp in site_spreads:
@@ -1057,6 +1079,10 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
                              f"{sp['geomean']:.3f} [{sp['interval'][0]:.3f}, {sp['interval'][1]:.3f}] | "
                              f"[{sp['prediction'][0]:.3f}, {sp['prediction'][1]:.3f}] |")
             lines.append("")
+            for sp in site_spreads:
+                for d in sp["dropped"]:
+                    lines += [f"- Left out of {_strip_tokens(sp['a'])} / {_strip_tokens(sp['b'])}: seed {d['seed']}, "
+                              f"which gives no ratio ({d['reason']}).", ""]
         site_checks = [c for c in checks if (c["model"], c["hook"]) == (model, hook)]
         if site_checks:
             lines += ["### Convergence: the ratio when the training tokens double", "",
@@ -1065,7 +1091,9 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
                       "ratio(2T) / ratio(T), with a paired bootstrap interval (the same window resamples give "
                       "both ratios). Converged by the stated criterion when ratio(2T) lies inside ratio(T)'s "
                       "95 % interval. Where several seeds ran at T, the last column asks the same of the run-to-run "
-                      "spread: does ratio(2T) lie where one more run at T would?", "",
+                      "spread: does ratio(2T) lie where one more run at T would? A yes there means no change "
+                      "that a few seeds can detect, not proof of convergence; and the 2T run shares its seed with "
+                      "one of the T runs, which makes a yes a little likelier.", "",
                       "| pair | T → 2T | λ | ratio at T [95 % CI] | ratio at 2T [95 % CI] | change [95 % CI] | 2T inside T's CI "
                       "| 2T inside T's seed spread |",
                       "|---|---|---|---|---|---|---|---|"]
@@ -1077,7 +1105,7 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
                              f"{c['ratio'][0]:.3f}{iv(c['interval'][0])} | {c['ratio'][1]:.3f}{iv(c['interval'][1])} | "
                              f"{c['change']:.3f}{iv(c['change_interval'])} | "
                              f"{'–' if c['within'] is None else 'yes' if c['within'] else 'no'} | "
-                             + ("–" if not c.get("seed_prediction") else
+                             + (("– (" + c["seed_reason"] + ")" if c.get("seed_reason") else "–") if not c.get("seed_prediction") else
                                 f"{'yes' if c['within_seeds'] else 'no'} ([{c['seed_prediction'][0]:.3f}, "
                                 f"{c['seed_prediction'][1]:.3f}], seeds {', '.join(str(x) for x in c['seeds_at_t'])})")
                              + " |")
@@ -1138,10 +1166,11 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
     checks = doubling_checks(ratios, n_samples=bootstrap_samples, seed=bootstrap_seed)
     spreads = seed_spreads(ratios, n_samples=bootstrap_samples, seed=bootstrap_seed)
     for c in checks:
-        sp = _spread_for(c, spreads)
+        sp, why = _spread_for(c, spreads)
         c["seed_prediction"] = sp["prediction"] if sp else None
         c["seeds_at_t"] = sp["seeds"] if sp else None
         c["within_seeds"] = None if sp is None else bool(sp["prediction"][0] <= c["ratio"][1] <= sp["prediction"][1])
+        c["seed_reason"] = why
     ratios = [{k: v for k, v in r.items() if not k.startswith("_")} for r in ratios]
 
     report_dir = Path(report_dir).expanduser()

@@ -54,6 +54,7 @@ ARCHS=${ARCHS:-"relu gated rescale_shift"}
 COEFFS=${COEFFS:-"0.02 0.04 0.08 0.16 0.32"}
 DOUBLE_COEFFS=${DOUBLE_COEFFS:-"0.04 0.08 0.16"}   # the mid-frontier λ the doubled-token check repeats
 SEEDS=${SEEDS:-"0 1 2"}   # train.seed of the spread runs (DOUBLE_COEFFS at TRAIN_TOKENS); "0" turns them off
+                          # (so EXTRA must not set train.seed)
 # Learning rates, "arch=lr" (train.lr) per architecture; the others keep their sae.lr. Runs of a
 # few hundred steps need a higher LR than the paper's 3e-4 for gated: sweeps/lr_sweep.sh chose
 # every architecture's rate by the same criterion (README, "Learning rates").
@@ -72,12 +73,15 @@ read -r -a hooks <<< "$HOOKS"
 read -r -a archs <<< "$ARCHS"
 read -r -a coeffs <<< "$COEFFS"
 read -r -a double_coeffs <<< "$DOUBLE_COEFFS"
-read -r -a seeds <<< "$SEEDS"
-for s in ${seeds[@]+"${seeds[@]}"}; do
+read -r -a seed_items <<< "$SEEDS"
+seeds=()
+for s in ${seed_items[@]+"${seed_items[@]}"}; do
     if ! [[ "$s" =~ ^[0-9]+$ ]]; then
         echo "frontier.sh: SEEDS item '$s' is not a non-negative integer (e.g. SEEDS=\"0 1 2\")" >&2
         exit 2
     fi
+    s=$((10#$s))  # "08" is 8, not an octal error; "01" and "1" are one seed
+    [[ " ${seeds[*]-} " == *" $s "* ]] || seeds+=("$s")
 done
 read -r -a lrs <<< "$LRS"
 read -r -a extra <<< "$EXTRA"
@@ -120,7 +124,7 @@ for hook in "${hooks[@]}"; do  # after everything else: the spread needs the see
     for s in ${seeds[@]+"${seeds[@]}"}; do
         (( s == 0 )) && continue
         for arch in "${archs[@]}"; do
-            for c in "${double_coeffs[@]}"; do
+            for c in ${double_coeffs[@]+"${double_coeffs[@]}"}; do
                 members+=("$hook $TRAIN_TOKENS $arch $c $(lr_of "$arch") $s")
             done
         done

@@ -590,3 +590,41 @@ def test_seed_spread_and_its_use_in_the_doubling_check(tmp_path, capsys):
         "gated, train.n_tokens=2M, train.seed=1", "gated, train.n_tokens=2M, train.seed=2",
         "relu, train.n_tokens=2M, train.seed=1", "relu, train.n_tokens=2M, train.seed=2"]
     assert series[replicas[id(by_label["relu, train.n_tokens=2M, train.seed=2"])]].label == "relu, train.n_tokens=2M, train.seed=0"
+
+
+def test_seed_spread_over_other_coefficients_is_not_used_and_a_seed_without_ratio_is_named(tmp_path):
+    # Seeds 1 and 2 ran λ 0.2, 0.3 at 2M, but the 4M runs (and so the check) cover λ 0.2-0.4:
+    # the spread is over other λ, so the check says so instead of comparing. Seed 3's gated
+    # frontier never meets relu's loss recovered: no ratio, and the spread names it.
+    root = tmp_path / "outputs"
+    runs = [(0, 2_000_000, 0.0, range(4)), (1, 2_000_000, 0.1, (1, 2)), (2, 2_000_000, -0.1, (1, 2)),
+            (0, 4_000_000, 0.05, (1, 2, 3))]
+    for seed, t, shift, idx in runs:
+        for i in idx:
+            l0, lr = RELU_FRONT[i]
+            make_eval(root, f"relu-{seed}-{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True, seed=seed)
+            make_eval(root, f"gated-{seed}-{t}-{i}", "gated", 0.1 * (i + 1), l0 * 0.5 * math.exp(shift), lr, 1.0,
+                      train_tokens=t, windows=True, seed=seed)
+    for i in (1, 2):
+        l0, lr = RELU_FRONT[i]
+        make_eval(root, f"relu-3-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True, seed=3)
+        make_eval(root, f"gated-3-{i}", "gated", 0.1 * (i + 1), l0, 0.99 - 0.001 * i, 1.0, windows=True, seed=3)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=20, bootstrap_seed=0)
+    (sp,) = json.loads((out / "seeds.json").read_text())
+    assert sp["seeds"] == [0, 1, 2] and sp["dropped"] == [{"seed": 3, "reason": sp["dropped"][0]["reason"]}]
+    assert "overlap" in sp["dropped"][0]["reason"]
+    (c,) = json.loads((out / "convergence.json").read_text())
+    assert c["l1_coefficients"] == pytest.approx([0.2, 0.3, 0.4])
+    assert c["within_seeds"] is None and c["seed_prediction"] is None
+    assert c["seed_reason"] == "the seeds at T share λ 0.2, 0.3, the check compares λ 0.2, 0.3, 0.4: not like for like"
+    md = (out / "results.md").read_text()
+    assert "| – (the seeds at T share λ 0.2, 0.3" in md
+    assert "Left out of gated / relu: seed 3, which gives no ratio (" in md
+
+
+def test_eval_set_from_summary_when_the_per_window_file_is_missing(tmp_path):
+    root = tmp_path / "outputs"
+    d = make_eval(root, "lost-windows", "relu", 0.1, 20, 0.8, 0.9)
+    assert collect([], root)[0][0].row["eval_set"] is None
+    (d / "summary.json").write_text(json.dumps({"eval_set": {"hash": "abc123", "path": None}}))
+    assert collect([], root)[0][0].row["eval_set"] == "abc123"
