@@ -553,6 +553,16 @@ def test_seed_summary_by_hand():
         seed_summary([0.5])
 
 
+def make_seeded(root: Path, runs) -> None:
+    """relu on RELU_FRONT and gated at 0.5·e^shift of its L0, for each (seed, tokens, shift, indices)."""
+    for seed, t, shift, idx in runs:
+        for i in idx:
+            l0, lr = RELU_FRONT[i]
+            make_eval(root, f"relu-{seed}-{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True, seed=seed)
+            make_eval(root, f"gated-{seed}-{t}-{i}", "gated", 0.1 * (i + 1), l0 * 0.5 * math.exp(shift), lr, 1.0,
+                      train_tokens=t, windows=True, seed=seed)
+
+
 def test_seed_spread_and_its_use_in_the_doubling_check(tmp_path, capsys):
     # Seed 0 runs λ 0.1-0.4 at 2M (gated/relu 0.5) and λ 0.2, 0.3 at 4M (0.5·e^0.05); seeds 1 and
     # 2 repeat λ 0.2, 0.3 at 2M with ratios 0.5·e^±0.1. The 4M ratio moved beyond the (exact)
@@ -560,12 +570,7 @@ def test_seed_spread_and_its_use_in_the_doubling_check(tmp_path, capsys):
     root = tmp_path / "outputs"
     runs = [(0, 2_000_000, 0.0, range(4)), (1, 2_000_000, 0.1, (1, 2)), (2, 2_000_000, -0.1, (1, 2)),
             (0, 4_000_000, 0.05, (1, 2))]
-    for seed, t, shift, idx in runs:
-        for i in idx:
-            l0, lr = RELU_FRONT[i]
-            make_eval(root, f"relu-{seed}-{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True, seed=seed)
-            make_eval(root, f"gated-{seed}-{t}-{i}", "gated", 0.1 * (i + 1), l0 * 0.5 * math.exp(shift), lr, 1.0,
-                      train_tokens=t, windows=True, seed=seed)
+    make_seeded(root, runs)
     out = run_report([], root, tmp_path / "r", [], bootstrap_samples=50, bootstrap_seed=0)
     (sp,) = json.loads((out / "seeds.json").read_text())
     assert (sp["a"], sp["b"], sp["tokens"]) == ("gated, train.n_tokens=2M", "relu, train.n_tokens=2M", 2_000_000)
@@ -599,12 +604,7 @@ def test_seed_spread_over_other_coefficients_is_not_used_and_a_seed_without_rati
     root = tmp_path / "outputs"
     runs = [(0, 2_000_000, 0.0, range(4)), (1, 2_000_000, 0.1, (1, 2)), (2, 2_000_000, -0.1, (1, 2)),
             (0, 4_000_000, 0.05, (1, 2, 3))]
-    for seed, t, shift, idx in runs:
-        for i in idx:
-            l0, lr = RELU_FRONT[i]
-            make_eval(root, f"relu-{seed}-{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True, seed=seed)
-            make_eval(root, f"gated-{seed}-{t}-{i}", "gated", 0.1 * (i + 1), l0 * 0.5 * math.exp(shift), lr, 1.0,
-                      train_tokens=t, windows=True, seed=seed)
+    make_seeded(root, runs)
     for i in (1, 2):
         l0, lr = RELU_FRONT[i]
         make_eval(root, f"relu-3-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True, seed=3)
