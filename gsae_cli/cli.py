@@ -171,13 +171,14 @@ def report(args: Optional[List[str]] = typer.Argument(
                     "default outputs), eval.bootstrap_samples=N and eval.bootstrap_seed=S (the L0 ratio's "
                     "interval; 0 samples: none). Any other argument is an eval artifact or a folder holding "
                     "them (default: OUT_DIR/eval); write ./NAME for a path containing '='."),
-           report_dir: str = typer.Option("report", "--report-dir", help="Where to write results.csv, ratios.json, plots, table."),
+           report_dir: str = typer.Option("report", "--report-dir", help="Where to write results.csv, ratios.json, convergence.json, seeds.json, plots, table."),
            where: Optional[List[str]] = typer.Option(None, "--where", help="Keep rows whose config matches key=value (repeatable), e.g. --where model=smollm2-135m"),
            ratings: Optional[List[str]] = typer.Option(None, "--ratings", help="Ratings files from a `gsae inspect study` rating page (repeatable): unblind them and report the study's statistics instead."),
            legacy_out_dir: Optional[str] = typer.Option(None, "--out-dir", hidden=True,
                                                         help="Deprecated: out_dir=DIR.")) -> None:
     """Collect eval results into a CSV, Pareto plots and a markdown table, with 95 % intervals and the
-    L0 ratio between architectures at matched loss recovered (paired bootstrap over eval windows)."""
+    L0 ratio between architectures at matched loss recovered (paired bootstrap over eval windows);
+    its spread over training seeds where several ran, and its change when the training tokens double."""
     try:
         if ratings:
             from gsae_cli.report import ratings_command
