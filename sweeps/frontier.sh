@@ -15,7 +15,7 @@
 #   2. every (hook, architecture, λ) at TRAIN_TOKENS, then, with DOUBLE=1 (the default), the
 #      λ of DOUBLE_COEFFS again at 2 x TRAIN_TOKENS from the same store: the convergence check
 #      (does doubling the tokens move the L0 ratio beyond its interval?);
-#   3. last, the λ of DOUBLE_COEFFS at TRAIN_TOKENS again with each further training seed of
+#   3. the λ of DOUBLE_COEFFS at TRAIN_TOKENS again with each further training seed of
 #      SEEDS (train.seed: initialisation, which rows of the store a run reads, their order): the
 #      run-to-run spread of the ratio, which the eval-window intervals do not see;
 #   4. `gsae report` over everything.
@@ -30,8 +30,9 @@
 #   sbatch --array=0-$((n - 1)) --gres=gpu:1 --wrap "EXTRA=device=cuda sweeps/frontier.sh"
 #   # when all tasks are done:
 #   .venv/bin/gsae report out_dir=outputs
-# Members are ordered hook-major, then token count, then architecture; the further seeds come last,
-# again hook-major. --list shows them (hook, tokens, architecture, λ, train.lr, train.seed).
+# Members are ordered hook-major (a stopped sweep leaves whole sites), then token count, then
+# architecture, then the further seeds. --list shows them (hook, tokens, architecture, λ,
+# train.lr, train.seed).
 #
 # Exit status: 0 if every member succeeded (and the report was written), 1 if any failed,
 # 2 on bad arguments, 130 if interrupted.
@@ -109,7 +110,7 @@ for kv in ${lrs[@]+"${lrs[@]}"}; do
 done
 
 members=()
-for hook in "${hooks[@]}"; do
+for hook in "${hooks[@]}"; do  # site by site, so a sweep stopped midway leaves whole sites
     for t in "${token_counts[@]}"; do
         cs=("${coeffs[@]}")
         (( t != TRAIN_TOKENS )) && cs=("${double_coeffs[@]}")
@@ -119,8 +120,6 @@ for hook in "${hooks[@]}"; do
             done
         done
     done
-done
-for hook in "${hooks[@]}"; do  # after everything else: the spread needs the seed-0 runs above
     for s in ${seeds[@]+"${seeds[@]}"}; do
         (( s == 0 )) && continue
         for arch in "${archs[@]}"; do

@@ -82,14 +82,19 @@ def test_bad_seeds_are_refused(tmp_path):
     assert proc.returncode == 2 and "SEEDS item 'one'" in proc.stderr and calls == []
 
 
-def test_default_members_keep_the_sweep_first_and_normalise_seeds():
+def test_default_members_site_by_site_and_seeds_normalised():
     def listed(**env):
         return subprocess.run([str(REPO / "sweeps" / "frontier.sh"), "--list"], capture_output=True, text=True,
                               env={**os.environ, **env}).stdout.splitlines()
 
     rows = [line.split() for line in listed()]
-    # 3 sites x (3 archs x 5 λ at 2M + 3 x 3 at 4M) = 72 members of seed 0, then 3 x 2 x 3 x 3 further seeds
-    assert len(rows) == 126 and all(r[-1] == "0" for r in rows[:72]) and all(r[-1] in "12" for r in rows[72:])
-    assert all(r[2] == "2000000" and r[4] in ("0.04", "0.08", "0.16") for r in rows[72:])
+    # per site: 3 archs x 5 λ at 2M, 3 x 3 at 4M (seed 0), then seeds 1 and 2 x 3 archs x 3 λ at 2M
+    assert len(rows) == 3 * 42
+    for k, hook in enumerate(("blocks.12.hook_resid_pre", "blocks.12.hook_attn_out", "blocks.12.hook_mlp_out")):
+        site = rows[42 * k:42 * (k + 1)]
+        assert all(r[1] == hook for r in site)
+        assert [r[2] for r in site[:24]] == ["2000000"] * 15 + ["4000000"] * 9 and all(r[-1] == "0" for r in site[:24])
+        assert [r[-1] for r in site[24:]] == ["1"] * 9 + ["2"] * 9
+        assert all(r[2] == "2000000" and r[4] in ("0.04", "0.08", "0.16") for r in site[24:])
     rows = [line.split() for line in listed(HOOKS="h", ARCHS="relu", DOUBLE="0", SEEDS="0 08 8 01")]
     assert [r[-1] for r in rows] == ["0"] * 5 + ["8"] * 3 + ["1"] * 3
