@@ -42,8 +42,9 @@ metadata {"format": metrics.WINDOW_FORMAT, "eval_set": evalset_hash}); `ci` in m
 the 95 % percentile bootstrap over windows, `eval.bootstrap_samples` resamples drawn by
 `metrics.bootstrap_indices(n_windows, samples, eval.bootstrap_seed)`: every SAE evaluated on
 the same eval set gets the same resamples, so differences between SAEs can be bootstrapped
-paired from their per_window files (`gsae report`). frac_dead / frac_dense are resampled from
-per-window per-feature fire counts kept in memory (not saved). bootstrap_samples=0: no `ci`.
+paired from their per_window files (`gsae report`). frac_dense is resampled from per-window
+per-feature fire counts kept in memory (not saved); frac_dead has no interval
+(metrics.NO_BOOTSTRAP says why). bootstrap_samples=0: no `ci`.
 
 Cost (gsae_cli/evalset.py): the clean and zero-ablated passes do not depend on the SAE, so
 they run once per eval set (model, corpus, hook, site_start, n_tokens, ctx_len, splice_all)
@@ -77,7 +78,7 @@ from gsae_cli.config import eval_dir, evalset_dir, evalset_hash, to_yaml
 from gsae_cli.errors import ArtifactError, ConfigError
 from gsae_cli.evalset import (UNEMBED_IN, EvalSet, Splicer, build_evalset, kl_direct, log_sum_exp,
                               next_token_nll, obtain_evalset)
-from gsae_cli.metrics import (WINDOW_FORMAT, WINDOW_SCALARS, WINDOW_VECTORS, bootstrap_intervals,
+from gsae_cli.metrics import (NO_BOOTSTRAP, WINDOW_FORMAT, WINDOW_SCALARS, WINDOW_VECTORS, bootstrap_intervals,
                               density_histogram, window_metrics)
 from gsae_cli.models import LoadedModel, load_model, resolve_device, validate_hooks
 from gsae_cli.progress import track
@@ -243,7 +244,7 @@ def summarise(sums: dict[str, Tensor], fire_counts: Tensor, frac_passthrough: fl
         return metrics, None
     intervals = bootstrap_intervals(sums, fire_counts, bootstrap_samples, bootstrap_seed, CI_LEVEL)
     intervals["frac_passthrough"] = (frac_passthrough, frac_passthrough)  # the same in every window
-    return metrics, {k: list(intervals[k]) for k in METRIC_KEYS if k != "n_tokens"}
+    return metrics, {k: list(intervals[k]) for k in METRIC_KEYS if k != "n_tokens" and k not in NO_BOOTSTRAP}
 
 
 def evaluate(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: int,

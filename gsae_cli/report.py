@@ -366,7 +366,10 @@ def _load(directory: Path) -> Result:
     flat = _flatten(config)
     if arch != "gated":
         flat = {k: v for k, v in flat.items() if k not in _GATED_ONLY}
-    ci = {k: iv for k, v in (metrics.get("ci") or {}).items() if (iv := _interval(v)) is not None}
+    from gsae_cli.metrics import NO_BOOTSTRAP  # (evaluations made before it recorded one for frac_dead: not shown)
+
+    ci = {k: iv for k, v in (metrics.get("ci") or {}).items()
+          if k not in NO_BOOTSTRAP and (iv := _interval(v)) is not None}
     row = {
         "model": config.get("model", {}).get("name") or sae.get("model"),
         "hook": config.get("hook") or sae.get("hook"),
