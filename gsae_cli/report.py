@@ -603,10 +603,14 @@ def pairwise_ratios(sites: dict[tuple[str, str], list[Series]], n_samples: int =
 TOKENS_KEY = "train.n_tokens"
 
 
+def _only_coefficients(s: Series, keep: set) -> Series:
+    """`s` with only the SAEs whose λ is in `keep`."""
+    return Series(s.model, s.hook, s.architecture, s.extras, [r for r in s.results if r.row["l1_coefficient"] in keep])
+
+
 def _same_coefficients(s: Series, like: Series) -> Series:
     """`s` with only the SAEs whose λ also occurs in `like`."""
-    keep = {r.row["l1_coefficient"] for r in like.results}
-    return Series(s.model, s.hook, s.architecture, s.extras, [r for r in s.results if r.row["l1_coefficient"] in keep])
+    return _only_coefficients(s, {r.row["l1_coefficient"] for r in like.results})
 
 
 def doubling_checks(ratios: list[dict], level: float = 0.95, n_samples: int = 0, seed: int = 0) -> list[dict]:
@@ -666,6 +670,11 @@ def doubling_checks(ratios: list[dict], level: float = 0.95, n_samples: int = 0,
 SEED_KEY = "train.seed"
 
 
+def _but_seed(s: Series) -> tuple:
+    """A series' distinguishing values other than its training seed."""
+    return tuple((k, repr(v)) for k, v in s.extras if k != SEED_KEY)
+
+
 def seed_summary(ratios: Sequence[float], level: float = 0.95) -> dict:
     """Run-to-run spread of a ratio measured once per training seed (n >= 2), on the log scale
     where ratios are symmetric: the geometric mean, a Student-t `level` interval for it
@@ -690,16 +699,13 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
     the ratio of each seed, over the λ that every seed ran (the ratio varies along the frontier),
     and seed_summary of them. This is the run-to-run variation (initialisation, which rows of the
     store a run reads, their order) that the window bootstrap of a single run does not see."""
-    def strip(s: Series) -> tuple:
-        return tuple((k, repr(v)) for k, v in s.extras if k != SEED_KEY)
-
     groups: dict[tuple, list[dict]] = {}
     for r in ratios:
         a, b = r["_series"]
         sa, sb = dict(a.extras).get(SEED_KEY), dict(b.extras).get(SEED_KEY)
         if sa is None or sa != sb:
             continue
-        groups.setdefault((r["model"], r["hook"], a.architecture, b.architecture, strip(a), strip(b)), []).append(r)
+        groups.setdefault((r["model"], r["hook"], a.architecture, b.architecture, _but_seed(a), _but_seed(b)), []).append(r)
     out = []
     cache: dict = {}
     for rs in groups.values():
@@ -710,9 +716,7 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
         lams_b = set.intersection(*({x.row["l1_coefficient"] for x in r["_series"][1].results} for r in rs))
         per_seed = []
         for r in rs:
-            a, b = r["_series"]
-            a = Series(a.model, a.hook, a.architecture, a.extras, [x for x in a.results if x.row["l1_coefficient"] in lams_a])
-            b = Series(b.model, b.hook, b.architecture, b.extras, [x for x in b.results if x.row["l1_coefficient"] in lams_b])
+            a, b = _only_coefficients(r["_series"][0], lams_a), _only_coefficients(r["_series"][1], lams_b)
             same = (len(a.results), len(b.results)) == tuple(len(x.results) for x in r["_series"])
             per_seed.append(r if same else ratio_with_interval(a, b, n_samples, seed, cache))
         seed_of = [dict(r["_series"][0].extras)[SEED_KEY] for r in rs]
@@ -914,11 +918,11 @@ def _seed_replicas(series: Sequence[Series]) -> dict[int, int]:
     for i, s in sorted(enumerate(series), key=lambda x: _natural(repr(dict(x[1].extras).get(SEED_KEY)))):
         if SEED_KEY not in dict(s.extras):
             continue
-        first.setdefault((s.architecture, tuple((k, repr(v)) for k, v in s.extras if k != SEED_KEY)), i)
+        first.setdefault((s.architecture, _but_seed(s)), i)
     out = {}
     for i, s in enumerate(series):
         if SEED_KEY in dict(s.extras):
-            j = first[(s.architecture, tuple((k, repr(v)) for k, v in s.extras if k != SEED_KEY))]
+            j = first[(s.architecture, _but_seed(s))]
             if j != i:
                 out[id(s)] = j
     return out
@@ -1017,7 +1021,7 @@ def _ratio_line(r: dict) -> str:
 
 
 def _spread_line(sp: dict) -> str:
-    lams = ", ".join(f"{x:g}" for x in sp["l1_coefficients"])
+    lams = _lams(sp["l1_coefficients"])
     per = ", ".join(f"{r:.3f}" for r in sp["ratios"])
     return (f"{sp['a']} / {sp['b']} at {sp['hook']}, λ {lams}, seeds {', '.join(str(x) for x in sp['seeds'])}: "
             f"ratios {per}; geometric mean {sp['geomean']:.3f}, 95 % CI over seeds [{sp['interval'][0]:.3f}, "
@@ -1075,7 +1079,7 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
                       "| pair | train tokens | λ | ratio per seed | geometric mean [95 % CI over seeds] | one more run |",
                       "|---|---|---|---|---|---|"]
             for sp in site_spreads:
-                lams = ", ".join(f"{x:g}" for x in sp["l1_coefficients"])
+                lams = _lams(sp["l1_coefficients"])
                 per = ", ".join(f"{r:.3f} (seed {x})" for x, r in zip(sp["seeds"], sp["ratios"]))
                 lines.append(f"| {_strip_tokens(sp['a'])} / {_strip_tokens(sp['b'])} | "
                              f"{_fmt_value(sp['tokens']) if sp['tokens'] is not None else '–'} | {lams} | {per} | "
@@ -1103,7 +1107,7 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
             for c in site_checks:
                 iv = lambda x: f" [{x[0]:.3f}, {x[1]:.3f}]" if x else ""  # noqa: E731
                 pair = f"{_strip_tokens(c['a'])} / {_strip_tokens(c['b'])}"
-                lams = ", ".join(f"{x:g}" for x in c.get("l1_coefficients") or [])
+                lams = _lams(c.get("l1_coefficients") or [])
                 lines.append(f"| {pair} | {_fmt_value(c['tokens'][0])} → {_fmt_value(c['tokens'][1])} | {lams} | "
                              f"{c['ratio'][0]:.3f}{iv(c['interval'][0])} | {c['ratio'][1]:.3f}{iv(c['interval'][1])} | "
                              f"{c['change']:.3f}{iv(c['change_interval'])} | "
@@ -1191,7 +1195,7 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
     for r in ratios:
         notice(_ratio_line(r))
     for c in checks:
-        lams = ", ".join(f"{x:g}" for x in c["l1_coefficients"])
+        lams = _lams(c["l1_coefficients"])
         notice(f"{_strip_tokens(c['a'])} / {_strip_tokens(c['b'])} at {c['hook']}, λ {lams}: ratio {c['ratio'][0]:.3f} at "
                f"{_fmt_value(c['tokens'][0])} tokens, {c['ratio'][1]:.3f} at {_fmt_value(c['tokens'][1])} "
                f"(change {c['change']:.3f}" + (f", 95 % CI [{c['change_interval'][0]:.3f}, {c['change_interval'][1]:.3f}]"
