@@ -76,7 +76,7 @@ class SAEConfig:
     # Adam learning rate for this architecture (conf/sae/*.yaml: gated 3e-4, the paper's);
     # train.lr, when set, overrides it for every architecture.
     lr: float = 3e-4
-    # gated-only ablation switches (spec §2). The paper's own ablations: tie_weights=false
+    # gated-only ablation switches (docs/method.md §1). The paper's own ablations: tie_weights=false
     # (W_mag its own parameter), r_mag=false (W_mag = W_gate, only b_mag differs),
     # freeze_aux_decoder=false. aux_loss=false is gsae's addition, not in the paper.
     tie_weights: bool = True
@@ -202,7 +202,7 @@ class Config:
     # spliced (they keep their clean activation at eval). The default 4 (BOS and the three tokens
     # after it) is where attention sinks form: in a window cut from mid-document, SmolLM2 turns
     # one of its first text tokens into a second sink (norm up to ~100x the median): position 1
-    # in ~2.5 % of windows, positions 2-3 in ~0.06 %, never later in 2M harvested rows (README).
+    # in ~3.5 % of eval windows, positions 2-3 in ~0.06 %, never later in 2M harvested rows (README).
     # StreamingLLM (Xiao et al. 2023) keeps the same four initial tokens as sinks. 1 leaves out
     # BOS only; 0 keeps everything.
     site_start: int = 4
@@ -350,7 +350,10 @@ def effective_lr(cfg: DictConfig) -> float:
 
 
 # Keys left out of every artifact hash: each changes only speed, file layout, where things are
-# written or what is logged, never a number an artifact holds. tests/test_config.py walks the
+# written or what is logged, not what an artifact computes. device, threads, train.compile and the
+# forward batch sizes regroup float sums, so they move results by float rounding only (a GPU and a
+# CPU eval of one SAE agree to 1.2e-6; a retrained SAE is an equivalent run, not a bit-identical
+# one: training carries rounding through every step). tests/test_config.py walks the
 # whole schema and proves that every other key changes the hash of the artifact it shapes.
 NON_IDENTITY_KEYS = {
     "device",               # where tensors live; results agree to float rounding

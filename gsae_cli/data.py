@@ -257,8 +257,8 @@ def token_windows(data_cfg, tokenizer, split: str, ctx_len: int, bos: int, eos: 
 
 def kept_positions(ctx_len: int, site_start: int) -> slice:
     """The positions of each window whose activations are stored: site_start .. ctx_len-1.
-    Positions before site_start (BOS, and by default the first text token, an attention sink
-    in windows cut mid-document) are context only."""
+    Positions before site_start (BOS, and by default the three text tokens after it, where
+    attention sinks form in windows cut mid-document) are context only."""
     if not 0 <= site_start < ctx_len:
         raise ConfigError(f"site_start={site_start} leaves no positions of a {ctx_len}-token window; "
                           f"it must be between 0 and {ctx_len - 1}.")

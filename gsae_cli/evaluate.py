@@ -1,5 +1,5 @@
 """`gsae eval`: splice an SAE into the model at its hook and measure it on held-out text
-(spec §5): L0, loss recovered, delta loss, KL, shrinkage (γ, raw and centred), NMSE, explained
+(docs/method.md §4): L0, loss recovered, delta loss, KL, shrinkage (γ, raw and centred), NMSE, explained
 variance and feature density, each with a 95 % bootstrap interval over eval windows.
 
 Which text: ceil(eval.n_tokens / (ctx_len - 1)) windows of ctx_len tokens (BOS + ctx_len - 1
@@ -8,7 +8,7 @@ packed text tokens), evenly spread over ALL packed windows of the held-out split
 windows than asked is an error. The default 16,256 tokens are 128 windows of 128.
 
 Which positions (every window):
-- **Context and site.** Positions 0 .. site_start-1 (BOS and, by default, the first text token,
+- **Context and site.** Positions 0 .. site_start-1 (BOS and, by default, the first three text tokens,
   which SmolLM2 turns into a second attention sink with ~100x the median norm whenever a window
   starts mid-document) are context: training never saw them, so they keep their clean
   activation in the spliced AND the zero-ablated pass. Positions site_start .. ctx_len-1 are the

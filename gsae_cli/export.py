@@ -7,7 +7,7 @@ a folder with `cfg.json` and `sae_weights.safetensors`, loaded by `SAE.load_from
   `b_dec [d_in]`, encode = ReLU((x - b_dec) W_enc + b_enc). "gated": `W_enc` (the gate's weight),
   `b_gate`, `r_mag`, `b_mag`, `W_dec`, `b_dec`, encode = 1[(x - b_dec) W_enc + b_gate > 0] ⊙
   ReLU((x - b_dec)(W_enc ⊙ exp(r_mag)) + b_mag); both decode f W_dec + b_dec. The subtraction of
-  b_dec needs `apply_b_dec_to_input: true`. These are gsae's equations (spec §1, §2) with
+  b_dec needs `apply_b_dec_to_input: true`. These are gsae's equations (docs/method.md §1) with
   gsae's own tensor layouts, so the relu and (tied) gated weights are copied unchanged.
 - cfg.json is written flat, in the pre-6.0 layout: SAELens 6 recognises a config without
   `sae_lens_version` as pre-6.0 and moves model_name, hook_name, context_size, prepend_bos,
@@ -20,11 +20,11 @@ a folder with `cfg.json` and `sae_weights.safetensors`, loaded by `SAE.load_from
 - gsae provenance (architecture, train hash, source folder) goes to a separate `gsae.json` so
   that no SAELens version sees an unexpected config key.
 
-rescale_shift (spec §3) has no SAELens architecture but is exactly a gated SAE: its magnitude
+rescale_shift (docs/method.md §1) has no SAELens architecture but is exactly a gated SAE: its magnitude
 path exp(r_mag) ⊙ (pi - b_enc) + b_mag = exp(r_mag) ⊙ ((x - b_dec) W_enc) + b_mag is the gated
 magnitude path with W_gate = W_enc, and its support 1[pi > 0] is the gate with b_gate = b_enc.
 So W_enc -> W_enc, b_enc -> b_gate, r_mag and b_mag unchanged (no bias shift is needed because
-spec §3 rescales pi - b_enc, not pi). A gated SAE trained with `sae.r_mag=false` (W_mag = W_gate)
+docs/method.md §1 rescales pi - b_enc, not pi). A gated SAE trained with `sae.r_mag=false` (W_mag = W_gate)
 is exported with r_mag = 0. One trained with `sae.tie_weights=false` has a free W_mag, which
 SAELens's gated SAE cannot represent, so it is refused.
 """

@@ -1,4 +1,4 @@
-"""Evaluation metrics (spec §5) as pure functions of tensors, plus a streaming accumulator.
+"""Evaluation metrics (docs/method.md §4) as pure functions of tensors, plus a streaming accumulator.
 
 Conventions: x, x_hat are [N, d_model]; f is [N, d_sae] (a feature counts as firing where it
 is nonzero, so a bool/float activity mask can be passed instead of activations). Expectations

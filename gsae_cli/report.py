@@ -1,5 +1,5 @@
 """`gsae report`: collect finished evaluations into results.csv, Pareto plots and a markdown
-table, and compute the paper's headline number (spec §6): the L0 ratio between architectures
+table, and compute the paper's headline number (docs/method.md §4): the L0 ratio between architectures
 at matched loss recovered, with a 95 % bootstrap interval over eval windows.
 
 Rows are grouped into *series*: one per (model, hook, architecture) plus any other config value
@@ -1047,7 +1047,7 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
         lines.append("")
         site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)]
         lines += ["### L0 ratio at matched loss recovered", "",
-                  "The paper's headline (spec §6): how many active features one architecture needs, relative to "
+                  "The paper's headline (docs/method.md §4, L0 ratio at matched loss recovered): how many active features one architecture needs, relative to "
                   "another, for the same loss recovered; log L0 interpolated along each Pareto frontier, geometric "
                   "mean over the overlap of the two frontiers' loss-recovered ranges. < 1 means the first needs "
                   "fewer. The 95 % interval recomputes every SAE's L0 and loss recovered, both frontiers and "

@@ -1,4 +1,4 @@
-"""`gsae train`: fit the configured SAE on its activation store, as spec §4 prescribes, with
+"""`gsae train`: fit the configured SAE on its activation store, as docs/method.md §2 gives it, with
 atomic checkpoints so that a killed run resumes and ends where an uninterrupted one ends."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
     distributed.init(world, distributed.rank_device(cfg.device))
     directory = train_dir(cfg)
     base = None
-    if cfg.sae.name == "rescale_shift":  # spec §3: built on the relu SAE of the same config
+    if cfg.sae.name == "rescale_shift":  # docs/method.md §1: built on the relu SAE of the same config
         base = run_train(baseline_config(cfg)).path
     # rank 0 holds the artifact's lock and writes every file; the other ranks only compute
     with artifacts.locked(directory, f"the {cfg.sae.name} SAE") if world.is_main else nullcontext():
@@ -69,7 +69,7 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
 
 def input_scale(sample: torch.Tensor, where: Path | str = "the activation store") -> float:
     """sqrt(E||x||²) over a sample of raw activation rows: training divides every row by it so that
-    E||x||² = 1 (spec §4). Attention sinks need no special case here: harvest never stores the
+    E||x||² = 1 (docs/method.md §2). Attention sinks need no special case here: harvest never stores the
     positions before `site_start`, where they sit."""
     if not bool(torch.isfinite(sample).all()):
         raise StoreError(f"{where} holds NaN or infinite activations (found in the rows sampled for the "

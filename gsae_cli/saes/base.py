@@ -214,7 +214,7 @@ class SAE(nn.Module, abc.ABC):
     def init_weights_(
         self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None
     ) -> None:
-        """The spec's initialisation (§4); `b_dec_init` is the geometric median of a sample."""
+        """The initialisation of docs/method.md §2; `b_dec_init` is the geometric median of a sample."""
 
     @abc.abstractmethod
     def fold_input_scale_(self, scale: float) -> None:

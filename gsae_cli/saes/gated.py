@@ -1,4 +1,4 @@
-"""Gated SAE, spec §2 (Rajamanoharan et al. 2024):
+"""Gated SAE, docs/method.md §1 (Rajamanoharan et al. 2024):
 
     pi_gate = (x - b_dec) W_gate + b_gate          f_gate = 1[pi_gate > 0]   (Heaviside)
     pi_mag  = (x - b_dec) W_mag  + b_mag           f_mag  = ReLU(pi_mag)
@@ -11,7 +11,7 @@ Ablation options. The paper's own (its GELU-1L appendix): tie_weights=False give
 parameter (and no r_mag); r_mag=False ties W_mag = W_gate outright, so the paths differ only in
 b_mag (no r_mag parameter); freeze_aux_decoder=False lets the third term train W_dec and b_dec.
 gsae's own addition, not in the paper: aux_loss=False drops the third term.
-Note b_dec also centres the encoder input; that use is not detached (the spec detaches only the
+Note b_dec also centres the encoder input; that use is not detached (the paper detaches only the
 auxiliary *decoder*), so the aux term can still reach b_dec through pi_gate.
 """
 

@@ -1,4 +1,4 @@
-"""Baseline ("relu") SAE, spec §1:
+"""Baseline ("relu") SAE, docs/method.md §1:
 
     pi(x) = W_enc (x - b_dec) + b_enc,   f(x) = ReLU(pi(x)),   x_hat = f W_dec + b_dec
     L(x)  = ||x - x_hat||² + λ ||f||₁

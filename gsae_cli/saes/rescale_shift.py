@@ -1,4 +1,4 @@
-""""Baseline + rescale & shift", spec §3 (the paper's Fig. 9 diagnostic).
+""""Baseline + rescale & shift", docs/method.md §1 (the paper's §5.2, Fig. 9).
 
 A trained relu SAE is frozen (W_enc, b_enc, W_dec, b_dec kept as buffers, so they are in the
 state dict but not in `parameters()`); only a per-feature scale exp(r_mag) and shift b_mag of the
