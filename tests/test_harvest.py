@@ -55,6 +55,22 @@ def test_harvest_json_summary_and_several_hooks_in_one_pass(out):
     assert torch.equal(t0, t1) and not torch.equal(a0, a1)
 
 
+def test_keys_left_out_of_the_store_hash_leave_its_values_alone(tmp_path):
+    """`hooks` and `harvest.batch_size` are not in a store's hash (config.NON_IDENTITY_KEYS): a
+    store harvested beside another hook is bit-identical to one harvested alone, and another batch
+    size regroups the forward pass's sums, which moves a bf16 value by at most one rounding step."""
+    both = tiny(tmp_path / "both", "hooks=[blocks.1.hook_resid_pre,blocks.3.hook_mlp_out]")
+    alone = tiny(tmp_path / "alone", "hook=blocks.1.hook_resid_pre")
+    other_batch = tiny(tmp_path / "batch1", "hook=blocks.1.hook_resid_pre", "harvest.batch_size=1")
+    paths = [run_harvest(compose_config(a))[0].path for a in (both, alone, other_batch)]
+    assert len({Path(p).name for p in paths}) == 1  # one identity: the same store name
+    (a, t), (b, u), (c, v) = (_arrays(p) for p in paths)
+    assert torch.equal(t, u) and torch.equal(t, v)
+    assert torch.equal(a.view(torch.int16), b.view(torch.int16))
+    step = b.float().abs().clamp_min(1e-30) * 2.0 ** -7  # one bf16 rounding step (8 significant bits)
+    assert ((c.float() - b.float()).abs() <= step * 1.0001).all()
+
+
 def test_harvest_values_match_a_direct_forward(out):
     """The store holds exactly the hook's activations (bf16-rounded) from position site_start on."""
     from gsae_cli.data import batched_windows, token_windows
