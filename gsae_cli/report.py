@@ -668,6 +668,7 @@ def doubling_checks(ratios: list[dict], level: float = 0.95, n_samples: int = 0,
 
 
 SEED_KEY = "train.seed"
+GAMMA_CENTRED = "relative_reconstruction_bias_centred"  # the shrinkage plot's y
 
 
 def _but_seed(s: Series) -> tuple:
@@ -820,13 +821,12 @@ def _figure(n_panels: int):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    cols = min(n_panels, 2)
-    rows = math.ceil(n_panels / cols)
-    fig = Figure(figsize=(7.5 * cols, 5.5 * rows))
+    # One panel per row, its legend and ratios to its right: below or between panels they would
+    # run into the next panel, and inside they cover the frontier's ends.
+    fig = Figure(figsize=(7.5, 5.5 * n_panels))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat[n_panels:]:
-        ax.set_visible(False)
+    axes = fig.subplots(n_panels, 1, squeeze=False)
+    fig.subplots_adjust(hspace=0.3, top=1 - 0.9 / (5.5 * n_panels))  # the suptitle ~0.9 in above the first panel
     return fig, list(axes.flat)
 
 
@@ -841,10 +841,9 @@ def _log_x(ax) -> None:
     ax.set_xlabel("L0 (mean active features per token, log scale)")
 
 
-def _legend(ax, n_entries: int, title: str | None = None) -> None:
-    # Below the axes: inside, it would cover the points that matter most (the frontier's ends).
-    ax.legend(title=title, fontsize=9, title_fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.13),
-              ncol=1 if n_entries > 4 else min(n_entries, 2), frameon=False)
+def _legend(ax, title: str | None = None) -> None:
+    ax.legend(title=title, fontsize=9, title_fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              frameon=False, alignment="left")
 
 
 def _save(fig, path: Path) -> None:
@@ -898,15 +897,15 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
         site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)
                        and r["a"] not in others and r["b"] not in others]
         if site_ratios:
-            ax.text(0.98, 0.03, "L0 ratio at matched loss recovered (95 % CI)\n"
+            ax.text(1.03, 0.0, "L0 ratio at matched loss recovered (95 % CI)\n"
                     + "\n".join(_ratio_short(r) for r in site_ratios),
-                    transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
+                    transform=ax.transAxes, ha="left", va="bottom", fontsize=8,
                     bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
         _log_x(ax)
         ax.set_ylabel("Loss recovered (fraction)")
         ax.set_title(f"{model} · {hook}")
         ax.grid(True, which="both", alpha=0.25)
-        _legend(ax, len(series), "Pareto frontier in bold; faded points are dominated; whiskers: 95 % CI")
+        _legend(ax, "Pareto frontier in bold; faded points are dominated; whiskers: 95 % CI")
     fig.suptitle("Sparsity vs fidelity (up and to the left is better)", fontsize=13)
     _save(fig, path)
 
@@ -929,27 +928,45 @@ def _seed_replicas(series: Sequence[Series]) -> dict[int, int]:
 
 
 def plot_shrinkage(sites: dict[tuple[str, str], list[Series]], path: Path) -> None:
-    """L0 vs relative reconstruction bias γ (whiskers: its 95 % interval); γ < 1 means the SAE
-    shrinks its reconstructions."""
+    """L0 vs relative reconstruction bias γ centred (whiskers: its 95 % interval); γ < 1 means the
+    SAE shrinks its reconstructions. Centred, because where the mean direction carries much of
+    E‖x‖² the raw γ hides shrinkage; an evaluation made before γ centred existed shows its raw γ,
+    labelled so. Further training seeds are hollow points, as in the frontier."""
     fig, axes = _figure(len(sites))
     for ax, ((model, hook), series) in zip(axes, sites.items()):
-        styles = _style(series)
+        replicas = _seed_replicas(series)
+        styles = _style([s for s in series if id(s) not in replicas])
+        styles = dict(zip((i for i, s in enumerate(series) if id(s) not in replicas), styles.values()))
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1.2, label="γ = 1: no shrinkage")
+        legended: set = set()
         for i, s in enumerate(series):
+            key, raw = GAMMA_CENTRED, ""
+            if not _plottable(s, key):
+                key, raw = "relative_reconstruction_bias", " (raw γ)"
+            pts = _plottable(s, key)
+            if not pts:
+                continue
+            if id(s) in replicas:
+                colour, marker = styles[replicas[id(s)]][0], styles[replicas[id(s)]][2]
+                name = f"{_strip_key(s.label, SEED_KEY)}, other seeds{raw}"
+                ax.plot([p.x for p in pts], [p.y for p in pts], color=colour, marker=marker, linestyle="none",
+                        markerfacecolor="none", alpha=0.7, markersize=7,
+                        label=name if name not in legended else "_nolegend_")
+                legended.add(name)
+                continue
             colour, ls, marker = styles[i]
-            pts = _plottable(s, "relative_reconstruction_bias")
-            if pts:
-                ax.plot([p.x for p in pts], [p.y for p in pts], color=colour, linestyle=ls, marker=marker,
-                        linewidth=1.8, markersize=7, label=s.label)
-                _error_bars(ax, pts, colour, x=False)
+            ax.plot([p.x for p in pts], [p.y for p in pts], color=colour, linestyle=ls, marker=marker,
+                    linewidth=1.8, markersize=7, label=s.label + raw)
+            _error_bars(ax, pts, colour, x=False)
         _log_x(ax)
-        ax.set_ylabel("Relative reconstruction bias γ (< 1: shrinkage)")
+        ax.set_ylabel("γ centred (< 1: shrinkage)")
         ax.set_title(f"{model} · {hook}")
         ax.grid(True, which="both", alpha=0.25)
         ax.text(0.99, 1.0, "no shrinkage ", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
                 fontsize=9, color="black")
-        _legend(ax, len(series) + 1, "whiskers: 95 % CI")
-    fig.suptitle("Shrinkage: relative reconstruction bias γ = E‖x̂‖² / E[x̂·x]", fontsize=13)
+        _legend(ax, "whiskers: 95 % CI")
+    fig.suptitle("Shrinkage: relative reconstruction bias about the means, "
+                 "γ centred = E‖x̂ − E x̂‖² / E[(x̂ − E x̂)·(x − E x)]", fontsize=12)
     _save(fig, path)
 
 

@@ -210,7 +210,8 @@ def make_eval(root: Path, name: str, arch: str, l1: float, l0: float, lr: float,
          "config": config, "sae": {"path": f"/x/{name}", "architecture": arch, "l1_coefficient": l1}}
     if ci:
         m["ci"] = {"l0": [l0 * 0.9, l0 * 1.1], "loss_recovered": [lr - 0.01, lr + 0.01],
-                   "relative_reconstruction_bias": [gamma - 0.02, gamma + 0.03], "frac_dead": [0.005, 0.02],
+                   "relative_reconstruction_bias": [gamma - 0.02, gamma + 0.03],
+                   "relative_reconstruction_bias_centred": [gamma - 0.01, gamma + 0.04], "frac_dead": [0.005, 0.02],
                    "frac_passthrough": [0.002, 0.002]}  # pass-through: the same in every resample
     (d / "metrics.json").write_text(json.dumps(m))
     if windows:
@@ -352,8 +353,32 @@ def test_plots_draw_the_intervals(tmp_path, monkeypatch):
     assert ((10.0, 0.79), (10.0, 0.81)) in [tuple((round(x, 9), round(y, 9)) for x, y in s) for s in segs]
     assert len(segs) == 2 * (len(RELU) + len(GATED))  # every point, both directions (dominated ones too)
     segs = [s for c in bars(shrinkage) for s in c]
-    assert len(segs) == len(RELU) + len(GATED)  # γ only
-    assert ((10.0, 0.98), (10.0, 1.03)) in [tuple((round(x, 9), round(y, 9)) for x, y in s) for s in segs]
+    assert len(segs) == len(RELU) + len(GATED)  # γ centred only, vertical
+    assert ((10.0, 0.99), (10.0, 1.04)) in [tuple((round(x, 9), round(y, 9)) for x, y in s) for s in segs]
+    for fig in figures:  # legends (and ratios) right of the axes: they cover no point
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        assert ax.get_legend().get_window_extent().x0 > ax.get_window_extent().x1
+        assert all(t.get_window_extent().x0 > ax.get_window_extent().x1 for t in ax.texts if "L0 ratio" in t.get_text())
+
+
+def test_shrinkage_plot_falls_back_to_raw_gamma_for_old_evaluations(tmp_path, monkeypatch):
+    from gsae_cli import report
+
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    root = tmp_path / "outputs"
+    make_sweep(root)
+    for m in root.glob("eval/relu*/metrics.json"):  # relu evaluated before γ centred existed
+        d = json.loads(m.read_text())
+        del d["relative_reconstruction_bias_centred"], d["ci"]["relative_reconstruction_bias_centred"]
+        m.write_text(json.dumps(d))
+    run_report([], root, tmp_path / "r", [], bootstrap_samples=0)
+    ax = figures[1].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "gated" in labels and "relu (raw γ)" in labels
+    relu = next(l for l in ax.get_lines() if l.get_label() == "relu (raw γ)")
+    assert sorted(relu.get_ydata()) == sorted(g for _, _, g in RELU)
 
 
 def test_run_report_on_explicit_paths(tmp_path):
