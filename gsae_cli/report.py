@@ -866,21 +866,14 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
     site's matched-L0 ratios in the corner."""
     fig, axes = _figure(len(sites))
     for ax, ((model, hook), series) in zip(axes, sites.items()):
-        replicas = _seed_replicas(series)
-        styles = _style([s for s in series if id(s) not in replicas])
-        styles = dict(zip((i for i, s in enumerate(series) if id(s) not in replicas), styles.values()))
+        replicas, styles = _seed_replicas(series), _styles_but_replicas(series)
         legended: set = set()
         for i, s in enumerate(series):
             pts = _plottable(s, "loss_recovered")
             if not pts:
                 continue
-            if id(s) in replicas:  # a further training seed: hollow points in the first seed's style
-                colour, marker = styles[replicas[id(s)]][0], styles[replicas[id(s)]][2]
-                name = f"{_strip_key(s.label, SEED_KEY)}, other seeds"
-                ax.plot([p.x for p in pts], [p.y for p in pts], color=colour, marker=marker, linestyle="none",
-                        markerfacecolor="none", alpha=0.7, markersize=7,
-                        label=name if name not in legended else "_nolegend_")
-                legended.add(name)
+            if id(s) in replicas:
+                _plot_replica(ax, s, pts, styles[replicas[id(s)]], legended)
                 continue
             colour, ls, marker = styles[i]
             front = set(pareto_frontier([(p.x, p.y) for p in pts]))
@@ -910,6 +903,22 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
     _save(fig, path)
 
 
+def _styles_but_replicas(series: Sequence[Series]) -> dict[int, tuple]:
+    """_style over the series that are not further seeds of another, keyed by index in `series`."""
+    replicas = _seed_replicas(series)
+    own = [i for i, s in enumerate(series) if id(s) not in replicas]
+    return dict(zip(own, _style([series[i] for i in own]).values()))
+
+
+def _plot_replica(ax, s: Series, pts: list[_Plotted], style: tuple, legended: set, suffix: str = "") -> None:
+    """A further training seed: hollow points in its first seed's colour and marker, one legend
+    entry for all of an architecture's other seeds."""
+    name = f"{_strip_key(s.label, SEED_KEY)}, other seeds{suffix}"
+    ax.plot([p.x for p in pts], [p.y for p in pts], color=style[0], marker=style[2], linestyle="none",
+            markerfacecolor="none", alpha=0.7, markersize=7, label=name if name not in legended else "_nolegend_")
+    legended.add(name)
+
+
 def _seed_replicas(series: Sequence[Series]) -> dict[int, int]:
     """id(series) -> index of the series it repeats with another train.seed (the lowest seed of a
     group that is otherwise the same): plotted as points around that series, not as their own line."""
@@ -934,9 +943,7 @@ def plot_shrinkage(sites: dict[tuple[str, str], list[Series]], path: Path) -> No
     labelled so. Further training seeds are hollow points, as in the frontier."""
     fig, axes = _figure(len(sites))
     for ax, ((model, hook), series) in zip(axes, sites.items()):
-        replicas = _seed_replicas(series)
-        styles = _style([s for s in series if id(s) not in replicas])
-        styles = dict(zip((i for i, s in enumerate(series) if id(s) not in replicas), styles.values()))
+        replicas, styles = _seed_replicas(series), _styles_but_replicas(series)
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1.2, label="γ = 1: no shrinkage")
         legended: set = set()
         for i, s in enumerate(series):
@@ -947,12 +954,7 @@ def plot_shrinkage(sites: dict[tuple[str, str], list[Series]], path: Path) -> No
             if not pts:
                 continue
             if id(s) in replicas:
-                colour, marker = styles[replicas[id(s)]][0], styles[replicas[id(s)]][2]
-                name = f"{_strip_key(s.label, SEED_KEY)}, other seeds{raw}"
-                ax.plot([p.x for p in pts], [p.y for p in pts], color=colour, marker=marker, linestyle="none",
-                        markerfacecolor="none", alpha=0.7, markersize=7,
-                        label=name if name not in legended else "_nolegend_")
-                legended.add(name)
+                _plot_replica(ax, s, pts, styles[replicas[id(s)]], legended, raw)
                 continue
             colour, ls, marker = styles[i]
             ax.plot([p.x for p in pts], [p.y for p in pts], color=colour, linestyle=ls, marker=marker,
