@@ -863,10 +863,11 @@ def _ratio_short(r: dict) -> str:
 def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios: Sequence[dict] = ()) -> None:
     """L0 vs loss recovered, one panel per (model, hook): each series' Pareto frontier drawn bold
     and connected, dominated points faded, 95 % intervals as whiskers in both directions, and the
-    site's matched-L0 ratios in the corner."""
+    site's matched-L0 ratios to the right, below the legend."""
     fig, axes = _figure(len(sites))
     for ax, ((model, hook), series) in zip(axes, sites.items()):
-        replicas, styles = _seed_replicas(series), _styles_but_replicas(series)
+        replicas = _seed_replicas(series)
+        styles = _styles_but_replicas(series, replicas)
         legended: set = set()
         for i, s in enumerate(series):
             pts = _plottable(s, "loss_recovered")
@@ -903,9 +904,9 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
     _save(fig, path)
 
 
-def _styles_but_replicas(series: Sequence[Series]) -> dict[int, tuple]:
-    """_style over the series that are not further seeds of another, keyed by index in `series`."""
-    replicas = _seed_replicas(series)
+def _styles_but_replicas(series: Sequence[Series], replicas: dict[int, int]) -> dict[int, tuple]:
+    """_style over the series that are not further seeds of another (`replicas`, from
+    _seed_replicas), keyed by index in `series`."""
     own = [i for i, s in enumerate(series) if id(s) not in replicas]
     return dict(zip(own, _style([series[i] for i in own]).values()))
 
@@ -943,14 +944,14 @@ def plot_shrinkage(sites: dict[tuple[str, str], list[Series]], path: Path) -> No
     labelled so. Further training seeds are hollow points, as in the frontier."""
     fig, axes = _figure(len(sites))
     for ax, ((model, hook), series) in zip(axes, sites.items()):
-        replicas, styles = _seed_replicas(series), _styles_but_replicas(series)
+        replicas = _seed_replicas(series)
+        styles = _styles_but_replicas(series, replicas)
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1.2, label="γ = 1: no shrinkage")
         legended: set = set()
         for i, s in enumerate(series):
-            key, raw = GAMMA_CENTRED, ""
-            if not _plottable(s, key):
-                key, raw = "relative_reconstruction_bias", " (raw γ)"
-            pts = _plottable(s, key)
+            pts, raw = _plottable(s, GAMMA_CENTRED), ""
+            if not pts:
+                pts, raw = _plottable(s, "relative_reconstruction_bias"), " (raw γ)"
             if not pts:
                 continue
             if id(s) in replicas:
