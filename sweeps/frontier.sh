@@ -44,10 +44,11 @@ if [[ -z "${GSAE:-}" ]]; then
     if [[ -x "$repo_root/.venv/bin/gsae" ]]; then GSAE="$repo_root/.venv/bin/gsae"; else GSAE=gsae; fi
 fi
 MODEL=${MODEL:-smollm2-135m}
-# The residual stream mid-model; the attention and MLP outputs at block 24, the block (of 2-27) whose
-# two sublayers both matter most to the loss: zero-ablating block 12's attention output costs only
-# 0.04 nats of CE, too little for loss recovered to resolve SAEs (README, round 4).
-HOOKS=${HOOKS:-"blocks.12.hook_resid_pre blocks.24.hook_attn_out blocks.24.hook_mlp_out"}
+# The residual stream mid-model; the attention output (taken before W_O, the heads' concatenated
+# outputs, as the paper does) and the MLP output at block 24: the block (of 2-27) whose two sublayers
+# both matter most to the loss (sweeps/site_scan.py). Zero-ablating block 12's attention output
+# costs only 0.04 nats of CE, too little for loss recovered to resolve SAEs (README, round 4).
+HOOKS=${HOOKS:-"blocks.12.hook_resid_pre blocks.24.attn.hook_z blocks.24.hook_mlp_out"}
 TRAIN_TOKENS=${TRAIN_TOKENS:-2000000}  # the convergence check doubles it: 4M rows, which the default corpus (v3) holds unrepeated
 HARVEST_TOKENS=${HARVEST_TOKENS:-$((2 * TRAIN_TOKENS))}
 DOUBLE=${DOUBLE:-1}       # 1: also train every member on 2 x TRAIN_TOKENS (the convergence check)

@@ -90,7 +90,7 @@ def test_default_members_site_by_site_and_seeds_normalised():
     rows = [line.split() for line in listed()]
     # per site: 3 archs x 5 λ at 2M, 3 x 3 at 4M (seed 0), then seeds 1 and 2 x 3 archs x 3 λ at 2M
     assert len(rows) == 3 * 42
-    for k, hook in enumerate(("blocks.12.hook_resid_pre", "blocks.24.hook_attn_out", "blocks.24.hook_mlp_out")):
+    for k, hook in enumerate(("blocks.12.hook_resid_pre", "blocks.24.attn.hook_z", "blocks.24.hook_mlp_out")):
         site = rows[42 * k:42 * (k + 1)]
         assert all(r[1] == hook for r in site)
         assert [r[2] for r in site[:24]] == ["2000000"] * 15 + ["4000000"] * 9 and all(r[-1] == "0" for r in site[:24])
