@@ -233,6 +233,9 @@ fi
 
 if [[ "$REPORT" != 0 ]]; then
     # Report on whatever finished, even after failures: the frontier of the rest is still useful.
-    "$GSAE" report "out_dir=$OUT_DIR" --report-dir "$REPORT_DIR" --where "model=$MODEL" || status=1
+    # Only this sweep's sites and store size: out_dir may also hold other rounds' evaluations.
+    hook_list=$(IFS=,; echo "${hooks[*]}")
+    "$GSAE" report "out_dir=$OUT_DIR" --report-dir "$REPORT_DIR" --where "model=$MODEL" \
+        --where "hook=$hook_list" --where "harvest.n_tokens=$HARVEST_TOKENS" || status=1
 fi
 exit "$status"

@@ -36,6 +36,8 @@ def test_jobs_run_members_at_once_with_a_share_each_and_collect_failures(tmp_pat
     assert len(re.findall(r"sae.l1_coefficient=0.2 train.lr=\S+ \(exit 3\)", proc.stderr)) == 2
     stages = [c.split()[0] for c in calls]
     assert stages[0] == "harvest" and stages[-1] == "report" and stages.count("eval") == 4
+    # the report covers this sweep's sites and store size only, not older rounds in out_dir
+    assert "--where hook=blocks.1.hook_resid_pre --where harvest.n_tokens=4000000" in calls[-1]
     assert calls[0].split()[1] == "procs="  # the harvest runs alone, on every core
     assert all(c.split()[1] == "procs=2" for c in calls if c.startswith("eval"))
 
