@@ -60,9 +60,11 @@ COEFFS=${COEFFS:-"0.02 0.04 0.08 0.16 0.32"}
 DOUBLE_COEFFS=${DOUBLE_COEFFS:-"0.04 0.08 0.16"}   # the mid-frontier λ the doubled-token check repeats
 SEEDS=${SEEDS:-"0 1 2"}   # train.seed of the spread runs (DOUBLE_COEFFS at TRAIN_TOKENS); "0" turns them off
                           # (so EXTRA must not set train.seed)
-# Learning rates, "arch=lr" (train.lr) per architecture; the others keep their sae.lr. Runs of a
-# few hundred steps need a higher LR than the paper's 3e-4 for gated: sweeps/lr_sweep.sh chose
-# every architecture's rate by the same criterion (README, "Learning rates").
+# Learning rates (train.lr): "arch=lr" for an architecture at every site, "hook:arch=lr" for one
+# site (it wins over arch=lr there); the others keep their sae.lr. Runs of a few hundred steps
+# need a higher LR than the paper's 3e-4 for gated: sweeps/lr_sweep.sh chose every
+# architecture's rate by the same criterion (README, "Learning rates"). A rescale_shift's relu
+# baseline trains at the rescale_shift's train.lr, so give both the same rate at a site.
 LRS=${LRS-"gated=3e-3"}
 EXTRA=${EXTRA:-}          # more overrides for every member, space-separated (no spaces inside one)
 OUT_DIR=${OUT_DIR:-outputs}
@@ -99,16 +101,17 @@ for t in "${token_counts[@]}"; do
     fi
 done
 
-lr_of() {  # arch -> its train.lr from LRS, or "-" for the architecture's own sae.lr
-    local kv
+lr_of() {  # hook arch -> its train.lr from LRS (hook:arch=lr, else arch=lr), or "-" for its own sae.lr
+    local kv found=-
     for kv in ${lrs[@]+"${lrs[@]}"}; do
-        [[ "${kv%%=*}" == "$1" ]] && { echo "${kv#*=}"; return; }
+        [[ "${kv%%=*}" == "$1:$2" ]] && { echo "${kv#*=}"; return; }
+        [[ "${kv%%=*}" == "$2" ]] && found=${kv#*=}
     done
-    echo -
+    echo "$found"
 }
 for kv in ${lrs[@]+"${lrs[@]}"}; do
-    if ! [[ "$kv" =~ ^[a-z_]+=[0-9.eE+-]+$ ]]; then
-        echo "frontier.sh: LRS item '$kv' is not arch=lr (e.g. LRS=\"gated=1e-3 relu=3e-3\")" >&2
+    if ! [[ "$kv" =~ ^([A-Za-z0-9_.]+:)?[a-z_]+=[0-9.eE+-]+$ ]]; then
+        echo "frontier.sh: LRS item '$kv' is not arch=lr or hook:arch=lr (e.g. LRS=\"gated=3e-3 blocks.24.attn.hook_z:relu=1e-3\")" >&2
         exit 2
     fi
 done
@@ -120,7 +123,7 @@ for hook in "${hooks[@]}"; do  # site by site, so a sweep stopped midway leaves 
         (( t != TRAIN_TOKENS )) && cs=("${double_coeffs[@]}")
         for arch in "${archs[@]}"; do
             for c in "${cs[@]}"; do
-                members+=("$hook $t $arch $c $(lr_of "$arch") 0")
+                members+=("$hook $t $arch $c $(lr_of "$hook" "$arch") 0")
             done
         done
     done
@@ -128,7 +131,7 @@ for hook in "${hooks[@]}"; do  # site by site, so a sweep stopped midway leaves 
         (( s == 0 )) && continue
         for arch in "${archs[@]}"; do
             for c in ${double_coeffs[@]+"${double_coeffs[@]}"}; do
-                members+=("$hook $TRAIN_TOKENS $arch $c $(lr_of "$arch") $s")
+                members+=("$hook $TRAIN_TOKENS $arch $c $(lr_of "$hook" "$arch") $s")
             done
         done
     done

@@ -100,3 +100,20 @@ def test_default_members_site_by_site_and_seeds_normalised():
         assert all(r[2] == "2000000" and r[4] in ("0.04", "0.08", "0.16") for r in site[24:])
     rows = [line.split() for line in listed(HOOKS="h", ARCHS="relu", DOUBLE="0", SEEDS="0 08 8 01")]
     assert [r[-1] for r in rows] == ["0"] * 5 + ["8"] * 3 + ["1"] * 3
+
+
+def test_learning_rates_per_architecture_and_per_site(tmp_path):
+    def listed(**env):
+        return subprocess.run([str(REPO / "sweeps" / "frontier.sh"), "--list"], capture_output=True, text=True,
+                              env={**os.environ, "ARCHS": "relu gated", "COEFFS": "0.1", "DOUBLE": "0",
+                                   "SEEDS": "0", **env})
+
+    proc = listed(HOOKS="blocks.1.hook_resid_pre blocks.2.attn.hook_z",
+                  LRS="gated=3e-3 blocks.2.attn.hook_z:relu=1e-3 blocks.2.attn.hook_z:gated=1e-3")
+    assert proc.returncode == 0, proc.stderr
+    # columns: index hook tokens arch λ lr seed; a site's own rate wins over the architecture's
+    assert [(r[1], r[3], r[5]) for r in map(str.split, proc.stdout.splitlines())] == [
+        ("blocks.1.hook_resid_pre", "relu", "-"), ("blocks.1.hook_resid_pre", "gated", "3e-3"),
+        ("blocks.2.attn.hook_z", "relu", "1e-3"), ("blocks.2.attn.hook_z", "gated", "1e-3")]
+    proc = listed(LRS="blocks.2:relu:1e-3")
+    assert proc.returncode == 2 and "LRS item 'blocks.2:relu:1e-3'" in proc.stderr
