@@ -26,7 +26,6 @@ Exit status: 0, or 2 with one message for bad arguments or configuration.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
