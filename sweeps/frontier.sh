@@ -54,10 +54,14 @@ HARVEST_TOKENS=${HARVEST_TOKENS:-$((2 * TRAIN_TOKENS))}
 DOUBLE=${DOUBLE:-1}       # 1: also train every member on 2 x TRAIN_TOKENS (the convergence check)
 EVAL_TOKENS=${EVAL_TOKENS:-32512}   # 256 held-out windows of 128, the same for every SAE of a site
 ARCHS=${ARCHS:-"relu gated rescale_shift"}
-# λ acts on activations normalised to E||x||^2 = 1, so one list roughly transfers across sites;
-# on SmolLM2-135M it spans loss recovered from about 0.8 to 0.99 for relu and gated.
-COEFFS=${COEFFS:-"0.02 0.04 0.08 0.16 0.32"}
-DOUBLE_COEFFS=${DOUBLE_COEFFS:-"0.04 0.08 0.16"}   # the mid-frontier λ the doubled-token check repeats
+# λ acts on activations normalised to E||x||^2 = 1, so one list roughly transfers across sites:
+# on SmolLM2-135M it spans loss recovered from about 0.8 to 0.99 for relu and gated at the residual
+# stream. A "hook:λ,λ,..." item gives one site its own list (it replaces the plain items there):
+# the block-24 MLP output is hard to reconstruct (relu at λ 0.02 recovers only 0.89 of its loss at
+# L0 508), so its list reaches lower (README, round 4).
+COEFFS=${COEFFS-"0.02 0.04 0.08 0.16 0.32 blocks.24.hook_mlp_out:0.005,0.01,0.02,0.04,0.08,0.16"}
+# the mid-frontier λ the doubled-token check and the further seeds repeat (same syntax)
+DOUBLE_COEFFS=${DOUBLE_COEFFS-"0.04 0.08 0.16 blocks.24.hook_mlp_out:0.01,0.02,0.04"}
 SEEDS=${SEEDS:-"0 1 2"}   # train.seed of the spread runs (DOUBLE_COEFFS at TRAIN_TOKENS); "0" turns them off
                           # (so EXTRA must not set train.seed)
 # Learning rates (train.lr): "arch=lr" for an architecture at every site, "hook:arch=lr" for one
@@ -65,7 +69,11 @@ SEEDS=${SEEDS:-"0 1 2"}   # train.seed of the spread runs (DOUBLE_COEFFS at TRAI
 # need a higher LR than the paper's 3e-4 for gated: sweeps/lr_sweep.sh chose every
 # architecture's rate by the same criterion (README, "Learning rates"). A rescale_shift's relu
 # baseline trains at the rescale_shift's train.lr, so give both the same rate at a site.
-LRS=${LRS-"gated=3e-3"}
+# At block 24 the residual stream's 3e-3 diverges part-way through low-λ runs (relu and gated),
+# and 1e-3 trains every λ cleanly (README, "Learning rates"); rescale_shift follows its relu.
+LRS=${LRS-"gated=3e-3
+  blocks.24.attn.hook_z:relu=1e-3 blocks.24.attn.hook_z:gated=1e-3 blocks.24.attn.hook_z:rescale_shift=1e-3
+  blocks.24.hook_mlp_out:relu=1e-3 blocks.24.hook_mlp_out:gated=1e-3 blocks.24.hook_mlp_out:rescale_shift=1e-3"}
 EXTRA=${EXTRA:-}          # more overrides for every member, space-separated (no spaces inside one)
 OUT_DIR=${OUT_DIR:-outputs}
 REPORT_DIR=${REPORT_DIR:-report}
@@ -78,8 +86,23 @@ fi
 
 read -r -a hooks <<< "$HOOKS"
 read -r -a archs <<< "$ARCHS"
-read -r -a coeffs <<< "$COEFFS"
-read -r -a double_coeffs <<< "$DOUBLE_COEFFS"
+coeffs_of() {  # "list" hook -> the λ for that hook: its own "hook:λ,λ" item, else the plain items
+    local item plain=()
+    for item in $1; do
+        if [[ "$item" == *:* ]]; then
+            [[ "${item%%:*}" == "$2" ]] && { echo "${item#*:}" | tr , ' '; return; }
+        else
+            plain+=("$item")
+        fi
+    done
+    echo ${plain[@]+"${plain[@]}"}
+}
+for item in $COEFFS $DOUBLE_COEFFS; do
+    if ! [[ "$item" =~ ^([A-Za-z0-9_.]+:)?[0-9.eE+-]+(,[0-9.eE+-]+)*$ ]] || [[ "$item" != *:* && "$item" == *,* ]]; then
+        echo "frontier.sh: COEFFS/DOUBLE_COEFFS item '$item' is not λ or hook:λ,λ,... (e.g. COEFFS=\"0.02 0.04 blocks.24.hook_mlp_out:0.005,0.01\")" >&2
+        exit 2
+    fi
+done
 read -r -a seed_items <<< "$SEEDS"
 seeds=()
 for s in ${seed_items[@]+"${seed_items[@]}"}; do
@@ -90,7 +113,7 @@ for s in ${seed_items[@]+"${seed_items[@]}"}; do
     s=$((10#$s))  # "08" is 8, not an octal error; "01" and "1" are one seed
     [[ " ${seeds[*]-} " == *" $s "* ]] || seeds+=("$s")
 done
-read -r -a lrs <<< "$LRS"
+read -r -d '' -a lrs <<< "$LRS"
 read -r -a extra <<< "$EXTRA"
 token_counts=("$TRAIN_TOKENS")
 [[ "$DOUBLE" != 0 ]] && token_counts+=("$((2 * TRAIN_TOKENS))")
@@ -118,11 +141,13 @@ done
 
 members=()
 for hook in "${hooks[@]}"; do  # site by site, so a sweep stopped midway leaves whole sites
+    read -r -a coeffs <<< "$(coeffs_of "$COEFFS" "$hook")"
+    read -r -a double_coeffs <<< "$(coeffs_of "$DOUBLE_COEFFS" "$hook")"
     for t in "${token_counts[@]}"; do
-        cs=("${coeffs[@]}")
-        (( t != TRAIN_TOKENS )) && cs=("${double_coeffs[@]}")
+        cs=(${coeffs[@]+"${coeffs[@]}"})
+        (( t != TRAIN_TOKENS )) && cs=(${double_coeffs[@]+"${double_coeffs[@]}"})
         for arch in "${archs[@]}"; do
-            for c in "${cs[@]}"; do
+            for c in ${cs[@]+"${cs[@]}"}; do
                 members+=("$hook $t $arch $c $(lr_of "$hook" "$arch") 0")
             done
         done

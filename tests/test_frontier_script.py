@@ -90,14 +90,24 @@ def test_default_members_site_by_site_and_seeds_normalised():
                               env={**os.environ, **env}).stdout.splitlines()
 
     rows = [line.split() for line in listed()]
-    # per site: 3 archs x 5 λ at 2M, 3 x 3 at 4M (seed 0), then seeds 1 and 2 x 3 archs x 3 λ at 2M
-    assert len(rows) == 3 * 42
-    for k, hook in enumerate(("blocks.12.hook_resid_pre", "blocks.24.attn.hook_z", "blocks.24.hook_mlp_out")):
-        site = rows[42 * k:42 * (k + 1)]
+    # per site: 3 archs x 5 λ at 2M, 3 x 3 at 4M (seed 0), then seeds 1 and 2 x 3 archs x 3 λ at 2M;
+    # the MLP site has its own 6 λ and its own 3 mid-frontier λ
+    assert len(rows) == 42 + 42 + 45
+    sites = {"blocks.12.hook_resid_pre": (rows[:42], 5, ("0.04", "0.08", "0.16")),
+             "blocks.24.attn.hook_z": (rows[42:84], 5, ("0.04", "0.08", "0.16")),
+             "blocks.24.hook_mlp_out": (rows[84:], 6, ("0.01", "0.02", "0.04"))}
+    for hook, (site, n_coeffs, mid) in sites.items():
+        n2 = 3 * n_coeffs
         assert all(r[1] == hook for r in site)
-        assert [r[2] for r in site[:24]] == ["2000000"] * 15 + ["4000000"] * 9 and all(r[-1] == "0" for r in site[:24])
-        assert [r[-1] for r in site[24:]] == ["1"] * 9 + ["2"] * 9
-        assert all(r[2] == "2000000" and r[4] in ("0.04", "0.08", "0.16") for r in site[24:])
+        assert [r[2] for r in site[:n2 + 9]] == ["2000000"] * n2 + ["4000000"] * 9
+        assert all(r[-1] == "0" for r in site[:n2 + 9])
+        assert [r[-1] for r in site[n2 + 9:]] == ["1"] * 9 + ["2"] * 9
+        assert all(r[4] in mid for r in site[n2:]) and all(r[2] == "2000000" for r in site[n2 + 9:])
+    assert [r[4] for r in rows[84:90]] == ["0.005", "0.01", "0.02", "0.04", "0.08", "0.16"]
+    # block 24 trains every architecture at 1e-3, the residual stream keeps its rates (gated 3e-3)
+    assert {(r[1], r[3], r[5]) for r in rows if r[1] != "blocks.12.hook_resid_pre"} == {
+        (h, a, "1e-3") for h in ("blocks.24.attn.hook_z", "blocks.24.hook_mlp_out") for a in ("relu", "gated", "rescale_shift")}
+    assert {(r[3], r[5]) for r in rows[:42]} == {("relu", "-"), ("gated", "3e-3"), ("rescale_shift", "-")}
     rows = [line.split() for line in listed(HOOKS="h", ARCHS="relu", DOUBLE="0", SEEDS="0 08 8 01")]
     assert [r[-1] for r in rows] == ["0"] * 5 + ["8"] * 3 + ["1"] * 3
 
@@ -117,3 +127,20 @@ def test_learning_rates_per_architecture_and_per_site(tmp_path):
         ("blocks.2.attn.hook_z", "relu", "1e-3"), ("blocks.2.attn.hook_z", "gated", "1e-3")]
     proc = listed(LRS="blocks.2:relu:1e-3")
     assert proc.returncode == 2 and "LRS item 'blocks.2:relu:1e-3'" in proc.stderr
+
+
+def test_coefficients_per_site(tmp_path):
+    def listed(**env):
+        return subprocess.run([str(REPO / "sweeps" / "frontier.sh"), "--list"], capture_output=True, text=True,
+                              env={**os.environ, "ARCHS": "relu", "HOOKS": "a b", "SEEDS": "0 1", "LRS": "", **env})
+
+    proc = listed(COEFFS="0.1 0.2 b:0.01,0.02,0.03", DOUBLE_COEFFS="0.2 b:0.02")
+    assert proc.returncode == 0, proc.stderr
+    # columns: index hook tokens arch λ lr seed
+    assert [(r[1], r[2], r[4], r[6]) for r in map(str.split, proc.stdout.splitlines())] == [
+        ("a", "2000000", "0.1", "0"), ("a", "2000000", "0.2", "0"), ("a", "4000000", "0.2", "0"), ("a", "2000000", "0.2", "1"),
+        ("b", "2000000", "0.01", "0"), ("b", "2000000", "0.02", "0"), ("b", "2000000", "0.03", "0"),
+        ("b", "4000000", "0.02", "0"), ("b", "2000000", "0.02", "1")]
+    for bad in ("0.1,0.2", "b:0.1,x", "b:"):
+        proc = listed(COEFFS=bad)
+        assert proc.returncode == 2 and f"item '{bad}'" in proc.stderr and proc.stdout == ""
