@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 
 from gsae_cli import artifacts
 from gsae_cli.config import GATED_ONLY_KEYS, NON_IDENTITY_KEYS
+from gsae_cli.divergence import divergence_of_log
 from gsae_cli.errors import ArtifactError, ConfigError
 
 ID_COLUMNS = ["model", "hook", "architecture", "l1_coefficient", "train_tokens"]
@@ -36,7 +37,9 @@ METRIC_KEYS = ["l0", "loss_recovered", "delta_loss", "kl_div", "relative_reconst
                "relative_reconstruction_bias_centred", "nmse", "explained_variance", "frac_dead", "frac_dense",
                "frac_passthrough", "ce_clean", "ce_spliced", "ce_zero_ablation"]
 # Each metric with its 95 % interval from metrics.json "ci" (blank where an eval recorded none).
-COLUMNS = ID_COLUMNS + [c for k in METRIC_KEYS for c in (k, f"{k}_lo", f"{k}_hi")] + ["eval_set", "eval_path"]
+# diverged_at_step: the training step at which the SAE's training diverged (gsae_cli/divergence.py), else empty
+COLUMNS = (ID_COLUMNS + [c for k in METRIC_KEYS for c in (k, f"{k}_lo", f"{k}_hi")]
+           + ["diverged_at_step", "eval_set", "eval_path"])
 
 WINDOW_FILE = "per_window.safetensors"
 
@@ -355,6 +358,14 @@ def _eval_set(directory: Path) -> Optional[str]:
         return None
 
 
+def _divergence(sae: dict) -> Optional[dict]:
+    """What the evaluation recorded of the SAE's training divergence; for evaluations made before
+    it recorded one, judged from the training log when it is still there."""
+    if "divergence" in sae:
+        return sae["divergence"]
+    return divergence_of_log(Path(sae["path"]) / "metrics.jsonl") if sae.get("path") else None
+
+
 def _load(directory: Path) -> Result:
     metrics = artifacts.read_json(directory / "metrics.json")
     if not isinstance(metrics, dict):
@@ -378,6 +389,7 @@ def _load(directory: Path) -> Result:
         "train_tokens": config.get("train", {}).get("n_tokens"),
         **{k: _num(metrics.get(k)) for k in METRIC_KEYS},
         **{f"{k}_{end}": (ci[k][i] if k in ci else None) for k in METRIC_KEYS for i, end in enumerate(("lo", "hi"))},
+        "diverged_at_step": (div := _divergence(sae)) and div["step"],
         "eval_set": _eval_set(directory),
         "eval_path": str(directory),
     }
@@ -1057,6 +1069,15 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
              "KL: KL(clean ‖ spliced) per token. Pass-through: site positions left at their clean activation. "
              "[lo, hi]: 95 % bootstrap interval over eval windows.", "",
              "![L0 vs loss recovered](frontier.png)", "", "![shrinkage](shrinkage.png)", ""]
+    diverged = [r for s in (x for ss in sites.values() for x in ss) for r in s.results if r.row["diverged_at_step"]]
+    if diverged:
+        lines += ["## Warning: SAEs whose training diverged", "",
+                  "Their points below are real measurements of a broken run, not of the architecture; "
+                  "retrain them with a lower learning rate.", ""]
+        lines += [f"- {r.row['architecture']} λ {_fmt_value(r.row['l1_coefficient'])} at {r.row['hook']} "
+                  f"({_fmt_value(r.row['train_tokens'])} tokens): diverged at step {r.row['diverged_at_step']:,} "
+                  f"(`{r.directory.name}`)" for r in sorted(diverged, key=_sort_key)]
+        lines.append("")
     head = ["series", "λ", "train tokens"] + [h for h, *_ in TABLE] + ["eval"]
     for (model, hook), series in sites.items():
         lines += [f"## {model} · {hook}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -1212,6 +1233,10 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
     print_table(sites)
     n_series = sum(len(s) for s in sites.values())
     notice(f"{len(kept)} evaluation(s) in {n_series} series at {len(sites)} site(s) written to {report_dir}")
+    for r in sorted((r for r in kept if r.row["diverged_at_step"]), key=_sort_key):
+        notice(f"WARNING: the {r.row['architecture']} SAE at λ {_fmt_value(r.row['l1_coefficient'])} "
+               f"({r.row['hook']}, {r.directory.name}) diverged in training at step {r.row['diverged_at_step']:,}: "
+               "its point is not trustworthy; retrain it with a lower learning rate")
     for r in ratios:
         notice(_ratio_line(r))
     for c in checks:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gsae_cli import artifacts, distributed, status, store
 from gsae_cli.config import baseline_config, effective_lr, train_dir, train_hash, train_identity, to_yaml
+from gsae_cli.divergence import describe, divergence_of_log
 from gsae_cli.errors import ArtifactError, ConfigError, StoreError
 from gsae_cli.progress import notice, track
 from gsae_cli.sae_io import load_sae, read_sae_meta, save_sae
@@ -400,10 +401,15 @@ class Trainer:
             # Folding the frozen biases by 1/s and back by s can miss them by an ulp; the frozen
             # baseline must be the relu SAE exactly, so put its saved tensors back.
             self.sae.copy_baseline_(self.base_relu)
+        # read from the whole log, so a resumed run is judged on all of its steps
+        diverged = divergence_of_log(self.dir / METRICS)
+        if diverged:
+            notice(f"WARNING: {describe(diverged)}. The SAE is saved, and `gsae eval` and `gsae report` "
+                   f"flag it; retrain with a lower learning rate (train.lr={self.lr / 3:.3g}, say).")
         meta = {"model": self.cfg.model.name, "hf_name": self.cfg.model.hf_name, "hook": self.cfg.hook,
                 "store": str(self.store_path), "store_hash": self.store.attrs.get("config_hash"),
                 "input_scale_folded": self.scale, "train_hash": train_hash(self.cfg),
-                "l1_coefficient": self.cfg.sae.l1_coefficient}
+                "l1_coefficient": self.cfg.sae.l1_coefficient, "divergence": diverged}
         save_sae(self.dir, self.sae.cpu(), meta)
         rs = self.resample_schedule
         summary = {**meta, "architecture": self.sae.name, "d_model": self.sae.d_model, "d_sae": self.sae.d_sae,

@@ -466,6 +466,21 @@ def test_external_sae_path_is_identified_by_its_weights(tmp_path: Path, out: Pat
     assert not other.reused and other.path != result.path
 
 
+def test_diverged_training_is_flagged_from_the_meta_or_the_log(tmp_path: Path, out: Path, capsys):
+    """An SAE trained before training recorded divergence is judged from the metrics.jsonl beside
+    it; one whose metadata records the verdict is taken at its word."""
+    sae_dir = _save(tmp_path / "sae", random_sae(D, 5))  # no "divergence" key: an older SAE
+    (sae_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "recon": r}) + "\n" for s, r in ((10, 0.4), (20, 0.1), (30, 2.5))))
+    flagged = run_eval(compose_config(overrides(out, f"sae.path={sae_dir}")))
+    assert flagged.metrics["sae"]["divergence"]["step"] == 30
+    assert "not a trustworthy point" in capsys.readouterr().err
+    save_sae(sae_dir, random_sae(D, 5), {"model": "tiny", "hook": TINY_HOOK, "divergence": None})
+    trusted = run_eval(compose_config(overrides(out, f"sae.path={sae_dir}")), force=True)
+    assert trusted.metrics["sae"]["divergence"] is None
+    assert "trustworthy" not in capsys.readouterr().err
+
+
 def test_width_mismatch_is_a_config_error(tmp_path: Path, out: Path):
     sae_dir = tmp_path / "narrow"
     save_sae(sae_dir, scaled_identity_sae(32), {})

@@ -1,0 +1,100 @@
+"""Divergence flags: the rule on hand-made logs, the Trainer recording it from a real run, and
+`gsae report` flagging the SAEs whose training diverged (new evaluations and older ones)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from gsae_cli.divergence import FACTOR, describe, divergence_of_log, find_divergence
+from gsae_cli.report import run_report
+from gsae_cli.sae_io import read_sae_meta
+from gsae_cli.train import Trainer
+from test_report import make_sweep
+from test_train import small_cfg, sparse_rows, synthetic_store
+
+
+def rows(*recons):
+    return [{"step": 10 * (i + 1), "recon": r} for i, r in enumerate(recons)]
+
+
+def test_rule_by_hand():
+    falling = rows(1.4, 0.9, 0.5, 0.3, 0.35, 0.31)
+    assert find_divergence(falling) is None
+    # 2.99 is under 10 x the minimum 0.3 (step 40): a bump, not a divergence; 3.01 is over it
+    assert find_divergence(falling + rows(0, 0, 0, 0, 0, 0, 2.99)[6:]) is None
+    hit = find_divergence(falling + [{"step": 70, "recon": 3.01}, {"step": 80, "recon": 500.0}])
+    assert hit == {"step": 70, "recon": 3.01, "min_before": 0.3, "min_step": 40, "factor": FACTOR}
+    assert "jumped to 3.01 at step 70" in describe(hit) and "10x the 0.3" in describe(hit)
+    # a non-finite value is a jump; rows without recon are skipped; an empty log has none
+    assert find_divergence(rows(0.5, math.nan))["step"] == 20
+    assert find_divergence([{"step": 1}, {"step": 2, "recon": 0.5}, {"step": 3}]) is None
+    assert find_divergence([]) is None
+    # the first row has nothing before it, whatever its value
+    assert find_divergence(rows(1e6, 0.5)) is None
+    assert find_divergence(rows(1.0, 2.0), factor=1.5)["step"] == 20
+
+
+def test_log_file(tmp_path):
+    assert divergence_of_log(tmp_path / "missing.jsonl") is None
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows(0.4, 0.2, 0.25, 7.0)) + "\n")
+    assert divergence_of_log(log)["step"] == 40
+
+
+@pytest.mark.parametrize("outliers", [False, True])
+def test_trainer_records_a_loss_jump_in_summary_and_sae_meta(tmp_path, capsys, outliers):
+    """A real run on a synthetic store: rows an SAE can fit, and in one variant a block of rows
+    100x their norm that some batches draw; the log's jump is found and recorded."""
+    x = sparse_rows(1024, 8, 6, seed=3)
+    if outliers:
+        x[-64:] *= 100.0  # the store's last chunk
+    path = synthetic_store(tmp_path / "store", x)
+    cfg = small_cfg(tmp_path / "out", "sae=relu", "train.batch_size=64", "train.n_tokens=1024",
+                    "train.lr_warmup_steps=1", "train.resample=false", "sae.l1_coefficient=0.01")
+    summary = Trainer(cfg, tmp_path / "sae", path, None).fit()
+    logged = [json.loads(ln) for ln in (tmp_path / "sae" / "metrics.jsonl").read_text().splitlines()]
+    meta = read_sae_meta(tmp_path / "sae")
+    err = capsys.readouterr().err
+    if not outliers:
+        assert summary["divergence"] is None and meta["divergence"] is None and "diverged" not in err
+        return
+    div = summary["divergence"]
+    assert div is not None and meta["divergence"] == div and "training diverged" in err
+    # the step found is a logged step at least 10x the lowest before it, and the first such step
+    at = [r["step"] for r in logged].index(div["step"])
+    assert logged[at]["recon"] == pytest.approx(div["recon"])
+    assert div["recon"] > FACTOR * min(r["recon"] for r in logged[:at])
+    assert all(r["recon"] <= FACTOR * min(q["recon"] for q in logged[:i]) for i, r in enumerate(logged[:at]) if i)
+
+
+def test_report_flags_diverged_saes_new_and_old(tmp_path, capsys):
+    out = tmp_path / "outputs"
+    make_sweep(out)
+    # a new evaluation records the flag in metrics.json ...
+    m = json.loads((out / "eval" / "relu1" / "metrics.json").read_text())
+    m["sae"]["divergence"] = {"step": 360, "recon": 26412.0, "min_before": 0.1, "min_step": 300, "factor": FACTOR}
+    (out / "eval" / "relu1" / "metrics.json").write_text(json.dumps(m))
+    # ... an older one has no flag: its training log, where the SAE points, decides
+    train_dir = tmp_path / "train" / "g2"
+    train_dir.mkdir(parents=True)
+    (train_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(0.5, 0.2, 9.0)))
+    m = json.loads((out / "eval" / "gated2" / "metrics.json").read_text())
+    m["sae"]["path"] = str(train_dir)
+    (out / "eval" / "gated2" / "metrics.json").write_text(json.dumps(m))
+    report = run_report([], out, tmp_path / "report", [])
+    table = {r["eval_path"].rsplit("/", 1)[-1]: r["diverged_at_step"] for r in csv.DictReader((report / "results.csv").open())}
+    assert table.pop("relu1") == "360" and table.pop("gated2") == "30" and set(table.values()) == {""}
+    md = (report / "results.md").read_text()
+    assert "## Warning: SAEs whose training diverged" in md
+    assert "diverged at step 360 (`relu1`)" in md and "diverged at step 30 (`gated2`)" in md
+    err = capsys.readouterr().err
+    assert err.count("diverged in training") == 2
+    # a sweep with no diverged SAE has no warning section
+    clean = tmp_path / "clean"
+    make_sweep(clean)
+    assert "Warning" not in (run_report([], clean, tmp_path / "report2", []) / "results.md").read_text()
+
