@@ -354,6 +354,35 @@ class EvalSet:
 
 
 @torch.no_grad()
+def zero_ablation_nll(model: LoadedModel, hooks: list[str], tokens: Tensor, first: int, *, batch_size: int,
+                      method: str = "auto") -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-window sums of next-token NLL [n] of the clean pass, and for each hook of the pass with
+    that hook zeroed at positions >= `first`: what build_evalset computes as nll_clean and
+    nll_zero, with one clean forward for all the hooks instead of one per hook (a scan over many
+    sites, sweeps/site_scan.py)."""
+    splicers = {h: Splicer(model, h, method) for h in hooks}
+    # every hook, and every restart's block entry, captured in the one clean pass
+    names = tuple(dict.fromkeys(n for sp in splicers.values()
+                                for n in (sp.hook, *((sp.entry,) if sp.from_layer else ()))))
+    clean: list[Tensor] = []
+    zero: dict[str, list[Tensor]] = {h: [] for h in hooks}
+    for lo in range(0, tokens.shape[0], batch_size):
+        batch = tokens[lo:lo + batch_size].to(model.device)
+        logits, acts = splicers[hooks[0]].clean(batch, extra=names)
+        clean.append(next_token_nll(logits, batch).sum(dim=1).cpu())
+        for hook, sp in splicers.items():
+            site, entry = acts[hook], acts[sp.entry] if sp.from_layer else None
+            if sp.unverified:
+                sp.verify(batch, logits, site, entry)
+                entry = entry if sp.from_layer else None
+            zeroed = site.clone()
+            zeroed[:, first:] = 0
+            zero_logits, _ = sp.patched(batch, entry, zeroed)
+            zero[hook].append(next_token_nll(zero_logits, batch).sum(dim=1).cpu())
+            del zero_logits
+    return torch.cat(clean), {h: torch.cat(v) for h, v in zero.items()}
+
+
 def build_evalset(model: LoadedModel, hook: str, tokens: Tensor, first: int, *, batch_size: int,
                   method: str = "auto", advance: Callable[[int], None] | None = None,
                   kl_mode: str = "auto", info: dict | None = None) -> EvalSet:

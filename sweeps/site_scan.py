@@ -12,8 +12,9 @@ is chosen by that denominator alone, before any SAE exists, which cannot favour 
 per block, the smaller of its two sublayers' CE increases; the block where that is largest wins.
 
 Each figure is `gsae eval`'s own: `ce_zero_ablation - ce_clean` of the eval set that
-`build_evalset` makes for the hook (the eval's held-out windows for the given overrides, zeros at
-positions site_start.., every next-token prediction of the window counted), with a 95 %
+`build_evalset` would make for the hook (the eval's held-out windows for the given overrides, zeros
+at positions site_start.., every next-token prediction of the window counted; computed by
+`zero_ablation_nll`, the same passes with one clean forward for all hooks), with a 95 %
 bootstrap interval over windows (the block's smaller effect is bootstrapped jointly, both
 sublayers on the same resampled windows). Two stages:
   1. screen: every block on eval.n_tokens (4064, 32 windows of 128, unless an override gives it);
@@ -51,30 +52,27 @@ def parse_blocks(text: str) -> list[int]:
     return sorted(blocks)
 
 
-def per_window_effect(es):
-    """CE increase from zeroing the eval set's site, per window, in nats per next-token prediction."""
-    return (es.nll_zero.double() - es.nll_clean.double()) / (es.ctx_len - 1)
-
-
 def measure(cfg, model, blocks: list[int]) -> dict:
     """One stage: both sublayers of every block on the eval windows of `cfg`, with intervals."""
     import torch
 
-    from gsae_cli.evalset import build_evalset, first_spliced, select_windows
+    from gsae_cli.evalset import first_spliced, select_windows, zero_ablation_nll
     from gsae_cli.metrics import bootstrap_indices, percentile_interval
 
     windows, _, total = select_windows(cfg, model.tokenizer, model.bos_token_id, model.eos_token_id)
     index = bootstrap_indices(windows.shape[0], cfg.eval.bootstrap_samples, cfg.eval.bootstrap_seed)
-    effects: dict[str, torch.Tensor] = {}
+    hooks = [f"blocks.{b}.{s}" for b in blocks for s in SUBLAYERS]
+    with torch.no_grad():  # (the clean pass once for every hook)
+        nll_clean, nll_zero = zero_ablation_nll(model, hooks, windows, first_spliced(cfg),
+                                                batch_size=cfg.eval.batch_size)
+    predictions = windows.shape[1] - 1
+    # CE increase from zeroing each site, per window, in nats per next-token prediction
+    effects = {h: (nll_zero[h] - nll_clean) / predictions for h in hooks}
     rows = []
-    with torch.no_grad():
-        for hook in [f"blocks.{b}.{s}" for b in blocks for s in SUBLAYERS]:
-            es = build_evalset(model, hook, windows, first_spliced(cfg), batch_size=cfg.eval.batch_size,
-                               kl_mode="logits")
-            effects[hook] = per_window_effect(es)
-            lo, hi = percentile_interval(effects[hook][index].mean(dim=1))
-            rows.append({"hook": hook, "delta_ce": float(effects[hook].mean()), "ci": [lo, hi]})
-            print(f"{hook}: {rows[-1]['delta_ce']:.4f} nats ({windows.shape[0]} windows)", file=sys.stderr, flush=True)
+    for hook in hooks:
+        lo, hi = percentile_interval(effects[hook][index].mean(dim=1))
+        rows.append({"hook": hook, "delta_ce": float(effects[hook].mean()), "ci": [lo, hi]})
+        print(f"{hook}: {rows[-1]['delta_ce']:.4f} nats ({windows.shape[0]} windows)", file=sys.stderr, flush=True)
     by_block = {}
     for b in blocks:
         pair = torch.stack([effects[f"blocks.{b}.{s}"] for s in SUBLAYERS])  # [2, n_windows]
@@ -82,7 +80,7 @@ def measure(cfg, model, blocks: list[int]) -> dict:
         by_block[b] = {"min_delta_ce": float(pair.mean(dim=1).min()), "ci": [lo, hi]}
     ranked = sorted(blocks, key=lambda b: -by_block[b]["min_delta_ce"])
     return {"n_windows": int(windows.shape[0]), "held_out_windows": total, "first": first_spliced(cfg),
-            "ce_clean": float(es.nll_clean.sum() / (es.n_windows * (es.ctx_len - 1))), "rows": rows,
+            "ce_clean": float(nll_clean.sum() / (windows.shape[0] * predictions)), "rows": rows,
             "blocks": {str(b): by_block[b] for b in blocks}, "ranked": ranked}
 
 

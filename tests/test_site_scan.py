@@ -111,3 +111,22 @@ def test_bad_blocks_and_unknown_hooks_are_one_message_and_exit_2(tmp_path: Path)
     assert "Unknown hook blocks.7.attn.hook_z" in proc.stderr and "Traceback" not in proc.stderr
     proc = _run("--blocks", "1", "model=nope")
     assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_one_clean_pass_for_all_hooks_equals_an_eval_set_per_hook(tmp_path: Path):
+    """zero_ablation_nll (the scan's passes) gives exactly build_evalset's nll_clean and nll_zero,
+    for hooks inside blocks, at a block's entry and on the full-forward path."""
+    from gsae_cli.evalset import build_evalset, zero_ablation_nll
+
+    cfg = compose_config([*TINY, f"out_dir={tmp_path}"])
+    model = load_model(cfg.model, torch.device("cpu"))
+    windows, _, _ = select_windows(cfg, model.tokenizer, model.bos_token_id, model.eos_token_id)
+    hooks = ["blocks.1.attn.hook_z", "blocks.2.hook_mlp_out", "blocks.1.hook_resid_pre"]
+    for method in ("auto", "full"):
+        with torch.no_grad():
+            clean, zero = zero_ablation_nll(model, hooks, windows, 4, batch_size=3, method=method)
+            for hook in hooks:
+                es = build_evalset(model, hook, windows, 4, batch_size=3, method=method, kl_mode="logits")
+                assert torch.equal(clean, es.nll_clean), (method, hook)
+                assert torch.equal(zero[hook], es.nll_zero), (method, hook)
+                assert (zero[hook] > clean).any()  # the ablation did something
