@@ -75,7 +75,7 @@ from torch import Tensor, nn
 
 from gsae_cli import artifacts
 from gsae_cli.config import eval_dir, evalset_dir, evalset_hash, to_yaml
-from gsae_cli.divergence import describe, divergence_of_log
+from gsae_cli.divergence import describe, divergence_of_sae
 from gsae_cli.errors import ArtifactError, ConfigError
 from gsae_cli.evalset import (UNEMBED_IN, EvalSet, Splicer, build_evalset, kl_direct, log_sum_exp,
                               next_token_nll, obtain_evalset)
@@ -307,12 +307,11 @@ def _evaluate(cfg: DictConfig, sae_dir: Path, meta: dict, directory: Path) -> di
                       bootstrap_samples=cfg.eval.bootstrap_samples, bootstrap_seed=cfg.eval.bootstrap_seed,
                       advance=bar.advance, sae_label=f"The SAE in {sae_dir}")
     seconds = time.monotonic() - t1
-    # SAEs trained before training recorded it: judge from their log, when it is beside them
-    diverged = meta["divergence"] if "divergence" in meta else divergence_of_log(Path(sae_dir) / "metrics.jsonl")
+    diverged = divergence_of_sae(sae_dir, meta)
     if diverged:
         notice(f"WARNING: the SAE in {sae_dir} is not a trustworthy point: {describe(diverged)}. "
-               "Its metrics are recorded (sae.divergence in metrics.json) and `gsae report` flags it; "
-               "retrain it with a lower learning rate.")
+               "Its metrics are recorded (sae.divergence in metrics.json) and `gsae report` flags it "
+               "(`--where diverged_at_step=none` leaves such SAEs out); retrain it with a lower learning rate.")
     sae_info = {"path": str(sae_dir), "architecture": meta.get("architecture"), "d_sae": meta.get("d_sae"),
                 "l1_coefficient": meta.get("l1_coefficient"), "train_hash": meta.get("train_hash"),
                 "hook": meta.get("hook", cfg.hook), "model": meta.get("model", cfg.model.name),

@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence
 
 from gsae_cli import artifacts
 from gsae_cli.config import GATED_ONLY_KEYS, NON_IDENTITY_KEYS
-from gsae_cli.divergence import divergence_of_log
+from gsae_cli.divergence import LOG, divergence_of_log
 from gsae_cli.errors import ArtifactError, ConfigError
 
 ID_COLUMNS = ["model", "hook", "architecture", "l1_coefficient", "train_tokens"]
@@ -362,8 +362,8 @@ def _divergence(sae: dict) -> Optional[dict]:
     """What the evaluation recorded of the SAE's training divergence; for evaluations made before
     it recorded one, judged from the training log when it is still there."""
     if "divergence" in sae:
-        return sae["divergence"]
-    return divergence_of_log(Path(sae["path"]) / "metrics.jsonl") if sae.get("path") else None
+        return sae["divergence"] or None
+    return divergence_of_log(Path(sae["path"]) / LOG) if sae.get("path") else None
 
 
 def _load(directory: Path) -> Result:
@@ -1236,7 +1236,8 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
     for r in sorted((r for r in kept if r.row["diverged_at_step"]), key=_sort_key):
         notice(f"WARNING: the {r.row['architecture']} SAE at λ {_fmt_value(r.row['l1_coefficient'])} "
                f"({r.row['hook']}, {r.directory.name}) diverged in training at step {r.row['diverged_at_step']:,}: "
-               "its point is not trustworthy; retrain it with a lower learning rate")
+               "its point is not trustworthy; retrain it with a lower learning rate, or leave such SAEs out "
+               "with --where diverged_at_step=none")
     for r in ratios:
         notice(_ratio_line(r))
     for c in checks:

@@ -17,14 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from gsae_cli import artifacts, distributed, status, store
 from gsae_cli.config import baseline_config, effective_lr, train_dir, train_hash, train_identity, to_yaml
-from gsae_cli.divergence import describe, divergence_of_log
+from gsae_cli.divergence import LOG, describe, divergence_of_log, divergence_of_sae
 from gsae_cli.errors import ArtifactError, ConfigError, StoreError
 from gsae_cli.progress import notice, track
 from gsae_cli.sae_io import load_sae, read_sae_meta, save_sae
 from gsae_cli.saes import SAE, RescaleShiftSAE, build_sae, geometric_median, reset_adam_state_
 
 CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
+METRICS = LOG  # "metrics.jsonl", one row per train.log_every steps (divergence.py reads it too)
 
 
 @dataclass
@@ -197,6 +197,7 @@ class Trainer:
         d_model = self.store.d_model
         if base_sae_dir is not None:
             self.base_relu = load_sae(base_sae_dir)
+            self.base_sae_dir = Path(base_sae_dir)
             relu = load_sae(base_sae_dir)
             relu.fold_input_scale_(1.0 / self.scale)  # into the normalised units it trained in
             return RescaleShiftSAE.from_relu(relu)
@@ -401,11 +402,16 @@ class Trainer:
             # Folding the frozen biases by 1/s and back by s can miss them by an ulp; the frozen
             # baseline must be the relu SAE exactly, so put its saved tensors back.
             self.sae.copy_baseline_(self.base_relu)
-        # read from the whole log, so a resumed run is judged on all of its steps
+        # read from the whole log, so a resumed run is judged on all of its steps; a rescale_shift
+        # fits only a scale and shift on its frozen relu, so it inherits that relu's verdict
         diverged = divergence_of_log(self.dir / METRICS)
+        if diverged is None and self.base_relu is not None:
+            base = divergence_of_sae(self.base_sae_dir, self.base_relu.meta)
+            diverged = {**base, "baseline": str(self.base_sae_dir)} if base else None
         if diverged:
-            notice(f"WARNING: {describe(diverged)}. The SAE is saved, and `gsae eval` and `gsae report` "
-                   f"flag it; retrain with a lower learning rate (train.lr={self.lr / 3:.3g}, say).")
+            notice(f"WARNING: the {self.sae.name} SAE at λ {self.cfg.sae.l1_coefficient} in {self.dir}: "
+                   f"{describe(diverged)}. The SAE is saved, and `gsae eval` and `gsae report` flag it; "
+                   f"retrain with a lower learning rate (train.lr={self.lr / 3:.3g}, say).")
         meta = {"model": self.cfg.model.name, "hf_name": self.cfg.model.hf_name, "hook": self.cfg.hook,
                 "store": str(self.store_path), "store_hash": self.store.attrs.get("config_hash"),
                 "input_scale_folded": self.scale, "train_hash": train_hash(self.cfg),

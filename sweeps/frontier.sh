@@ -59,8 +59,10 @@ ARCHS=${ARCHS:-"relu gated rescale_shift"}
 # stream. A "hook:λ,λ,..." item gives one site its own list (it replaces the plain items there):
 # the block-24 MLP output is hard to reconstruct (relu at λ 0.02 recovers only 0.89 of its loss at
 # L0 508), so its list reaches lower (README, round 4).
+given=" ${COEFFS+COEFFS} ${DOUBLE_COEFFS+DOUBLE_COEFFS} "  # (a default's items for sites not run are fine)
 COEFFS=${COEFFS-"0.02 0.04 0.08 0.16 0.32 blocks.24.hook_mlp_out:0.005,0.01,0.02,0.04,0.08,0.16"}
-# the mid-frontier λ the doubled-token check and the further seeds repeat (same syntax)
+# the mid-frontier λ the doubled-token check and the further seeds repeat (same syntax; "" runs
+# neither)
 DOUBLE_COEFFS=${DOUBLE_COEFFS-"0.04 0.08 0.16 blocks.24.hook_mlp_out:0.01,0.02,0.04"}
 SEEDS=${SEEDS:-"0 1 2"}   # train.seed of the spread runs (DOUBLE_COEFFS at TRAIN_TOKENS); "0" turns them off
                           # (so EXTRA must not set train.seed)
@@ -84,6 +86,7 @@ if ! [[ "$JOBS" =~ ^[1-9][0-9]*$ ]]; then
     exit 2
 fi
 
+set -f  # no glob expansion of the lists below (COEFFS="*" is an error, not a file list)
 read -r -a hooks <<< "$HOOKS"
 read -r -a archs <<< "$ARCHS"
 coeffs_of() {  # "list" hook -> the λ for that hook: its own "hook:λ,λ" item, else the plain items
@@ -97,11 +100,22 @@ coeffs_of() {  # "list" hook -> the λ for that hook: its own "hook:λ,λ" item,
     done
     echo ${plain[@]+"${plain[@]}"}
 }
-for item in $COEFFS $DOUBLE_COEFFS; do
-    if ! [[ "$item" =~ ^([A-Za-z0-9_.]+:)?[0-9.eE+-]+(,[0-9.eE+-]+)*$ ]] || [[ "$item" != *:* && "$item" == *,* ]]; then
-        echo "frontier.sh: COEFFS/DOUBLE_COEFFS item '$item' is not λ or hook:λ,λ,... (e.g. COEFFS=\"0.02 0.04 blocks.24.hook_mlp_out:0.005,0.01\")" >&2
-        exit 2
-    fi
+num='([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?'
+for var in COEFFS DOUBLE_COEFFS; do
+    seen=" "
+    for item in ${!var}; do
+        if ! [[ "$item" =~ ^$num$ || "$item" =~ ^[A-Za-z0-9_.]+:$num(,$num)*$ ]]; then
+            echo "frontier.sh: $var item '$item' is not λ or hook:λ,λ,... (e.g. COEFFS=\"0.02 0.04 blocks.24.hook_mlp_out:0.005,0.01\")" >&2
+            exit 2
+        fi
+        [[ "$item" != *:* ]] && continue
+        h=${item%%:*}
+        if [[ ( " $HOOKS " != *" $h "* && "$given" == *" $var "* ) || "$seen" == *" $h "* ]]; then
+            echo "frontier.sh: $var item '$item' names $h, which is $([[ "$seen" == *" $h "* ]] && echo "given twice" || echo "not one of HOOKS ($HOOKS)"); give each site of HOOKS at most one hook:λ,... item" >&2
+            exit 2
+        fi
+        seen+="$h "
+    done
 done
 read -r -a seed_items <<< "$SEEDS"
 seeds=()
@@ -113,7 +127,7 @@ for s in ${seed_items[@]+"${seed_items[@]}"}; do
     s=$((10#$s))  # "08" is 8, not an octal error; "01" and "1" are one seed
     [[ " ${seeds[*]-} " == *" $s "* ]] || seeds+=("$s")
 done
-read -r -d '' -a lrs <<< "$LRS"
+read -r -d '' -a lrs <<< "$LRS" || true  # (-d '': the whole value, newlines included; it ends at EOF)
 read -r -a extra <<< "$EXTRA"
 token_counts=("$TRAIN_TOKENS")
 [[ "$DOUBLE" != 0 ]] && token_counts+=("$((2 * TRAIN_TOKENS))")
@@ -143,6 +157,10 @@ members=()
 for hook in "${hooks[@]}"; do  # site by site, so a sweep stopped midway leaves whole sites
     read -r -a coeffs <<< "$(coeffs_of "$COEFFS" "$hook")"
     read -r -a double_coeffs <<< "$(coeffs_of "$DOUBLE_COEFFS" "$hook")"
+    if (( ${#coeffs[@]} == 0 )); then
+        echo "frontier.sh: COEFFS gives no λ for $hook (COEFFS='$COEFFS'): add plain λ items or a $hook:λ,... item" >&2
+        exit 2
+    fi
     for t in "${token_counts[@]}"; do
         cs=(${coeffs[@]+"${coeffs[@]}"})
         (( t != TRAIN_TOKENS )) && cs=(${double_coeffs[@]+"${double_coeffs[@]}"})

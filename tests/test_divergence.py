@@ -36,6 +36,13 @@ def test_rule_by_hand():
     # the first row has nothing before it, whatever its value
     assert find_divergence(rows(1e6, 0.5)) is None
     assert find_divergence(rows(1.0, 2.0), factor=1.5)["step"] == 20
+    # during an L1 warm-up the reconstruction is better than the run can keep: not the minimum
+    warm = [{"step": 10, "recon": 0.01, "l1_coefficient": 0.0}, {"step": 20, "recon": 0.02, "l1_coefficient": 0.05},
+            {"step": 30, "recon": 0.3, "l1_coefficient": 0.1}, {"step": 40, "recon": 0.5, "l1_coefficient": 0.1}]
+    assert find_divergence(warm) is None
+    assert find_divergence(warm + [{"step": 50, "recon": 3.5, "l1_coefficient": 0.1}])["min_step"] == 30
+    # rows of a foreign log without a step are skipped, not an error
+    assert find_divergence([{"recon": 1.0}, {"recon": 50.0}, {"step": 3, "recon": 0.5}]) is None
 
 
 def test_log_file(tmp_path):
@@ -43,6 +50,10 @@ def test_log_file(tmp_path):
     log = tmp_path / "metrics.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in rows(0.4, 0.2, 0.25, 7.0)) + "\n")
     assert divergence_of_log(log)["step"] == 40
+    # a truncated or foreign file: what parses is judged, the rest skipped
+    log.write_text('not json\n[1, 2]\n{"step": 10, "recon": 0.2}\n{"step": 20, "recon": 9.0}\n{"step": 30, "rec')
+    assert divergence_of_log(log)["step"] == 20
+    assert divergence_of_log(tmp_path) is None  # a folder is not a log
 
 
 @pytest.mark.parametrize("outliers", [False, True])
@@ -64,6 +75,13 @@ def test_trainer_records_a_loss_jump_in_summary_and_sae_meta(tmp_path, capsys, o
         return
     div = summary["divergence"]
     assert div is not None and meta["divergence"] == div and "training diverged" in err
+    assert f"relu SAE at λ 0.01 in {tmp_path / 'sae'}" in err  # which SAE, when several train at once
+    # a rescale_shift fitted on this relu has no jump of its own, and inherits the verdict
+    rs_cfg = small_cfg(tmp_path / "out", "sae=rescale_shift", "train.batch_size=64", "train.n_tokens=256",
+                       "train.lr_warmup_steps=1", "train.resample=false", "sae.l1_coefficient=0.01")
+    rs = Trainer(rs_cfg, tmp_path / "rs", path, tmp_path / "sae").fit()
+    assert rs["divergence"]["baseline"] == str(tmp_path / "sae") and rs["divergence"]["step"] == div["step"]
+    assert "frozen relu baseline" in capsys.readouterr().err
     # the step found is a logged step at least 10x the lowest before it, and the first such step
     at = [r["step"] for r in logged].index(div["step"])
     assert logged[at]["recon"] == pytest.approx(div["recon"])
@@ -93,6 +111,9 @@ def test_report_flags_diverged_saes_new_and_old(tmp_path, capsys):
     assert "diverged at step 360 (`relu1`)" in md and "diverged at step 30 (`gated2`)" in md
     err = capsys.readouterr().err
     assert err.count("diverged in training") == 2
+    # --where leaves them out
+    kept = run_report([], out, tmp_path / "report3", ["diverged_at_step=none"])
+    assert len(list(csv.DictReader((kept / "results.csv").open()))) == len(table)
     # a sweep with no diverged SAE has no warning section
     clean = tmp_path / "clean"
     make_sweep(clean)

@@ -132,7 +132,8 @@ def test_learning_rates_per_architecture_and_per_site(tmp_path):
 def test_coefficients_per_site(tmp_path):
     def listed(**env):
         return subprocess.run([str(REPO / "sweeps" / "frontier.sh"), "--list"], capture_output=True, text=True,
-                              env={**os.environ, "ARCHS": "relu", "HOOKS": "a b", "SEEDS": "0 1", "LRS": "", **env})
+                              env={k: v for k, v in {**os.environ, "ARCHS": "relu", "HOOKS": "a b", "SEEDS": "0 1",
+                                                      "LRS": "", **env}.items() if v is not None})
 
     proc = listed(COEFFS="0.1 0.2 b:0.01,0.02,0.03", DOUBLE_COEFFS="0.2 b:0.02")
     assert proc.returncode == 0, proc.stderr
@@ -141,6 +142,11 @@ def test_coefficients_per_site(tmp_path):
         ("a", "2000000", "0.1", "0"), ("a", "2000000", "0.2", "0"), ("a", "4000000", "0.2", "0"), ("a", "2000000", "0.2", "1"),
         ("b", "2000000", "0.01", "0"), ("b", "2000000", "0.02", "0"), ("b", "2000000", "0.03", "0"),
         ("b", "4000000", "0.02", "0"), ("b", "2000000", "0.02", "1")]
-    for bad in ("0.1,0.2", "b:0.1,x", "b:"):
+    for bad in ("0.1,0.2", "b:0.1,x", "b:", "-", "*", "0.1 c:0.2", "0.1 b:0.1 b:0.2"):
         proc = listed(COEFFS=bad)
-        assert proc.returncode == 2 and f"item '{bad}'" in proc.stderr and proc.stdout == ""
+        assert proc.returncode == 2 and f"item '{bad.split()[-1]}'" in proc.stderr and proc.stdout == "", bad
+    proc = listed(COEFFS="b:0.1")  # site a would get no λ
+    assert proc.returncode == 2 and "no λ for a" in proc.stderr
+    # the defaults name block 24's MLP site; a sweep of other sites does not trip over that
+    proc = listed(COEFFS=None, DOUBLE_COEFFS=None)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 2 * (5 + 3 + 3)
