@@ -355,11 +355,14 @@ class EvalSet:
 
 @torch.no_grad()
 def zero_ablation_nll(model: LoadedModel, hooks: list[str], tokens: Tensor, first: int, *, batch_size: int,
-                      method: str = "auto") -> tuple[Tensor, dict[str, Tensor]]:
+                      method: str = "auto", advance: Callable[[int], None] | None = None
+                      ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-window sums of next-token NLL [n] of the clean pass, and for each hook of the pass with
     that hook zeroed at positions >= `first`: what build_evalset computes as nll_clean and
     nll_zero, with one clean forward for all the hooks instead of one per hook (a scan over many
     sites, sweeps/site_scan.py)."""
+    if not hooks:
+        raise ValueError("zero_ablation_nll needs at least one hook")
     splicers = {h: Splicer(model, h, method) for h in hooks}
     # every hook, and every restart's block entry, captured in the one clean pass
     names = tuple(dict.fromkeys(n for sp in splicers.values()
@@ -380,6 +383,8 @@ def zero_ablation_nll(model: LoadedModel, hooks: list[str], tokens: Tensor, firs
             zero_logits, _ = sp.patched(batch, entry, zeroed)
             zero[hook].append(next_token_nll(zero_logits, batch).sum(dim=1).cpu())
             del zero_logits
+        if advance is not None:
+            advance(batch.shape[0])
     return torch.cat(clean), {h: torch.cat(v) for h, v in zero.items()}
 
 

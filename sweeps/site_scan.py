@@ -58,13 +58,14 @@ def measure(cfg, model, blocks: list[int]) -> dict:
 
     from gsae_cli.evalset import first_spliced, select_windows, zero_ablation_nll
     from gsae_cli.metrics import bootstrap_indices, percentile_interval
+    from gsae_cli.progress import track
 
     windows, _, total = select_windows(cfg, model.tokenizer, model.bos_token_id, model.eos_token_id)
     index = bootstrap_indices(windows.shape[0], cfg.eval.bootstrap_samples, cfg.eval.bootstrap_seed)
     hooks = [f"blocks.{b}.{s}" for b in blocks for s in SUBLAYERS]
-    with torch.no_grad():  # (the clean pass once for every hook)
-        nll_clean, nll_zero = zero_ablation_nll(model, hooks, windows, first_spliced(cfg),
-                                                batch_size=cfg.eval.batch_size)
+    with torch.no_grad(), track(f"scan ({len(hooks)} sites)", windows.shape[0], "windows") as bar:
+        nll_clean, nll_zero = zero_ablation_nll(model, hooks, windows, first_spliced(cfg),  # one clean pass
+                                                batch_size=cfg.eval.batch_size, advance=bar.advance)
     predictions = windows.shape[1] - 1
     # CE increase from zeroing each site, per window, in nats per next-token prediction
     effects = {h: (nll_zero[h] - nll_clean) / predictions for h in hooks}
