@@ -1084,8 +1084,12 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
         for s in series:  # already by architecture, then L0
             for r in s.results:
                 cells = _cells(s, r) + [f"`{Path(r.row['eval_path']).name}`"]
+                if r.row["diverged_at_step"]:
+                    cells[1] += " †"
                 lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
+        if any(r.row["diverged_at_step"] for s in series for r in s.results):
+            lines += ["† training diverged (warning above): a measurement of a broken run.", ""]
         site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)]
         lines += ["### L0 ratio at matched loss recovered", "",
                   "The paper's headline (docs/method.md §4, L0 ratio at matched loss recovered): how many active features one architecture needs, relative to "

@@ -109,6 +109,9 @@ def test_report_flags_diverged_saes_new_and_old(tmp_path, capsys):
     md = (report / "results.md").read_text()
     assert "## Warning: SAEs whose training diverged" in md
     assert "diverged at step 360 (`relu1`)" in md and "diverged at step 30 (`gated2`)" in md
+    marked = [ln for ln in md.splitlines() if " † |" in ln]  # their rows in the site's table
+    assert len(marked) == 2 and {"`relu1`", "`gated2`"} == {ln.split("|")[-2].strip() for ln in marked}
+    assert "† training diverged" in md
     err = capsys.readouterr().err
     assert err.count("diverged in training") == 2
     # --where leaves them out
