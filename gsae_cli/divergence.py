@@ -56,12 +56,13 @@ def divergence_of_log(path: Path) -> Optional[dict]:
     return find_divergence(rows)
 
 
-def divergence_of_sae(directory: Path, meta: dict) -> Optional[dict]:
-    """What an SAE directory's metadata says of its training (recorded since gsae recorded it),
-    else what its training log says (SAEs trained before)."""
+def divergence_of_sae(directory: Optional[str | Path], meta: dict) -> Optional[dict]:
+    """What an SAE's metadata (sae.json, or the `sae` block of an eval's metrics.json) says of its
+    training (recorded since gsae recorded it), else what the training log in its directory says
+    (SAEs trained before; None without a directory)."""
     if "divergence" in meta:
         return meta["divergence"] or None
-    return divergence_of_log(Path(directory) / LOG)
+    return divergence_of_log(Path(directory) / LOG) if directory else None
 
 
 def describe(div: dict) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence
 
 from gsae_cli import artifacts
 from gsae_cli.config import GATED_ONLY_KEYS, NON_IDENTITY_KEYS
-from gsae_cli.divergence import LOG, divergence_of_log
+from gsae_cli.divergence import divergence_of_sae
 from gsae_cli.errors import ArtifactError, ConfigError
 
 ID_COLUMNS = ["model", "hook", "architecture", "l1_coefficient", "train_tokens"]
@@ -358,14 +358,6 @@ def _eval_set(directory: Path) -> Optional[str]:
         return None
 
 
-def _divergence(sae: dict) -> Optional[dict]:
-    """What the evaluation recorded of the SAE's training divergence; for evaluations made before
-    it recorded one, judged from the training log when it is still there."""
-    if "divergence" in sae:
-        return sae["divergence"] or None
-    return divergence_of_log(Path(sae["path"]) / LOG) if sae.get("path") else None
-
-
 def _load(directory: Path) -> Result:
     metrics = artifacts.read_json(directory / "metrics.json")
     if not isinstance(metrics, dict):
@@ -389,7 +381,8 @@ def _load(directory: Path) -> Result:
         "train_tokens": config.get("train", {}).get("n_tokens"),
         **{k: _num(metrics.get(k)) for k in METRIC_KEYS},
         **{f"{k}_{end}": (ci[k][i] if k in ci else None) for k in METRIC_KEYS for i, end in enumerate(("lo", "hi"))},
-        "diverged_at_step": (div := _divergence(sae)) and div["step"],
+        # (evaluations made before the eval recorded it: judged from the training log, if still there)
+        "diverged_at_step": (div := divergence_of_sae(sae.get("path"), sae)) and div["step"],
         "eval_set": _eval_set(directory),
         "eval_path": str(directory),
     }
