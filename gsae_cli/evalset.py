@@ -234,6 +234,21 @@ class Splicer:
                                 "(remove its folder under out_dir/evalset/).")
         return logits, got.get("c")
 
+    def checked_entry(self, tokens: Tensor, logits: Tensor, site: Tensor, entry: Tensor | None
+                      ) -> Tensor | None:
+        """The block entry to pass to `patched` for this batch: on the first call of an "auto"
+        splicer, verify the restart path first (it may fall back to full forwards, which take none)."""
+        if self.unverified:
+            self.verify(tokens, logits, site, entry)
+        return entry if self.from_layer else None
+
+    def zero_ablated_nll(self, tokens: Tensor, entry: Tensor | None, site: Tensor, first: int) -> Tensor:
+        """Per-window sums of next-token NLL [n] with the site zeroed at positions >= `first`."""
+        zeroed = site.clone()
+        zeroed[:, first:] = 0
+        logits, _ = self.patched(tokens, entry, zeroed)
+        return next_token_nll(logits, tokens).sum(dim=1)
+
     def verify(self, tokens: Tensor, logits: Tensor, site: Tensor, entry: Tensor | None) -> None:
         """On the first batch: the restart path, fed the clean activation, must give the clean
         logits (one sequence, a fraction of a pass). If not, use full forwards from then on."""
@@ -374,15 +389,9 @@ def zero_ablation_nll(model: LoadedModel, hooks: list[str], tokens: Tensor, firs
         logits, acts = splicers[hooks[0]].clean(batch, extra=names)
         clean.append(next_token_nll(logits, batch).sum(dim=1).cpu())
         for hook, sp in splicers.items():
-            site, entry = acts[hook], acts[sp.entry] if sp.from_layer else None
-            if sp.unverified:
-                sp.verify(batch, logits, site, entry)
-                entry = entry if sp.from_layer else None
-            zeroed = site.clone()
-            zeroed[:, first:] = 0
-            zero_logits, _ = sp.patched(batch, entry, zeroed)
-            zero[hook].append(next_token_nll(zero_logits, batch).sum(dim=1).cpu())
-            del zero_logits
+            site = acts[hook]
+            entry = sp.checked_entry(batch, logits, site, acts[sp.entry] if sp.from_layer else None)
+            zero[hook].append(sp.zero_ablated_nll(batch, entry, site, first).cpu())
         if advance is not None:
             advance(batch.shape[0])
     return torch.cat(clean), {h: torch.cat(v) for h, v in zero.items()}
@@ -414,17 +423,14 @@ def build_evalset(model: LoadedModel, hook: str, tokens: Tensor, first: int, *, 
     for lo in range(0, n, batch_size):
         batch = tokens[lo:lo + batch_size].to(model.device)
         logits, acts = splicer.clean(batch, extra=(UNEMBED_IN,) if want_unembed else ())
-        site, entry = acts[hook], acts.get(splicer.entry) if splicer.from_layer else None
-        if lo == 0:
-            if splicer.unverified:
-                splicer.verify(batch, logits, site, entry)
-                entry = entry if splicer.from_layer else None
-            if want_unembed:
-                weight, bias = affine
-                want_unembed = _close(F.linear(acts[UNEMBED_IN], weight, bias), logits)
-                if not want_unembed:
-                    notice("eval: this model's logits are not an affine map of the unembedding's input; "
-                           "computing the clean logits again for every SAE's KL (slower).")
+        site = acts[hook]
+        entry = splicer.checked_entry(batch, logits, site, acts.get(splicer.entry) if splicer.from_layer else None)
+        if lo == 0 and want_unembed:
+            weight, bias = affine
+            want_unembed = _close(F.linear(acts[UNEMBED_IN], weight, bias), logits)
+            if not want_unembed:
+                notice("eval: this model's logits are not an affine map of the unembedding's input; "
+                       "computing the clean logits again for every SAE's KL (slower).")
         lse = log_sum_exp(logits)
         add("nll_clean", next_token_nll(logits, batch, lse).sum(dim=1))
         add("site", site)
@@ -435,11 +441,7 @@ def build_evalset(model: LoadedModel, hook: str, tokens: Tensor, first: int, *, 
             add("unembed_p", _expected_unembedding(logits, w_float))
             add("lse_clean", lse)
         del logits
-        zeroed = site.clone()
-        zeroed[:, first:] = 0
-        zero_logits, _ = splicer.patched(batch, entry, zeroed)
-        add("nll_zero", next_token_nll(zero_logits, batch).sum(dim=1))
-        del zero_logits
+        add("nll_zero", splicer.zero_ablated_nll(batch, entry, site, first))
         if advance is not None:
             advance(batch.shape[0] * (ctx - 1))
     cat = {k: torch.cat(v) for k, v in parts.items()}

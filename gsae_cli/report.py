@@ -1074,14 +1074,16 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
     head = ["series", "λ", "train tokens"] + [h for h, *_ in TABLE] + ["eval"]
     for (model, hook), series in sites.items():
         lines += [f"## {model} · {hook}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        marked = False
         for s in series:  # already by architecture, then L0
             for r in s.results:
                 cells = _cells(s, r) + [f"`{Path(r.row['eval_path']).name}`"]
                 if r.row["diverged_at_step"]:
                     cells[1] += " †"
+                    marked = True
                 lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
-        if any(r.row["diverged_at_step"] for s in series for r in s.results):
+        if marked:
             lines += ["† training diverged (warning above): a measurement of a broken run.", ""]
         site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)]
         lines += ["### L0 ratio at matched loss recovered", "",

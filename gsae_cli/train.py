@@ -198,9 +198,9 @@ class Trainer:
         if base_sae_dir is not None:
             self.base_relu = load_sae(base_sae_dir)
             self.base_sae_dir = Path(base_sae_dir)
-            relu = load_sae(base_sae_dir)
-            relu.fold_input_scale_(1.0 / self.scale)  # into the normalised units it trained in
-            return RescaleShiftSAE.from_relu(relu)
+            sae = RescaleShiftSAE.from_relu(self.base_relu)  # copies; base_relu stays as saved
+            sae.fold_input_scale_(1.0 / self.scale)  # into the normalised units it trained in
+            return sae
         assert sample is not None  # sampled whenever there is no baseline
         sc = self.cfg.sae
         options = {"tie_weights": sc.tie_weights, "r_mag": sc.r_mag, "aux_loss": sc.aux_loss,
