@@ -606,6 +606,8 @@ def pairwise_ratios(sites: dict[tuple[str, str], list[Series]], n_samples: int =
 
 
 TOKENS_KEY = "train.n_tokens"
+HARVEST_KEY = "harvest.n_tokens"
+LENGTH_KEYS = (TOKENS_KEY, HARVEST_KEY)  # what a longer run changes: its tokens, and the store it may need
 
 
 def _only_coefficients(s: Series, keep: set) -> Series:
@@ -618,27 +620,35 @@ def _same_coefficients(s: Series, like: Series) -> Series:
     return _only_coefficients(s, {r.row["l1_coefficient"] for r in like.results})
 
 
-def doubling_checks(ratios: list[dict], level: float = 0.95, n_samples: int = 0, seed: int = 0) -> list[dict]:
+def length_checks(ratios: list[dict], level: float = 0.95, n_samples: int = 0, seed: int = 0) -> list[dict]:
     """The convergence check: for every ratio at T training tokens whose two series also exist at
-    2T (all else equal), the ratio at 2T against the ratio at T. Like for like: when the 2T runs
-    repeat only some λ (a sweep doubles the middle of its frontier), the ratio at T is recomputed
-    from the same λ, since the ratio varies along the frontier and a wider T range would compare
-    different parts of it. `change` = ratio(2T) / ratio(T), with a paired bootstrap interval (the
-    same window resamples give both ratios); `within` says whether ratio(2T) lies inside ratio(T)'s
-    interval (the issue's criterion)."""
+    a longer T' (all else equal but the store's size, which a longer run may need), the ratio at
+    T' against the ratio at T. The stated criterion is a doubling (T' = 2T, `factor` 2); other
+    lengths are compared too, since the data may not allow a doubling of the longest runs. Like
+    for like: when the T' runs repeat only some λ (a sweep doubles the middle of its frontier),
+    the ratio at T is recomputed from the same λ, since the ratio varies along the frontier and a
+    wider T range would compare different parts of it. `change` = ratio(T') / ratio(T), with a
+    paired bootstrap interval (the same window resamples give both ratios); `within` says whether
+    ratio(T') lies inside ratio(T)'s interval."""
     import torch
 
     from gsae_cli import metrics
 
     def key(r: dict) -> tuple:
         a, b = r["_series"]
-        strip = lambda s: tuple((k, repr(v)) for k, v in s.extras if k != TOKENS_KEY)  # noqa: E731
+        strip = lambda s: tuple((k, repr(v)) for k, v in s.extras if k not in LENGTH_KEYS)  # noqa: E731
         return (r["model"], r["hook"], a.architecture, b.architecture, strip(a), strip(b))
 
     def tokens(r: dict) -> Optional[int]:
         a, b = r["_series"]
         ta, tb = dict(a.extras).get(TOKENS_KEY), dict(b.extras).get(TOKENS_KEY)
         return int(ta) if ta is not None and ta == tb else None
+
+    def store(r: dict) -> Optional[int]:
+        """The store size both series trained from, where it distinguishes series."""
+        a, b = r["_series"]
+        ha, hb = dict(a.extras).get(HARVEST_KEY), dict(b.extras).get(HARVEST_KEY)
+        return int(ha) if ha is not None and ha == hb else None
 
     out = []
     cache: dict = {}
@@ -647,7 +657,8 @@ def doubling_checks(ratios: list[dict], level: float = 0.95, n_samples: int = 0,
         if t is None or r1["geomean"] is None:
             continue
         for r2 in ratios:
-            if key(r2) != key(r1) or tokens(r2) != 2 * t or r2["geomean"] is None:
+            t2 = tokens(r2)
+            if key(r2) != key(r1) or t2 is None or t2 <= t or r2["geomean"] is None:
                 continue
             (a1, b1), (a2, b2) = r1["_series"], r2["_series"]
             a1, b1 = _same_coefficients(a1, a2), _same_coefficients(b1, b2)
@@ -664,12 +675,14 @@ def doubling_checks(ratios: list[dict], level: float = 0.95, n_samples: int = 0,
                 if both:
                     interval = metrics.percentile_interval(torch.tensor(both, dtype=torch.float64), level)
             lo_hi = at_t.get("interval")
-            out.append({"model": r1["model"], "hook": r1["hook"], "a": r1["a"], "b": r1["b"], "tokens": [t, 2 * t],
+            out.append({"model": r1["model"], "hook": r1["hook"], "a": r1["a"], "b": r1["b"], "tokens": [t, t2],
+                        "factor": t2 / t, "stores": [store(r1), store(r2)],
                         "l1_coefficients": sorted({r.row["l1_coefficient"] for r in a1.results + b1.results}),
                         "ratio": [at_t["geomean"], r2["geomean"]], "interval": [lo_hi, r2.get("interval")],
                         "change": change, "change_interval": interval, "level": level,
                         "within": None if lo_hi is None else bool(lo_hi[0] <= r2["geomean"] <= lo_hi[1])})
-    return out
+    return sorted(out, key=lambda c: (c["model"], c["hook"], _strip_lengths(c["a"]), _strip_lengths(c["b"]),
+                                      c["tokens"]))
 
 
 SEED_KEY = "train.seed"
@@ -743,7 +756,7 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
 
 
 def _spread_for(check: dict, spreads: Sequence[dict]) -> tuple[Optional[dict], Optional[str]]:
-    """The seed spread of a doubling check's pair at T tokens, if seeds were run there, and over
+    """The seed spread of a length check's pair at T tokens, if seeds were run there, and over
     the same λ as the check (the ratio varies along the frontier); else (None, why not)."""
     for sp in spreads:
         if ((sp["model"], sp["hook"], sp["a"], sp["b"]) == (check["model"], check["hook"], _strip_key(check["a"], SEED_KEY),
@@ -1132,23 +1145,24 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
                               f"which gives no ratio ({d['reason']}).", ""]
         site_checks = [c for c in checks if (c["model"], c["hook"]) == (model, hook)]
         if site_checks:
-            lines += ["### Convergence: the ratio when the training tokens double", "",
-                      "Each ratio at T training tokens against the same pair of series at 2T, both over "
-                      "the λ that were run at both lengths. Change = "
-                      "ratio(2T) / ratio(T), with a paired bootstrap interval (the same window resamples give "
+            lines += ["### Convergence: the ratio as the training tokens grow", "",
+                      "Each ratio at T training tokens against the same pair of series at a longer T′, both over "
+                      "the λ that were run at both lengths. The criterion is a doubling (T′ = 2T); other lengths "
+                      "are shown where they ran (the factor, and the store sizes where they differ). Change = "
+                      "ratio(T′) / ratio(T), with a paired bootstrap interval (the same window resamples give "
                       "both ratios). Converged by the stated criterion when ratio(2T) lies inside ratio(T)'s "
                       "95 % interval. Where several seeds ran at T, the last column asks the same of the run-to-run "
-                      "spread: does ratio(2T) lie where one more run at T would? A yes there means no change "
-                      "that a few seeds can detect, not proof of convergence; and the 2T run shares its seed with "
+                      "spread: does ratio(T′) lie where one more run at T would? A yes there means no change "
+                      "that a few seeds can detect, not proof of convergence; and the T′ run shares its seed with "
                       "one of the T runs, which makes a yes a little likelier.", "",
-                      "| pair | T → 2T | λ | ratio at T [95 % CI] | ratio at 2T [95 % CI] | change [95 % CI] | 2T inside T's CI "
-                      "| 2T inside T's seed spread |",
+                      "| pair | T → T′ | λ | ratio at T [95 % CI] | ratio at T′ [95 % CI] | change [95 % CI] | T′ inside T's CI "
+                      "| T′ inside T's seed spread |",
                       "|---|---|---|---|---|---|---|---|"]
             for c in site_checks:
                 iv = lambda x: f" [{x[0]:.3f}, {x[1]:.3f}]" if x else ""  # noqa: E731
-                pair = f"{_strip_tokens(c['a'])} / {_strip_tokens(c['b'])}"
+                pair = f"{_strip_lengths(c['a'])} / {_strip_lengths(c['b'])}"
                 lams = _lams(c.get("l1_coefficients") or [])
-                lines.append(f"| {pair} | {_fmt_value(c['tokens'][0])} → {_fmt_value(c['tokens'][1])} | {lams} | "
+                lines.append(f"| {pair} | {_lengths(c)} | {lams} | "
                              f"{c['ratio'][0]:.3f}{iv(c['interval'][0])} | {c['ratio'][1]:.3f}{iv(c['interval'][1])} | "
                              f"{c['change']:.3f}{iv(c['change_interval'])} | "
                              f"{'–' if c['within'] is None else 'yes' if c['within'] else 'no'} | "
@@ -1166,6 +1180,24 @@ def _strip_key(label: str, key: str) -> str:
 
 def _strip_tokens(label: str) -> str:
     return _strip_key(label, TOKENS_KEY)
+
+
+def _strip_lengths(label: str) -> str:
+    """A check's pair label without the lengths it compares (train tokens, store size)."""
+    for key in LENGTH_KEYS:
+        label = _strip_key(label, key)
+    return label
+
+
+def _lengths(c: dict) -> str:
+    """'2M → 4M', with the factor when it is not a doubling and the stores when they differ."""
+    text = f"{_fmt_value(c['tokens'][0])} → {_fmt_value(c['tokens'][1])}"
+    if not math.isclose(c["factor"], 2.0):
+        text += f" ({c['factor']:.2f}x)"
+    s1, s2 = c.get("stores") or (None, None)
+    if s1 != s2 and s1 is not None and s2 is not None:
+        text += f", stores of {_fmt_value(s1)} and {_fmt_value(s2)} rows"
+    return text
 
 
 def print_table(sites: dict[tuple[str, str], list[Series]]) -> None:
@@ -1210,7 +1242,7 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
             + "; ".join(f"{k}: {', '.join(v)}" for k, v in present.items()) + ".")
     sites = group_series(kept)
     ratios = pairwise_ratios(sites, bootstrap_samples, bootstrap_seed)
-    checks = doubling_checks(ratios, n_samples=bootstrap_samples, seed=bootstrap_seed)
+    checks = length_checks(ratios, n_samples=bootstrap_samples, seed=bootstrap_seed)
     spreads = seed_spreads(ratios, n_samples=bootstrap_samples, seed=bootstrap_seed)
     for c in checks:
         sp, why = _spread_for(c, spreads)
@@ -1241,9 +1273,10 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
         notice(_ratio_line(r))
     for c in checks:
         lams = _lams(c["l1_coefficients"])
-        notice(f"{_strip_tokens(c['a'])} / {_strip_tokens(c['b'])} at {c['hook']}, λ {lams}: ratio {c['ratio'][0]:.3f} at "
+        notice(f"{_strip_lengths(c['a'])} / {_strip_lengths(c['b'])} at {c['hook']}, λ {lams}: ratio {c['ratio'][0]:.3f} at "
                f"{_fmt_value(c['tokens'][0])} tokens, {c['ratio'][1]:.3f} at {_fmt_value(c['tokens'][1])} "
-               f"(change {c['change']:.3f}" + (f", 95 % CI [{c['change_interval'][0]:.3f}, {c['change_interval'][1]:.3f}]"
+               + (f"({c['factor']:.2f}x) " if not math.isclose(c["factor"], 2.0) else "")
+               + f"(change {c['change']:.3f}" + (f", 95 % CI [{c['change_interval'][0]:.3f}, {c['change_interval'][1]:.3f}]"
                                                if c["change_interval"] else "") + ")"
                + (f"; {'inside' if c['within_seeds'] else 'outside'} the spread of one more run over seeds "
                   f"{', '.join(str(x) for x in c['seeds_at_t'])} at {_fmt_value(c['tokens'][0])} "

@@ -189,7 +189,8 @@ GATED = [(10, 0.80, 1.00), (20, 0.88, 0.99), (40, 0.93, 1.01), (80, 0.96, 1.00)]
 def make_eval(root: Path, name: str, arch: str, l1: float, l0: float, lr: float, gamma: float,
               model: str = "smollm2-135m", train_tokens: int = 2_000_000, complete: bool = True,
               hook: str = HOOK, windows: bool = False, eval_set: str = "evset", ci: bool = True,
-              sae_lr: float | None = None, window_l0: float | None = None, seed: int | None = None) -> Path:
+              sae_lr: float | None = None, window_l0: float | None = None, seed: int | None = None,
+              harvest_tokens: int | None = None) -> Path:
     """An eval artifact; with `windows`, per_window.safetensors from window_sums(l0, lr) (or
     window_l0 in place of l0: sums from some other run)."""
     d = root / "eval" / name
@@ -203,6 +204,8 @@ def make_eval(root: Path, name: str, arch: str, l1: float, l0: float, lr: float,
               "data": {"name": "gsae-default"}, "out_dir": str(root), "device": "cpu"}
     if seed is not None:
         config["train"]["seed"] = seed
+    if harvest_tokens is not None:
+        config["harvest"] = {"n_tokens": harvest_tokens}
     m = {"l0": l0, "loss_recovered": lr, "ce_clean": 3.0, "ce_spliced": 3.0 + (1 - lr) * 2,
          "ce_zero_ablation": 5.0, "delta_loss": (1 - lr) * 2, "kl_div": (1 - lr), "relative_reconstruction_bias": gamma,
          "relative_reconstruction_bias_centred": gamma + 0.01, "nmse": 0.1, "explained_variance": 0.9,
@@ -504,6 +507,31 @@ def test_doubling_check_pairs_t_with_2t(tmp_path, capsys):
             "0.500 [0.500, 0.500] | no |") in md
     assert "_aligned" not in (out / "ratios.json").read_text()
     assert "change 0.500, 95 % CI [0.500, 0.500]" in capsys.readouterr().err
+
+
+def test_length_checks_beyond_a_doubling_and_across_stores(tmp_path, capsys):
+    # gated / relu = 1/2 at 2M and 4M (one 4M-row store) and 1/4 at 6M (a 6M-row store): every
+    # longer length is compared, the store size does not keep the lengths apart, and the cells
+    # say what is not a plain doubling.
+    root = tmp_path / "outputs"
+    for t, store, share in ((2_000_000, 4_000_000, 2), (4_000_000, 4_000_000, 2), (6_000_000, 6_000_000, 4)):
+        for i, (l0, lr) in enumerate(RELU_FRONT):
+            make_eval(root, f"relu{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True,
+                      harvest_tokens=store)
+            make_eval(root, f"gated{t}-{i}", "gated", 0.1 * (i + 1), l0 / share, lr, 1.0, train_tokens=t,
+                      windows=True, harvest_tokens=store)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=50, bootstrap_seed=0)
+    checks = json.loads((out / "convergence.json").read_text())
+    assert [c["tokens"] for c in checks] == [[2_000_000, 4_000_000], [2_000_000, 6_000_000], [4_000_000, 6_000_000]]
+    assert [c["factor"] for c in checks] == pytest.approx([2.0, 3.0, 1.5])
+    assert [c["stores"] for c in checks] == [[4_000_000, 4_000_000], [4_000_000, 6_000_000], [4_000_000, 6_000_000]]
+    assert [c["change"] for c in checks] == pytest.approx([1.0, 0.5, 0.5])
+    assert [c["within"] for c in checks] == [True, False, False]
+    assert checks[2]["change_interval"] == pytest.approx([0.5, 0.5])  # paired: exact in every resample
+    md = (out / "results.md").read_text()
+    assert "| gated / relu | 2M → 4M | 0.1, 0.2, 0.3, 0.4 | 0.500 [0.500, 0.500] | 0.500 [0.500, 0.500] | " in md
+    assert "| gated / relu | 4M → 6M (1.50x), stores of 4M and 6M rows | 0.1, 0.2, 0.3, 0.4 | 0.500 [" in md
+    assert "ratio 0.500 at 4M tokens, 0.250 at 6M (1.50x) (change 0.500" in capsys.readouterr().err
 
 
 def test_doubling_check_compares_the_same_coefficients(tmp_path):
