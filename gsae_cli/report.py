@@ -809,10 +809,12 @@ class _Plotted:
     y: float
     x_ci: Optional[tuple[float, float]]
     y_ci: Optional[tuple[float, float]]
+    diverged: bool = False  # its training diverged (divergence.py): crossed out in the plots
 
 
 def _plottable(s: Series, y_key: str) -> list[_Plotted]:
-    pts = [_Plotted(r.row["l0"], r.row[y_key], r.ci.get("l0"), r.ci.get(y_key)) for r in s.results]
+    pts = [_Plotted(r.row["l0"], r.row[y_key], r.ci.get("l0"), r.ci.get(y_key), bool(r.row.get("diverged_at_step")))
+           for r in s.results]
     pts = [p for p in pts if _finite((p.x, p.y)) and p.x > 0]  # log x: L0 must be positive
     return sorted(pts, key=lambda p: (p.x, p.y))
 
@@ -831,6 +833,13 @@ def _error_bars(ax, pts: list[_Plotted], colour: str, x: bool, alpha: float = 1.
         bars = [[e[0] for _, e in with_ci], [e[1] for _, e in with_ci]]
         ax.errorbar(xs, ys, **{f"{axis}err": bars}, fmt="none", ecolor=colour, elinewidth=1.1, capsize=2.5,
                     alpha=alpha)
+
+
+def _mark_diverged(ax, pts: Sequence[_Plotted]) -> None:
+    """Cross out the points of SAEs whose training diverged, as † does in the table."""
+    if pts:
+        ax.plot([p.x for p in pts], [p.y for p in pts], linestyle="none", marker="x", color="red",
+                markersize=12, markeredgewidth=2, zorder=5, label="† training diverged")
 
 
 def _figure(n_panels: int):
@@ -887,10 +896,12 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
         replicas = _seed_replicas(series)
         styles = _styles_but_replicas(series, replicas)
         legended: set = set()
+        diverged: list[_Plotted] = []
         for i, s in enumerate(series):
             pts = _plottable(s, "loss_recovered")
             if not pts:
                 continue
+            diverged += [p for p in pts if p.diverged]
             if id(s) in replicas:
                 _plot_replica(ax, s, pts, styles[replicas[id(s)]], legended)
                 continue
@@ -905,6 +916,7 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
                 ax.plot([p.x for p in off], [p.y for p in off], color=colour, marker=marker, linestyle="none",
                         alpha=0.3, markersize=7)
                 _error_bars(ax, off, colour, x=True, alpha=0.3)
+        _mark_diverged(ax, diverged)
         others = {s.label for s in series if id(s) in replicas}  # their ratios are in the seed table
         site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)
                        and r["a"] not in others and r["b"] not in others]
@@ -966,12 +978,14 @@ def plot_shrinkage(sites: dict[tuple[str, str], list[Series]], path: Path) -> No
         styles = _styles_but_replicas(series, replicas)
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1.2, label="γ = 1: no shrinkage")
         legended: set = set()
+        diverged: list[_Plotted] = []
         for i, s in enumerate(series):
             pts, raw = _plottable(s, GAMMA_CENTRED), ""
             if not pts:
                 pts, raw = _plottable(s, "relative_reconstruction_bias"), " (raw γ)"
             if not pts:
                 continue
+            diverged += [p for p in pts if p.diverged]
             if id(s) in replicas:
                 _plot_replica(ax, s, pts, styles[replicas[id(s)]], legended, raw)
                 continue
@@ -979,6 +993,7 @@ def plot_shrinkage(sites: dict[tuple[str, str], list[Series]], path: Path) -> No
             ax.plot([p.x for p in pts], [p.y for p in pts], color=colour, linestyle=ls, marker=marker,
                     linewidth=1.8, markersize=7, label=s.label + raw)
             _error_bars(ax, pts, colour, x=False)
+        _mark_diverged(ax, diverged)
         _log_x(ax)
         ax.set_ylabel("γ centred (< 1: shrinkage)")
         ax.set_title(f"{model} · {hook}")

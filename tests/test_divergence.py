@@ -10,7 +10,8 @@ import math
 import pytest
 
 from gsae_cli.divergence import FACTOR, describe, divergence_of_log, find_divergence
-from gsae_cli.report import run_report
+from gsae_cli import report as report_module
+from gsae_cli.report import collect, group_series, run_report
 from gsae_cli.sae_io import read_sae_meta
 from gsae_cli.train import Trainer
 from test_report import make_sweep
@@ -89,7 +90,7 @@ def test_trainer_records_a_loss_jump_in_summary_and_sae_meta(tmp_path, capsys, o
     assert all(r["recon"] <= FACTOR * min(q["recon"] for q in logged[:i]) for i, r in enumerate(logged[:at]) if i)
 
 
-def test_report_flags_diverged_saes_new_and_old(tmp_path, capsys):
+def test_report_flags_diverged_saes_new_and_old(tmp_path, capsys, monkeypatch):
     out = tmp_path / "outputs"
     make_sweep(out)
     # a new evaluation records the flag in metrics.json ...
@@ -114,6 +115,17 @@ def test_report_flags_diverged_saes_new_and_old(tmp_path, capsys):
     assert "† training diverged" in md
     err = capsys.readouterr().err
     assert err.count("diverged in training") == 2
+    # both plots cross out exactly those two points
+    figures = []
+    monkeypatch.setattr(report_module, "_save", lambda fig, path: figures.append(fig))
+    sites = group_series(collect([], out)[0])
+    report_module.plot_frontier(sites, tmp_path / "f.png")
+    report_module.plot_shrinkage(sites, tmp_path / "s.png")
+    rows_by_name = {r.directory.name: r.row for ss in sites.values() for x in ss for r in x.results}
+    for fig, y in zip(figures, ("loss_recovered", "relative_reconstruction_bias_centred")):
+        (crossed,) = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == "† training diverged"]
+        assert sorted(zip(crossed.get_xdata(), crossed.get_ydata())) == sorted(
+            (rows_by_name[n]["l0"], rows_by_name[n][y]) for n in ("relu1", "gated2"))
     # --where leaves them out
     kept = run_report([], out, tmp_path / "report3", ["diverged_at_step=none"])
     assert len(list(csv.DictReader((kept / "results.csv").open()))) == len(table)
