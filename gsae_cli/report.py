@@ -639,25 +639,20 @@ def length_checks(ratios: list[dict], level: float = 0.95, n_samples: int = 0, s
         strip = lambda s: tuple((k, repr(v)) for k, v in s.extras if k not in LENGTH_KEYS)  # noqa: E731
         return (r["model"], r["hook"], a.architecture, b.architecture, strip(a), strip(b))
 
-    def tokens(r: dict) -> Optional[int]:
+    def shared(r: dict, k: str) -> Optional[int]:
+        """The value of `k` (train tokens, store size) both series have, where it distinguishes series."""
         a, b = r["_series"]
-        ta, tb = dict(a.extras).get(TOKENS_KEY), dict(b.extras).get(TOKENS_KEY)
-        return int(ta) if ta is not None and ta == tb else None
-
-    def store(r: dict) -> Optional[int]:
-        """The store size both series trained from, where it distinguishes series."""
-        a, b = r["_series"]
-        ha, hb = dict(a.extras).get(HARVEST_KEY), dict(b.extras).get(HARVEST_KEY)
-        return int(ha) if ha is not None and ha == hb else None
+        va, vb = dict(a.extras).get(k), dict(b.extras).get(k)
+        return int(va) if va is not None and va == vb else None
 
     out = []
     cache: dict = {}
     for r1 in ratios:
-        t = tokens(r1)
+        t = shared(r1, TOKENS_KEY)
         if t is None or r1["geomean"] is None:
             continue
         for r2 in ratios:
-            t2 = tokens(r2)
+            t2 = shared(r2, TOKENS_KEY)
             if key(r2) != key(r1) or t2 is None or t2 <= t or r2["geomean"] is None:
                 continue
             (a1, b1), (a2, b2) = r1["_series"], r2["_series"]
@@ -676,7 +671,7 @@ def length_checks(ratios: list[dict], level: float = 0.95, n_samples: int = 0, s
                     interval = metrics.percentile_interval(torch.tensor(both, dtype=torch.float64), level)
             lo_hi = at_t.get("interval")
             out.append({"model": r1["model"], "hook": r1["hook"], "a": r1["a"], "b": r1["b"], "tokens": [t, t2],
-                        "factor": t2 / t, "stores": [store(r1), store(r2)],
+                        "factor": t2 / t, "stores": [shared(r1, HARVEST_KEY), shared(r2, HARVEST_KEY)],
                         "l1_coefficients": sorted({r.row["l1_coefficient"] for r in a1.results + b1.results}),
                         "ratio": [at_t["geomean"], r2["geomean"]], "interval": [lo_hi, r2.get("interval")],
                         "change": change, "change_interval": interval, "level": level,
@@ -1204,11 +1199,14 @@ def _strip_lengths(label: str) -> str:
     return label
 
 
+def _factor(c: dict) -> str:
+    """' (1.47x)' for a check that is not a doubling, else ''."""
+    return "" if math.isclose(c["factor"], 2.0) else f" ({c['factor']:.2f}x)"
+
+
 def _lengths(c: dict) -> str:
     """'2M → 4M', with the factor when it is not a doubling and the stores when they differ."""
-    text = f"{_fmt_value(c['tokens'][0])} → {_fmt_value(c['tokens'][1])}"
-    if not math.isclose(c["factor"], 2.0):
-        text += f" ({c['factor']:.2f}x)"
+    text = f"{_fmt_value(c['tokens'][0])} → {_fmt_value(c['tokens'][1])}{_factor(c)}"
     s1, s2 = c.get("stores") or (None, None)
     if s1 != s2 and s1 is not None and s2 is not None:
         text += f", stores of {_fmt_value(s1)} and {_fmt_value(s2)} rows"
@@ -1289,9 +1287,8 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
     for c in checks:
         lams = _lams(c["l1_coefficients"])
         notice(f"{_strip_lengths(c['a'])} / {_strip_lengths(c['b'])} at {c['hook']}, λ {lams}: ratio {c['ratio'][0]:.3f} at "
-               f"{_fmt_value(c['tokens'][0])} tokens, {c['ratio'][1]:.3f} at {_fmt_value(c['tokens'][1])} "
-               + (f"({c['factor']:.2f}x) " if not math.isclose(c["factor"], 2.0) else "")
-               + f"(change {c['change']:.3f}" + (f", 95 % CI [{c['change_interval'][0]:.3f}, {c['change_interval'][1]:.3f}]"
+               f"{_fmt_value(c['tokens'][0])} tokens, {c['ratio'][1]:.3f} at {_fmt_value(c['tokens'][1])}{_factor(c)} "
+               f"(change {c['change']:.3f}" + (f", 95 % CI [{c['change_interval'][0]:.3f}, {c['change_interval'][1]:.3f}]"
                                                if c["change_interval"] else "") + ")"
                + (f"; {'inside' if c['within_seeds'] else 'outside'} the spread of one more run over seeds "
                   f"{', '.join(str(x) for x in c['seeds_at_t'])} at {_fmt_value(c['tokens'][0])} "
