@@ -12,6 +12,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# Under pytest-xdist (`-n N`) each worker, and every gsae it starts, takes 1/N of the cores, as
+# gsae's own launchers arrange (GSAE_LOCAL_PROCS): N processes each starting one thread per core
+# oversubscribe the machine and run far slower than one at a time.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").isdigit():
+    os.environ.setdefault("GSAE_LOCAL_PROCS", os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    from gsae_cli.cpus import use_thread_share
+
+    use_thread_share(None)
+
 GSAE = [sys.executable, "-m", "gsae_cli.cli"]
 TINY_HOOK = "blocks.2.hook_resid_pre"
 

@@ -22,7 +22,10 @@ def frontier(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, l
     fake.write_text(FAKE)
     fake.chmod(0o755)
     log = tmp_path / "log"
-    full = {**os.environ, "GSAE": str(fake), "LOG": str(log), "HOOKS": "blocks.1.hook_resid_pre",
+    # the share frontier.sh gives each member is what is tested: not the one pytest-xdist's
+    # workers take (conftest)
+    mine = {k: v for k, v in os.environ.items() if k != "GSAE_LOCAL_PROCS"}
+    full = {**mine, "GSAE": str(fake), "LOG": str(log), "HOOKS": "blocks.1.hook_resid_pre",
             "ARCHS": "relu gated", "COEFFS": "0.1 0.2", "DOUBLE": "0", "SEEDS": "0", "OUT_DIR": str(tmp_path / "out"), **env}
     proc = subprocess.run([str(REPO / "sweeps" / "frontier.sh")], env=full, capture_output=True, text=True,
                           timeout=120)
