@@ -188,6 +188,15 @@ class InspectConfig:
 
 
 @dataclass
+class ReportConfig:
+    """`gsae report`: how comparisons are judged (docs/method.md §4.2)."""
+
+    # A ratio is converged at T when the 95 % paired interval of ratio(2T) / ratio(T) lies inside
+    # [1 - m, 1 + m]; fixed before the data, so no result can choose its own margin.
+    equivalence_margin: float = 0.05
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -196,6 +205,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     hook: str = "blocks.12.hook_resid_pre"
     hooks: list[str] = field(default_factory=list)  # harvest several hooks in one pass
     # Positions 0 .. site_start-1 of every window are context, not site: never harvested, never

@@ -55,7 +55,7 @@ _NOT_SERIES_KEYS = {"sae.l1_coefficient", "sae.path", "sae.name", "model.name", 
                     "train.wandb_project", "train.compile", "train.shuffle_buffer_chunks",
                     "harvest.batch_size", "harvest.chunk_rows", "harvest.shard_chunks",
                     "eval.batch_size", "eval.cache", "eval.bootstrap_samples", "eval.bootstrap_seed",
-                    "eval.density_bins"} | NON_IDENTITY_KEYS  # speed, place, logging: never a series
+                    "eval.density_bins", "report.equivalence_margin"} | NON_IDENTITY_KEYS  # speed, place, logging: never a series
 _GATED_ONLY = {f"sae.{k}" for k in GATED_ONLY_KEYS}
 # Each architecture has its own tuned learning rate (sae.lr, conf/sae/*.yaml), so the LR splits
 # series *within* an architecture (an LR sweep) but never stops two architectures comparing.
@@ -126,37 +126,75 @@ def l0_at_loss_recovered(frontier_points: Sequence[Point], target: float) -> Opt
     return front[0][0]  # a single-point frontier whose loss recovered equals the target
 
 
-def matched_l0_ratios(series_a: Sequence[Point], series_b: Sequence[Point], n_targets: int = 5) -> dict:
+def matched_l0_ratios(series_a: Sequence[Point], series_b: Sequence[Point], n_targets: int = 5,
+                      span: Optional[tuple[float, float]] = None) -> dict:
     """L0(a) / L0(b) at matched loss recovered (the paper's headline: about 0.5 for gated vs
-    relu). Evaluated at `n_targets` evenly spaced loss-recovered values across the overlap of the
-    two frontiers' ranges; `geomean` summarises them. When there is no overlap, `geomean` is None
-    and `reason` says why."""
+    relu). Evaluated at `n_targets` evenly spaced loss-recovered values across `span`, by default
+    the overlap of the two frontiers' ranges (pass common_range(...) to compare several pairs at
+    the same targets); `geomean` summarises them. When there is no overlap, `geomean` is None and
+    `reason` says why."""
     fa, fb = _frontier(series_a), _frontier(series_b)
     out: dict[str, Any] = {"targets": [], "l0_a": [], "l0_b": [], "ratios": [], "geomean": None,
                            "overlap": None, "reason": None}
     if not fa or not fb:
         out["reason"] = f"no usable points in {'the first' if not fa else 'the second'} series"
         return out
-    lo, hi = max(fa[0][1], fb[0][1]), min(fa[-1][1], fb[-1][1])
+    lo, hi = span if span is not None else (max(fa[0][1], fb[0][1]), min(fa[-1][1], fb[-1][1]))
     if lo > hi:
         out["reason"] = (f"the loss-recovered ranges do not overlap ({fa[0][1]:.3f}-{fa[-1][1]:.3f} vs "
                          f"{fb[0][1]:.3f}-{fb[-1][1]:.3f}); add coefficients that extend one towards the other")
         return out
-    targets = [lo] if hi == lo or n_targets < 2 else [lo + (hi - lo) * k / (n_targets - 1) for k in range(n_targets)]
+    targets = [lo] if hi == lo or n_targets < 2 else [lo + (hi - lo) * k / (n_targets - 1) for k in range(n_targets - 1)] + [hi]
     for t in targets:
         a, b = l0_at_loss_recovered(fa, t), l0_at_loss_recovered(fb, t)
-        if a is None or b is None:  # only float round-off at the ends can get here
+        if a is None or b is None:  # a span reaching outside one of the frontiers
             continue
         out["targets"].append(t)
         out["l0_a"].append(a)
         out["l0_b"].append(b)
         out["ratios"].append(a / b)
     out["overlap"] = (lo, hi)
-    if out["ratios"]:
+    if len(out["ratios"]) == len(targets):
         out["geomean"] = math.exp(sum(math.log(r) for r in out["ratios"]) / len(out["ratios"]))
     else:
-        out["reason"] = "no matched points"
+        out["reason"] = "no matched points" if span is None else "the span is not inside both frontiers"
     return out
+
+
+def common_range(series: Sequence[Sequence[Point]]) -> Optional[tuple[float, float]]:
+    """The loss-recovered range that every series' frontier covers (the intersection of their
+    ranges), or None when they share none or a series has no usable point."""
+    fronts = [_frontier(s) for s in series]
+    if not fronts or not all(fronts):
+        return None
+    lo, hi = max(f[0][1] for f in fronts), min(f[-1][1] for f in fronts)
+    return (lo, hi) if lo <= hi else None
+
+
+def ratios_at_common_targets(pairs: Sequence[tuple[Sequence[Point], Sequence[Point]]],
+                             n_targets: int = 5) -> tuple[Optional[tuple[float, float]], list[Optional[float]]]:
+    """(span, geomeans): each pair's matched-L0 ratio at the same loss-recovered targets, spread
+    over the range every frontier of every pair covers (docs/method.md §4.1). Ratios of lengths or
+    seeds are only comparable this way: the ratio varies along the frontier. (None, [None, ...])
+    when the frontiers share no range."""
+    span = common_range([s for pair in pairs for s in pair])
+    if span is None:
+        return None, [None] * len(pairs)
+    return span, [matched_l0_ratios(a, b, n_targets, span)["geomean"] for a, b in pairs]
+
+
+def equivalence_verdict(interval: Optional[Sequence[float]], margin: float) -> str:
+    """The convergence criterion fixed before the data (docs/method.md §4.2): "converged" when the
+    interval of ratio(2T) / ratio(T) lies inside [1 - margin, 1 + margin]; "not converged" when it
+    lies wholly outside; "undetermined" when it straddles a bound or there is no interval."""
+    if interval is None:
+        return "undetermined"
+    lo, hi = interval
+    if 1 - margin <= lo and hi <= 1 + margin:
+        return "converged"
+    if hi < 1 - margin or lo > 1 + margin:
+        return "not converged"
+    return "undetermined"
 
 
 # ---- bootstrap interval of the matched-L0 ratio ------------------------------------------------
@@ -263,6 +301,25 @@ def bootstrap_ratio(a: Sequence[WindowData], b: Sequence[WindowData], n_samples:
     return {"interval": interval, "samples": ratios, "aligned": aligned, "n_resamples": n_samples,
             "n_valid": len(ratios), "paired": paired,
             "eval_sets": eval_sets, "n_windows": sorted({m.n_windows for m in members}), "level": level}
+
+
+def bootstrap_common_targets(pairs: Sequence[tuple[Sequence[WindowData], Sequence[WindowData]]], n_samples: int,
+                             seed: int, n_targets: int = 5) -> dict:
+    """ratios_at_common_targets on each of `n_samples` resamples of eval windows: every SAE of
+    every pair is resampled with the same draws (paired when all share one eval set), the common
+    range is rebuilt from the resampled frontiers, and `samples[k]` is the list of the pairs'
+    ratios in resample k, or None when the frontiers share no range there."""
+    members = [m for a, b in pairs for m in (*a, *b)]
+    paired, seeds = resample_seeds(members, seed)
+    draws = iter([m.resampled(n_samples, s) for m, s in zip(members, seeds)])
+    grouped = [([next(draws) for _ in a], [next(draws) for _ in b]) for a, b in pairs]
+    samples: list[Optional[list[float]]] = []
+    for k in range(n_samples):
+        pts = [([(l0[k], lr[k]) for l0, lr in da], [(l0[k], lr[k]) for l0, lr in db]) for da, db in grouped]
+        span, gs = ratios_at_common_targets(pts, n_targets)
+        samples.append(None if span is None or None in gs else gs)
+    return {"samples": samples, "paired": paired, "eval_sets": sorted({m.eval_set or "unknown" for m in members}),
+            "n_windows": sorted({m.n_windows for m in members})}
 
 
 # ---- collecting eval artifacts ---------------------------------------------------------------
@@ -582,7 +639,7 @@ def ratio_with_interval(a: Series, b: Series, n_samples: int, seed: int, cache: 
         return out
     boot = bootstrap_ratio(data[:len(a.results)], data[len(a.results):], n_samples, seed)
     boot.pop("samples")  # thousands of numbers: the interval is what the report shows
-    out["_aligned"] = boot.pop("aligned")  # per resample (None: no overlap), for paired changes
+    boot.pop("aligned")
     out.update(boot)
     if out["interval"] is None:
         out["interval_reason"] = f"no resample out of {n_samples} left the two frontiers overlapping"
@@ -610,26 +667,54 @@ HARVEST_KEY = "harvest.n_tokens"
 LENGTH_KEYS = (TOKENS_KEY, HARVEST_KEY)  # what a longer run changes: its tokens, and the store it may need
 
 
-def _only_coefficients(s: Series, keep: set) -> Series:
-    """`s` with only the SAEs whose λ is in `keep`."""
-    return Series(s.model, s.hook, s.architecture, s.extras, [r for r in s.results if r.row["l1_coefficient"] in keep])
+def _at_common_targets(pairs: Sequence[tuple[Series, Series]], n_samples: int, seed: int, cache: dict,
+                       level: float) -> dict:
+    """ratios_at_common_targets of the pairs' (metrics.json) points, with each ratio's interval and
+    the per-resample ratios (`samples`) of bootstrap_common_targets when every SAE has usable
+    per-window sums; `interval_reason` says why there is no interval otherwise."""
+    import torch
+
+    from gsae_cli import metrics
+
+    span, point = ratios_at_common_targets([(a.points, b.points) for a, b in pairs])
+    out: dict[str, Any] = {"span": span, "ratios": point, "intervals": [None] * len(pairs), "samples": None,
+                           "n_resamples": 0, "n_valid": 0, "paired": None, "eval_sets": [], "n_windows": [],
+                           "interval_reason": None}
+    if span is None or None in point:
+        out["interval_reason"] = "the frontiers share no loss-recovered range"
+        return out
+    if n_samples <= 0:
+        out["interval_reason"] = "eval.bootstrap_samples=0"
+        return out
+    data = [[_window_data(r, cache) for r in s.results] for pair in pairs for s in pair]
+    bad = [d for ds in data for d in ds if isinstance(d, ArtifactError)]
+    if bad:
+        out["interval_reason"] = (f"{len(bad)} evaluations have no usable per-window sums ({bad[0]}); re-evaluate "
+                                  "them with `gsae eval --force` and their overrides")
+        return out
+    boot = bootstrap_common_targets(list(zip(data[::2], data[1::2])), n_samples, seed)
+    valid = [x for x in boot["samples"] if x is not None]
+    out.update(samples=boot["samples"], n_resamples=n_samples, n_valid=len(valid), paired=boot["paired"],
+               eval_sets=boot["eval_sets"], n_windows=boot["n_windows"])
+    if valid:
+        out["intervals"] = [metrics.percentile_interval(torch.tensor([v[i] for v in valid], dtype=torch.float64), level)
+                            for i in range(len(pairs))]
+    else:
+        out["interval_reason"] = f"no resample out of {n_samples} left the frontiers a common range"
+    return out
 
 
-def _same_coefficients(s: Series, like: Series) -> Series:
-    """`s` with only the SAEs whose λ also occurs in `like`."""
-    return _only_coefficients(s, {r.row["l1_coefficient"] for r in like.results})
-
-
-def length_checks(ratios: list[dict], level: float = 0.95, n_samples: int = 0, seed: int = 0) -> list[dict]:
-    """The convergence check: for every ratio at T training tokens whose two series also exist at
-    a longer T' (all else equal but the store's size, which a longer run may need), the ratio at
-    T' against the ratio at T. The stated criterion is a doubling (T' = 2T, `factor` 2); other
-    lengths are compared too, since the data may not allow a doubling of the longest runs. Like
-    for like: when the T' runs repeat only some λ (a sweep doubles the middle of its frontier),
-    the ratio at T is recomputed from the same λ, since the ratio varies along the frontier and a
-    wider T range would compare different parts of it. `change` = ratio(T') / ratio(T), with a
-    paired bootstrap interval (the same window resamples give both ratios); `within` says whether
-    ratio(T') lies inside ratio(T)'s interval."""
+def length_checks(ratios: list[dict], margin: float = 0.05, level: float = 0.95, n_samples: int = 0,
+                  seed: int = 0) -> list[dict]:
+    """The convergence check (docs/method.md §4.2): for every ratio at T training tokens whose two
+    series also exist at a longer T' (all else equal but the store's size, which a longer run may
+    need), ratio(T') against ratio(T), both at the same loss-recovered targets: the range all four
+    frontiers cover ("not comparable" when they share none). `change` = ratio(T') / ratio(T), with
+    a paired bootstrap interval (the same window resamples give both ratios), and `verdict` from
+    equivalence_verdict with `margin`. The criterion is a doubling (`factor` 2); other lengths are
+    compared too, since the data may not allow a doubling of the longest runs. When more than
+    1 - `level` of the resamples lose the common range, the interval is conditional on it holding,
+    and the verdict is "undetermined"."""
     import torch
 
     from gsae_cli import metrics
@@ -649,33 +734,32 @@ def length_checks(ratios: list[dict], level: float = 0.95, n_samples: int = 0, s
     cache: dict = {}
     for r1 in ratios:
         t = shared(r1, TOKENS_KEY)
-        if t is None or r1["geomean"] is None:
+        if t is None:
             continue
         for r2 in ratios:
             t2 = shared(r2, TOKENS_KEY)
-            if key(r2) != key(r1) or t2 is None or t2 <= t or r2["geomean"] is None:
+            if key(r2) != key(r1) or t2 is None or t2 <= t:
                 continue
-            (a1, b1), (a2, b2) = r1["_series"], r2["_series"]
-            a1, b1 = _same_coefficients(a1, a2), _same_coefficients(b1, b2)
-            at_t = r1
-            if (len(a1.results), len(b1.results)) != tuple(len(s.results) for s in r1["_series"]):
-                at_t = ratio_with_interval(a1, b1, n_samples, seed, cache)
-                if at_t["geomean"] is None:
-                    continue
-            change = r2["geomean"] / at_t["geomean"]
-            s1, s2 = at_t.get("_aligned"), r2.get("_aligned")
-            interval = None
-            if s1 and s2 and len(s1) == len(s2):
-                both = [y / x for x, y in zip(s1, s2) if x is not None and y is not None]
-                if both:
-                    interval = metrics.percentile_interval(torch.tensor(both, dtype=torch.float64), level)
-            lo_hi = at_t.get("interval")
+            res = _at_common_targets([r1["_series"], r2["_series"]], n_samples, seed, cache, level)
+            (g1, g2), valid = res["ratios"], [x for x in res["samples"] or [] if x is not None]
+            change = g2 / g1 if g1 and g2 else None
+            interval = (metrics.percentile_interval(torch.tensor([y / x for x, y in valid], dtype=torch.float64), level)
+                        if valid else None)
+            if res["span"] is None:
+                verdict, why = "not comparable", "the four frontiers share no loss-recovered range"
+            elif interval is None:
+                verdict, why = "undetermined", f"no interval: {res['interval_reason']}"
+            elif res["n_valid"] < level * res["n_resamples"]:
+                verdict, why = "undetermined", (f"the common range vanished in {res['n_resamples'] - res['n_valid']:,} "
+                                                f"of {res['n_resamples']:,} resamples")
+            else:
+                verdict, why = equivalence_verdict(interval, margin), None
             out.append({"model": r1["model"], "hook": r1["hook"], "a": r1["a"], "b": r1["b"], "tokens": [t, t2],
                         "factor": t2 / t, "stores": [shared(r1, HARVEST_KEY), shared(r2, HARVEST_KEY)],
-                        "l1_coefficients": sorted({r.row["l1_coefficient"] for r in a1.results + b1.results}),
-                        "ratio": [at_t["geomean"], r2["geomean"]], "interval": [lo_hi, r2.get("interval")],
-                        "change": change, "change_interval": interval, "level": level,
-                        "within": None if lo_hi is None else bool(lo_hi[0] <= r2["geomean"] <= lo_hi[1])})
+                        "span": res["span"], "ratio": [g1, g2], "interval": res["intervals"], "change": change,
+                        "change_interval": interval, "margin": margin, "verdict": verdict, "verdict_reason": why,
+                        "level": level, "n_resamples": res["n_resamples"], "n_valid": res["n_valid"],
+                        "paired": res["paired"]})
     return sorted(out, key=lambda c: (c["model"], c["hook"], _strip_lengths(c["a"]), _strip_lengths(c["b"]),
                                       c["tokens"]))
 
@@ -709,10 +793,13 @@ def seed_summary(ratios: Sequence[float], level: float = 0.95) -> dict:
 
 
 def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, seed: int = 0) -> list[dict]:
-    """For every pair of series compared at several training seeds (train.seed; all else equal):
-    the ratio of each seed, over the λ that every seed ran (the ratio varies along the frontier),
-    and seed_summary of them. This is the run-to-run variation (initialisation, which rows of the
-    store a run reads, their order) that the window bootstrap of a single run does not see."""
+    """For every pair of series compared at several training seeds (train.seed; all else equal,
+    so once per training length): each seed's ratio at the same loss-recovered targets, the range
+    every seed's two frontiers cover (the ratio varies along the frontier), and seed_summary of
+    them. This is the run-to-run variation (initialisation, which rows of the store a run reads,
+    their order) that the window bootstrap of a single run does not see. A seed whose own pair has
+    no overlap is named in `dropped`; when the rest share no range, `span` is None and `reason`
+    says so."""
     groups: dict[tuple, list[dict]] = {}
     for r in ratios:
         a, b = r["_series"]
@@ -726,46 +813,24 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
         if len(rs) < 2:
             continue
         rs = sorted(rs, key=lambda r: dict(r["_series"][0].extras)[SEED_KEY])
-        lams_a = set.intersection(*({x.row["l1_coefficient"] for x in r["_series"][0].results} for r in rs))
-        lams_b = set.intersection(*({x.row["l1_coefficient"] for x in r["_series"][1].results} for r in rs))
-        per_seed = []
-        for r in rs:
-            a, b = _only_coefficients(r["_series"][0], lams_a), _only_coefficients(r["_series"][1], lams_b)
-            same = (len(a.results), len(b.results)) == tuple(len(x.results) for x in r["_series"])
-            per_seed.append(r if same else ratio_with_interval(a, b, n_samples, seed, cache))
         seed_of = [dict(r["_series"][0].extras)[SEED_KEY] for r in rs]
-        usable = [(s, p) for s, p in zip(seed_of, per_seed) if p["geomean"] is not None]
         # A seed without a ratio is named, not silently left out: it may be the informative extreme.
-        dropped = [{"seed": s, "reason": p.get("reason") or "no ratio"} for s, p in zip(seed_of, per_seed)
-                   if p["geomean"] is None]
+        dropped = [{"seed": s, "reason": r.get("reason") or "no ratio"} for s, r in zip(seed_of, rs) if r["geomean"] is None]
+        usable = [(s, r) for s, r in zip(seed_of, rs) if r["geomean"] is not None]
         if len(usable) < 2:
             continue
+        res = _at_common_targets([r["_series"] for _, r in usable], n_samples, seed, cache, level)
         first = rs[0]
-        out.append({"model": first["model"], "hook": first["hook"],
-                    "a": _strip_key(first["a"], SEED_KEY), "b": _strip_key(first["b"], SEED_KEY),
-                    "tokens": dict(first["_series"][0].extras).get(TOKENS_KEY),
-                    "l1_coefficients": sorted(lams_a | lams_b), "seeds": [s for s, _ in usable],
-                    "ratios": [p["geomean"] for _, p in usable], "windows_interval": [p["interval"] for _, p in usable],
-                    "dropped": dropped, **seed_summary([p["geomean"] for _, p in usable], level)})
+        entry = {"model": first["model"], "hook": first["hook"],
+                 "a": _strip_key(first["a"], SEED_KEY), "b": _strip_key(first["b"], SEED_KEY),
+                 "tokens": dict(first["_series"][0].extras).get(TOKENS_KEY), "span": res["span"],
+                 "seeds": [s for s, _ in usable], "dropped": dropped, "reason": None}
+        if res["span"] is None:
+            out.append(entry | {"reason": "the seeds' frontiers share no loss-recovered range"})
+            continue
+        out.append(entry | {"ratios": res["ratios"], "windows_interval": res["intervals"],
+                            **seed_summary(res["ratios"], level)})
     return out
-
-
-def _spread_for(check: dict, spreads: Sequence[dict]) -> tuple[Optional[dict], Optional[str]]:
-    """The seed spread of a length check's pair at T tokens, if seeds were run there, and over
-    the same λ as the check (the ratio varies along the frontier); else (None, why not)."""
-    for sp in spreads:
-        if ((sp["model"], sp["hook"], sp["a"], sp["b"]) == (check["model"], check["hook"], _strip_key(check["a"], SEED_KEY),
-                                                            _strip_key(check["b"], SEED_KEY))
-                and sp["tokens"] == check["tokens"][0]):
-            if sp["l1_coefficients"] != check["l1_coefficients"]:
-                return None, (f"the seeds at T share λ {_lams(sp['l1_coefficients'])}, the check compares λ "
-                              f"{_lams(check['l1_coefficients'])}: not like for like")
-            return sp, None
-    return None, None
-
-
-def _lams(values: Sequence[float]) -> str:
-    return ", ".join(f"{x:g}" for x in values)
 
 
 # ---- outputs ---------------------------------------------------------------------------------
@@ -1068,12 +1133,29 @@ def _ratio_line(r: dict) -> str:
     return text
 
 
+def _span(span: Optional[Sequence[float]]) -> str:
+    return "–" if span is None else f"{span[0]:.3f}–{span[1]:.3f}"
+
+
 def _spread_line(sp: dict) -> str:
-    lams = _lams(sp["l1_coefficients"])
+    head = f"{sp['a']} / {sp['b']} at {sp['hook']}, seeds {', '.join(str(x) for x in sp['seeds'])}"
+    if sp["span"] is None:
+        return f"{head}: not comparable: {sp['reason']}"
     per = ", ".join(f"{r:.3f}" for r in sp["ratios"])
-    return (f"{sp['a']} / {sp['b']} at {sp['hook']}, λ {lams}, seeds {', '.join(str(x) for x in sp['seeds'])}: "
-            f"ratios {per}; geometric mean {sp['geomean']:.3f}, 95 % CI over seeds [{sp['interval'][0]:.3f}, "
-            f"{sp['interval'][1]:.3f}]; one more run would fall in [{sp['prediction'][0]:.3f}, {sp['prediction'][1]:.3f}]")
+    return (f"{head}, loss recovered {_span(sp['span'])}: ratios {per}; geometric mean {sp['geomean']:.3f}, 95 % CI "
+            f"over seeds [{sp['interval'][0]:.3f}, {sp['interval'][1]:.3f}]; one more run would fall in "
+            f"[{sp['prediction'][0]:.3f}, {sp['prediction'][1]:.3f}]")
+
+
+def _check_line(c: dict) -> str:
+    head = (f"{_strip_lengths(c['a'])} / {_strip_lengths(c['b'])} at {c['hook']}, {_fmt_value(c['tokens'][0])} → "
+            f"{_fmt_value(c['tokens'][1])} tokens{_factor(c)}")
+    if c["span"] is None:
+        return f"{head}: not comparable ({c['verdict_reason']})"
+    ci = (f", 95 % CI [{c['change_interval'][0]:.3f}, {c['change_interval'][1]:.3f}]" if c["change_interval"] else "")
+    return (f"{head}, at loss recovered {_span(c['span'])}: ratio {c['ratio'][0]:.3f} → {c['ratio'][1]:.3f} (change "
+            f"{c['change']:.3f}{ci}): {c['verdict']} at margin ±{c['margin']:g}"
+            + (f" ({c['verdict_reason']})" if c["verdict_reason"] else ""))
 
 
 def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], where: str, filters: Sequence[str],
@@ -1134,19 +1216,23 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
         if site_spreads:
             lines += ["### Run-to-run spread: the ratio over training seeds", "",
                       "The same pair trained with several `train.seed` (initialisation, which rows of the store a run "
-                      "reads, and their order), each ratio over the λ every seed ran. The window bootstrap above "
+                      "reads, and their order), at each training length, every seed's ratio at the same "
+                      "loss-recovered targets: the range all their frontiers cover. The window bootstrap above "
                       "holds the SAEs fixed; this is the variation of training, on these eval windows (every seed "
                       "is evaluated on the same ones, so window sampling is not in it). CI: Student t over seeds "
                       "on log ratio; one more run: the t prediction interval for a further seed. With 3 seeds "
                       "both are wide (t = 4.30) and assume log-normal ratios.", "",
-                      "| pair | train tokens | λ | ratio per seed | geometric mean [95 % CI over seeds] | one more run |",
-                      "|---|---|---|---|---|---|"]
+                      "| pair | train tokens | loss recovered | ratio per seed | geometric mean [95 % CI over seeds] "
+                      "| one more run |", "|---|---|---|---|---|---|"]
             for sp in site_spreads:
-                lams = _lams(sp["l1_coefficients"])
+                pair = f"| {_strip_tokens(sp['a'])} / {_strip_tokens(sp['b'])} | " + (
+                    f"{_fmt_value(sp['tokens']) if sp['tokens'] is not None else '–'} | {_span(sp['span'])} | ")
+                if sp["span"] is None:
+                    lines.append(pair + f"not comparable: {sp['reason']} (seeds "
+                                 f"{', '.join(str(x) for x in sp['seeds'])}) | – | – |")
+                    continue
                 per = ", ".join(f"{r:.3f} (seed {x})" for x, r in zip(sp["seeds"], sp["ratios"]))
-                lines.append(f"| {_strip_tokens(sp['a'])} / {_strip_tokens(sp['b'])} | "
-                             f"{_fmt_value(sp['tokens']) if sp['tokens'] is not None else '–'} | {lams} | {per} | "
-                             f"{sp['geomean']:.3f} [{sp['interval'][0]:.3f}, {sp['interval'][1]:.3f}] | "
+                lines.append(pair + f"{per} | {sp['geomean']:.3f} [{sp['interval'][0]:.3f}, {sp['interval'][1]:.3f}] | "
                              f"[{sp['prediction'][0]:.3f}, {sp['prediction'][1]:.3f}] |")
             lines.append("")
             for sp in site_spreads:
@@ -1155,31 +1241,26 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
                               f"which gives no ratio ({d['reason']}).", ""]
         site_checks = [c for c in checks if (c["model"], c["hook"]) == (model, hook)]
         if site_checks:
+            margin = ", ".join(sorted({f"±{c['margin']:g}" for c in site_checks}))
             lines += ["### Convergence: the ratio as the training tokens grow", "",
-                      "Each ratio at T training tokens against the same pair of series at a longer T′, both over "
-                      "the λ that were run at both lengths. The criterion is a doubling (T′ = 2T); other lengths "
-                      "are shown where they ran (the factor, and the store sizes where they differ). Change = "
-                      "ratio(T′) / ratio(T), with a paired bootstrap interval (the same window resamples give "
-                      "both ratios). Converged by the stated criterion when ratio(2T) lies inside ratio(T)'s "
-                      "95 % interval. Where several seeds ran at T, the last column asks the same of the run-to-run "
-                      "spread: does ratio(T′) lie where one more run at T would? A yes there means no change "
-                      "that a few seeds can detect, not proof of convergence; and the T′ run shares its seed with "
-                      "one of the T runs, which makes a yes a little likelier.", "",
-                      "| pair | T → T′ | λ | ratio at T [95 % CI] | ratio at T′ [95 % CI] | change [95 % CI] | T′ inside T's CI "
-                      "| T′ inside T's seed spread |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "Each ratio at T training tokens against the same pair of series at a longer T′, both at the "
+                      "same loss-recovered targets: the range all four frontiers cover (docs/method.md §4.2). The "
+                      "criterion is a doubling (T′ = 2T); other lengths are shown where they ran (the factor, and "
+                      "the store sizes where they differ). Change = ratio(T′) / ratio(T), with a paired bootstrap "
+                      "interval (the same window resamples give both ratios). Fixed before the data: **converged** "
+                      f"when the change's 95 % interval lies inside 1 {margin} (`report.equivalence_margin`), **not "
+                      "converged** when it lies wholly outside, **undetermined** when it straddles a bound, "
+                      "**not comparable** when the frontiers share no range. The interval is over eval windows "
+                      "only: run-to-run variation is in the seed table, not in this verdict.", "",
+                      "| pair | T → T′ | loss recovered | ratio at T [95 % CI] | ratio at T′ [95 % CI] | change [95 % CI] "
+                      "| verdict |", "|---|---|---|---|---|---|---|"]
             for c in site_checks:
                 iv = lambda x: f" [{x[0]:.3f}, {x[1]:.3f}]" if x else ""  # noqa: E731
-                pair = f"{_strip_lengths(c['a'])} / {_strip_lengths(c['b'])}"
-                lams = _lams(c.get("l1_coefficients") or [])
-                lines.append(f"| {pair} | {_lengths(c)} | {lams} | "
-                             f"{c['ratio'][0]:.3f}{iv(c['interval'][0])} | {c['ratio'][1]:.3f}{iv(c['interval'][1])} | "
-                             f"{c['change']:.3f}{iv(c['change_interval'])} | "
-                             f"{'–' if c['within'] is None else 'yes' if c['within'] else 'no'} | "
-                             + (("– (" + c["seed_reason"] + ")" if c.get("seed_reason") else "–") if not c.get("seed_prediction") else
-                                f"{'yes' if c['within_seeds'] else 'no'} ([{c['seed_prediction'][0]:.3f}, "
-                                f"{c['seed_prediction'][1]:.3f}], seeds {', '.join(str(x) for x in c['seeds_at_t'])})")
-                             + " |")
+                num = lambda v, x: "–" if v is None else f"{v:.3f}{iv(x)}"  # noqa: E731
+                verdict = f"**{c['verdict']}**" + (f" ({c['verdict_reason']})" if c["verdict_reason"] else "")
+                lines.append(f"| {_strip_lengths(c['a'])} / {_strip_lengths(c['b'])} | {_lengths(c)} | {_span(c['span'])} | "
+                             f"{num(c['ratio'][0], c['interval'][0])} | {num(c['ratio'][1], c['interval'][1])} | "
+                             f"{num(c['change'], c['change_interval'])} | {verdict} |")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -1237,7 +1318,7 @@ def _ratios_json(ratios: list[dict]) -> str:
 
 
 def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, where: Sequence[str],
-               bootstrap_samples: int = 1000, bootstrap_seed: int = 0) -> Path:
+               bootstrap_samples: int = 1000, bootstrap_seed: int = 0, equivalence_margin: float = 0.05) -> Path:
     results, looked = collect(paths, out_dir)
     if not results:
         raise ConfigError(
@@ -1255,14 +1336,8 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
             + "; ".join(f"{k}: {', '.join(v)}" for k, v in present.items()) + ".")
     sites = group_series(kept)
     ratios = pairwise_ratios(sites, bootstrap_samples, bootstrap_seed)
-    checks = length_checks(ratios, n_samples=bootstrap_samples, seed=bootstrap_seed)
+    checks = length_checks(ratios, margin=equivalence_margin, n_samples=bootstrap_samples, seed=bootstrap_seed)
     spreads = seed_spreads(ratios, n_samples=bootstrap_samples, seed=bootstrap_seed)
-    for c in checks:
-        sp, why = _spread_for(c, spreads)
-        c["seed_prediction"] = sp["prediction"] if sp else None
-        c["seeds_at_t"] = sp["seeds"] if sp else None
-        c["within_seeds"] = None if sp is None else bool(sp["prediction"][0] <= c["ratio"][1] <= sp["prediction"][1])
-        c["seed_reason"] = why
     ratios = [{k: v for k, v in r.items() if not k.startswith("_")} for r in ratios]
 
     report_dir = Path(report_dir).expanduser()
@@ -1285,14 +1360,7 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
     for r in ratios:
         notice(_ratio_line(r))
     for c in checks:
-        lams = _lams(c["l1_coefficients"])
-        notice(f"{_strip_lengths(c['a'])} / {_strip_lengths(c['b'])} at {c['hook']}, λ {lams}: ratio {c['ratio'][0]:.3f} at "
-               f"{_fmt_value(c['tokens'][0])} tokens, {c['ratio'][1]:.3f} at {_fmt_value(c['tokens'][1])}{_factor(c)} "
-               f"(change {c['change']:.3f}" + (f", 95 % CI [{c['change_interval'][0]:.3f}, {c['change_interval'][1]:.3f}]"
-                                               if c["change_interval"] else "") + ")"
-               + (f"; {'inside' if c['within_seeds'] else 'outside'} the spread of one more run over seeds "
-                  f"{', '.join(str(x) for x in c['seeds_at_t'])} at {_fmt_value(c['tokens'][0])} "
-                  f"[{c['seed_prediction'][0]:.3f}, {c['seed_prediction'][1]:.3f}]" if c["seed_prediction"] else ""))
+        notice(_check_line(c))
     for sp in spreads:
         notice(_spread_line(sp))
     return report_dir
@@ -1301,17 +1369,19 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
 def report_command(args: Sequence[str], report_dir: Path, where: Sequence[str],
                    legacy_out_dir: Optional[str] = None) -> Path:
     """`gsae report ARGS`: `key=value` arguments are config overrides composed like every stage's
-    (out_dir=, and eval.bootstrap_samples / eval.bootstrap_seed for the ratio's interval); any
+    (out_dir=, eval.bootstrap_samples / eval.bootstrap_seed for the ratio's interval, and
+    report.equivalence_margin for the convergence verdict); any
     other argument is an eval artifact or a folder holding them."""
     from gsae_cli.listing import is_override, reader_config
 
     overrides = [a for a in args if is_override(a)]
     paths = [a for a in args if not is_override(a)]
     cfg = reader_config(overrides, command="report", legacy_out_dir=legacy_out_dir,
-                        uses={"out_dir", "eval.bootstrap_samples", "eval.bootstrap_seed"},
+                        uses={"out_dir", "eval.bootstrap_samples", "eval.bootstrap_seed", "report.equivalence_margin"},
                         hint="; to keep some rows only, use --where KEY=VALUE")
     return run_report(paths, Path(cfg.out_dir), report_dir, where,
-                      bootstrap_samples=int(cfg.eval.bootstrap_samples), bootstrap_seed=int(cfg.eval.bootstrap_seed))
+                      bootstrap_samples=int(cfg.eval.bootstrap_samples), bootstrap_seed=int(cfg.eval.bootstrap_seed),
+                      equivalence_margin=float(cfg.report.equivalence_margin))
 
 
 def ratings_command(args: Sequence[str], report_dir: Path, ratings: Sequence[Path]) -> Path:

@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 from conftest import gsae
 from gsae_cli import metrics
 from gsae_cli.errors import ConfigError
-from gsae_cli.report import (WindowData, bootstrap_ratio, collect, group_series, l0_at_loss_recovered,
-                             _seed_replicas, matched_l0_ratios, pareto_frontier, run_report,
-                             seed_summary)
+from gsae_cli.report import (WindowData, bootstrap_ratio, collect, common_range, equivalence_verdict, group_series,
+                             l0_at_loss_recovered, _seed_replicas, matched_l0_ratios, pareto_frontier,
+                             ratios_at_common_targets, run_report, seed_summary)
 
 # ---- pure functions --------------------------------------------------------------------------
 
@@ -111,6 +111,45 @@ def data(l0, lr, eval_set="evset", m=M, q=Q, label=None) -> WindowData:
 
 RELU_FRONT = [(20, 0.80), (40, 0.88), (80, 0.93), (160, 0.96)]
 GATED_FRONT = [(l0 / 2, lr) for l0, lr in RELU_FRONT]  # half the L0 at every loss recovered
+
+
+# A ratio that changes along the frontier: gated needs 0.5 of relu's L0 up to loss recovered
+# 0.88 and 0.3 from 0.93 on. A longer run moves every λ one point up the same two curves.
+SHARE = [0.5, 0.5, 0.3, 0.3]
+RELU_AT = {"T": RELU_FRONT[:3], "2T": RELU_FRONT[1:]}
+GATED_AT = {k: [(l0 * SHARE[RELU_FRONT.index((l0, lr))], lr) for l0, lr in v] for k, v in RELU_AT.items()}
+
+
+def test_common_range_is_the_intersection_of_every_frontier():
+    assert common_range([RELU_AT["T"], GATED_AT["T"], RELU_AT["2T"], GATED_AT["2T"]]) == pytest.approx((0.88, 0.93))
+    assert common_range([[(10, 0.80), (20, 0.85)], [(30, 0.90)]]) is None
+    assert common_range([[(10, 0.80)], []]) is None
+
+
+def test_lengths_on_the_same_curves_compare_equal_only_at_common_targets():
+    # The old rule took each length's ratio over its own overlap: 0.80-0.93 at T, 0.88-0.96 at
+    # 2T, so it saw a change where both lengths lie on the same two curves.
+    own = [matched_l0_ratios(GATED_AT[k], RELU_AT[k])["geomean"] for k in ("T", "2T")]
+    assert own[1] / own[0] < 0.9
+    span, (g1, g2) = ratios_at_common_targets([(GATED_AT["T"], RELU_AT["T"]), (GATED_AT["2T"], RELU_AT["2T"])])
+    assert span == pytest.approx((0.88, 0.93))
+    # on [0.88, 0.93] log L0 of both is linear: share 0.5 * 0.6^((t - .88) / .05); geomean 0.5 * sqrt(0.6)
+    assert g1 == pytest.approx(0.5 * math.sqrt(0.6)) and g2 == pytest.approx(g1)
+    span, gs = ratios_at_common_targets([([(10, 0.80), (20, 0.85)], [(20, 0.80), (40, 0.85)]),
+                                         ([(10, 0.90), (20, 0.95)], [(20, 0.90), (40, 0.95)])])
+    assert span is None and gs == [None, None]
+
+
+def test_equivalence_verdict_against_the_margin():
+    assert equivalence_verdict((0.97, 1.04), 0.05) == "converged"
+    assert equivalence_verdict((0.95, 1.05), 0.05) == "converged"  # the bounds are inside
+    assert equivalence_verdict((0.96, 1.06), 0.05) == "undetermined"  # straddles 1.05
+    assert equivalence_verdict((0.90, 1.10), 0.05) == "undetermined"  # straddles both
+    assert equivalence_verdict((1.06, 1.20), 0.05) == "not converged"
+    assert equivalence_verdict((0.80, 0.94), 0.05) == "not converged"
+    assert equivalence_verdict((0.97, 1.04), 0.02) == "undetermined"
+    assert equivalence_verdict(None, 0.05) == "undetermined"
+
 
 
 def test_window_sums_reproduce_their_metrics():
@@ -488,7 +527,7 @@ def test_cli_report_paths_and_bad_input(tmp_path):
 
 def test_doubling_check_pairs_t_with_2t(tmp_path, capsys):
     # At 2M tokens gated needs half relu's L0; at 4M a quarter: the ratio halves when the tokens
-    # double (change 0.5, exact in every paired resample), far outside the 2M ratio's interval.
+    # double (change 0.5, exact in every paired resample): not converged.
     root = tmp_path / "outputs"
     for t, gated_share in ((2_000_000, 2), (4_000_000, 4)):
         for i, (l0, lr) in enumerate(RELU_FRONT):
@@ -500,13 +539,71 @@ def test_doubling_check_pairs_t_with_2t(tmp_path, capsys):
     assert len(checks) == 1
     c = checks[0]
     assert c["tokens"] == [2_000_000, 4_000_000] and c["a"] == "gated, train.n_tokens=2M"
+    assert c["span"] == pytest.approx([0.80, 0.96]) and c["margin"] == 0.05
     assert c["ratio"] == pytest.approx([0.5, 0.25]) and c["change"] == pytest.approx(0.5)
-    assert c["change_interval"] == pytest.approx([0.5, 0.5]) and c["within"] is False
+    assert c["change_interval"] == pytest.approx([0.5, 0.5]) and c["verdict"] == "not converged"
+    assert c["n_valid"] == c["n_resamples"] == 100 and c["paired"] is True
     md = (out / "results.md").read_text()
-    assert ("| gated / relu | 2M → 4M | 0.1, 0.2, 0.3, 0.4 | 0.500 [0.500, 0.500] | 0.250 [0.250, 0.250] | "
-            "0.500 [0.500, 0.500] | no |") in md
-    assert "_aligned" not in (out / "ratios.json").read_text()
-    assert "change 0.500, 95 % CI [0.500, 0.500]" in capsys.readouterr().err
+    assert ("| gated / relu | 2M → 4M | 0.800–0.960 | 0.500 [0.500, 0.500] | 0.250 [0.250, 0.250] | "
+            "0.500 [0.500, 0.500] | **not converged** |") in md
+    assert "inside 1 ±0.05 (`report.equivalence_margin`)" in md
+    assert "change 0.500, 95 % CI [0.500, 0.500]): not converged at margin ±0.05" in capsys.readouterr().err
+
+
+def test_length_check_at_common_targets_where_the_old_rule_was_wrong(tmp_path, capsys):
+    # Each λ moves one point up the same two curves at 2T (GATED_AT, RELU_AT): the ratio over
+    # each length's own range changes by a factor below 0.9, but at the targets both lengths
+    # cover it is the same, in every resample: converged.
+    root = tmp_path / "outputs"
+    for key, t in (("T", 2_000_000), ("2T", 4_000_000)):
+        for i, ((l0r, lr), (l0g, _)) in enumerate(zip(RELU_AT[key], GATED_AT[key])):
+            make_eval(root, f"relu{t}-{i}", "relu", 0.1 * (i + 1), l0r, lr, 0.9, train_tokens=t, windows=True)
+            make_eval(root, f"gated{t}-{i}", "gated", 0.1 * (i + 1), l0g, lr, 1.0, train_tokens=t, windows=True)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=60, bootstrap_seed=0)
+    own = {r["a"]: r["geomean"] for r in json.loads((out / "ratios.json").read_text())}
+    assert own["gated, train.n_tokens=4M"] / own["gated, train.n_tokens=2M"] < 0.9
+    (c,) = json.loads((out / "convergence.json").read_text())
+    assert c["span"] == pytest.approx([0.88, 0.93])
+    assert c["ratio"] == pytest.approx([0.5 * math.sqrt(0.6)] * 2) and c["change"] == pytest.approx(1.0)
+    assert c["change_interval"] == pytest.approx([1.0, 1.0]) and c["verdict"] == "converged"
+    assert "| gated / relu | 2M → 4M | 0.880–0.930 | 0.387 [" in (out / "results.md").read_text()
+    # a margin of 0 still admits an exact 1.0; the margin is read from the config by the CLI
+    out = run_report([], root, tmp_path / "r0", [], bootstrap_samples=60, equivalence_margin=0.0)
+    assert json.loads((out / "convergence.json").read_text())[0]["verdict"] == "converged"
+
+
+def test_the_margin_is_the_config_key_report_equivalence_margin(tmp_path):
+    # gated / relu 1/2 at 2M and 1/2.2 at 4M: a change of 0.909, exact in every resample.
+    from gsae_cli.report import report_command
+
+    root = tmp_path / "outputs"
+    for t, share in ((2_000_000, 2.0), (4_000_000, 2.2)):
+        for i, (l0, lr) in enumerate(RELU_FRONT):
+            make_eval(root, f"relu{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True)
+            make_eval(root, f"gated{t}-{i}", "gated", 0.1 * (i + 1), l0 / share, lr, 1.0, train_tokens=t, windows=True)
+    verdicts = []
+    for m in ("0.05", "0.1"):
+        out = report_command([f"out_dir={root}", "eval.bootstrap_samples=20", f"report.equivalence_margin={m}"],
+                             tmp_path / f"r{m}", [])
+        (c,) = json.loads((out / "convergence.json").read_text())
+        verdicts.append((c["margin"], c["verdict"]))
+    assert verdicts == [(0.05, "not converged"), (0.1, "converged")]
+
+
+def test_lengths_whose_frontiers_share_no_range_are_not_comparable(tmp_path):
+    # T covers loss recovered 0.80-0.88, 2T 0.93-0.96: no target lies on all four frontiers.
+    root = tmp_path / "outputs"
+    for t, idx in ((2_000_000, (0, 1)), (4_000_000, (2, 3))):
+        for i in idx:
+            l0, lr = RELU_FRONT[i]
+            make_eval(root, f"relu{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True)
+            make_eval(root, f"gated{t}-{i}", "gated", 0.1 * (i + 1), l0 / 2, lr, 1.0, train_tokens=t, windows=True)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=20)
+    (c,) = json.loads((out / "convergence.json").read_text())
+    assert c["verdict"] == "not comparable" and c["span"] is None and c["change"] is None
+    assert "| gated / relu | 2M → 4M | – | 0.500 [0.500, 0.500] | " not in (out / "results.md").read_text()
+    assert "| – | – | – | **not comparable** (the four frontiers share no loss-recovered range) |" in (
+        out / "results.md").read_text()
 
 
 def test_length_checks_beyond_a_doubling_and_across_stores(tmp_path, capsys):
@@ -526,33 +623,13 @@ def test_length_checks_beyond_a_doubling_and_across_stores(tmp_path, capsys):
     assert [c["factor"] for c in checks] == pytest.approx([2.0, 3.0, 1.5])
     assert [c["stores"] for c in checks] == [[4_000_000, 4_000_000], [4_000_000, 6_000_000], [4_000_000, 6_000_000]]
     assert [c["change"] for c in checks] == pytest.approx([1.0, 0.5, 0.5])
-    assert [c["within"] for c in checks] == [True, False, False]
+    assert [c["verdict"] for c in checks] == ["converged", "not converged", "not converged"]
     assert checks[2]["change_interval"] == pytest.approx([0.5, 0.5])  # paired: exact in every resample
     md = (out / "results.md").read_text()
-    assert "| gated / relu | 2M → 4M | 0.1, 0.2, 0.3, 0.4 | 0.500 [0.500, 0.500] | 0.500 [0.500, 0.500] | " in md
-    assert "| gated / relu | 4M → 6M (1.50x), stores of 4M and 6M rows | 0.1, 0.2, 0.3, 0.4 | 0.500 [" in md
-    assert "ratio 0.500 at 4M tokens, 0.250 at 6M (1.50x) (change 0.500" in capsys.readouterr().err
-
-
-def test_doubling_check_compares_the_same_coefficients(tmp_path):
-    # At T gated's share of relu's L0 varies along the frontier: 1/2 at the two low λ, 1/4 at the
-    # two high ones. 2T repeats only the two high λ, with the same 1/4: converged, like for like
-    # (over all four λ at T the ratio would read ~0.35 and the check would wrongly say "moved").
-    root = tmp_path / "outputs"
-    for i, (l0, lr) in enumerate(RELU_FRONT):
-        make_eval(root, f"relu-t-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True)
-        make_eval(root, f"gated-t-{i}", "gated", 0.1 * (i + 1), l0 / (2 if i < 2 else 4), lr, 1.0, windows=True)
-        if i >= 2:
-            make_eval(root, f"relu-2t-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=4_000_000, windows=True)
-            make_eval(root, f"gated-2t-{i}", "gated", 0.1 * (i + 1), l0 / 4, lr, 1.0, train_tokens=4_000_000,
-                      windows=True)
-    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=50, bootstrap_seed=0)
-    full = [r for r in json.loads((out / "ratios.json").read_text()) if r["a"] == "gated, train.n_tokens=2M"]
-    assert full[0]["geomean"] < 0.45  # the whole T frontier mixes both shares
-    (c,) = json.loads((out / "convergence.json").read_text())
-    assert c["l1_coefficients"] == pytest.approx([0.3, 0.4])
-    assert c["ratio"] == pytest.approx([0.25, 0.25]) and c["change"] == pytest.approx(1.0)
-    assert c["change_interval"] == pytest.approx([1.0, 1.0]) and c["within"] is True
+    assert "| gated / relu | 2M → 4M | 0.800–0.960 | 0.500 [0.500, 0.500] | 0.500 [0.500, 0.500] | " in md
+    assert "| gated / relu | 4M → 6M (1.50x), stores of 4M and 6M rows | 0.800–0.960 | 0.500 [" in md
+    assert "4M → 6M tokens (1.50x), at loss recovered 0.800–0.960: ratio 0.500 → 0.250 (change 0.500" in (
+        capsys.readouterr().err)
 
 
 def test_keys_that_change_no_result_never_split_a_series(tmp_path):
@@ -617,63 +694,64 @@ def make_seeded(root: Path, runs) -> None:
                       train_tokens=t, windows=True, seed=seed)
 
 
-def test_seed_spread_and_its_use_in_the_doubling_check(tmp_path, capsys):
-    # Seed 0 runs λ 0.1-0.4 at 2M (gated/relu 0.5) and λ 0.2, 0.3 at 4M (0.5·e^0.05); seeds 1 and
-    # 2 repeat λ 0.2, 0.3 at 2M with ratios 0.5·e^±0.1. The 4M ratio moved beyond the (exact)
-    # window interval of the 2M one, but not beyond what one more seed at 2M would give.
+def test_seed_spread_at_common_targets_at_both_lengths(tmp_path, capsys):
+    # Seed 0 runs λ 0.1-0.4 at 2M (gated/relu 0.5); seeds 1 and 2 repeat λ 0.2, 0.3 with ratios
+    # 0.5·e^±0.1. At 4M seeds 0 and 1 run λ 0.2, 0.3 at 0.5·e^0.05 and 0.5·e^0.15. Each length's
+    # spread is over the range every seed there covers; the seed-0 check moves by e^0.05 = 1.051:
+    # exact in every resample, just outside a margin of 0.05.
     root = tmp_path / "outputs"
     runs = [(0, 2_000_000, 0.0, range(4)), (1, 2_000_000, 0.1, (1, 2)), (2, 2_000_000, -0.1, (1, 2)),
-            (0, 4_000_000, 0.05, (1, 2))]
+            (0, 4_000_000, 0.05, (1, 2)), (1, 4_000_000, 0.15, (1, 2))]
     make_seeded(root, runs)
     out = run_report([], root, tmp_path / "r", [], bootstrap_samples=50, bootstrap_seed=0)
-    (sp,) = json.loads((out / "seeds.json").read_text())
-    assert (sp["a"], sp["b"], sp["tokens"]) == ("gated, train.n_tokens=2M", "relu, train.n_tokens=2M", 2_000_000)
-    assert sp["seeds"] == [0, 1, 2] and sp["l1_coefficients"] == pytest.approx([0.2, 0.3])
-    assert sp["ratios"] == pytest.approx([0.5, 0.5 * math.exp(0.1), 0.5 * math.exp(-0.1)])
-    assert sp["geomean"] == pytest.approx(0.5) and sp["sd_log"] == pytest.approx(0.1)
-    (c,) = json.loads((out / "convergence.json").read_text())
-    assert c["ratio"] == pytest.approx([0.5, 0.5 * math.exp(0.05)]) and c["within"] is False
-    assert c["within_seeds"] is True and c["seeds_at_t"] == [0, 1, 2]
-    assert c["seed_prediction"] == pytest.approx(sp["prediction"])
+    sp2, sp4 = json.loads((out / "seeds.json").read_text())
+    assert (sp2["a"], sp2["b"], sp2["tokens"]) == ("gated, train.n_tokens=2M", "relu, train.n_tokens=2M", 2_000_000)
+    assert sp2["seeds"] == [0, 1, 2] and sp2["span"] == pytest.approx([0.88, 0.93])
+    assert sp2["ratios"] == pytest.approx([0.5, 0.5 * math.exp(0.1), 0.5 * math.exp(-0.1)])
+    assert sp2["geomean"] == pytest.approx(0.5) and sp2["sd_log"] == pytest.approx(0.1)
+    assert sp2["windows_interval"][1] == pytest.approx([0.5 * math.exp(0.1)] * 2)
+    assert sp4["tokens"] == 4_000_000 and sp4["seeds"] == [0, 1]
+    assert sp4["ratios"] == pytest.approx([0.5 * math.exp(0.05), 0.5 * math.exp(0.15)])
+    checks = json.loads((out / "convergence.json").read_text())
+    assert [(c["a"], c["tokens"]) for c in checks] == [
+        ("gated, train.n_tokens=2M, train.seed=0", [2_000_000, 4_000_000]),
+        ("gated, train.n_tokens=2M, train.seed=1", [2_000_000, 4_000_000])]
+    assert checks[0]["change"] == pytest.approx(math.exp(0.05)) and checks[0]["verdict"] == "not converged"
     md = (out / "results.md").read_text()
     assert "### Run-to-run spread: the ratio over training seeds" in md
-    assert "| 0.500 (seed 0), 0.553 (seed 1), 0.452 (seed 2) | 0.500 [" in md
-    assert "| no | yes ([0.304, 0.822], seeds 0, 1, 2) |" in md
-    err = capsys.readouterr().err
-    assert "inside the spread of one more run over seeds 0, 1, 2 at 2M [0.304, 0.822]" in err
+    assert "| 2M | 0.880–0.930 | 0.500 (seed 0), 0.553 (seed 1), 0.452 (seed 2) | 0.500 [" in md
+    assert "seeds 0, 1, 2, loss recovered 0.880–0.930: ratios 0.500, 0.553, 0.452" in capsys.readouterr().err
     # the plot draws seeds 1 and 2 around seed 0's line, not as lines of their own
     series = group_series(collect([], root)[0])[("smollm2-135m", HOOK)]
     replicas = _seed_replicas(series)
     by_label = {s.label: s for s in series}
     assert sorted(s.label for s in series if id(s) in replicas) == [
         "gated, train.n_tokens=2M, train.seed=1", "gated, train.n_tokens=2M, train.seed=2",
-        "relu, train.n_tokens=2M, train.seed=1", "relu, train.n_tokens=2M, train.seed=2"]
+        "gated, train.n_tokens=4M, train.seed=1",
+        "relu, train.n_tokens=2M, train.seed=1", "relu, train.n_tokens=2M, train.seed=2",
+        "relu, train.n_tokens=4M, train.seed=1"]
     assert series[replicas[id(by_label["relu, train.n_tokens=2M, train.seed=2"])]].label == "relu, train.n_tokens=2M, train.seed=0"
 
 
-def test_seed_spread_over_other_coefficients_is_not_used_and_a_seed_without_ratio_is_named(tmp_path):
-    # Seeds 1 and 2 ran λ 0.2, 0.3 at 2M, but the 4M runs (and so the check) cover λ 0.2-0.4:
-    # the spread is over other λ, so the check says so instead of comparing. Seed 3's gated
-    # frontier never meets relu's loss recovered: no ratio, and the spread names it.
+def test_a_seed_without_ratio_is_named_and_seeds_without_a_common_range_are_not_comparable(tmp_path):
+    # Seed 3's gated frontier never meets relu's loss recovered: no ratio, and the spread names
+    # it. At 4M, seed 0 covers 0.80-0.88 and seed 1 0.93-0.96: no common range.
     root = tmp_path / "outputs"
     runs = [(0, 2_000_000, 0.0, range(4)), (1, 2_000_000, 0.1, (1, 2)), (2, 2_000_000, -0.1, (1, 2)),
-            (0, 4_000_000, 0.05, (1, 2, 3))]
+            (0, 4_000_000, 0.0, (0, 1)), (1, 4_000_000, 0.0, (2, 3))]
     make_seeded(root, runs)
     for i in (1, 2):
         l0, lr = RELU_FRONT[i]
         make_eval(root, f"relu-3-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True, seed=3)
         make_eval(root, f"gated-3-{i}", "gated", 0.1 * (i + 1), l0, 0.99 - 0.001 * i, 1.0, windows=True, seed=3)
     out = run_report([], root, tmp_path / "r", [], bootstrap_samples=20, bootstrap_seed=0)
-    (sp,) = json.loads((out / "seeds.json").read_text())
-    assert sp["seeds"] == [0, 1, 2] and sp["dropped"] == [{"seed": 3, "reason": sp["dropped"][0]["reason"]}]
-    assert "overlap" in sp["dropped"][0]["reason"]
-    (c,) = json.loads((out / "convergence.json").read_text())
-    assert c["l1_coefficients"] == pytest.approx([0.2, 0.3, 0.4])
-    assert c["within_seeds"] is None and c["seed_prediction"] is None
-    assert c["seed_reason"] == "the seeds at T share λ 0.2, 0.3, the check compares λ 0.2, 0.3, 0.4: not like for like"
+    sp2, sp4 = json.loads((out / "seeds.json").read_text())
+    assert sp2["seeds"] == [0, 1, 2] and sp2["dropped"] == [{"seed": 3, "reason": sp2["dropped"][0]["reason"]}]
+    assert "overlap" in sp2["dropped"][0]["reason"]
+    assert sp4["span"] is None and sp4["reason"] == "the seeds' frontiers share no loss-recovered range"
     md = (out / "results.md").read_text()
-    assert "| – (the seeds at T share λ 0.2, 0.3" in md
     assert "Left out of gated / relu: seed 3, which gives no ratio (" in md
+    assert "| 4M | – | not comparable: the seeds' frontiers share no loss-recovered range (seeds 0, 1) |" in md
 
 
 def test_eval_set_from_summary_when_the_per_window_file_is_missing(tmp_path):

@@ -495,15 +495,17 @@ def test_two_writers_fill_one_store_like_one_writer_and_the_last_completes_it(tm
     w1 = StoreWriter.open(tmp_path / "two", d, n, "bfloat16", 16, {"model": "m"}, shard_chunks=2, rank=1, world_size=2)
     assert (w0.next_row, w1.next_row) == (0, 32)
     assert w0.owned_rows(0, n) == 32 * 3 + (n - 192) and w1.owned_rows(0, n) == 96
+    last = 200  # rows 200-202 end rank 0's short shard 6: held back, rank 0 cannot be done early
     for start in range(0, n, 50):  # both see every block, in order; each keeps its own shards
         k = min(50, n - start)
         for w in (w0, w1):
-            if w.needs(start, start + k):
+            if w.needs(start, start + k) and (w, start) != (w0, last):
                 w.append_at(start, gen_rows(start, k, d), gen_tokens(start, k))
     debris = tmp_path / "two" / "activations" / "c" / "9.partial"  # a killed rank's half-written file
     debris.parent.mkdir(parents=True, exist_ok=True)
     debris.write_bytes(b"x")
     assert w1.finish({"norm": 1.5}) is False and not is_complete(tmp_path / "two")  # rank 0 not done
+    w0.append_at(last, gen_rows(last, n - last, d), gen_tokens(last, n - last))
     w0.flush()  # every row is on disk now, yet the store is complete only once rank 0 finishes
     assert rows_written(tmp_path / "two") == n and not is_complete(tmp_path / "two")
     assert w0.finish({"norm": 1.5}) is True and is_complete(tmp_path / "two")
