@@ -55,7 +55,7 @@ _NOT_SERIES_KEYS = {"sae.l1_coefficient", "sae.path", "sae.name", "model.name", 
                     "train.wandb_project", "train.compile", "train.shuffle_buffer_chunks",
                     "harvest.batch_size", "harvest.chunk_rows", "harvest.shard_chunks",
                     "eval.batch_size", "eval.cache", "eval.bootstrap_samples", "eval.bootstrap_seed",
-                    "eval.density_bins", "report.equivalence_margin"} | NON_IDENTITY_KEYS  # speed, place, logging: never a series
+                    "eval.density_bins"} | NON_IDENTITY_KEYS  # speed, place, logging: never a series
 _GATED_ONLY = {f"sae.{k}" for k in GATED_ONLY_KEYS}
 # Each architecture has its own tuned learning rate (sae.lr, conf/sae/*.yaml), so the LR splits
 # series *within* an architecture (an LR sweep) but never stops two architectures comparing.

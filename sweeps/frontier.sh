@@ -67,14 +67,12 @@ DOUBLE_COEFFS=${DOUBLE_COEFFS-"0.04 0.08 0.16 blocks.24.hook_mlp_out:0.01,0.02,0
 SEEDS=${SEEDS:-"0 1 2"}   # train.seed of the spread runs (DOUBLE_COEFFS at TRAIN_TOKENS); "0" turns them off
                           # (so EXTRA must not set train.seed)
 # Learning rates (train.lr): "arch=lr" for an architecture at every site, "hook:arch=lr" for one
-# site (it wins over arch=lr there); the others keep their sae.lr. Runs of a few hundred steps
-# need a higher LR than the paper's 3e-4 for gated: sweeps/lr_sweep.sh chose every
-# architecture's rate by the same criterion (README, "Learning rates"). A rescale_shift's relu
+# site (it wins over arch=lr there); the others keep their sae.lr, which sweeps/lr_sweep.sh chose
+# for every architecture by the same criterion (README, "Learning rates"). A rescale_shift's relu
 # baseline trains at the rescale_shift's train.lr, so give both the same rate at a site.
 # At block 24 the residual stream's 3e-3 diverges part-way through low-λ runs (relu and gated),
 # and 1e-3 trains every λ cleanly (README, "Learning rates"); rescale_shift follows its relu.
-LRS=${LRS-"gated=3e-3
-  blocks.24.attn.hook_z:relu=1e-3 blocks.24.attn.hook_z:gated=1e-3 blocks.24.attn.hook_z:rescale_shift=1e-3
+LRS=${LRS-"blocks.24.attn.hook_z:relu=1e-3 blocks.24.attn.hook_z:gated=1e-3 blocks.24.attn.hook_z:rescale_shift=1e-3
   blocks.24.hook_mlp_out:relu=1e-3 blocks.24.hook_mlp_out:gated=1e-3 blocks.24.hook_mlp_out:rescale_shift=1e-3"}
 EXTRA=${EXTRA:-}          # more overrides for every member, space-separated (no spaces inside one)
 OUT_DIR=${OUT_DIR:-outputs}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The short learning-rate sweep behind the relu and rescale_shift defaults (conf/sae/*.yaml) and
-# behind the gated rate sweeps/frontier.sh uses for its short runs (LRS; gated's default stays the
-# paper's 3e-4, meant for runs of hundreds of thousands of steps).
+# The short learning-rate sweep behind every architecture's default rate (conf/sae/*.yaml; its
+# figures: docs/evidence/lr_sweep.csv). The paper's 3e-4 for gated is meant for runs of hundreds
+# of thousands of steps.
 # Each architecture is trained at one mid-frontier λ with each LR on the same store; the
 # criterion is the training objective itself, the median of its logged 10-step means over the
 # last quarter of the run (the data is never repeated, so it is a held-out loss; the median,

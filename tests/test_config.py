@@ -5,13 +5,17 @@ import pytest
 import copy
 import dataclasses
 import typing
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from gsae_cli.config import (NON_IDENTITY_KEYS, Config, compose_config, effective_lr, eval_identity,
+
+from gsae_cli.config import (GATED_ONLY_KEYS, NON_IDENTITY_KEYS, Config, compose_config, effective_lr, eval_identity,
                              evalset_hash, harvest_dir, harvest_hash, inspect_hash, study_identity, train_dir,
                              train_hash, _hash)
 from gsae_cli.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_compose():
@@ -134,8 +138,8 @@ def test_keys_that_matter_only_in_some_settings():
     finally:
         config_module.compose_config = real_compose
     # the learning rate is hashed as the effective one, wherever it was set
-    assert effective_lr(compose_config([])) == 3e-4
-    assert train_hash(compose_config(["train.lr=0.0003"])) == train_hash(compose_config([]))
+    assert effective_lr(compose_config([])) == 3e-3
+    assert train_hash(compose_config(["train.lr=0.003"])) == train_hash(compose_config([]))
     assert train_hash(compose_config(["sae.lr=0.001"])) == train_hash(compose_config(["train.lr=0.001"]))
     # the default corpus's content version is part of every store's identity
     import gsae_cli.config as config
@@ -152,3 +156,28 @@ def test_out_dir_moves_every_artifact(tmp_path):
     cfg = compose_config([f"out_dir={tmp_path}"])
     assert harvest_dir(cfg, cfg.hook).is_relative_to(tmp_path)
     assert train_dir(cfg).is_relative_to(tmp_path)
+
+
+def test_default_learning_rates_come_from_one_procedure_and_defaults_compare_fairly():
+    """Every architecture's default rate is the best of the same sweep at the default budget
+    (docs/evidence/lr_sweep.csv), and the default configs of the architectures differ in nothing
+    else but their name and gated's own switches: `-m sae=relu,gated` with defaults is a fair
+    comparison."""
+    import csv
+
+    rows = list(csv.DictReader((REPO / "docs" / "evidence" / "lr_sweep.csv").open()))
+    default = compose_config([])
+    archs = sorted({r["sae"] for r in rows})
+    assert archs == ["gated", "relu", "rescale_shift"]
+    for arch in archs:
+        best = min((r for r in rows if r["sae"] == arch), key=lambda r: float(r["objective"]))
+        cfg = compose_config([f"sae={arch}"])
+        assert cfg.sae.lr == pytest.approx(float(best["lr"])), arch
+        assert all(r["site"] == default.hook for r in rows if r["sae"] == arch)
+        if arch == "rescale_shift":  # fitted on the relu SAE trained at relu's default rate
+            assert {float(r["baseline_lr"]) for r in rows if r["sae"] == arch} == {compose_config(["sae=relu"]).sae.lr}
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        ref = OmegaConf.to_container(default, resolve=True)
+        for c in (plain, ref):
+            c["sae"] = {k: v for k, v in c["sae"].items() if k not in ("name", "lr", *GATED_ONLY_KEYS)}
+        assert plain == ref, arch

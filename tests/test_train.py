@@ -83,7 +83,7 @@ def test_train_writes_the_sae_directory(out, arch):
         assert key in rows[-1]
     if arch == "gated":
         assert "aux" in rows[-1]
-    lr = {"gated": 3e-4, "relu": 3e-3}[arch]  # each architecture's own sae.lr
+    lr = {"gated": 3e-3, "relu": 3e-3}[arch]  # each architecture's own sae.lr
     assert effective_lr(cfg) == lr and summary["lr"] == lr
     # warm-up and re-warm over; the last update (step 15 of 16) is in the decay over the last
     # round(0.2 * 16) = 3 steps: (16 - 15) / 3 of the rate
