@@ -454,9 +454,16 @@ def evalset_identity(cfg: DictConfig) -> dict:
             "hook": cfg.hook, "site_start": cfg.site_start, "eval": ev}
 
 
+# What an evaluation's metrics and a dashboard's firing counts mean; a new definition must not
+# reuse artifacts made under the old one. 2: firing is f != 0 (the paper's ||f||_0), the support
+# is `l0_gate` beside it (CHANGELOG).
+EVAL_METRICS_VERSION = 2
+
+
 def eval_identity(cfg: DictConfig, sae_id: str) -> dict:
     return {"stage": "eval", "sae": sae_id, "model": _plain(cfg.model), "data": corpus_identity(cfg),
-            "hook": cfg.hook, "site_start": cfg.site_start, "eval": _identity_part(cfg, "eval")}
+            "hook": cfg.hook, "site_start": cfg.site_start, "eval": _identity_part(cfg, "eval"),
+            "metrics_version": EVAL_METRICS_VERSION}
 
 
 def inspect_text_config(cfg: DictConfig) -> DictConfig:
@@ -474,7 +481,8 @@ _STUDY_KEYS = ("study_features", "study_seed")
 def inspect_identity(cfg: DictConfig, sae_id: str) -> dict:
     ins = {k: v for k, v in _identity_part(cfg, "inspect").items() if k not in _STUDY_KEYS}
     ins.pop("n_tokens")  # enters through the eval set
-    return {"stage": "inspect", "sae": sae_id, "text": evalset_hash(inspect_text_config(cfg)), "inspect": ins}
+    return {"stage": "inspect", "sae": sae_id, "text": evalset_hash(inspect_text_config(cfg)), "inspect": ins,
+            "metrics_version": EVAL_METRICS_VERSION}
 
 
 def inspect_hash(cfg: DictConfig, sae_id: str) -> str:

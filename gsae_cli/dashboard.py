@@ -86,8 +86,8 @@ def encode_site(sae, site: Tensor, first: int, batch_windows: int = 16,
     batches = []
     for lo in range(0, n, batch_windows):
         x = site[lo:lo + batch_windows, first:].reshape(-1, d).to(device=device, dtype=torch.float32)
-        f, active = sae.encode_with_mask(x)
-        batches.append((lo * n_site, f.float().cpu(), active.cpu()))
+        f = sae.encode(x)  # firing = f != 0, as eval's L0 and density count it (docs/method.md §4)
+        batches.append((lo * n_site, f.float().cpu(), (f != 0).cpu()))
     return sparse_from_batches(batches, n * n_site, sae.d_sae)
 
 

@@ -20,13 +20,17 @@ Which positions (every window):
 - **Cross-entropy** (`ce_clean`, `ce_spliced`, `ce_zero_ablation`) is the model's next-token
   loss over the whole window, TransformerLens convention: position t predicts token t + 1 for
   t = 0 .. ctx_len-2, ctx_len - 1 predictions per window (`n_tokens` counts them). Predictions
-  made at context positions are identical in all three passes (causal attention), so they add
-  the same to every CE and cancel in `delta_loss` and `loss_recovered`.
+  made at context positions are identical in all three passes (causal attention): they cancel
+  in `loss_recovered`, but they dilute the means `delta_loss` and `kl_div` by
+  (ctx_len - 1 - site_start) / (ctx_len - 1), 123/127 by default (docs/method.md §4).
 - **KL**: `kl_div` is the mean over the same prediction positions of KL(P_clean ‖ P_spliced),
   the divergence of the spliced model's next-token distribution from the clean one, expectation
   under the clean distribution (computed as in gsae_cli/evalset.py, to ~1e-6 nats per position).
 - **Reconstruction statistics** are over the site positions only (ctx_len - site_start per
-  window): `l0` counts `sae.active_mask` (the gate, for Gated SAEs);
+  window): `l0` counts the non-zero features, ||f||_0 (paper §2.3), and `l0_gate` the support
+  the architecture decides (`sae.active_mask`: the gate for Gated SAEs, the frozen baseline's
+  support for rescale_shift; equal to l0 for relu): a gate can be open where pi_mag <= 0, so
+  l0 <= l0_gate. Feature density (below) counts f != 0 too;
   γ = `relative_reconstruction_bias` = E‖x̂‖² / E[x̂·x] (the closed form of
   argmin_γ E‖x̂/γ − x‖²; < 1 shrinks); `relative_reconstruction_bias_centred` =
   E‖x̂ − E x̂‖² / E[(x̂ − E x̂)·(x − E x)], the same about the means: at a residual-stream site the
@@ -86,7 +90,7 @@ from gsae_cli.progress import notice, track
 
 METRICS = "metrics.json"
 PER_WINDOW = "per_window.safetensors"
-METRIC_KEYS = ("l0", "loss_recovered", "ce_clean", "ce_spliced", "ce_zero_ablation", "delta_loss",
+METRIC_KEYS = ("l0", "l0_gate", "loss_recovered", "ce_clean", "ce_spliced", "ce_zero_ablation", "delta_loss",
                "kl_div", "relative_reconstruction_bias", "relative_reconstruction_bias_centred", "nmse",
                "explained_variance", "frac_dead", "frac_dense", "frac_passthrough", "n_tokens")
 CI_LEVEL = 0.95
@@ -179,6 +183,7 @@ def window_sums(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: 
     parts: dict[str, list[Tensor]] = {k: [] for k in ("nll_spliced", "kl", "sq_err", "x_sq", "xhat_sq",
                                                       "xhat_dot_x", "x_sum", "xhat_sum")}
     fires: list[Tensor] = []
+    gates: list[Tensor] = []
     for lo in range(0, es.n_windows, batch_size):
         hi = min(lo + batch_size, es.n_windows)
         b = hi - lo
@@ -187,7 +192,8 @@ def window_sums(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: 
         entry = es.entry_rows(lo, hi).to(model.device) if splicer.from_layer else None
         body = site[:, first:]
         x32 = body.reshape(-1, d).to(sae_device, torch.float32)
-        x_hat = sae(x32)
+        f, support = sae.encode_with_mask(x32)
+        x_hat = sae.decode(f)
         if not bool(torch.isfinite(x_hat).all()):
             bad = int((~torch.isfinite(x_hat)).sum())
             raise ArtifactError(
@@ -220,8 +226,8 @@ def window_sums(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: 
         parts["xhat_dot_x"].append((xh64 * x64).sum(dim=(1, 2)).cpu())
         parts["x_sum"].append(x64.sum(dim=1).cpu())
         parts["xhat_sum"].append(xh64.sum(dim=1).cpu())
-        active = sae.active_mask(x32)
-        fires.append(active.view(b, -1, active.shape[-1]).sum(dim=1, dtype=torch.int32).cpu())
+        fires.append((f != 0).view(b, -1, f.shape[-1]).sum(dim=1, dtype=torch.int32).cpu())
+        gates.append(support.view(b, -1, f.shape[-1]).sum(dim=(1, 2), dtype=torch.float64).cpu())
         if advance is not None:
             advance(b * (ctx - 1))
     fire_counts = torch.cat(fires)
@@ -230,7 +236,7 @@ def window_sums(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: 
     sums.update({"n_pred": torch.full((n,), float(ctx - 1), dtype=torch.float64),
                  "nll_clean": es.nll_clean.double(), "nll_zero": es.nll_zero.double(),
                  "n_site": torch.full((n,), float(ctx - first), dtype=torch.float64),
-                 "l0": fire_counts.sum(dim=1).double()})
+                 "l0": fire_counts.sum(dim=1).double(), "l0_gate": torch.cat(gates)})
     return {k: sums[k] for k in WINDOW_SCALARS + WINDOW_VECTORS}, fire_counts
 
 
@@ -377,7 +383,8 @@ def _density_png(hist, sae_info: dict, n_tokens: int) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 _ROWS = [  # key, label, format, what it means
-    ("l0", "L0", "{:.2f}", "mean active features per site token"),
+    ("l0", "L0", "{:.2f}", "mean non-zero features per site token, ||f||_0"),
+    ("l0_gate", "L0 gate", "{:.2f}", "mean open gates (the support) per site token"),
     ("loss_recovered", "loss recovered", "{:.4f}", "(CE_zero - CE_spliced)/(CE_zero - CE_clean); 1 = perfect"),
     ("delta_loss", "delta loss", "{:.4f}", "CE_spliced - CE_clean (nats)"),
     ("ce_clean", "CE clean", "{:.4f}", "next-token cross-entropy, untouched model"),

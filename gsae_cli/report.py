@@ -33,7 +33,7 @@ from gsae_cli.divergence import divergence_of_sae
 from gsae_cli.errors import ArtifactError, ConfigError
 
 ID_COLUMNS = ["model", "hook", "architecture", "l1_coefficient", "train_tokens"]
-METRIC_KEYS = ["l0", "loss_recovered", "delta_loss", "kl_div", "relative_reconstruction_bias",
+METRIC_KEYS = ["l0", "l0_gate", "loss_recovered", "delta_loss", "kl_div", "relative_reconstruction_bias",
                "relative_reconstruction_bias_centred", "nmse", "explained_variance", "frac_dead", "frac_dense",
                "frac_passthrough", "ce_clean", "ce_spliced", "ce_zero_ablation"]
 # Each metric with its 95 % interval from metrics.json "ci" (blank where an eval recorded none).
@@ -1087,7 +1087,7 @@ def _fci(r: Result, key: str, digits: int = 4) -> str:
 
 
 # (header, key, digits) for the markdown and terminal tables.
-TABLE = [("L0", "l0", 4), ("loss recovered", "loss_recovered", 4), ("Δ loss", "delta_loss", 3),
+TABLE = [("L0", "l0", 4), ("L0 gate", "l0_gate", 4), ("loss recovered", "loss_recovered", 4), ("Δ loss", "delta_loss", 3),
          ("KL", "kl_div", 3), ("γ", "relative_reconstruction_bias", 4),
          ("γ centred", "relative_reconstruction_bias_centred", 4), ("NMSE", "nmse", 3),
          ("expl. var.", "explained_variance", 3), ("dead", "frac_dead", 3), ("dense", "frac_dense", 3),
@@ -1162,7 +1162,9 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
               checks: Sequence[dict] = (), spreads: Sequence[dict] = ()) -> str:
     lines = ["# gsae report", "",
              f"Evaluations collected from {where}" + (f", filtered by {', '.join(f'`{w}`' for w in filters)}" if filters else "") + ".",
-             "L0: mean active features per token. Loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean). "
+             "L0: mean non-zero features per site token (‖f‖₀, the paper's); L0 gate: mean open gates, the support "
+             "the architecture decides (equal to L0 for relu; blank for evaluations made before gsae recorded it). "
+             "Loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean). "
              "γ: relative reconstruction bias (1 = no shrinkage); γ centred: the same about the means. "
              "KL: KL(clean ‖ spliced) per token. Pass-through: site positions left at their clean activation. "
              "[lo, hi]: 95 % bootstrap interval over eval windows.", "",

@@ -215,6 +215,29 @@ def test_too_few_held_out_windows_is_a_config_error(out: Path):
 # ---- per-window sums and intervals --------------------------------------------------------------
 
 
+def test_gated_l0_counts_nonzero_features_and_l0_gate_the_open_gates(tiny_setup):
+    """The paper's L0 is ||f||_0. A gate can be open where pi_mag <= 0, giving f = 0: here b_mag
+    = -10 shuts the magnitude of features 0-31 wherever their gate opens, so those count in
+    l0_gate but never in l0 (nor as firing in the density)."""
+    model, windows = tiny_setup
+    sae = build_sae("gated", D, 4 * D)
+    sae.init_weights_(generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sae.b_gate.fill_(0.05)
+        sae.b_mag[:32] = -10.0
+    es = build_evalset(model, TINY_HOOK, windows, 2, batch_size=1)
+    ev = evaluate(model, sae.eval(), es, batch_size=1)
+    x = es.site[:, 2:].reshape(-1, D)
+    with torch.no_grad():
+        f = torch.cat([sae.encode(w) for w in es.site[:, 2:]])
+        gate = torch.cat([sae.active_mask(w) for w in es.site[:, 2:]])
+    assert not bool((f[:, :32] != 0).any()) and bool(gate[:, :32].any())
+    assert ev.metrics["l0"] == float((f != 0).sum()) / x.shape[0]
+    assert ev.metrics["l0_gate"] == float(gate.sum()) / x.shape[0]
+    assert ev.metrics["l0"] < ev.metrics["l0_gate"]
+    assert int(ev.fire_counts[:, :32].sum()) == 0
+
+
 def test_window_sums_give_the_metrics_and_match_direct_computation(tiny_setup):
     model, windows = tiny_setup
     sae = random_sae(D)

@@ -154,12 +154,13 @@ def _windows(n_windows: int = 6, rows: int = 7, d: int = 5, d_sae: int = 9, seed
     active[:, :, :2] = False  # feature 0 dead...
     active[0, 0, 1] = True  # ...feature 1 fires once, in window 0 only
     active[:, :, 2] = True  # dense
+    gate = active | (torch.rand(n_windows, rows, d_sae, generator=g) < 0.1)  # open where f may be 0
     nll = torch.rand(3, n_windows, generator=g, dtype=torch.float64) * 10 + torch.tensor([[0.0], [1.0], [5.0]])
     sums = {"n_pred": torch.full((n_windows,), 8.0, dtype=torch.float64),
             "nll_clean": nll[0], "nll_spliced": nll[1], "nll_zero": nll[2],
             "kl": torch.rand(n_windows, generator=g, dtype=torch.float64),
             "n_site": torch.full((n_windows,), float(rows), dtype=torch.float64),
-            "l0": active.sum(dim=(1, 2)).double(), "sq_err": (x - x_hat).pow(2).sum(dim=(1, 2)),
+            "l0": active.sum(dim=(1, 2)).double(), "l0_gate": gate.sum(dim=(1, 2)).double(), "sq_err": (x - x_hat).pow(2).sum(dim=(1, 2)),
             "x_sq": x.pow(2).sum(dim=(1, 2)), "xhat_sq": x_hat.pow(2).sum(dim=(1, 2)),
             "xhat_dot_x": (x_hat * x).sum(dim=(1, 2)), "x_sum": x.sum(dim=1), "xhat_sum": x_hat.sum(dim=1)}
     assert set(sums) == set(WINDOW_SCALARS) | set(WINDOW_VECTORS)
@@ -171,7 +172,8 @@ def _one_shot(x, x_hat, active, sums, index):
     xs, xhs, fs = rows(x), rows(x_hat), rows(active)
     ce = {k: float(sums[f"nll_{k}"][index].sum() / sums["n_pred"][index].sum()) for k in ("clean", "spliced", "zero")}
     freqs = feature_density(fs)
-    return {"l0": l0(fs), "nmse": nmse(xs, xhs), "explained_variance": explained_variance(xs, xhs),
+    gate = sums["l0_gate"][index].sum() / (sums["n_site"][index].sum())  # counted per row in _windows
+    return {"l0": l0(fs), "l0_gate": float(gate), "nmse": nmse(xs, xhs), "explained_variance": explained_variance(xs, xhs),
             "relative_reconstruction_bias": relative_reconstruction_bias(xs, xhs),
             "relative_reconstruction_bias_centred": relative_reconstruction_bias_centred(xs, xhs),
             "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"],
@@ -189,6 +191,7 @@ def test_window_metrics_on_hand_data():
     sums = {"n_pred": one(1.0).repeat(2), "nll_clean": t([1.0, 1.0]).double(),
             "nll_spliced": t([2.0, 3.0]).double(), "nll_zero": t([5.0, 7.0]).double(),
             "kl": t([0.5, 0.25]).double(), "n_site": t([1.0, 1.0]).double(), "l0": t([1.0, 2.0]).double(),
+            "l0_gate": t([2.0, 2.0]).double(),
             "sq_err": t([0.25, 0.25]).double(), "x_sq": t([4.0, 16.0]).double(),
             "xhat_sq": t([6.25, 12.25]).double(), "xhat_dot_x": t([5.0, 14.0]).double(),
             "x_sum": t([[2.0, 0.0], [4.0, 0.0]]).double(), "xhat_sum": t([[2.5, 0.0], [3.5, 0.0]]).double()}
@@ -196,7 +199,7 @@ def test_window_metrics_on_hand_data():
     r = {k: float(v) for k, v in window_metrics(sums, fires).items()}
     assert r["nmse"] == pytest.approx(0.25)
     assert r["explained_variance"] == pytest.approx(0.75)
-    assert r["l0"] == pytest.approx(1.5)
+    assert r["l0"] == pytest.approx(1.5) and r["l0_gate"] == pytest.approx(2.0)
     assert r["frac_dead"] == pytest.approx(1.0 / 3.0)
     assert r["frac_dense"] == pytest.approx(2.0 / 3.0)  # features 0 and 1 fire on 100 % and 50 % of rows (> 10 %)
     assert r["relative_reconstruction_bias"] == pytest.approx(18.5 / 19.0)

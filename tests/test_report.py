@@ -96,6 +96,7 @@ def window_sums(l0: float, lr: float, m=M, q=Q) -> dict:
     return {"n_pred": full(100), "n_site": full(100), "nll_clean": full(300), "nll_zero": full(500),
             "nll_spliced": torch.tensor([100 * (3 + 2 * (1 - lr * mw)) for mw in m], dtype=torch.float64),
             "kl": full(100 * (1 - lr)), "l0": torch.tensor([100 * l0 * qw for qw in q], dtype=torch.float64),
+            "l0_gate": torch.tensor([110 * l0 * qw for qw in q], dtype=torch.float64),
             "sq_err": full(10), "x_sq": full(100), "xhat_sq": full(90), "xhat_dot_x": full(95),
             "x_sum": torch.zeros(n, 4, dtype=torch.float64), "xhat_sum": torch.zeros(n, 4, dtype=torch.float64)}
 
@@ -294,7 +295,7 @@ def test_run_report_writes_csv_plots_and_markdown(tmp_path, capsys):
     md = (out / "results.md").read_text()
     assert "gated / relu" in md and "**0.500**" in md
     assert "| γ centred |" in md and "| pass-through |" in md
-    assert "| 10 [9, 11] | 0.8 [0.79, 0.81] |" in md  # L0 and loss recovered with their intervals
+    assert "| 10 [9, 11] | – | 0.8 [0.79, 0.81] |" in md  # L0, no L0 gate (not recorded), loss recovered
     assert "| 0.01 | 0 | 0.002 | `gated0` |" in md  # dead: no interval (NO_BOOTSTRAP); a one-point interval is not shown
     # no per_window.safetensors: a point estimate, and why there is no interval
     assert "no interval: 9 of 9 evaluations have no usable per-window sums" in md and "gsae eval --force" in md
