@@ -451,7 +451,7 @@ def evalset_identity(cfg: DictConfig) -> dict:
     ev = _identity_part(cfg, "eval")
     ev = {k: ev[k] for k in ("n_tokens", "ctx_len", "splice_all")}
     return {"stage": "evalset", "model": _plain(cfg.model), "data": corpus_identity(cfg),
-            "hook": cfg.hook, "site_start": cfg.site_start, "eval": ev}
+            "hook": cfg.hook, "site_start": cfg.site_start, "eval": ev, "format": 2}  # 2: with nll_mean
 
 
 # What an evaluation's metrics and a dashboard's firing counts mean; a new definition must not

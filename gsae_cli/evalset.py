@@ -18,6 +18,9 @@ What an eval set holds, per window (n windows, d the hook's width, d_u the unemb
   model needs full forwards);
 - `nll_clean`, `nll_zero` [n] float64: summed next-token NLL of the clean pass and of the pass
   with zeros at the site (positions 0 .. ctx_len-2, each predicting the next token);
+- `nll_mean` [n] float64: the same with the site set to one constant, the mean of the clean
+  activation over every site position of every window (a reconstruction that is b_dec alone, at
+  the best constant in squared error): the reference row of `gsae report`;
 - for the KL ("unembed" mode, used when the logits are an affine map z = W_U h + b of the
   unembedding's input h, checked on the first batch): `unembed_in` [n, ctx_len, d_u] (the clean
   h), `unembed_p` [n, ctx_len, d_u] = Σ_v P_clean(v) W_U[v] and `lse_clean` [n, ctx_len] float64
@@ -57,7 +60,7 @@ from gsae_cli.metrics import kl_div_per_position
 from gsae_cli.models import LoadedModel, hook_layer
 from gsae_cli.progress import notice, track
 
-FORMAT = "gsae-evalset-1"
+FORMAT = "gsae-evalset-2"  # 2: with nll_mean
 TENSORS = "evalset.safetensors"
 META = "evalset.json"
 UNEMBED_IN = "unembed.hook_in"
@@ -242,11 +245,13 @@ class Splicer:
             self.verify(tokens, logits, site, entry)
         return entry if self.from_layer else None
 
-    def zero_ablated_nll(self, tokens: Tensor, entry: Tensor | None, site: Tensor, first: int) -> Tensor:
-        """Per-window sums of next-token NLL [n] with the site zeroed at positions >= `first`."""
-        zeroed = site.clone()
-        zeroed[:, first:] = 0
-        logits, _ = self.patched(tokens, entry, zeroed)
+    def zero_ablated_nll(self, tokens: Tensor, entry: Tensor | None, site: Tensor, first: int,
+                         value: Tensor | float = 0.0) -> Tensor:
+        """Per-window sums of next-token NLL [n] with the site set to `value` (zeros, or one
+        activation broadcast to every position) at positions >= `first`."""
+        ablated = site.clone()
+        ablated[:, first:] = value
+        logits, _ = self.patched(tokens, entry, ablated)
         return next_token_nll(logits, tokens).sum(dim=1)
 
     def verify(self, tokens: Tensor, logits: Tensor, site: Tensor, entry: Tensor | None) -> None:
@@ -346,6 +351,7 @@ class EvalSet:
     hook: str
     method: str                     # "from_layer" | "full": how patched passes run
     info: dict = field(default_factory=dict)  # provenance, written to evalset.json
+    nll_mean: Tensor | None = None  # [n] float64, the site at its mean (built after the passes above)
 
     @property
     def n_windows(self) -> int:
@@ -445,10 +451,24 @@ def build_evalset(model: LoadedModel, hook: str, tokens: Tensor, first: int, *, 
         if advance is not None:
             advance(batch.shape[0] * (ctx - 1))
     cat = {k: torch.cat(v) for k, v in parts.items()}
-    return EvalSet(tokens=tokens.to(torch.int64).cpu(), site=cat["site"], entry=cat.get("entry"),
-                   nll_clean=cat["nll_clean"], nll_zero=cat["nll_zero"],
-                   kl={k: cat[k] for k in KL_TENSORS} if want_unembed else None,
-                   first=first, hook=hook, method=splicer.method, info=dict(info or {}))
+    es = EvalSet(tokens=tokens.to(torch.int64).cpu(), site=cat["site"], entry=cat.get("entry"),
+                 nll_clean=cat["nll_clean"], nll_zero=cat["nll_zero"],
+                 kl={k: cat[k] for k in KL_TENSORS} if want_unembed else None,
+                 first=first, hook=hook, method=splicer.method, info=dict(info or {}))
+    es.nll_mean = _mean_ablated_nll(splicer, es, batch_size, model.device)
+    return es
+
+
+def _mean_ablated_nll(splicer: Splicer, es: EvalSet, batch_size: int, device) -> Tensor:
+    """nll_mean: a second pass, since the mean needs every window's site first."""
+    mean = es.site[:, es.first:].flatten(0, 1).double().mean(dim=0).to(es.site.dtype)
+    out = []
+    for lo in range(0, es.n_windows, batch_size):
+        hi = min(lo + batch_size, es.n_windows)
+        entry = es.entry_rows(lo, hi).to(device) if splicer.from_layer else None
+        out.append(splicer.zero_ablated_nll(es.tokens[lo:hi].to(device), entry, es.site[lo:hi].to(device),
+                                            es.first, mean.to(device)).cpu())
+    return torch.cat(out).double()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,7 +480,8 @@ def save_evalset(directory: Path, es: EvalSet, eval_set_hash: str, config_yaml: 
     """Tensors, then evalset.json and config.yaml, then the completion marker (each atomic)."""
     from safetensors.torch import save
 
-    tensors = {"tokens": es.tokens, "site": es.site, "nll_clean": es.nll_clean, "nll_zero": es.nll_zero}
+    tensors = {"tokens": es.tokens, "site": es.site, "nll_clean": es.nll_clean, "nll_zero": es.nll_zero,
+               "nll_mean": es.nll_mean}
     if es.entry is not None:
         tensors["entry"] = es.entry
     if es.kl is not None:
@@ -496,7 +517,7 @@ def load_evalset(directory: Path, eval_set_hash: str) -> EvalSet:
     if meta.get("format") != FORMAT or meta.get("eval_set") != eval_set_hash:
         raise damaged(f"format {meta.get('format')!r}, eval set {meta.get('eval_set')!r}; expected "
                       f"{FORMAT!r}, {eval_set_hash!r}")
-    needed = ["tokens", "site", "nll_clean", "nll_zero"] + (list(KL_TENSORS) if meta.get("kl_mode") == "unembed" else [])
+    needed = ["tokens", "site", "nll_clean", "nll_zero", "nll_mean"] + (list(KL_TENSORS) if meta.get("kl_mode") == "unembed" else [])
     layer = hook_layer(meta.get("hook", ""))
     if meta.get("method") == "from_layer" and meta.get("hook") != f"blocks.{layer}.hook_resid_pre":
         needed.append("entry")  # the restart needs the block's entry unless it is the site itself
@@ -505,15 +526,16 @@ def load_evalset(directory: Path, eval_set_hash: str) -> EvalSet:
         raise damaged(f"missing {', '.join(missing)}")
     n, ctx = tensors["tokens"].shape
     shapes_ok = (tensors["site"].shape[:2] == (n, ctx) and tensors["nll_clean"].shape == (n,)
-                 and tensors["nll_zero"].shape == (n,)
-                 and all(tensors[k].shape[:2] == (n, ctx) for k in needed[4:]))
+                 and tensors["nll_zero"].shape == (n,) and tensors["nll_mean"].shape == (n,)
+                 and all(tensors[k].shape[:2] == (n, ctx) for k in needed[5:]))
     if not shapes_ok:
         raise damaged("tensor shapes disagree")
     return EvalSet(tokens=tensors["tokens"], site=tensors["site"], entry=tensors.get("entry"),
                    nll_clean=tensors["nll_clean"], nll_zero=tensors["nll_zero"],
                    kl={k: tensors[k] for k in KL_TENSORS} if meta.get("kl_mode") == "unembed" else None,
                    first=int(meta["first"]), hook=meta["hook"], method=meta["method"],
-                   info=artifacts.read_json(directory / META) if (directory / META).exists() else {})
+                   info=artifacts.read_json(directory / META) if (directory / META).exists() else {},
+                   nll_mean=tensors["nll_mean"])
 
 
 def obtain_evalset(cfg: DictConfig, model: LoadedModel) -> tuple[EvalSet, bool]:
@@ -547,7 +569,7 @@ def _build_for(cfg: DictConfig, model: LoadedModel,
                selected: tuple[Tensor, list[int], int] | None = None) -> EvalSet:
     windows, index, total = selected if selected is not None else _select(cfg, model)
     t0 = time.monotonic()
-    with track("eval set (clean + zero-ablated)", windows.shape[0] * (windows.shape[1] - 1), "tokens") as bar:
+    with track("eval set (clean, zero- and mean-ablated)", windows.shape[0] * (windows.shape[1] - 1), "tokens") as bar:
         es = build_evalset(model, cfg.hook, windows, first_spliced(cfg), batch_size=cfg.eval.batch_size,
                            advance=bar.advance)
     es.info.update({"held_out_windows": total, "window_indices": index,

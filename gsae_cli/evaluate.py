@@ -90,7 +90,8 @@ from gsae_cli.progress import notice, track
 
 METRICS = "metrics.json"
 PER_WINDOW = "per_window.safetensors"
-METRIC_KEYS = ("l0", "l0_gate", "loss_recovered", "ce_clean", "ce_spliced", "ce_zero_ablation", "delta_loss",
+METRIC_KEYS = ("l0", "l0_gate", "loss_recovered", "ce_clean", "ce_spliced", "ce_zero_ablation", "ce_mean_ablation",
+               "loss_recovered_mean_ablation", "delta_loss",
                "kl_div", "relative_reconstruction_bias", "relative_reconstruction_bias_centred", "nmse",
                "explained_variance", "frac_dead", "frac_dense", "frac_passthrough", "n_tokens")
 CI_LEVEL = 0.95
@@ -235,6 +236,7 @@ def window_sums(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: 
     sums = {k: torch.cat(v) for k, v in parts.items()}
     sums.update({"n_pred": torch.full((n,), float(ctx - 1), dtype=torch.float64),
                  "nll_clean": es.nll_clean.double(), "nll_zero": es.nll_zero.double(),
+                 "nll_mean": es.nll_mean.double(),
                  "n_site": torch.full((n,), float(ctx - first), dtype=torch.float64),
                  "l0": fire_counts.sum(dim=1).double(), "l0_gate": torch.cat(gates)})
     return {k: sums[k] for k in WINDOW_SCALARS + WINDOW_VECTORS}, fire_counts
@@ -390,6 +392,8 @@ _ROWS = [  # key, label, format, what it means
     ("ce_clean", "CE clean", "{:.4f}", "next-token cross-entropy, untouched model"),
     ("ce_spliced", "CE spliced", "{:.4f}", "with the SAE reconstruction at the site"),
     ("ce_zero_ablation", "CE zero-ablated", "{:.4f}", "with zeros at the site"),
+    ("ce_mean_ablation", "CE mean-ablated", "{:.4f}", "with the eval set's mean activation at the site"),
+    ("loss_recovered_mean_ablation", "loss recovered, mean", "{:.4f}", "what the constant mean activation recovers"),
     ("kl_div", "KL", "{:.4f}", "mean KL(P_clean || P_spliced) per position (nats)"),
     ("relative_reconstruction_bias", "gamma (shrinkage)", "{:.4f}", "E||x_hat||^2 / E[x_hat.x]; <1 shrinks"),
     ("relative_reconstruction_bias_centred", "gamma centred", "{:.4f}", "the same about the means"),

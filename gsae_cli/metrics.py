@@ -136,11 +136,12 @@ def density_histogram(
 # ---------------------------------------------------------------------------------------------
 
 # Scalar sums per window, each [n_windows] float64.
-WINDOW_SCALARS = ("n_pred", "nll_clean", "nll_spliced", "nll_zero", "kl", "n_site", "l0", "l0_gate",
+WINDOW_SCALARS = ("n_pred", "nll_clean", "nll_spliced", "nll_zero", "nll_mean", "kl", "n_site", "l0", "l0_gate",
                   "sq_err", "x_sq", "xhat_sq", "xhat_dot_x")
 # Vector sums per window, each [n_windows, d_model] float64 (for the means in NMSE and γ centred).
 WINDOW_VECTORS = ("x_sum", "xhat_sum")
-# 2: `l0` counts f != 0 (the paper's ||f||_0) and `l0_gate` the support; in 1, `l0` was the support.
+# 2: `l0` counts f != 0 (the paper's ||f||_0) and `l0_gate` the support (in 1, `l0` was the
+# support); `nll_mean`, the site at its mean activation (the reference row).
 WINDOW_FORMAT = "gsae-per-window-2"
 
 
@@ -148,14 +149,14 @@ def metrics_from_window_sums(sums: dict[str, Tensor], index: Tensor | None = Non
     """The metrics of the windows `index` (a [k] or [B, k] long tensor of window numbers, repeats
     allowed, as in a bootstrap resample; None: all windows) from per-window sums:
 
-      n_pred   next-token predictions (CE positions)     nll_*   summed CE (nats) clean/spliced/zero
+      n_pred   next-token predictions (CE positions)     nll_*   summed CE (nats) clean/spliced/zero/mean
       kl       summed KL(P_clean || P_spliced)             n_site  positions spliced (SAE inputs)
       l0       summed counts of f_i != 0 (||f||_0)          l0_gate summed support counts (the gate)
       sq_err   Σ||x - x_hat||²
       x_sq     Σ||x||²   xhat_sq Σ||x_hat||²   xhat_dot_x Σ x_hat·x   x_sum Σx   xhat_sum Σx_hat
 
     Returns float64 tensors (0-dim, or [B] for a [B, k] index) for l0, l0_gate, ce_clean, ce_spliced,
-    ce_zero_ablation, delta_loss, loss_recovered, kl_div, relative_reconstruction_bias,
+    ce_zero_ablation, ce_mean_ablation, delta_loss, loss_recovered, loss_recovered_mean_ablation, kl_div, relative_reconstruction_bias,
     relative_reconstruction_bias_centred, nmse and explained_variance. Without the vector sums
     (x_sum, xhat_sum), the three metrics that need the means (γ centred, NMSE, explained
     variance) are left out: a resample then never gathers [B, k, d_model] tensors."""
@@ -165,15 +166,18 @@ def metrics_from_window_sums(sums: dict[str, Tensor], index: Tensor | None = Non
 
     s = {k: total(k) for k in WINDOW_SCALARS}
     n = s["n_site"]
-    ce = {k: s[f"nll_{k}"] / s["n_pred"] for k in ("clean", "spliced", "zero")}
+    ce = {k: s[f"nll_{k}"] / s["n_pred"] for k in ("clean", "spliced", "zero", "mean")}
+    recovered = lambda k: (s["nll_zero"] - s[f"nll_{k}"]) / (s["nll_zero"] - s["nll_clean"])  # noqa: E731
     out = {
         "l0": s["l0"] / n,
         "l0_gate": s["l0_gate"] / n,
         "ce_clean": ce["clean"],
         "ce_spliced": ce["spliced"],
         "ce_zero_ablation": ce["zero"],
+        "ce_mean_ablation": ce["mean"],
         "delta_loss": ce["spliced"] - ce["clean"],
-        "loss_recovered": (s["nll_zero"] - s["nll_spliced"]) / (s["nll_zero"] - s["nll_clean"]),
+        "loss_recovered": recovered("spliced"),
+        "loss_recovered_mean_ablation": recovered("mean"),
         "kl_div": s["kl"] / s["n_pred"],
         "relative_reconstruction_bias": s["xhat_sq"] / s["xhat_dot_x"],
     }

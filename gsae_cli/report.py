@@ -35,7 +35,8 @@ from gsae_cli.errors import ArtifactError, ConfigError
 ID_COLUMNS = ["model", "hook", "architecture", "l1_coefficient", "train_tokens"]
 METRIC_KEYS = ["l0", "l0_gate", "loss_recovered", "delta_loss", "kl_div", "relative_reconstruction_bias",
                "relative_reconstruction_bias_centred", "nmse", "explained_variance", "frac_dead", "frac_dense",
-               "frac_passthrough", "ce_clean", "ce_spliced", "ce_zero_ablation"]
+               "frac_passthrough", "ce_clean", "ce_spliced", "ce_zero_ablation", "ce_mean_ablation",
+               "loss_recovered_mean_ablation"]
 # Each metric with its 95 % interval from metrics.json "ci" (blank where an eval recorded none).
 # diverged_at_step: the training step at which the SAE's training diverged (gsae_cli/divergence.py), else empty
 COLUMNS = (ID_COLUMNS + [c for k in METRIC_KEYS for c in (k, f"{k}_lo", f"{k}_hi")]
@@ -977,6 +978,7 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
                         alpha=0.3, markersize=7)
                 _error_bars(ax, off, colour, x=True, alpha=0.3)
         _mark_diverged(ax, diverged)
+        _mark_reference(ax, [r.row["loss_recovered_mean_ablation"] for _, r in mean_ablation_references(series)])
         others = {s.label for s in series if id(s) in replicas}  # their ratios are in the seed table
         site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)
                        and r["a"] not in others and r["b"] not in others]
@@ -992,6 +994,19 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
         _legend(ax, "Pareto frontier in bold; faded points are dominated; whiskers: 95 % CI")
     fig.suptitle("Sparsity vs fidelity (up and to the left is better)", fontsize=13)
     _save(fig, path)
+
+
+def _mark_reference(ax, levels: Sequence[float]) -> None:
+    """The mean-ablation reference: a line where it falls inside the SAEs' range, else a note
+    (at the residual stream it lies far below them, and a line there would squash the frontier)."""
+    lo, hi = ax.get_ylim()
+    for k, y in enumerate(levels):
+        if lo <= y <= hi:
+            ax.axhline(y, color="0.45", linestyle=(0, (4, 3)), linewidth=1,
+                       label="mean activation alone (x̂ = b_dec)" if k == 0 else None)
+        else:
+            ax.text(0.01, 0.01 + 0.05 * k, f"mean activation alone (x̂ = b_dec): loss recovered {y:.3f}, off the axis",
+                    transform=ax.transAxes, fontsize=8, color="0.35")
 
 
 def _styles_but_replicas(series: Sequence[Series], replicas: dict[int, int]) -> dict[int, tuple]:
@@ -1101,6 +1116,24 @@ def _cells(s: Series, r: Result) -> list[str]:
             + [_fci(r, key, d) for _, key, d in TABLE])
 
 
+def mean_ablation_references(series: Sequence[Series]) -> list[tuple[str, Result]]:
+    """(eval set, one of its results) for every eval set at a site whose evaluations recorded the
+    mean-ablation reference (the site at its mean activation: what b_dec alone recovers)."""
+    seen: dict[str, Result] = {}
+    for s in series:
+        for r in s.results:
+            if r.row["loss_recovered_mean_ablation"] is not None:
+                seen.setdefault(str(r.row["eval_set"] or "unknown"), r)
+    return sorted(seen.items())
+
+
+def _reference_cells(eval_set: str, r: Result, several: bool) -> list[str]:
+    label = "reference: mean activation (x̂ = b_dec alone)" + (f", eval set {eval_set}" if several else "")
+    delta = _f(r.row["ce_mean_ablation"] - r.row["ce_clean"], 3) if r.row["ce_clean"] is not None else "–"
+    cells = {"l0": "0", "loss_recovered": _fci(r, "loss_recovered_mean_ablation"), "delta_loss": delta}
+    return [label, "–", "–"] + [cells.get(key, "–") for _, key, _ in TABLE]
+
+
 def _resampling(r: dict) -> str:
     """How the interval was made, in words."""
     windows = "/".join(str(n) for n in r["n_windows"])
@@ -1189,6 +1222,10 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
                     cells[1] += " †"
                     marked = True
                 lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        refs = mean_ablation_references(series)
+        for eval_set, r in refs:
+            cells = _reference_cells(eval_set, r, len(refs) > 1) + ["–"]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
         if marked:
             lines += ["† training diverged (warning above): a measurement of a broken run.", ""]

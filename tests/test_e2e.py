@@ -35,6 +35,9 @@ def test_eval_from_empty_outputs_runs_every_stage_then_is_cached(out):
     assert metrics["loss_recovered"] == pytest.approx(
         (ce["ce_zero_ablation"] - ce["ce_spliced"]) / (ce["ce_zero_ablation"] - ce["ce_clean"]), rel=1e-9)
     assert metrics["delta_loss"] == pytest.approx(ce["ce_spliced"] - ce["ce_clean"], rel=1e-9)
+    # the real model: the site at its mean costs less than at zero, more than nothing
+    assert ce["ce_clean"] < metrics["ce_mean_ablation"] < ce["ce_zero_ablation"]
+    assert 0 < metrics["loss_recovered_mean_ablation"] < 1
     # site_start=4 of 128: BOS and the three text tokens after it stay clean in every window
     assert metrics["frac_passthrough"] == pytest.approx(3 / 127)
     for key, (lo, hi) in metrics["ci"].items():

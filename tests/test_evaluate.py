@@ -139,8 +139,8 @@ def test_zero_sae_scores_zero(tiny_setup):
 
 @pytest.mark.parametrize("first", [2, 1, 5])
 def test_context_positions_keep_their_clean_activation(tiny_setup, monkeypatch, first):
-    """Positions before `first` keep the clean activation in the spliced and the ablated pass;
-    every position from `first` on is replaced."""
+    """Positions before `first` keep the clean activation in the spliced and both ablated passes;
+    every position from `first` on is replaced (by zeros, or by the mean of the site's rows)."""
     model, windows = tiny_setup
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     real = evalset.Splicer.patched
@@ -151,11 +151,14 @@ def test_context_positions_keep_their_clean_activation(tiny_setup, monkeypatch, 
 
     monkeypatch.setattr(evalset.Splicer, "patched", spy)
     ev = _eval(model, zero_sae(D), windows[:1], first=first, method="from_layer")
-    (entry_z, zeroed), (entry_s, spliced) = seen  # build: the ablated pass; eval: the spliced pass
+    # build: the zero- and the mean-ablated pass; eval: the spliced pass
+    (entry_z, zeroed), (_, mean_ablated), (entry_s, spliced) = seen
     site = entry_z  # hook = blocks.2.hook_resid_pre: the block's entry is the site itself
-    for replaced in (zeroed, spliced):
+    for replaced in (zeroed, mean_ablated, spliced):
         assert torch.equal(replaced[:, :first], site[:, :first])
-        assert bool((replaced[:, first:] == 0).all())
+    assert bool((zeroed[:, first:] == 0).all()) and bool((spliced[:, first:] == 0).all())
+    mean = site[:, first:].flatten(0, 1).double().mean(dim=0).to(site.dtype)
+    assert torch.equal(mean_ablated[:, first:], mean.expand_as(mean_ablated[:, first:]))
     assert ev.metrics["frac_passthrough"] == pytest.approx((first - 1) / (CTX - 1), abs=1e-15)
     assert ev.sums["n_site"].tolist() == [CTX - first]
     assert ev.ci is None  # bootstrap_samples=0
@@ -213,6 +216,23 @@ def test_too_few_held_out_windows_is_a_config_error(out: Path):
 
 
 # ---- per-window sums and intervals --------------------------------------------------------------
+
+
+def test_the_mean_ablation_reference_is_an_sae_that_outputs_the_mean(tiny_setup):
+    """loss_recovered_mean_ablation is what an SAE recovers whose reconstruction is b_dec alone,
+    set to the eval set's mean site activation: f = 0 everywhere, x_hat = b_dec."""
+    model, windows = tiny_setup
+    es = build_evalset(model, TINY_HOOK, windows, 2, batch_size=1)
+    sae = build_sae("relu", D, 4 * D)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.zero_()
+        sae.b_enc.fill_(-1.0)
+        sae.b_dec.copy_(es.site[:, 2:].flatten(0, 1).double().mean(dim=0).float())
+    m = evaluate(model, sae.eval(), es, batch_size=1).metrics
+    assert m["l0"] == 0.0
+    assert m["loss_recovered"] == pytest.approx(m["loss_recovered_mean_ablation"], abs=1e-12)
+    assert m["ce_spliced"] == pytest.approx(m["ce_mean_ablation"], abs=1e-12)
 
 
 def test_gated_l0_counts_nonzero_features_and_l0_gate_the_open_gates(tiny_setup):

@@ -155,9 +155,9 @@ def _windows(n_windows: int = 6, rows: int = 7, d: int = 5, d_sae: int = 9, seed
     active[0, 0, 1] = True  # ...feature 1 fires once, in window 0 only
     active[:, :, 2] = True  # dense
     gate = active | (torch.rand(n_windows, rows, d_sae, generator=g) < 0.1)  # open where f may be 0
-    nll = torch.rand(3, n_windows, generator=g, dtype=torch.float64) * 10 + torch.tensor([[0.0], [1.0], [5.0]])
+    nll = torch.rand(4, n_windows, generator=g, dtype=torch.float64) * 10 + torch.tensor([[0.0], [1.0], [5.0], [3.0]])
     sums = {"n_pred": torch.full((n_windows,), 8.0, dtype=torch.float64),
-            "nll_clean": nll[0], "nll_spliced": nll[1], "nll_zero": nll[2],
+            "nll_clean": nll[0], "nll_spliced": nll[1], "nll_zero": nll[2], "nll_mean": nll[3],
             "kl": torch.rand(n_windows, generator=g, dtype=torch.float64),
             "n_site": torch.full((n_windows,), float(rows), dtype=torch.float64),
             "l0": active.sum(dim=(1, 2)).double(), "l0_gate": gate.sum(dim=(1, 2)).double(), "sq_err": (x - x_hat).pow(2).sum(dim=(1, 2)),
@@ -170,13 +170,14 @@ def _windows(n_windows: int = 6, rows: int = 7, d: int = 5, d_sae: int = 9, seed
 def _one_shot(x, x_hat, active, sums, index):
     rows = lambda v: v[index].reshape(-1, v.shape[-1])  # noqa: E731 — the selected windows' rows
     xs, xhs, fs = rows(x), rows(x_hat), rows(active)
-    ce = {k: float(sums[f"nll_{k}"][index].sum() / sums["n_pred"][index].sum()) for k in ("clean", "spliced", "zero")}
+    ce = {k: float(sums[f"nll_{k}"][index].sum() / sums["n_pred"][index].sum()) for k in ("clean", "spliced", "zero", "mean")}
     freqs = feature_density(fs)
     gate = sums["l0_gate"][index].sum() / (sums["n_site"][index].sum())  # counted per row in _windows
     return {"l0": l0(fs), "l0_gate": float(gate), "nmse": nmse(xs, xhs), "explained_variance": explained_variance(xs, xhs),
             "relative_reconstruction_bias": relative_reconstruction_bias(xs, xhs),
             "relative_reconstruction_bias_centred": relative_reconstruction_bias_centred(xs, xhs),
             "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"],
+            "ce_mean_ablation": ce["mean"], "loss_recovered_mean_ablation": loss_recovered(ce["clean"], ce["mean"], ce["zero"]),
             "delta_loss": ce["spliced"] - ce["clean"],
             "loss_recovered": loss_recovered(ce["clean"], ce["spliced"], ce["zero"]),
             "kl_div": float(sums["kl"][index].sum() / sums["n_pred"][index].sum()),
@@ -190,6 +191,7 @@ def test_window_metrics_on_hand_data():
     one = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
     sums = {"n_pred": one(1.0).repeat(2), "nll_clean": t([1.0, 1.0]).double(),
             "nll_spliced": t([2.0, 3.0]).double(), "nll_zero": t([5.0, 7.0]).double(),
+            "nll_mean": t([4.0, 6.0]).double(),
             "kl": t([0.5, 0.25]).double(), "n_site": t([1.0, 1.0]).double(), "l0": t([1.0, 2.0]).double(),
             "l0_gate": t([2.0, 2.0]).double(),
             "sq_err": t([0.25, 0.25]).double(), "x_sq": t([4.0, 16.0]).double(),
@@ -207,6 +209,8 @@ def test_window_metrics_on_hand_data():
     assert r["relative_reconstruction_bias_centred"] == pytest.approx(0.5)
     # CE: clean 1, spliced 2.5, zero 6 → (6 - 2.5) / (6 - 1) = 0.7; KL 0.375 per prediction
     assert r["loss_recovered"] == pytest.approx(0.7)
+    # the site at its mean: CE 5 → (6 - 5) / (6 - 1) = 0.2
+    assert r["ce_mean_ablation"] == pytest.approx(5.0) and r["loss_recovered_mean_ablation"] == pytest.approx(0.2)
     assert r["kl_div"] == pytest.approx(0.375)
 
 

@@ -93,7 +93,7 @@ N_WIN = len(M)
 def window_sums(l0: float, lr: float, m=M, q=Q) -> dict:
     n = len(m)
     full = lambda v: torch.full((n,), float(v), dtype=torch.float64)  # noqa: E731
-    return {"n_pred": full(100), "n_site": full(100), "nll_clean": full(300), "nll_zero": full(500),
+    return {"n_pred": full(100), "n_site": full(100), "nll_clean": full(300), "nll_zero": full(500), "nll_mean": full(400),
             "nll_spliced": torch.tensor([100 * (3 + 2 * (1 - lr * mw)) for mw in m], dtype=torch.float64),
             "kl": full(100 * (1 - lr)), "l0": torch.tensor([100 * l0 * qw for qw in q], dtype=torch.float64),
             "l0_gate": torch.tensor([110 * l0 * qw for qw in q], dtype=torch.float64),
@@ -247,12 +247,14 @@ def make_eval(root: Path, name: str, arch: str, l1: float, l0: float, lr: float,
     if harvest_tokens is not None:
         config["harvest"] = {"n_tokens": harvest_tokens}
     m = {"l0": l0, "loss_recovered": lr, "ce_clean": 3.0, "ce_spliced": 3.0 + (1 - lr) * 2,
-         "ce_zero_ablation": 5.0, "delta_loss": (1 - lr) * 2, "kl_div": (1 - lr), "relative_reconstruction_bias": gamma,
+         "ce_zero_ablation": 5.0, "ce_mean_ablation": 4.0, "loss_recovered_mean_ablation": 0.5,
+         "delta_loss": (1 - lr) * 2, "kl_div": (1 - lr), "relative_reconstruction_bias": gamma,
          "relative_reconstruction_bias_centred": gamma + 0.01, "nmse": 0.1, "explained_variance": 0.9,
          "frac_dead": 0.01, "frac_dense": 0.0, "frac_passthrough": 0.002, "n_tokens": 16384,
          "config": config, "sae": {"path": f"/x/{name}", "architecture": arch, "l1_coefficient": l1}}
     if ci:
         m["ci"] = {"l0": [l0 * 0.9, l0 * 1.1], "loss_recovered": [lr - 0.01, lr + 0.01],
+                   "loss_recovered_mean_ablation": [0.49, 0.51],
                    "relative_reconstruction_bias": [gamma - 0.02, gamma + 0.03],
                    "relative_reconstruction_bias_centred": [gamma - 0.01, gamma + 0.04], "frac_dead": [0.005, 0.02],
                    "frac_passthrough": [0.002, 0.002]}  # pass-through: the same in every resample
@@ -296,6 +298,8 @@ def test_run_report_writes_csv_plots_and_markdown(tmp_path, capsys):
     assert "gated / relu" in md and "**0.500**" in md
     assert "| γ centred |" in md and "| pass-through |" in md
     assert "| 10 [9, 11] | – | 0.8 [0.79, 0.81] |" in md  # L0, no L0 gate (not recorded), loss recovered
+    # the site's reference: what the constant mean activation recovers (ce 4 against clean 3)
+    assert "| reference: mean activation (x̂ = b_dec alone) | – | – | 0 | – | 0.5 [0.49, 0.51] | 1 | – |" in md
     assert "| 0.01 | 0 | 0.002 | `gated0` |" in md  # dead: no interval (NO_BOOTSTRAP); a one-point interval is not shown
     # no per_window.safetensors: a point estimate, and why there is no interval
     assert "no interval: 9 of 9 evaluations have no usable per-window sums" in md and "gsae eval --force" in md
