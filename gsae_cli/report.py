@@ -39,8 +39,12 @@ METRIC_KEYS = ["l0", "l0_gate", "loss_recovered", "delta_loss", "kl_div", "relat
                "loss_recovered_mean_ablation"]
 # Each metric with its 95 % interval from metrics.json "ci" (blank where an eval recorded none).
 # diverged_at_step: the training step at which the SAE's training diverged (gsae_cli/divergence.py), else empty
+# d_sae and mean_density = l0 / d_sae: above DENSE_CODE a point is not a sparse code (below)
 COLUMNS = (ID_COLUMNS + [c for k in METRIC_KEYS for c in (k, f"{k}_lo", f"{k}_hi")]
-           + ["diverged_at_step", "eval_set", "eval_path"])
+           + ["d_sae", "mean_density", "diverged_at_step", "eval_set", "eval_path"])
+# An SAE whose features fire on more than this fraction of tokens on average is not a sparse
+# code: marked ‡ in tables and plots, and left out of the "sparse part" ratios (docs/method.md §4).
+DENSE_CODE = 0.10
 
 WINDOW_FILE = "per_window.safetensors"
 
@@ -48,6 +52,8 @@ WINDOW_FILE = "per_window.safetensors"
 ALIASES = {"model": "model", "model.name": "model", "sae": "architecture", "sae.name": "architecture",
            "arch": "architecture", "l1": "l1_coefficient", "sae.l1_coefficient": "l1_coefficient",
            "tokens": "train_tokens", "train.n_tokens": "train_tokens", "hook": "hook"}
+
+WIDTH_KEY = "sae.expansion_factor"
 
 # Config keys that change speed, logging, intervals or where files go, never what an SAE or a
 # measurement is; the coefficient is what varies *along* a series. Differences elsewhere split series.
@@ -63,8 +69,10 @@ _GATED_ONLY = {f"sae.{k}" for k in GATED_ONLY_KEYS}
 # The eval set (the held-out windows: corpus and its version, split, site) also splits only where
 # one architecture has several, so SAEs measured on other text never share a frontier; then only
 # series on the same eval set compare. Architectures each on one, different eval set still
-# compare, bootstrapped unpaired, and the report says so.
-_ARCH_SCOPED = {"lr", "eval_set"}
+# compare, bootstrapped unpaired, and the report says so. The width splits series within an
+# architecture too, and never stops a comparison: the paper's is at equal compute, its baselines
+# 1.5x as wide as the Gated SAE (§4.1), beside which gsae also shows equal widths.
+_ARCH_SCOPED = {"lr", "eval_set", WIDTH_KEY}
 
 # Fixed colours so an architecture looks the same in every plot; the paper's comparison first.
 ARCH_ORDER = ["gated", "rescale_shift", "relu"]
@@ -439,6 +447,7 @@ def _load(directory: Path) -> Result:
         "train_tokens": config.get("train", {}).get("n_tokens"),
         **{k: _num(metrics.get(k)) for k in METRIC_KEYS},
         **{f"{k}_{end}": (ci[k][i] if k in ci else None) for k in METRIC_KEYS for i, end in enumerate(("lo", "hi"))},
+        "d_sae": (d_sae := _num(sae.get("d_sae"))),
         # (evaluations made before the eval recorded it: judged from the training log, if still there)
         "diverged_at_step": (div := divergence_of_sae(sae.get("path"), sae)) and div["step"],
         "eval_set": _eval_set(directory),
@@ -452,7 +461,13 @@ def _load(directory: Path) -> Result:
         keys["lr"] = flat["train.lr"] if flat.get("train.lr") is not None else flat.get("sae.lr")
     if row["eval_set"] is not None:  # the config alone does not show the default corpus's version
         keys["eval_set"] = row["eval_set"]
+    row["mean_density"] = row["l0"] / d_sae if d_sae and row["l0"] is not None else None
     return Result(row, config, flat, keys, ci)
+
+
+def is_dense(r: Result) -> bool:
+    """Not a sparse code: its features fire on more than DENSE_CODE of the tokens on average."""
+    return r.row.get("mean_density") is not None and r.row["mean_density"] > DENSE_CODE
 
 
 def collect(paths: Sequence[str | Path], out_dir: Path) -> tuple[list[Result], str]:
@@ -593,9 +608,26 @@ def group_series(results: list[Result]) -> dict[tuple[str, str], list[Series]]:
 def _comparable(a: Series, b: Series) -> bool:
     """Same value for every distinguishing key both have: gated(tie_weights=false) still
     compares with relu, which has no such switch; a 4M-token series does not with a 2M one.
-    The learning rate never blocks a comparison; the eval set blocks one only where it splits series."""
+    The learning rate and the width never block a comparison; the eval set blocks one only where
+    it splits series."""
     ea, eb = dict(a.extras), dict(b.extras)
-    return all(repr(ea[k]) == repr(eb[k]) for k in (ea.keys() & eb.keys()) - {"lr"})
+    return all(repr(ea[k]) == repr(eb[k]) for k in (ea.keys() & eb.keys()) - {"lr", WIDTH_KEY})
+
+
+def _width(s: Series) -> Optional[float]:
+    return next((_num(r.series_keys.get(WIDTH_KEY)) for r in s.results if WIDTH_KEY in r.series_keys), None)
+
+
+def compute_footing(a: Series, b: Series) -> str:
+    """How the pair's widths compare: "equal width", "equal compute" (the paper's §4.1: a gated
+    `a` against a baseline `b` with 1.5x its features, which costs about the same to train), or
+    "other widths"."""
+    wa, wb = _width(a), _width(b)
+    if wa is None or wb is None or wa == wb:
+        return "equal width"
+    if a.architecture == "gated" and b.architecture != "gated" and math.isclose(wb, 1.5 * wa):
+        return "equal compute"
+    return "other widths"
 
 
 def _window_data(result: Result, cache: dict) -> WindowData:
@@ -647,6 +679,10 @@ def ratio_with_interval(a: Series, b: Series, n_samples: int, seed: int, cache: 
     return out
 
 
+def _sparse_part(s: Series) -> Series:
+    return Series(s.model, s.hook, s.architecture, s.extras, [r for r in s.results if not is_dense(r)])
+
+
 def pairwise_ratios(sites: dict[tuple[str, str], list[Series]], n_samples: int = 0, seed: int = 0) -> list[dict]:
     """Matched-L0 ratios (with bootstrap intervals when n_samples > 0) for every pair of series at
     one site that differ only in architecture, ordered so the paper's comparison reads gated / relu."""
@@ -658,8 +694,15 @@ def pairwise_ratios(sites: dict[tuple[str, str], list[Series]], n_samples: int =
                 continue
             if _arch_rank(b.architecture) < _arch_rank(a.architecture):
                 a, b = b, a
-            out.append({"model": model, "hook": hook, "a": a.label, "b": b.label,
-                        "_series": (a, b), **ratio_with_interval(a, b, n_samples, seed, cache)})
+            entry = {"model": model, "hook": hook, "a": a.label, "b": b.label, "footing": compute_footing(a, b),
+                     "widths": [_width(a), _width(b)], "_series": (a, b),
+                     **ratio_with_interval(a, b, n_samples, seed, cache), "sparse": None}
+            dense = sum(is_dense(r) for r in a.results + b.results)
+            if dense:  # the same ratio over the sparse codes alone
+                part = ratio_with_interval(_sparse_part(a), _sparse_part(b), n_samples, seed, cache)
+                entry["sparse"] = {k: part[k] for k in ("geomean", "interval", "overlap", "reason", "interval_reason")}
+                entry["sparse"]["n_dense_left_out"] = dense
+            out.append(entry)
     return out
 
 
@@ -871,10 +914,12 @@ class _Plotted:
     x_ci: Optional[tuple[float, float]]
     y_ci: Optional[tuple[float, float]]
     diverged: bool = False  # its training diverged (divergence.py): crossed out in the plots
+    dense: bool = False     # not a sparse code (is_dense): ringed in the plots
 
 
 def _plottable(s: Series, y_key: str) -> list[_Plotted]:
-    pts = [_Plotted(r.row["l0"], r.row[y_key], r.ci.get("l0"), r.ci.get(y_key), bool(r.row.get("diverged_at_step")))
+    pts = [_Plotted(r.row["l0"], r.row[y_key], r.ci.get("l0"), r.ci.get(y_key), bool(r.row.get("diverged_at_step")),
+                    is_dense(r))
            for r in s.results]
     pts = [p for p in pts if _finite((p.x, p.y)) and p.x > 0]  # log x: L0 must be positive
     return sorted(pts, key=lambda p: (p.x, p.y))
@@ -901,6 +946,14 @@ def _mark_diverged(ax, pts: Sequence[_Plotted]) -> None:
     if pts:
         ax.plot([p.x for p in pts], [p.y for p in pts], linestyle="none", marker="x", color="red",
                 markersize=12, markeredgewidth=2, zorder=5, label="† training diverged")
+
+
+def _mark_dense(ax, pts: Sequence[_Plotted]) -> None:
+    """Ring the points that are not a sparse code, as ‡ marks them in the table."""
+    if pts:
+        ax.plot([p.x for p in pts], [p.y for p in pts], linestyle="none", marker="o", markersize=15,
+                markerfacecolor="none", markeredgecolor="0.4", markeredgewidth=1.2, zorder=4,
+                label=f"‡ mean feature density > {DENSE_CODE:.0%}: not a sparse code")
 
 
 def _figure(n_panels: int):
@@ -945,7 +998,8 @@ def _ratio_short(r: dict) -> str:
         return f"{r['a']} / {r['b']}: no overlap"
     ci = f" [{r['interval'][0]:.2f}, {r['interval'][1]:.2f}]" if r["interval"] else ""
     unpaired = " (unpaired)" if r["interval"] and not r["paired"] else ""
-    return f"{r['a']} / {r['b']}: {r['geomean']:.2f}{ci}{unpaired}"
+    footing = "" if r.get("footing", "equal width") == "equal width" else f" ({r['footing']})"
+    return f"{r['a']} / {r['b']}{footing}: {r['geomean']:.2f}{ci}{unpaired}"
 
 
 def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios: Sequence[dict] = ()) -> None:
@@ -958,11 +1012,13 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
         styles = _styles_but_replicas(series, replicas)
         legended: set = set()
         diverged: list[_Plotted] = []
+        dense: list[_Plotted] = []
         for i, s in enumerate(series):
             pts = _plottable(s, "loss_recovered")
             if not pts:
                 continue
             diverged += [p for p in pts if p.diverged]
+            dense += [p for p in pts if p.dense]
             if id(s) in replicas:
                 _plot_replica(ax, s, pts, styles[replicas[id(s)]], legended)
                 continue
@@ -978,6 +1034,7 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
                         alpha=0.3, markersize=7)
                 _error_bars(ax, off, colour, x=True, alpha=0.3)
         _mark_diverged(ax, diverged)
+        _mark_dense(ax, dense)
         _mark_reference(ax, [r.row["loss_recovered_mean_ablation"] for _, r in mean_ablation_references(series)])
         others = {s.label for s in series if id(s) in replicas}  # their ratios are in the seed table
         site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)
@@ -1134,6 +1191,25 @@ def _reference_cells(eval_set: str, r: Result, several: bool) -> list[str]:
     return [label, "–", "–"] + [cells.get(key, "–") for _, key, _ in TABLE]
 
 
+def _sparse_lines(sp: dict) -> list[str]:
+    head = f"  Over the sparse part alone ({sp['n_dense_left_out']} ‡ point(s) left out): "
+    if sp["geomean"] is None:
+        return [head + f"no ratio ({sp['reason']}).", ""]
+    lo, hi = sp["overlap"]
+    ci = (f", 95 % CI **{sp['interval'][0]:.3f}–{sp['interval'][1]:.3f}**" if sp["interval"]
+          else f"; no interval: {sp['interval_reason']}")
+    return [head + f"**{sp['geomean']:.3f}** over loss recovered {lo:.3f}–{hi:.3f}{ci}.", ""]
+
+
+def _footing_words(r: dict) -> str:
+    wa, wb = r.get("widths") or (None, None)
+    if r.get("footing") == "equal compute":
+        return f"equal compute ({r['b'].split(',')[0]} {wb:g}x, 1.5x the gated {wa:g}x: the paper's footing)"
+    if r.get("footing") == "other widths":
+        return f"widths {wa:g}x / {wb:g}x"
+    return "equal width" + (f" ({wa:g}x)" if wa is not None else "")
+
+
 def _resampling(r: dict) -> str:
     """How the interval was made, in words."""
     windows = "/".join(str(n) for n in r["n_windows"])
@@ -1214,13 +1290,16 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
     head = ["series", "λ", "train tokens"] + [h for h, *_ in TABLE] + ["eval"]
     for (model, hook), series in sites.items():
         lines += [f"## {model} · {hook}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        marked = False
+        marked = dense_marked = False
         for s in series:  # already by architecture, then L0
             for r in s.results:
                 cells = _cells(s, r) + [f"`{Path(r.row['eval_path']).name}`"]
                 if r.row["diverged_at_step"]:
                     cells[1] += " †"
                     marked = True
+                if is_dense(r):
+                    cells[1] += " ‡"
+                    dense_marked = True
                 lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         refs = mean_ablation_references(series)
         for eval_set, r in refs:
@@ -1229,6 +1308,9 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
         lines.append("")
         if marked:
             lines += ["† training diverged (warning above): a measurement of a broken run.", ""]
+        if dense_marked:
+            lines += [f"‡ mean feature density (L0 / d_sae) above {DENSE_CODE:.0%}: not a sparse code; each ratio "
+                      "below is also given over the sparse part alone.", ""]
         site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)]
         lines += ["### L0 ratio at matched loss recovered", "",
                   "The paper's headline (docs/method.md §4, L0 ratio at matched loss recovered): how many active features one architecture needs, relative to "
@@ -1245,8 +1327,9 @@ def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], wh
             lo, hi = r["overlap"]
             ci = (f", 95 % CI **{r['interval'][0]:.3f}–{r['interval'][1]:.3f}**: {_resampling(r)}."
                   if r["interval"] else f"; no interval: {r['interval_reason']}.")
-            lines += [f"- **{r['a']} / {r['b']}**: **{r['geomean']:.3f}** (geometric mean over loss recovered "
-                      f"{lo:.3f}–{hi:.3f}){ci}", "",
+            lines += [f"- **{r['a']} / {r['b']}**, {_footing_words(r)}: **{r['geomean']:.3f}** (geometric mean over "
+                      f"loss recovered {lo:.3f}–{hi:.3f}){ci}", "",
+                      *(_sparse_lines(r["sparse"]) if r.get("sparse") else []),
                       "  | loss recovered | L0 " + r["a"] + " | L0 " + r["b"] + " | ratio |", "  |---|---|---|---|"]
             for t, la, lb, q in zip(r["targets"], r["l0_a"], r["l0_b"], r["ratios"]):
                 lines.append(f"  | {t:.3f} | {la:.1f} | {lb:.1f} | {q:.3f} |")

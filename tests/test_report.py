@@ -230,13 +230,13 @@ def make_eval(root: Path, name: str, arch: str, l1: float, l0: float, lr: float,
               model: str = "smollm2-135m", train_tokens: int = 2_000_000, complete: bool = True,
               hook: str = HOOK, windows: bool = False, eval_set: str = "evset", ci: bool = True,
               sae_lr: float | None = None, window_l0: float | None = None, seed: int | None = None,
-              harvest_tokens: int | None = None) -> Path:
+              harvest_tokens: int | None = None, width: int = 4, d_sae: int | None = None) -> Path:
     """An eval artifact; with `windows`, per_window.safetensors from window_sums(l0, lr) (or
     window_l0 in place of l0: sums from some other run)."""
     d = root / "eval" / name
     d.mkdir(parents=True)
     config = {"model": {"name": model, "source": "gguf"}, "hook": hook,
-              "sae": {"name": arch, "l1_coefficient": l1, "expansion_factor": 4, "path": None,
+              "sae": {"name": arch, "l1_coefficient": l1, "expansion_factor": width, "path": None,
                       "lr": sae_lr if sae_lr is not None else (3e-4 if arch == "gated" else 1e-3),
                       "tie_weights": True, "r_mag": True, "aux_loss": True, "freeze_aux_decoder": True},
               "train": {"n_tokens": train_tokens, "batch_size": 4096, "log_every": 10, "lr": None},
@@ -251,7 +251,7 @@ def make_eval(root: Path, name: str, arch: str, l1: float, l0: float, lr: float,
          "delta_loss": (1 - lr) * 2, "kl_div": (1 - lr), "relative_reconstruction_bias": gamma,
          "relative_reconstruction_bias_centred": gamma + 0.01, "nmse": 0.1, "explained_variance": 0.9,
          "frac_dead": 0.01, "frac_dense": 0.0, "frac_passthrough": 0.002, "n_tokens": 16384,
-         "config": config, "sae": {"path": f"/x/{name}", "architecture": arch, "l1_coefficient": l1}}
+         "config": config, "sae": {"path": f"/x/{name}", "architecture": arch, "l1_coefficient": l1, "d_sae": d_sae}}
     if ci:
         m["ci"] = {"l0": [l0 * 0.9, l0 * 1.1], "loss_recovered": [lr - 0.01, lr + 0.01],
                    "loss_recovered_mean_ablation": [0.49, 0.51],
@@ -635,6 +635,56 @@ def test_length_checks_beyond_a_doubling_and_across_stores(tmp_path, capsys):
     assert "| gated / relu | 4M → 6M (1.50x), stores of 4M and 6M rows | 0.800–0.960 | 0.500 [" in md
     assert "4M → 6M tokens (1.50x), at loss recovered 0.800–0.960: ratio 0.500 → 0.250 (change 0.500" in (
         capsys.readouterr().err)
+
+
+def test_equal_width_and_equal_compute_ratios_side_by_side(tmp_path):
+    # relu at 4x (RELU_FRONT) and at 6x (0.8 of its L0 everywhere); gated at 4x, half relu-4x's.
+    # Both ratios are computed and say which footing they are on; relu 4x / 6x is not a ratio.
+    root = tmp_path / "outputs"
+    for i, (l0, lr) in enumerate(RELU_FRONT):
+        make_eval(root, f"relu{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True)
+        make_eval(root, f"relu6-{i}", "relu", 0.1 * (i + 1), 0.8 * l0, lr, 0.9, windows=True, width=6)
+        make_eval(root, f"gated{i}", "gated", 0.1 * (i + 1), l0 / 2, lr, 1.0, windows=True)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=20)
+    ratios = {(r["a"], r["b"]): r for r in json.loads((out / "ratios.json").read_text())}
+    assert set(ratios) == {("gated, sae.expansion_factor=4", "relu, sae.expansion_factor=4"),
+                           ("gated, sae.expansion_factor=4", "relu, sae.expansion_factor=6")}
+    same = ratios[("gated, sae.expansion_factor=4", "relu, sae.expansion_factor=4")]
+    compute = ratios[("gated, sae.expansion_factor=4", "relu, sae.expansion_factor=6")]
+    assert same["footing"] == "equal width" and same["geomean"] == pytest.approx(0.5)
+    assert compute["footing"] == "equal compute" and compute["widths"] == [4, 6]
+    assert compute["geomean"] == pytest.approx(0.625) and compute["interval"] == pytest.approx([0.625, 0.625])
+    md = (out / "results.md").read_text()
+    assert "- **gated, sae.expansion_factor=4 / relu, sae.expansion_factor=4**, equal width (4x): **0.500**" in md
+    assert ("- **gated, sae.expansion_factor=4 / relu, sae.expansion_factor=6**, equal compute (relu 6x, 1.5x the "
+            "gated 4x: the paper's footing): **0.625**") in md
+
+
+def test_points_that_are_not_a_sparse_code_are_marked_and_left_out_of_the_sparse_ratio(tmp_path):
+    # d_sae 1,000: relu's L0 160 is a mean density of 16 % (dense), every other point at most 8 %.
+    # Gated needs 1/2 of relu's L0 up to loss recovered 0.93 and 1/3 at 0.96, so the ratio over
+    # every point (0.80-0.96) is below the sparse part's (0.80-0.93, where it is 0.5 exactly).
+    root = tmp_path / "outputs"
+    for i, (l0, lr) in enumerate(RELU_FRONT):
+        make_eval(root, f"relu{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True, d_sae=1000)
+        make_eval(root, f"gated{i}", "gated", 0.1 * (i + 1), l0 / (3 if i == 3 else 2), lr, 1.0, windows=True,
+                  d_sae=1000)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=20)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted(float(r["mean_density"]) for r in rows if r["architecture"] == "relu") == pytest.approx(
+        [0.02, 0.04, 0.08, 0.16])
+    (r,) = json.loads((out / "ratios.json").read_text())
+    assert r["geomean"] < 0.49 and r["overlap"] == pytest.approx([0.80, 0.96])
+    sp = r["sparse"]
+    assert sp["n_dense_left_out"] == 1 and sp["overlap"] == pytest.approx([0.80, 0.93])
+    assert sp["geomean"] == pytest.approx(0.5) and sp["interval"] == pytest.approx([0.5, 0.5])
+    md = (out / "results.md").read_text()
+    assert "| relu | 0.4 ‡ |" in md and md.count(" ‡ |") == 1
+    assert "‡ mean feature density (L0 / d_sae) above 10%: not a sparse code" in md
+    assert "Over the sparse part alone (1 ‡ point(s) left out): **0.500** over loss recovered 0.800–0.930" in md
+    from gsae_cli.report import _plottable
+    relu = [s for s in group_series(collect([], root)[0])[("smollm2-135m", HOOK)] if s.architecture == "relu"][0]
+    assert [p.dense for p in _plottable(relu, "loss_recovered")] == [False, False, False, True]
 
 
 def test_keys_that_change_no_result_never_split_a_series(tmp_path):
