@@ -173,6 +173,7 @@ def report(args: Optional[List[str]] = typer.Argument(
                     "them (default: OUT_DIR/eval); write ./NAME for a path containing '='."),
            report_dir: str = typer.Option("report", "--report-dir", help="Where to write results.csv, ratios.json, convergence.json, seeds.json, plots, table."),
            where: Optional[List[str]] = typer.Option(None, "--where", help="Keep rows whose config matches key=value (repeatable), e.g. --where model=smollm2-135m"),
+           evidence: Optional[str] = typer.Option(None, "--evidence", help="Also write the kept evaluations' evidence (metrics and per-window sums, kilobytes each) to this folder and make the report from it: `gsae report FOLDER` then rebuilds it byte for byte anywhere."),
            ratings: Optional[List[str]] = typer.Option(None, "--ratings", help="Ratings files from a `gsae inspect study` rating page (repeatable): unblind them and report the study's statistics instead."),
            legacy_out_dir: Optional[str] = typer.Option(None, "--out-dir", hidden=True,
                                                         help="Deprecated: out_dir=DIR.")) -> None:
@@ -188,7 +189,8 @@ def report(args: Optional[List[str]] = typer.Argument(
             return
         from gsae_cli.report import report_command
 
-        out = report_command(args or [], Path(report_dir), where or [], legacy_out_dir=legacy_out_dir)
+        out = report_command(args or [], Path(report_dir), where or [], legacy_out_dir=legacy_out_dir,
+                             evidence=Path(evidence) if evidence else None)
         typer.echo(str(out))
     except BaseException as err:  # noqa: BLE001
         if isinstance(err, SystemExit):

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -884,12 +885,14 @@ def _sort_key(r: Result) -> tuple:
             r.row["l0"] or 0.0)
 
 
-def _csv_text(results: list[Result]) -> str:
+def _csv_text(results: list[Result], report_dir: Path) -> str:
+    """results.csv; eval_path relative to the report folder, so that no machine's layout is in it."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for r in sorted(results, key=_sort_key):
-        writer.writerow({k: ("" if r.row[k] is None else r.row[k]) for k in COLUMNS})
+        row = r.row | {"eval_path": os.path.relpath(Path(r.row["eval_path"]).resolve(), Path(report_dir).resolve())}
+        writer.writerow({k: ("" if row[k] is None else row[k]) for k in COLUMNS})
     return buf.getvalue()
 
 
@@ -1267,10 +1270,14 @@ def _check_line(c: dict) -> str:
             + (f" ({c['verdict_reason']})" if c["verdict_reason"] else ""))
 
 
-def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], where: str, filters: Sequence[str],
+def _filtered(filters: Sequence[str]) -> str:
+    return f", filtered by {', '.join(f'`{w}`' for w in filters)}" if filters else ""
+
+
+def _markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], source: str,
               checks: Sequence[dict] = (), spreads: Sequence[dict] = ()) -> str:
     lines = ["# gsae report", "",
-             f"Evaluations collected from {where}" + (f", filtered by {', '.join(f'`{w}`' for w in filters)}" if filters else "") + ".",
+             source + ".",
              "L0: mean non-zero features per site token (‖f‖₀, the paper's); L0 gate: mean open gates, the support "
              "the architecture decides (equal to L0 for relu; blank for evaluations made before gsae recorded it). "
              "Loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean). "
@@ -1440,7 +1447,11 @@ def _ratios_json(ratios: list[dict]) -> str:
 
 
 def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, where: Sequence[str],
-               bootstrap_samples: int = 1000, bootstrap_seed: int = 0, equivalence_margin: float = 0.05) -> Path:
+               bootstrap_samples: int = 1000, bootstrap_seed: int = 0, equivalence_margin: float = 0.05,
+               evidence: Optional[Path] = None) -> Path:
+    """Collect, filter, compare and write the report (see the module docstring). With `evidence`,
+    the kept evaluations' evidence is written there first (gsae_cli/evidence.py) and the report is
+    made from it, so that `gsae report EVIDENCE` rebuilds the same files byte for byte."""
     results, looked = collect(paths, out_dir)
     if not results:
         raise ConfigError(
@@ -1456,6 +1467,15 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
             f"{len(results)} evaluation result(s) were found under {looked}, but none matches "
             f"{' and '.join(f'--where {w}' for w in where)}. Present: "
             + "; ".join(f"{k}: {', '.join(v)}" for k, v in present.items()) + ".")
+    from gsae_cli.evidence import export_evidence, provenance
+
+    source = f"Evaluations collected from {looked}" + _filtered(where)
+    if evidence is not None:
+        export_evidence([r.directory for r in kept], evidence, source)
+        kept, looked = collect([evidence], out_dir)
+        source += f"; their evidence is in {looked}"
+    elif (origin := provenance(paths)) is not None:  # a report made from evidence says where it came from
+        source = f"{origin}; their evidence is in {looked}" + _filtered(where)
     sites = group_series(kept)
     ratios = pairwise_ratios(sites, bootstrap_samples, bootstrap_seed)
     checks = length_checks(ratios, margin=equivalence_margin, n_samples=bootstrap_samples, seed=bootstrap_seed)
@@ -1464,11 +1484,11 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
 
     report_dir = Path(report_dir).expanduser()
     report_dir.mkdir(parents=True, exist_ok=True)
-    artifacts.atomic_write_text(report_dir / "results.csv", _csv_text(kept))
+    artifacts.atomic_write_text(report_dir / "results.csv", _csv_text(kept, report_dir))
     artifacts.atomic_write_text(report_dir / "ratios.json", _ratios_json(ratios))
     plot_frontier(sites, report_dir / "frontier.png", ratios)
     plot_shrinkage(sites, report_dir / "shrinkage.png")
-    artifacts.atomic_write_text(report_dir / "results.md", _markdown(sites, ratios, looked, where, checks, spreads))
+    artifacts.atomic_write_text(report_dir / "results.md", _markdown(sites, ratios, source, checks, spreads))
     artifacts.atomic_write_text(report_dir / "convergence.json", _ratios_json(checks))
     artifacts.atomic_write_text(report_dir / "seeds.json", _ratios_json(spreads))
     print_table(sites)
@@ -1489,7 +1509,7 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
 
 
 def report_command(args: Sequence[str], report_dir: Path, where: Sequence[str],
-                   legacy_out_dir: Optional[str] = None) -> Path:
+                   legacy_out_dir: Optional[str] = None, evidence: Optional[Path] = None) -> Path:
     """`gsae report ARGS`: `key=value` arguments are config overrides composed like every stage's
     (out_dir=, eval.bootstrap_samples / eval.bootstrap_seed for the ratio's interval, and
     report.equivalence_margin for the convergence verdict); any
@@ -1503,7 +1523,7 @@ def report_command(args: Sequence[str], report_dir: Path, where: Sequence[str],
                         hint="; to keep some rows only, use --where KEY=VALUE")
     return run_report(paths, Path(cfg.out_dir), report_dir, where,
                       bootstrap_samples=int(cfg.eval.bootstrap_samples), bootstrap_seed=int(cfg.eval.bootstrap_seed),
-                      equivalence_margin=float(cfg.report.equivalence_margin))
+                      equivalence_margin=float(cfg.report.equivalence_margin), evidence=evidence)
 
 
 def ratings_command(args: Sequence[str], report_dir: Path, ratings: Sequence[Path]) -> Path:

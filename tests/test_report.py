@@ -815,3 +815,55 @@ def test_eval_set_from_summary_when_the_per_window_file_is_missing(tmp_path):
     assert collect([], root)[0][0].row["eval_set"] is None
     (d / "summary.json").write_text(json.dumps({"eval_set": {"hash": "abc123", "path": None}}))
     assert collect([], root)[0][0].row["eval_set"] == "abc123"
+
+
+def test_evidence_rebuilds_the_report_byte_for_byte(tmp_path, monkeypatch):
+    """--evidence writes each kept evaluation's metrics and per-window scalar sums, makes the
+    report from them, and `gsae report EVIDENCE` anywhere gives the same files, byte for byte;
+    no absolute path of the machine that made them is left in the report."""
+    import shutil
+
+    from safetensors import safe_open
+
+    root = tmp_path / "machine" / "outputs"
+    for t, share in ((2_000_000, 2), (4_000_000, 2.2)):
+        for i, (l0, lr) in enumerate(RELU_FRONT):
+            make_eval(root, f"relu{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True)
+            make_eval(root, f"gated{t}-{i}", "gated", 0.1 * (i + 1), l0 / share, lr, 1.0, train_tokens=t,
+                      windows=True)
+    make_eval(root, "other-model", "relu", 0.1, 20, 0.8, 0.9, model="gpt2", windows=True)
+    repo = tmp_path / "repo"
+    (repo / "docs").mkdir(parents=True)
+    monkeypatch.chdir(repo)
+    run_report([], root, Path("docs/study"), ["model=smollm2-135m"], bootstrap_samples=50,
+               evidence=Path("docs/study/evidence"))
+    ev = sorted(p.name for p in Path("docs/study/evidence").iterdir() if p.is_dir())
+    assert ev == sorted(f"{a}{t}-{i}" for a in ("relu", "gated") for t in (2_000_000, 4_000_000) for i in range(4))
+    with safe_open("docs/study/evidence/relu2000000-0/per_window.safetensors", framework="pt") as fh:
+        assert set(fh.keys()) == set(metrics.WINDOW_SCALARS)  # no [n_windows, d_model] sums
+    made = {p.name: p.read_bytes() for p in Path("docs/study").iterdir() if p.is_file()}
+    assert set(made) == {"results.csv", "results.md", "ratios.json", "convergence.json", "seeds.json",
+                         "frontier.png", "shrinkage.png"}
+    # no path of the machine, but the one the header names as the evaluations' source
+    assert all(str(tmp_path) not in made[n].decode() for n in made if not n.endswith((".png", ".md")))
+    assert "evidence/relu2000000-0" in made["results.csv"].decode()
+    assert (f"Evaluations collected from {root / 'eval'}, filtered by `model=smollm2-135m`; their evidence is in "
+            "docs/study/evidence.") in made["results.md"].decode()
+    # the repository cloned elsewhere, the machine's outputs gone: the same files
+    shutil.rmtree(root)
+    clone = tmp_path / "clone"
+    shutil.copytree(repo / "docs" / "study" / "evidence", clone / "docs" / "study" / "evidence")
+    monkeypatch.chdir(clone)
+    run_report(["docs/study/evidence"], Path("nowhere"), Path("docs/study"), [], bootstrap_samples=50)
+    for name, data in made.items():
+        assert (clone / "docs" / "study" / name).read_bytes() == data, name
+
+
+def test_evidence_goes_to_a_folder_of_its_own(tmp_path):
+    root = tmp_path / "outputs"
+    make_sweep(root, windows=True)
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="notes.txt, which is not evidence"):
+        run_report([], root, tmp_path / "r", [], bootstrap_samples=0, evidence=tmp_path / "ev")
+    assert (tmp_path / "ev" / "notes.txt").read_text() == "mine"

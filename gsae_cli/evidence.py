@@ -1,0 +1,88 @@
+"""Evidence: the small files every number of a report is computed from, kept where a report
+can be rebuilt from them on any machine (docs/results/*/evidence in the repository).
+
+One folder per evaluation, named as its eval artifact: `metrics.json` (every metric, its
+interval, the resolved config and which SAE), `per_window.safetensors` with the per-window
+scalar sums only (metrics.WINDOW_SCALARS: what the report's paired bootstrap needs; the
+[n_windows, d_model] vector sums are left out, so an evaluation is tens of kilobytes), and the
+completion marker. What the report would otherwise look up on the machine that made it is
+frozen into metrics.json: whether the SAE's training diverged. The SAE's own path is cut to its
+folder name. `gsae report EVIDENCE --report-dir DIR` rebuilds the report byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+from gsae_cli import artifacts
+from gsae_cli.divergence import divergence_of_sae
+from gsae_cli.errors import ArtifactError, ConfigError
+
+WINDOW_FILE = "per_window.safetensors"
+SOURCE_FILE = "collected.json"  # where the evaluations came from, and the filters that kept them
+
+
+def provenance(paths: Sequence[str | Path]) -> Optional[str]:
+    """"Evaluations collected from ..., filtered by ..." as recorded when the one folder in
+    `paths` was exported as evidence, else None."""
+    if len(paths) != 1 or not (Path(paths[0]) / SOURCE_FILE).is_file():
+        return None
+    return str(artifacts.read_json(Path(paths[0]) / SOURCE_FILE).get("source"))
+
+
+def export_evidence(eval_dirs: Sequence[Path], dest: Path, source: str) -> list[Path]:
+    """Write the evidence of each evaluation folder into `dest`/<its name>, and `source` (where
+    they were collected from, in words) beside them; returns the folders written. `dest` must be
+    empty or hold only evidence: what is there is replaced, so the folder holds exactly this
+    report's evaluations."""
+    dest = Path(dest)
+    if dest.exists():
+        strays = [p for p in dest.iterdir() if p.name != SOURCE_FILE and not (p / "metrics.json").exists()]
+        if strays:
+            raise ConfigError(f"--evidence {dest} holds {strays[0].name}, which is not evidence of an evaluation; "
+                              "give an empty or new folder (the evidence folder is rewritten whole).")
+    names = [Path(d).name for d in eval_dirs]
+    if len(set(names)) != len(names):
+        raise ConfigError("two evaluations share a folder name; export the evidence of each outputs folder "
+                          "to its own --evidence folder.")
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.iterdir():
+        if old.is_dir() and old.name not in names:
+            artifacts.remove(old)
+    written = [_export_one(Path(d), dest / Path(d).name) for d in eval_dirs]
+    artifacts.write_json(dest / SOURCE_FILE, {"source": source})
+    return written
+
+
+def _export_one(src: Path, out: Path) -> Path:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from gsae_cli.metrics import WINDOW_SCALARS
+
+    metrics = artifacts.read_json(src / "metrics.json")
+    sae = dict(metrics.get("sae") or {})
+    sae["divergence"] = divergence_of_sae(sae.get("path"), sae)
+    if sae.get("path"):
+        sae["path"] = Path(sae["path"]).name
+    metrics["sae"] = sae
+    windows = src / WINDOW_FILE
+    tensors, meta = None, None
+    if windows.exists():
+        try:
+            with safe_open(str(windows), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                tensors = {k: fh.get_tensor(k).to(torch.float64).contiguous() for k in WINDOW_SCALARS if k in fh.keys()}
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a damaged file
+            raise ArtifactError(f"{windows} cannot be read ({e}); re-evaluate it with `gsae eval --force`.") from None
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts.atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    if tensors is not None:
+        artifacts.atomic_write_bytes(out / WINDOW_FILE, save(tensors, metadata=meta))
+    elif (out / WINDOW_FILE).exists():
+        (out / WINDOW_FILE).unlink()
+    artifacts.mark_complete(out)
+    return out
