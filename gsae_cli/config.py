@@ -107,9 +107,8 @@ class TrainConfig:
     batch_size: int = 4096
     lr: Optional[float] = None  # None: the architecture's sae.lr
     lr_warmup_steps: int = 100
-    # Linear LR decay to 0 over this last fraction of the run (0: constant, as in the paper). At
-    # the rates short runs need, the final iterate of a constant-LR run is noisy: two relu runs
-    # differing only in data order ended at eval L0 45 and 79 (README); the decay averages it out.
+    # Linear LR decay to 0 over this last fraction of the run (0: constant, as in the paper): at
+    # the rates short runs need, the last iterate of a constant-LR run is noisy (docs/method.md §5).
     lr_decay_fraction: float = 0.2
     l1_warmup_steps: int = 0
     adam_beta1: float = 0.0

@@ -47,7 +47,7 @@ MODEL=${MODEL:-smollm2-135m}
 # The residual stream mid-model; the attention output (taken before W_O, the heads' concatenated
 # outputs, as the paper does) and the MLP output at block 24: the block (of 2-27) whose two sublayers
 # both matter most to the loss (sweeps/site_scan.py). Zero-ablating block 12's attention output
-# costs only 0.04 nats of CE, too little for loss recovered to resolve SAEs (README, round 4).
+# costs only 0.04 nats of CE, too little for loss recovered to resolve SAEs (docs/results/round4.md).
 HOOKS=${HOOKS:-"blocks.12.hook_resid_pre blocks.24.attn.hook_z blocks.24.hook_mlp_out"}
 TRAIN_TOKENS=${TRAIN_TOKENS:-2000000}  # the convergence check doubles it: 4M rows, which the default corpus (v3) holds unrepeated
 HARVEST_TOKENS=${HARVEST_TOKENS:-$((2 * TRAIN_TOKENS))}
@@ -58,7 +58,7 @@ ARCHS=${ARCHS:-"relu gated rescale_shift"}
 # on SmolLM2-135M it spans loss recovered from about 0.8 to 0.99 for relu and gated at the residual
 # stream. A "hook:λ,λ,..." item gives one site its own list (it replaces the plain items there):
 # the block-24 MLP output is hard to reconstruct (relu at λ 0.02 recovers only 0.89 of its loss at
-# L0 508), so its list reaches lower (README, round 4).
+# L0 508), so its list reaches lower (docs/results/round4.md).
 given=" ${COEFFS+COEFFS} ${DOUBLE_COEFFS+DOUBLE_COEFFS} "  # (a default's items for sites not run are fine)
 COEFFS=${COEFFS-"0.02 0.04 0.08 0.16 0.32 blocks.24.hook_mlp_out:0.005,0.01,0.02,0.04,0.08,0.16"}
 # the mid-frontier λ the doubled-token check and the further seeds repeat (same syntax; "" runs

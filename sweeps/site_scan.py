@@ -1,5 +1,5 @@
 """How much each block's attention and MLP outputs matter to the loss: the rule that chose
-round 4's attention and MLP sites (README, "Round 4"; docs/method.md, "Choosing a site").
+round 4's attention and MLP sites (docs/results/round4.md; docs/method.md, "Choosing a site").
 
     .venv/bin/python sweeps/site_scan.py                       # blocks 2-27 of the default model
     .venv/bin/python sweeps/site_scan.py --blocks 1-2 --confirm-tokens 1016 --json scan.json \
