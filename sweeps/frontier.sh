@@ -53,6 +53,9 @@ TRAIN_TOKENS=${TRAIN_TOKENS:-2000000}  # the convergence check doubles it: 4M ro
 HARVEST_TOKENS=${HARVEST_TOKENS:-$((2 * TRAIN_TOKENS))}
 DOUBLE=${DOUBLE:-1}       # 1: also train every member on 2 x TRAIN_TOKENS (the convergence check)
 EVAL_TOKENS=${EVAL_TOKENS:-32512}   # 256 held-out windows of 128, the same for every SAE of a site
+# Architectures; an item "arch:key=value:key=value" is that architecture with overrides of its
+# own, a series of its own in the report: "relu:sae.expansion_factor=6" is the paper's
+# equal-compute baseline beside 4x gated, "gated:sae.tie_weights=false" one of its ablations.
 ARCHS=${ARCHS:-"relu gated rescale_shift"}
 # λ acts on activations normalised to E||x||^2 = 1, so one list roughly transfers across sites:
 # on SmolLM2-135M it spans loss recovered from about 0.8 to 0.99 for relu and gated at the residual
@@ -87,6 +90,12 @@ fi
 set -f  # no glob expansion of the lists below (COEFFS="*" is an error, not a file list)
 read -r -a hooks <<< "$HOOKS"
 read -r -a archs <<< "$ARCHS"
+for a in ${archs[@]+"${archs[@]}"}; do
+    if ! [[ "$a" =~ ^[a-z_]+(:[A-Za-z0-9_.]+=[^:=[:space:]]+)*$ ]]; then
+        echo "frontier.sh: ARCHS item '$a' is not arch or arch:key=value:... (e.g. ARCHS=\"gated relu relu:sae.expansion_factor=6\")" >&2
+        exit 2
+    fi
+done
 coeffs_of() {  # "list" hook -> the λ for that hook: its own "hook:λ,λ" item, else the plain items
     local item plain=()
     for item in $1; do
@@ -164,7 +173,7 @@ for hook in "${hooks[@]}"; do  # site by site, so a sweep stopped midway leaves 
         (( t != TRAIN_TOKENS )) && cs=(${double_coeffs[@]+"${double_coeffs[@]}"})
         for arch in "${archs[@]}"; do
             for c in ${cs[@]+"${cs[@]}"}; do
-                members+=("$hook $t $arch $c $(lr_of "$hook" "$arch") 0")
+                members+=("$hook $t $arch $c $(lr_of "$hook" "${arch%%:*}") 0")
             done
         done
     done
@@ -172,7 +181,7 @@ for hook in "${hooks[@]}"; do  # site by site, so a sweep stopped midway leaves 
         (( s == 0 )) && continue
         for arch in "${archs[@]}"; do
             for c in ${double_coeffs[@]+"${double_coeffs[@]}"}; do
-                members+=("$hook $TRAIN_TOKENS $arch $c $(lr_of "$hook" "$arch") $s")
+                members+=("$hook $TRAIN_TOKENS $arch $c $(lr_of "$hook" "${arch%%:*}") $s")
             done
         done
     done
@@ -191,12 +200,13 @@ case "${1:-}" in
     *) echo "frontier.sh: unknown argument '$1' (use --list, --count, or environment variables; see the header)" >&2; exit 2 ;;
 esac
 
-run_member() {  # hook tokens arch coeff lr ("-": the architecture's own) seed
-    local lr=()
+run_member() {  # hook tokens arch[:key=value...] coeff lr ("-": the architecture's own) seed
+    local lr=() own=()
     [[ "$5" != - ]] && lr=("train.lr=$5")
     [[ "$6" != 0 ]] && lr+=("train.seed=$6")
-    "$GSAE" eval "${common[@]}" "hook=$1" "train.n_tokens=$2" "sae=$3" "sae.l1_coefficient=$4" \
-        ${lr[@]+"${lr[@]}"} ${extra[@]+"${extra[@]}"}
+    [[ "$3" == *:* ]] && IFS=: read -r -a own <<< "${3#*:}"
+    "$GSAE" eval "${common[@]}" "hook=$1" "train.n_tokens=$2" "sae=${3%%:*}" "sae.l1_coefficient=$4" \
+        ${own[@]+"${own[@]}"} ${lr[@]+"${lr[@]}"} ${extra[@]+"${extra[@]}"}
 }
 
 harvest_all() {  # one forward pass fills every site's store
@@ -233,7 +243,7 @@ trap 'for j in $(jobs -p); do pkill -TERM -P "$j"; kill "$j"; done 2>/dev/null; 
 one_member() {  # index member: runs it, records "exit-code description" in $status_dir/index
     local hook t arch c lr seed start=$SECONDS rc
     read -r hook t arch c lr seed <<< "$2"
-    local what="hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c train.lr=$lr"
+    local what="hook=$hook train.n_tokens=$t sae=${arch//:/ } sae.l1_coefficient=$c train.lr=$lr"
     [[ "$seed" != 0 ]] && what+=" train.seed=$seed"
     echo "[$1/$n] $what" >&2
     GSAE_LOCAL_PROCS=$JOBS run_member "$hook" "$t" "$arch" "$c" "$lr" "$seed"

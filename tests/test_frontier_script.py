@@ -115,6 +115,22 @@ def test_default_members_site_by_site_and_seeds_normalised():
     assert [r[-1] for r in rows] == ["0"] * 5 + ["8"] * 3 + ["1"] * 3
 
 
+def test_architectures_with_overrides_of_their_own(tmp_path):
+    # the paper's equal-compute baseline and a gated ablation beside the plain architectures
+    proc, calls = frontier(tmp_path, ARCHS="gated relu relu:sae.expansion_factor=6 gated:sae.tie_weights=false:sae.r_mag=false",
+                           COEFFS="0.1", LRS="gated=3e-3")
+    assert proc.returncode == 0, proc.stderr
+    evals = [c.split() for c in calls if c.startswith("eval")]
+    assert [[w for w in e if w.startswith(("sae", "train.lr"))] for e in evals] == [
+        ["sae=gated", "sae.l1_coefficient=0.1", "train.lr=3e-3"],
+        ["sae=relu", "sae.l1_coefficient=0.1"],
+        ["sae=relu", "sae.l1_coefficient=0.1", "sae.expansion_factor=6"],
+        ["sae=gated", "sae.l1_coefficient=0.1", "sae.tie_weights=false", "sae.r_mag=false", "train.lr=3e-3"]]
+    (tmp_path / "bad").mkdir()
+    proc, calls = frontier(tmp_path / "bad", ARCHS="relu relu:expansion")
+    assert proc.returncode == 2 and "ARCHS item 'relu:expansion'" in proc.stderr and calls == []
+
+
 def test_learning_rates_per_architecture_and_per_site(tmp_path):
     def listed(**env):
         return subprocess.run([str(REPO / "sweeps" / "frontier.sh"), "--list"], capture_output=True, text=True,
