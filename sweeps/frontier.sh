@@ -15,9 +15,10 @@
 #   2. every (hook, architecture, λ) at TRAIN_TOKENS, then, with DOUBLE=1 (the default), the
 #      λ of DOUBLE_COEFFS again at 2 x TRAIN_TOKENS from the same store: the convergence check
 #      (does doubling the tokens move the L0 ratio beyond its interval?);
-#   3. the λ of DOUBLE_COEFFS at TRAIN_TOKENS again with each further training seed of
-#      SEEDS (train.seed: initialisation, which rows of the store a run reads, their order): the
-#      run-to-run spread of the ratio, which the eval-window intervals do not see;
+#   3. the λ of DOUBLE_COEFFS at TRAIN_TOKENS (and, with DOUBLE=1, at 2 x TRAIN_TOKENS) again with
+#      each further training seed of SEEDS (train.seed: initialisation, which rows of the store a
+#      run reads, their order): the run-to-run spread of the ratio at both lengths, which the
+#      eval-window intervals do not see;
 #   4. `gsae report` over everything.
 #
 # Safe to rerun: finished harvests, trainings and evaluations are reused, so a second run only
@@ -67,7 +68,7 @@ COEFFS=${COEFFS-"0.02 0.04 0.08 0.16 0.32 blocks.24.hook_mlp_out:0.005,0.01,0.02
 # the mid-frontier λ the doubled-token check and the further seeds repeat (same syntax; "" runs
 # neither)
 DOUBLE_COEFFS=${DOUBLE_COEFFS-"0.04 0.08 0.16 blocks.24.hook_mlp_out:0.01,0.02,0.04"}
-SEEDS=${SEEDS:-"0 1 2"}   # train.seed of the spread runs (DOUBLE_COEFFS at TRAIN_TOKENS); "0" turns them off
+SEEDS=${SEEDS:-"0 1 2"}   # train.seed of the spread runs (DOUBLE_COEFFS at both lengths); "0" turns them off
                           # (so EXTRA must not set train.seed)
 # Learning rates (train.lr): "arch=lr" for an architecture at every site, "hook:arch=lr" for one
 # site (it wins over arch=lr there); the others keep their sae.lr, which sweeps/lr_sweep.sh chose
@@ -177,11 +178,13 @@ for hook in "${hooks[@]}"; do  # site by site, so a sweep stopped midway leaves 
             done
         done
     done
-    for s in ${seeds[@]+"${seeds[@]}"}; do
+    for s in ${seeds[@]+"${seeds[@]}"}; do  # at both lengths: the seed spread is known at T and 2T
         (( s == 0 )) && continue
-        for arch in "${archs[@]}"; do
-            for c in ${double_coeffs[@]+"${double_coeffs[@]}"}; do
-                members+=("$hook $TRAIN_TOKENS $arch $c $(lr_of "$hook" "${arch%%:*}") $s")
+        for t in "${token_counts[@]}"; do
+            for arch in "${archs[@]}"; do
+                for c in ${double_coeffs[@]+"${double_coeffs[@]}"}; do
+                    members+=("$hook $t $arch $c $(lr_of "$hook" "${arch%%:*}") $s")
+                done
             done
         done
     done

@@ -93,24 +93,25 @@ def test_default_members_site_by_site_and_seeds_normalised():
                               env={**os.environ, **env}).stdout.splitlines()
 
     rows = [line.split() for line in listed()]
-    # per site: 3 archs x 5 λ at 2M, 3 x 3 at 4M (seed 0), then seeds 1 and 2 x 3 archs x 3 λ at 2M;
-    # the MLP site has its own 6 λ and its own 3 mid-frontier λ
-    assert len(rows) == 42 + 42 + 45
-    sites = {"blocks.12.hook_resid_pre": (rows[:42], 5, ("0.04", "0.08", "0.16")),
-             "blocks.24.attn.hook_z": (rows[42:84], 5, ("0.04", "0.08", "0.16")),
-             "blocks.24.hook_mlp_out": (rows[84:], 6, ("0.01", "0.02", "0.04"))}
+    # per site: 3 archs x 5 λ at 2M, 3 x 3 at 4M (seed 0), then seeds 1 and 2 x 3 archs x 3 λ at
+    # 2M and at 4M; the MLP site has its own 6 λ and its own 3 mid-frontier λ
+    assert len(rows) == 60 + 60 + 63
+    sites = {"blocks.12.hook_resid_pre": (rows[:60], 5, ("0.04", "0.08", "0.16")),
+             "blocks.24.attn.hook_z": (rows[60:120], 5, ("0.04", "0.08", "0.16")),
+             "blocks.24.hook_mlp_out": (rows[120:], 6, ("0.01", "0.02", "0.04"))}
     for hook, (site, n_coeffs, mid) in sites.items():
         n2 = 3 * n_coeffs
         assert all(r[1] == hook for r in site)
         assert [r[2] for r in site[:n2 + 9]] == ["2000000"] * n2 + ["4000000"] * 9
         assert all(r[-1] == "0" for r in site[:n2 + 9])
-        assert [r[-1] for r in site[n2 + 9:]] == ["1"] * 9 + ["2"] * 9
-        assert all(r[4] in mid for r in site[n2:]) and all(r[2] == "2000000" for r in site[n2 + 9:])
-    assert [r[4] for r in rows[84:90]] == ["0.005", "0.01", "0.02", "0.04", "0.08", "0.16"]
+        assert [(r[-1], r[2]) for r in site[n2 + 9:]] == (
+            [("1", "2000000")] * 9 + [("1", "4000000")] * 9 + [("2", "2000000")] * 9 + [("2", "4000000")] * 9)
+        assert all(r[4] in mid for r in site[n2:])
+    assert [r[4] for r in rows[120:126]] == ["0.005", "0.01", "0.02", "0.04", "0.08", "0.16"]
     # block 24 trains every architecture at 1e-3, the residual stream keeps each one's sae.lr
     assert {(r[1], r[3], r[5]) for r in rows if r[1] != "blocks.12.hook_resid_pre"} == {
         (h, a, "1e-3") for h in ("blocks.24.attn.hook_z", "blocks.24.hook_mlp_out") for a in ("relu", "gated", "rescale_shift")}
-    assert {(r[3], r[5]) for r in rows[:42]} == {("relu", "-"), ("gated", "-"), ("rescale_shift", "-")}
+    assert {(r[3], r[5]) for r in rows[:60]} == {("relu", "-"), ("gated", "-"), ("rescale_shift", "-")}
     rows = [line.split() for line in listed(HOOKS="h", ARCHS="relu", DOUBLE="0", SEEDS="0 08 8 01")]
     assert [r[-1] for r in rows] == ["0"] * 5 + ["8"] * 3 + ["1"] * 3
 
@@ -159,8 +160,9 @@ def test_coefficients_per_site(tmp_path):
     # columns: index hook tokens arch λ lr seed
     assert [(r[1], r[2], r[4], r[6]) for r in map(str.split, proc.stdout.splitlines())] == [
         ("a", "2000000", "0.1", "0"), ("a", "2000000", "0.2", "0"), ("a", "4000000", "0.2", "0"), ("a", "2000000", "0.2", "1"),
+        ("a", "4000000", "0.2", "1"),
         ("b", "2000000", "0.01", "0"), ("b", "2000000", "0.02", "0"), ("b", "2000000", "0.03", "0"),
-        ("b", "4000000", "0.02", "0"), ("b", "2000000", "0.02", "1")]
+        ("b", "4000000", "0.02", "0"), ("b", "2000000", "0.02", "1"), ("b", "4000000", "0.02", "1")]
     for bad in ("0.1,0.2", "b:0.1,x", "b:", "-", "*", "0.1 c:0.2", "0.1 b:0.1 b:0.2"):
         proc = listed(COEFFS=bad)
         assert proc.returncode == 2 and f"item '{bad.split()[-1]}'" in proc.stderr and proc.stdout == "", bad
@@ -168,4 +170,4 @@ def test_coefficients_per_site(tmp_path):
     assert proc.returncode == 2 and "no λ for a" in proc.stderr
     # the defaults name block 24's MLP site; a sweep of other sites does not trip over that
     proc = listed(COEFFS=None, DOUBLE_COEFFS=None)
-    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 2 * (5 + 3 + 3)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 2 * (5 + 3 + 3 + 3)
