@@ -82,6 +82,7 @@ EXTRA=${EXTRA:-}          # more overrides for every member, space-separated (no
 OUT_DIR=${OUT_DIR:-outputs}
 REPORT_DIR=${REPORT_DIR:-report}
 REPORT=${REPORT:-1}       # 0: skip `gsae report` at the end (when several processes share the sweep)
+EVIDENCE=${EVIDENCE:-}    # a folder: the report also keeps its evidence there (gsae report --evidence)
 JOBS=${JOBS:-1}           # members run at once, each on its share of the cores
 if ! [[ "$JOBS" =~ ^[1-9][0-9]*$ ]]; then
     echo "frontier.sh: JOBS=$JOBS is not a positive integer" >&2
@@ -292,7 +293,9 @@ if [[ "$REPORT" != 0 ]]; then
     # Report on whatever finished, even after failures: the frontier of the rest is still useful.
     # Only this sweep's sites and store size: out_dir may also hold other rounds' evaluations.
     hook_list=$(IFS=,; echo "${hooks[*]}")
+    keep=()
+    [[ -n "$EVIDENCE" ]] && keep=(--evidence "$EVIDENCE")
     "$GSAE" report "out_dir=$OUT_DIR" --report-dir "$REPORT_DIR" --where "model=$MODEL" \
-        --where "hook=$hook_list" --where "harvest.n_tokens=$HARVEST_TOKENS" || status=1
+        --where "hook=$hook_list" --where "harvest.n_tokens=$HARVEST_TOKENS" ${keep[@]+"${keep[@]}"} || status=1
 fi
 exit "$status"

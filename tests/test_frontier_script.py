@@ -40,9 +40,15 @@ def test_jobs_run_members_at_once_with_a_share_each_and_collect_failures(tmp_pat
     stages = [c.split()[0] for c in calls]
     assert stages[0] == "harvest" and stages[-1] == "report" and stages.count("eval") == 4
     # the report covers this sweep's sites and store size only, not older rounds in out_dir
-    assert "--where hook=blocks.1.hook_resid_pre --where harvest.n_tokens=4000000" in calls[-1]
+    assert calls[-1].endswith("--where hook=blocks.1.hook_resid_pre --where harvest.n_tokens=4000000")
     assert calls[0].split()[1] == "procs="  # the harvest runs alone, on every core
     assert all(c.split()[1] == "procs=2" for c in calls if c.startswith("eval"))
+
+
+def test_the_report_can_keep_its_evidence(tmp_path):
+    proc, calls = frontier(tmp_path, COEFFS="0.1", EVIDENCE="docs/results/x/evidence")
+    assert proc.returncode == 0, proc.stderr
+    assert calls[-1].startswith("report ") and calls[-1].endswith("--evidence docs/results/x/evidence")
 
 
 def test_one_job_runs_members_in_order(tmp_path):
