@@ -498,8 +498,9 @@ def test_cli_report_takes_out_dir_like_every_stage(tmp_path):
     root = tmp_path / "outputs"
     make_sweep(root, windows=True)
     p = gsae("report", f"out_dir={root}", "eval.bootstrap_samples=50", "model=tiny",
-             "--report-dir", str(tmp_path / "r"), "--where", "sae=relu,gated")
+             "--report-dir", str(tmp_path / "r"), "--where", "sae=relu,gated", "--evidence", str(tmp_path / "ev"))
     assert p.returncode == 0, p.stderr
+    assert len(list((tmp_path / "ev").glob("*/per_window.safetensors"))) == 9
     assert p.stdout.strip().splitlines()[-1] == str(tmp_path / "r")
     assert len(list(csv.DictReader((tmp_path / "r" / "results.csv").open()))) == 9
     assert "paired bootstrap over the 8 windows of eval set evset; 50 resamples" in (tmp_path / "r" / "results.md").read_text()
