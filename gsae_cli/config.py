@@ -403,7 +403,7 @@ def harvest_identity(cfg: DictConfig, hook: str) -> dict:
             "hook": hook, "site_start": cfg.site_start, "harvest": _identity_part(cfg, "harvest")}
 
 
-# sae.* switches that exist only for gated (its paper ablations); report.py reads them too.
+# sae.* switches that exist only for gated (its paper ablations); the report reads them too.
 GATED_ONLY_KEYS = ("tie_weights", "r_mag", "aux_loss", "freeze_aux_decoder")
 
 

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from gsae_cli.divergence import FACTOR, describe, divergence_of_log, find_divergence
-from gsae_cli import report as report_module
+from gsae_cli.report import plots as report_module
 from gsae_cli.report import collect, group_series, run_report
 from gsae_cli.sae_io import read_sae_meta
 from gsae_cli.train import Trainer

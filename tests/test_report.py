@@ -17,8 +17,10 @@ from safetensors.torch import save_file
 from conftest import gsae
 from gsae_cli import metrics
 from gsae_cli.errors import ConfigError
+from gsae_cli.report import plots
+from gsae_cli.report.plots import _plottable, _seed_replicas
 from gsae_cli.report import (WindowData, bootstrap_ratio, collect, common_range, equivalence_verdict, group_series,
-                             l0_at_loss_recovered, _seed_replicas, matched_l0_ratios, pareto_frontier,
+                             l0_at_loss_recovered, matched_l0_ratios, pareto_frontier,
                              ratios_at_common_targets, run_report, seed_summary)
 
 # ---- pure functions --------------------------------------------------------------------------
@@ -380,10 +382,8 @@ def test_learning_rate_splits_within_an_architecture_only(tmp_path):
 def test_plots_draw_the_intervals(tmp_path, monkeypatch):
     from matplotlib.container import ErrorbarContainer
 
-    from gsae_cli import report
-
     figures = []
-    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
     make_sweep(tmp_path / "outputs")
     run_report([], tmp_path / "outputs", tmp_path / "r", [], bootstrap_samples=0)
     frontier, shrinkage = figures
@@ -410,10 +410,8 @@ def test_plots_draw_the_intervals(tmp_path, monkeypatch):
 
 
 def test_shrinkage_plot_falls_back_to_raw_gamma_for_old_evaluations(tmp_path, monkeypatch):
-    from gsae_cli import report
-
     figures = []
-    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
     root = tmp_path / "outputs"
     make_sweep(root)
     for m in root.glob("eval/relu*/metrics.json"):  # relu evaluated before γ centred existed
@@ -683,7 +681,6 @@ def test_points_that_are_not_a_sparse_code_are_marked_and_left_out_of_the_sparse
     assert "| relu | 0.4 ‡ |" in md and md.count(" ‡ |") == 1
     assert "‡ mean feature density (L0 / d_sae) above 10%: not a sparse code" in md
     assert "Over the sparse part alone (1 ‡ point(s) left out): **0.500** over loss recovered 0.800–0.930" in md
-    from gsae_cli.report import _plottable
     relu = [s for s in group_series(collect([], root)[0])[("smollm2-135m", HOOK)] if s.architecture == "relu"][0]
     assert [p.dense for p in _plottable(relu, "loss_recovered")] == [False, False, False, True]
 
