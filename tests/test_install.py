@@ -60,6 +60,13 @@ def test_installed_wheel_runs_a_stage_from_another_directory(installed, tmp_path
     where = run([str(installed / "bin" / "python"), "-c", "import gsae_cli; print(gsae_cli.__file__)"],
                 cwd=work, env=env).stdout.strip()
     assert where.startswith(str(installed)), f"gsae_cli imported from {where}, not the installed wheel"
+    # every subpackage is in the wheel, not only the ones a stage imports
+    found = run([str(installed / "bin" / "python"), "-c", "import pkgutil, gsae_cli; print(sorted("
+                 "m.name for m in pkgutil.walk_packages(gsae_cli.__path__, 'gsae_cli.') if m.ispkg))"],
+                cwd=work, env=env).stdout
+    source = sorted(f"gsae_cli.{p.parent.relative_to(REPO / 'gsae_cli')}".replace("/", ".")
+                    for p in (REPO / "gsae_cli").rglob("__init__.py") if p.parent != REPO / "gsae_cli")
+    assert found.strip() == str(source), found
 
     shown = run([str(gsae), "show-config", "sae=relu"], cwd=work, env=env).stdout
     assert "smollm2-135m" in shown and "relu" in shown
