@@ -51,8 +51,11 @@ def export_evidence(eval_dirs: Sequence[Path], dest: Path, source: str) -> list[
     for old in dest.iterdir():
         if old.is_dir() and old.name not in names:
             artifacts.remove(old)
+    import matplotlib
+
     written = [_export_one(Path(d), dest / Path(d).name) for d in eval_dirs]
-    artifacts.write_json(dest / SOURCE_FILE, {"source": source})
+    # the plots are the same bytes only under the same matplotlib: a rebuild can check
+    artifacts.write_json(dest / SOURCE_FILE, {"source": source, "matplotlib": matplotlib.__version__})
     return written
 
 
