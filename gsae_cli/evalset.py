@@ -459,9 +459,17 @@ def build_evalset(model: LoadedModel, hook: str, tokens: Tensor, first: int, *, 
     return es
 
 
+def site_mean(es: EvalSet, batch_size: int = 64) -> Tensor:
+    """The mean clean activation over every site position of every window, in the site's dtype
+    (summed in float64, a batch of windows at a time: no float64 copy of the whole site)."""
+    total = sum(es.site[lo:lo + batch_size, es.first:].double().sum(dim=(0, 1))
+                for lo in range(0, es.n_windows, batch_size))
+    return (total / (es.n_windows * (es.ctx_len - es.first))).to(es.site.dtype)
+
+
 def _mean_ablated_nll(splicer: Splicer, es: EvalSet, batch_size: int, device) -> Tensor:
     """nll_mean: a second pass, since the mean needs every window's site first."""
-    mean = es.site[:, es.first:].flatten(0, 1).double().mean(dim=0).to(es.site.dtype)
+    mean = site_mean(es)
     out = []
     for lo in range(0, es.n_windows, batch_size):
         hi = min(lo + batch_size, es.n_windows)

@@ -38,7 +38,14 @@ def export_evidence(eval_dirs: Sequence[Path], dest: Path, source: str) -> list[
     empty or hold only evidence: what is there is replaced, so the folder holds exactly this
     report's evaluations."""
     dest = Path(dest)
-    if dest.exists():
+    inside = [d for d in eval_dirs if Path(d).resolve().is_relative_to(dest.resolve())]
+    if inside:
+        raise ConfigError(f"--evidence {dest} holds the evaluation {inside[0]} it would be written from; give the "
+                          "evidence a folder of its own (e.g. docs/results/STUDY/evidence).")
+    if dest.exists() and any(dest.iterdir()):
+        if not (dest / SOURCE_FILE).is_file():  # never rewrite a folder gsae did not write as evidence
+            raise ConfigError(f"--evidence {dest} is not empty and holds no {SOURCE_FILE}, so it is not an earlier "
+                              "report's evidence; give an empty or new folder (the evidence folder is rewritten whole).")
         strays = [p for p in dest.iterdir() if p.name != SOURCE_FILE and not (p / "metrics.json").exists()]
         if strays:
             raise ConfigError(f"--evidence {dest} holds {strays[0].name}, which is not evidence of an evaluation; "

@@ -73,6 +73,12 @@ def test_matched_l0_ratio_over_the_overlap_only():
     assert r["geomean"] == pytest.approx(0.5 / math.sqrt(2))
 
 
+def test_a_point_at_l0_zero_cannot_cut_a_frontier_short():
+    # (0, 0.5) dominates (5, 0.4) but has no log L0: it is left out before the frontier is taken
+    assert l0_at_loss_recovered([(0, 0.5), (5, 0.4), (10, 0.6)], 0.45) == pytest.approx(5 ** 0.75 * 10 ** 0.25)
+    assert common_range([[(0, 0.5), (5, 0.4), (10, 0.6)]]) == pytest.approx((0.4, 0.6))
+
+
 def test_matched_l0_ratio_without_overlap_says_why():
     r = matched_l0_ratios([(10, 0.80), (20, 0.85)], [(30, 0.90), (60, 0.95)])
     assert r["geomean"] is None and r["ratios"] == []
@@ -846,14 +852,14 @@ def test_evidence_rebuilds_the_report_byte_for_byte(tmp_path, monkeypatch):
     assert all(str(tmp_path) not in made[n].decode() for n in made if not n.endswith((".png", ".md")))
     assert "evidence/relu2000000-0" in made["results.csv"].decode()
     assert (f"Evaluations collected from {root / 'eval'}, filtered by `model=smollm2-135m`; their evidence is in "
-            "docs/study/evidence.") in made["results.md"].decode()
+            "evidence (relative to this report).") in made["results.md"].decode()
     # the repository cloned elsewhere, the machine's outputs gone: the same files
     shutil.rmtree(root)
     clone = tmp_path / "clone"
     shutil.copytree(repo / "docs" / "study" / "evidence", clone / "docs" / "study" / "evidence")
     monkeypatch.chdir(clone)
-    run_report(["docs/study/evidence"], Path("nowhere"), Path("docs/study"), [], bootstrap_samples=50)
-    for name, data in made.items():
+    run_report([str(clone / "docs/study/evidence")], Path("nowhere"), clone / "docs/study", [], bootstrap_samples=50)
+    for name, data in made.items():  # however the paths are spelt
         assert (clone / "docs" / "study" / name).read_bytes() == data, name
 
 
@@ -862,6 +868,11 @@ def test_evidence_goes_to_a_folder_of_its_own(tmp_path):
     make_sweep(root, windows=True)
     (tmp_path / "ev").mkdir()
     (tmp_path / "ev" / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="notes.txt, which is not evidence"):
+    with pytest.raises(ConfigError, match="is not empty and holds no collected.json"):
         run_report([], root, tmp_path / "r", [], bootstrap_samples=0, evidence=tmp_path / "ev")
     assert (tmp_path / "ev" / "notes.txt").read_text() == "mine"
+    # the evaluations themselves are never the evidence folder: nothing there is removed or rewritten
+    before = {p: p.read_bytes() for p in (root / "eval").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="holds the evaluation"):
+        run_report([], root, tmp_path / "r", ["sae=gated"], bootstrap_samples=0, evidence=root / "eval")
+    assert {p: p.read_bytes() for p in (root / "eval").rglob("*") if p.is_file()} == before

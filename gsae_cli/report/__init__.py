@@ -15,6 +15,7 @@ such as how hard the drawn windows are, cancels out of the ratio.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -62,12 +63,13 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
     from gsae_cli.evidence import export_evidence, provenance
 
     source = f"Evaluations collected from {looked}" + filtered_by(where)
+    beside = lambda folder: os.path.relpath(Path(folder).resolve(), Path(report_dir).resolve())  # noqa: E731
     if evidence is not None:
         export_evidence([r.directory for r in kept], evidence, source)
         kept, looked = collect([evidence], out_dir)
-        source += f"; their evidence is in {looked}"
+        source += f"; their evidence is in {beside(evidence)} (relative to this report)"
     elif (origin := provenance(paths)) is not None:  # a report made from evidence says where it came from
-        source = f"{origin}; their evidence is in {looked}" + filtered_by(where)
+        source = f"{origin}; their evidence is in {beside(paths[0])} (relative to this report)" + filtered_by(where)
     sites = group_series(kept)
     ratios = pairwise_ratios(sites, bootstrap_samples, bootstrap_seed)
     checks = length_checks(ratios, margin=equivalence_margin, n_samples=bootstrap_samples, seed=bootstrap_seed)

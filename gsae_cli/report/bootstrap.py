@@ -48,6 +48,11 @@ class WindowData:
         return self._cache[key]
 
 
+def _name(path: Path) -> str:
+    """eval folder / file: enough to find it, and no machine's layout in a report's JSON."""
+    return f"{path.parent.name}/{path.name}"
+
+
 def load_window_data(directory: Path) -> WindowData:
     """An eval folder's per_window.safetensors; ArtifactError naming what is wrong."""
     import torch
@@ -57,24 +62,24 @@ def load_window_data(directory: Path) -> WindowData:
 
     path = Path(directory) / WINDOW_FILE
     if not path.exists():
-        raise ArtifactError(f"{path} is missing (evaluations made before gsae recorded per-window sums)")
+        raise ArtifactError(f"{_name(path)} is missing (evaluations made before gsae recorded per-window sums)")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
             names = set(fh.keys())
             missing = [n for n in metrics.WINDOW_SCALARS if n not in names]
             if missing:
-                raise ArtifactError(f"{path} lacks the per-window sums {', '.join(missing)}")
+                raise ArtifactError(f"{_name(path)} lacks the per-window sums {', '.join(missing)}")
             sums = {n: fh.get_tensor(n).to(torch.float64) for n in metrics.WINDOW_SCALARS}
     except ArtifactError:
         raise
     except Exception as e:  # noqa: BLE001 — safetensors raises its own types for a damaged header
-        raise ArtifactError(f"{path} cannot be read ({e})") from None
+        raise ArtifactError(f"{_name(path)} cannot be read ({e})") from None
     if meta.get("format") != metrics.WINDOW_FORMAT:
-        raise ArtifactError(f"{path} has format {meta.get('format')!r}, not {metrics.WINDOW_FORMAT!r}")
+        raise ArtifactError(f"{_name(path)} has format {meta.get('format')!r}, not {metrics.WINDOW_FORMAT!r}")
     shapes = {tuple(t.shape) for t in sums.values()}
     if len(shapes) != 1 or len(next(iter(shapes))) != 1 or next(iter(shapes))[0] == 0:
-        raise ArtifactError(f"{path}: the per-window sums are not all [n_windows] with n_windows > 0 "
+        raise ArtifactError(f"{_name(path)}: the per-window sums are not all [n_windows] with n_windows > 0 "
                             f"(shapes {sorted(shapes)})")
     return WindowData(str(directory), meta.get("eval_set") or None, sums)
 

@@ -30,10 +30,12 @@ def _width(s: Series) -> Optional[float]:
 
 def compute_footing(a: Series, b: Series) -> str:
     """How the pair's widths compare: "equal width", "equal compute" (the paper's §4.1: a gated
-    `a` against a baseline `b` with 1.5x its features, which costs about the same to train), or
-    "other widths"."""
+    `a` against a baseline `b` with 1.5x its features, which costs about the same to train),
+    "other widths", or "unknown widths" (an evaluation that does not record its width)."""
     wa, wb = _width(a), _width(b)
-    if wa is None or wb is None or wa == wb:
+    if wa is None or wb is None:
+        return "unknown widths"
+    if wa == wb:
         return "equal width"
     if a.architecture == "gated" and b.architecture != "gated" and math.isclose(wb, 1.5 * wa):
         return "equal compute"
@@ -53,7 +55,7 @@ def _window_data(result: Result, cache: dict) -> WindowData:
                 same = want is not None and (math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
                                              or (math.isnan(got) and math.isnan(want)))
                 if not same:
-                    raise ArtifactError(f"{d / WINDOW_FILE} gives {key} {got:.6g} but metrics.json says "
+                    raise ArtifactError(f"{d.name}/{WINDOW_FILE} gives {key} {got:.6g} but metrics.json says "
                                         f"{want}; the two files are from different runs")
             cache[d] = data
         except ArtifactError as e:
@@ -213,7 +215,7 @@ def length_checks(ratios: list[dict], margin: float = 0.05, level: float = 0.95,
             else:
                 verdict, why = equivalence_verdict(interval, margin), None
             out.append({"model": r1["model"], "hook": r1["hook"], "a": r1["a"], "b": r1["b"], "tokens": [t, t2],
-                        "factor": t2 / t, "stores": [shared(r1, HARVEST_KEY), shared(r2, HARVEST_KEY)],
+                        "factor": t2 / t, "tests_criterion": math.isclose(t2 / t, 2.0), "stores": [shared(r1, HARVEST_KEY), shared(r2, HARVEST_KEY)],
                         "span": res["span"], "ratio": [g1, g2], "interval": res["intervals"], "change": change,
                         "change_interval": interval, "margin": margin, "verdict": verdict, "verdict_reason": why,
                         "level": level, "n_resamples": res["n_resamples"], "n_valid": res["n_valid"],
@@ -274,18 +276,20 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
         # A seed without a ratio is named, not silently left out: it may be the informative extreme.
         dropped = [{"seed": s, "reason": r.get("reason") or "no ratio"} for s, r in zip(seed_of, rs) if r["geomean"] is None]
         usable = [(s, r) for s, r in zip(seed_of, rs) if r["geomean"] is not None]
-        if len(usable) < 2:
-            continue
-        res = _at_common_targets([r["_series"] for _, r in usable], n_samples, seed, cache, level)
         first = rs[0]
         entry = {"model": first["model"], "hook": first["hook"],
                  "a": strip_key(first["a"], SEED_KEY), "b": strip_key(first["b"], SEED_KEY),
-                 "tokens": dict(first["_series"][0].extras).get(TOKENS_KEY), "span": res["span"],
+                 "tokens": dict(first["_series"][0].extras).get(TOKENS_KEY), "span": None,
                  "seeds": [s for s, _ in usable], "dropped": dropped, "reason": None}
+        if len(usable) < 2:
+            out.append(entry | {"reason": "fewer than two seeds give a ratio"})
+            continue
+        res = _at_common_targets([r["_series"] for _, r in usable], n_samples, seed, cache, level)
         if res["span"] is None:
             out.append(entry | {"reason": "the seeds' frontiers share no loss-recovered range"})
             continue
-        out.append(entry | {"ratios": res["ratios"], "windows_interval": res["intervals"],
+        out.append(entry | {"span": res["span"], "ratios": res["ratios"], "windows_interval": res["intervals"],
+                            "n_resamples": res["n_resamples"], "n_valid": res["n_valid"],
                             **seed_summary(res["ratios"], level)})
     return out
 

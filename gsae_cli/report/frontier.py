@@ -31,9 +31,11 @@ def pareto_frontier(points: Sequence[Point]) -> list[int]:
 
 
 def _frontier(points: Sequence[Point]) -> list[Point]:
-    """Frontier points with L0 > 0 (log L0 is what we interpolate), by increasing L0, which on a
-    frontier is also increasing loss recovered."""
-    return [points[i] for i in pareto_frontier(points) if points[i][0] > 0]
+    """The frontier of the points with L0 > 0 (log L0 is what we interpolate: an L0-0 point is
+    left out before the frontier is taken, so it cannot knock out the points it dominates), by
+    increasing L0, which on a frontier is also increasing loss recovered."""
+    positive = [p for p in points if finite(p) and p[0] > 0]
+    return [positive[i] for i in pareto_frontier(positive)]
 
 
 def l0_at_loss_recovered(frontier_points: Sequence[Point], target: float) -> Optional[float]:

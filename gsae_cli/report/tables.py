@@ -90,6 +90,8 @@ def _footing_words(r: dict) -> str:
         return f"equal compute ({r['b'].split(',')[0]} {wb:g}x, 1.5x the gated {wa:g}x: the paper's footing)"
     if r.get("footing") == "other widths":
         return f"widths {wa:g}x / {wb:g}x"
+    if r.get("footing") == "unknown widths":
+        return "widths not recorded"
     return "equal width" + (f" ({wa:g}x)" if wa is not None else "")
 
 
