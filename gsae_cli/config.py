@@ -211,7 +211,7 @@ class Config:
     # spliced (they keep their clean activation at eval). The default 4 (BOS and the three tokens
     # after it) is where attention sinks form: in a window cut from mid-document, SmolLM2 turns
     # one of its first text tokens into a second sink (norm up to ~100x the median): position 1
-    # in ~3.5 % of eval windows, positions 2-3 in ~0.06 %, never later in 2M harvested rows (README).
+    # in ~3.5 % of eval windows, positions 2-3 in ~0.06 %, never later in 2M harvested rows (docs/choices.md).
     # StreamingLLM (Xiao et al. 2023) keeps the same four initial tokens as sinks. 1 leaves out
     # BOS only; 0 keeps everything.
     site_start: int = 4

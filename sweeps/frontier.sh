@@ -72,10 +72,10 @@ SEEDS=${SEEDS:-"0 1 2"}   # train.seed of the spread runs (DOUBLE_COEFFS at both
                           # (so EXTRA must not set train.seed)
 # Learning rates (train.lr): "arch=lr" for an architecture at every site, "hook:arch=lr" for one
 # site (it wins over arch=lr there); the others keep their sae.lr, which sweeps/lr_sweep.sh chose
-# for every architecture by the same criterion (README, "Learning rates"). A rescale_shift's relu
+# for every architecture by the same criterion (docs/choices.md). A rescale_shift's relu
 # baseline trains at the rescale_shift's train.lr, so give both the same rate at a site.
 # At block 24 the residual stream's 3e-3 diverges part-way through low-λ runs (relu and gated),
-# and 1e-3 trains every λ cleanly (README, "Learning rates"); rescale_shift follows its relu.
+# and 1e-3 trains every λ cleanly (docs/choices.md); rescale_shift follows its relu.
 LRS=${LRS-"blocks.24.attn.hook_z:relu=1e-3 blocks.24.attn.hook_z:gated=1e-3 blocks.24.attn.hook_z:rescale_shift=1e-3
   blocks.24.hook_mlp_out:relu=1e-3 blocks.24.hook_mlp_out:gated=1e-3 blocks.24.hook_mlp_out:rescale_shift=1e-3"}
 EXTRA=${EXTRA:-}          # more overrides for every member, space-separated (no spaces inside one)
