@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from gsae_cli.errors import ArtifactError
-from gsae_cli.report.frontier import matched_l0_ratios, ratios_at_common_targets
+from gsae_cli.report.frontier import ratios_at_common_targets
 
 
 WINDOW_FILE = "per_window.safetensors"
@@ -110,19 +110,15 @@ def bootstrap_ratio(a: Sequence[WindowData], b: Sequence[WindowData], n_samples:
 
     from gsae_cli import metrics
 
-    members = list(a) + list(b)
-    paired, seeds = resample_seeds(members, seed)
-    draws = [m.resampled(n_samples, s) for m, s in zip(members, seeds)]
-    da, db = draws[:len(a)], draws[len(a):]
-    aligned = [matched_l0_ratios([(l0[k], lr[k]) for l0, lr in da], [(l0[k], lr[k]) for l0, lr in db],
-                                 n_targets)["geomean"] for k in range(n_samples)]
+    # one pair's common targets are its own overlap: bootstrap_common_targets with a single pair
+    boot = bootstrap_common_targets([(a, b)], n_samples, seed, n_targets)
+    aligned = [s[0] if s is not None else None for s in boot["samples"]]
     ratios = [r for r in aligned if r is not None]
     interval = (metrics.percentile_interval(torch.tensor(ratios, dtype=torch.float64), level)
                 if ratios else None)
-    eval_sets = sorted({m.eval_set or "unknown" for m in members})
     return {"interval": interval, "samples": ratios, "aligned": aligned, "n_resamples": n_samples,
-            "n_valid": len(ratios), "paired": paired,
-            "eval_sets": eval_sets, "n_windows": sorted({m.n_windows for m in members}), "level": level}
+            "n_valid": len(ratios), "paired": boot["paired"],
+            "eval_sets": boot["eval_sets"], "n_windows": boot["n_windows"], "level": level}
 
 
 def bootstrap_common_targets(pairs: Sequence[tuple[Sequence[WindowData], Sequence[WindowData]]], n_samples: int,

@@ -63,6 +63,18 @@ def _window_data(result: Result, cache: dict) -> WindowData:
     return cache[d]
 
 
+def _usable_windows(results: Sequence[Result], n_samples: int, cache: dict) -> tuple[Optional[list], Optional[str]]:
+    """(every result's per-window sums, None), or (None, why no interval can be drawn from them)."""
+    if n_samples <= 0:
+        return None, "eval.bootstrap_samples=0"
+    data = [_window_data(r, cache) for r in results]
+    bad = [d for d in data if isinstance(d, ArtifactError)]
+    if bad:
+        return None, (f"{len(bad)} of {len(data)} evaluations have no usable per-window sums ({bad[0]}); "
+                      "re-evaluate them with `gsae eval --force` and their overrides")
+    return data, None
+
+
 def ratio_with_interval(a: Series, b: Series, n_samples: int, seed: int, cache: Optional[dict] = None) -> dict:
     """matched_l0_ratios of two series' (metrics.json) points, plus bootstrap_ratio's interval
     when every SAE of both has usable per-window sums; `interval_reason` says why not otherwise."""
@@ -72,15 +84,8 @@ def ratio_with_interval(a: Series, b: Series, n_samples: int, seed: int, cache: 
     if out["geomean"] is None:
         out["interval_reason"] = "no point estimate"
         return out
-    if n_samples <= 0:
-        out["interval_reason"] = "eval.bootstrap_samples=0"
-        return out
-    cache = {} if cache is None else cache
-    data = [_window_data(r, cache) for r in a.results + b.results]
-    bad = [d for d in data if isinstance(d, ArtifactError)]
-    if bad:
-        out["interval_reason"] = (f"{len(bad)} of {len(data)} evaluations have no usable per-window sums "
-                                  f"({bad[0]}); re-evaluate them with `gsae eval --force` and their overrides")
+    data, out["interval_reason"] = _usable_windows(a.results + b.results, n_samples, {} if cache is None else cache)
+    if data is None:
         return out
     boot = bootstrap_ratio(data[:len(a.results)], data[len(a.results):], n_samples, seed)
     boot.pop("samples")  # thousands of numbers: the interval is what the report shows
@@ -143,15 +148,12 @@ def _at_common_targets(pairs: Sequence[tuple[Series, Series]], n_samples: int, s
     if span is None or None in point:
         out["interval_reason"] = "the frontiers share no loss-recovered range"
         return out
-    if n_samples <= 0:
-        out["interval_reason"] = "eval.bootstrap_samples=0"
+    series = [s for pair in pairs for s in pair]
+    flat, out["interval_reason"] = _usable_windows([r for s in series for r in s.results], n_samples, cache)
+    if flat is None:
         return out
-    data = [[_window_data(r, cache) for r in s.results] for pair in pairs for s in pair]
-    bad = [d for ds in data for d in ds if isinstance(d, ArtifactError)]
-    if bad:
-        out["interval_reason"] = (f"{len(bad)} evaluations have no usable per-window sums ({bad[0]}); re-evaluate "
-                                  "them with `gsae eval --force` and their overrides")
-        return out
+    it = iter(flat)
+    data = [[next(it) for _ in s.results] for s in series]
     boot = bootstrap_common_targets(list(zip(data[::2], data[1::2])), n_samples, seed)
     valid = [x for x in boot["samples"] if x is not None]
     out.update(samples=boot["samples"], n_resamples=n_samples, n_valid=len(valid), paired=boot["paired"],
