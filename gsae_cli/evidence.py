@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 from gsae_cli import artifacts
 from gsae_cli.divergence import divergence_of_sae
 from gsae_cli.errors import ArtifactError, ConfigError
+from gsae_cli.report.bootstrap import WINDOW_FILE, load_window_data
 
-WINDOW_FILE = "per_window.safetensors"
 SOURCE_FILE = "collected.json"  # where the evaluations came from, and the filters that kept them
 
 
@@ -67,11 +67,9 @@ def export_evidence(eval_dirs: Sequence[Path], dest: Path, source: str) -> list[
 
 
 def _export_one(src: Path, out: Path) -> Path:
-    import torch
-    from safetensors import safe_open
     from safetensors.torch import save
 
-    from gsae_cli.metrics import WINDOW_SCALARS
+    from gsae_cli.metrics import WINDOW_FORMAT
 
     metrics = artifacts.read_json(src / "metrics.json")
     sae = dict(metrics.get("sae") or {})
@@ -79,19 +77,16 @@ def _export_one(src: Path, out: Path) -> Path:
     if sae.get("path"):
         sae["path"] = Path(sae["path"]).name
     metrics["sae"] = sae
-    windows = src / WINDOW_FILE
-    tensors, meta = None, None
-    if windows.exists():
-        try:
-            with safe_open(str(windows), framework="pt") as fh:
-                meta = fh.metadata() or {}
-                tensors = {k: fh.get_tensor(k).to(torch.float64).contiguous() for k in WINDOW_SCALARS if k in fh.keys()}
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a damaged file
-            raise ArtifactError(f"{windows} cannot be read ({e}); re-evaluate it with `gsae eval --force`.") from None
+    try:  # the report's own reader: the same checks, the scalar sums only
+        data = load_window_data(src)
+    except ArtifactError:
+        data = None  # no usable sums (an older evaluation): its report says so, as it would from src
     out.mkdir(parents=True, exist_ok=True)
     artifacts.atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-    if tensors is not None:
-        artifacts.atomic_write_bytes(out / WINDOW_FILE, save(tensors, metadata=meta))
+    if data is not None:
+        meta = {"format": WINDOW_FORMAT, **({"eval_set": data.eval_set} if data.eval_set else {})}
+        sums = {k: v.contiguous() for k, v in data.sums.items()}
+        artifacts.atomic_write_bytes(out / WINDOW_FILE, save(sums, metadata=meta))
     elif (out / WINDOW_FILE).exists():
         (out / WINDOW_FILE).unlink()
     artifacts.mark_complete(out)
