@@ -245,7 +245,7 @@ class Splicer:
             self.verify(tokens, logits, site, entry)
         return entry if self.from_layer else None
 
-    def zero_ablated_nll(self, tokens: Tensor, entry: Tensor | None, site: Tensor, first: int,
+    def ablated_nll(self, tokens: Tensor, entry: Tensor | None, site: Tensor, first: int,
                          value: Tensor | float = 0.0) -> Tensor:
         """Per-window sums of next-token NLL [n] with the site set to `value` (zeros, or one
         activation broadcast to every position) at positions >= `first`."""
@@ -397,7 +397,7 @@ def zero_ablation_nll(model: LoadedModel, hooks: list[str], tokens: Tensor, firs
         for hook, sp in splicers.items():
             site = acts[hook]
             entry = sp.checked_entry(batch, logits, site, acts[sp.entry] if sp.from_layer else None)
-            zero[hook].append(sp.zero_ablated_nll(batch, entry, site, first).cpu())
+            zero[hook].append(sp.ablated_nll(batch, entry, site, first).cpu())
         if advance is not None:
             advance(batch.shape[0])
     return torch.cat(clean), {h: torch.cat(v) for h, v in zero.items()}
@@ -447,7 +447,7 @@ def build_evalset(model: LoadedModel, hook: str, tokens: Tensor, first: int, *, 
             add("unembed_p", _expected_unembedding(logits, w_float))
             add("lse_clean", lse)
         del logits
-        add("nll_zero", splicer.zero_ablated_nll(batch, entry, site, first))
+        add("nll_zero", splicer.ablated_nll(batch, entry, site, first))
         if advance is not None:
             advance(batch.shape[0] * (ctx - 1))
     cat = {k: torch.cat(v) for k, v in parts.items()}
@@ -474,7 +474,7 @@ def _mean_ablated_nll(splicer: Splicer, es: EvalSet, batch_size: int, device) ->
     for lo in range(0, es.n_windows, batch_size):
         hi = min(lo + batch_size, es.n_windows)
         entry = es.entry_rows(lo, hi).to(device) if splicer.from_layer else None
-        out.append(splicer.zero_ablated_nll(es.tokens[lo:hi].to(device), entry, es.site[lo:hi].to(device),
+        out.append(splicer.ablated_nll(es.tokens[lo:hi].to(device), entry, es.site[lo:hi].to(device),
                                             es.first, mean.to(device)).cpu())
     return torch.cat(out).double()
 
