@@ -27,7 +27,6 @@ def notice(text: str) -> None:
 
 ID_COLUMNS = ["model", "hook", "architecture", "l1_coefficient", "train_tokens"]
 
-
 METRIC_KEYS = ["l0", "l0_gate", "loss_recovered", "delta_loss", "kl_div", "relative_reconstruction_bias",
                "relative_reconstruction_bias_centred", "nmse", "explained_variance", "frac_dead", "frac_dense",
                "frac_passthrough", "ce_clean", "ce_spliced", "ce_zero_ablation", "ce_mean_ablation",
@@ -40,17 +39,14 @@ METRIC_KEYS = ["l0", "l0_gate", "loss_recovered", "delta_loss", "kl_div", "relat
 COLUMNS = (ID_COLUMNS + [c for k in METRIC_KEYS for c in (k, f"{k}_lo", f"{k}_hi")]
            + ["d_sae", "mean_density", "diverged_at_step", "eval_set", "eval_path"])
 
-
 # An SAE whose features fire on more than this fraction of tokens on average is not a sparse
 # code: marked ‡ in tables and plots, and left out of the "sparse part" ratios (docs/method.md §4).
 DENSE_CODE = 0.10
-
 
 # Short names for --where, mapped to result columns.
 ALIASES = {"model": "model", "model.name": "model", "sae": "architecture", "sae.name": "architecture",
            "arch": "architecture", "l1": "l1_coefficient", "sae.l1_coefficient": "l1_coefficient",
            "tokens": "train_tokens", "train.n_tokens": "train_tokens", "hook": "hook"}
-
 
 WIDTH_KEY = "sae.expansion_factor"
 
@@ -64,7 +60,6 @@ _NOT_SERIES_KEYS = {"sae.l1_coefficient", "sae.path", "sae.name", "model.name", 
                     "eval.batch_size", "eval.cache", "eval.bootstrap_samples", "eval.bootstrap_seed",
                     "eval.density_bins"} | NON_IDENTITY_KEYS  # speed, place, logging: never a series
 
-
 _GATED_ONLY = {f"sae.{k}" for k in GATED_ONLY_KEYS}
 
 
@@ -77,7 +72,6 @@ _GATED_ONLY = {f"sae.{k}" for k in GATED_ONLY_KEYS}
 # architecture too, and never stops a comparison: the paper's is at equal compute, its baselines
 # 1.5x as wide as the Gated SAE (§4.1), beside which gsae also shows equal widths.
 _ARCH_SCOPED = {"lr", "eval_set", WIDTH_KEY}
-
 
 # Fixed colours so an architecture looks the same in every plot; the paper's comparison first.
 ARCH_ORDER = ["gated", "rescale_shift", "relu"]

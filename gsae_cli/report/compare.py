@@ -125,7 +125,6 @@ def pairwise_ratios(sites: dict[tuple[str, str], list[Series]], n_samples: int =
 
 TOKENS_KEY = "train.n_tokens"
 
-
 HARVEST_KEY = "harvest.n_tokens"
 
 

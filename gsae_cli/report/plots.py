@@ -16,12 +16,10 @@ from gsae_cli.report.frontier import finite, pareto_frontier
 
 ARCH_COLOURS = {"gated": "tab:blue", "relu": "tab:orange", "rescale_shift": "tab:green"}
 
-
 _EXTRA_COLOURS = ["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
 
 
 _STYLES = ["-", "--", ":", "-."]
-
 
 _MARKERS = ["o", "s", "^", "D", "v", "P"]
 
