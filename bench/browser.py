@@ -70,13 +70,24 @@ def main() -> None:
     t_set = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    evaluate(model, sae, es, batch_size=cfg.eval.batch_size, bootstrap_samples=cfg.eval.bootstrap_samples,
-             bootstrap_seed=cfg.eval.bootstrap_seed)
+    evaluate(
+        model,
+        sae,
+        es,
+        batch_size=cfg.eval.batch_size,
+        bootstrap_samples=cfg.eval.bootstrap_samples,
+        bootstrap_seed=cfg.eval.bootstrap_seed,
+    )
     t_eval = time.perf_counter() - t0
 
     W_U = _unembed_affine(model.bridge)[0]
-    info = {"model": cfg.model.name, "hook": cfg.hook, "label": f"{meta.get('architecture')} SAE", "site_tokens": 0,
-            "settings": page_settings(cfg)}
+    info = {
+        "model": cfg.model.name,
+        "hook": cfg.hook,
+        "label": f"{meta.get('architecture')} SAE",
+        "site_tokens": 0,
+        "settings": page_settings(cfg),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         data = feature_data(sae, es, W_U, final_norm(model.bridge), cfg.inspect, device)
@@ -90,16 +101,22 @@ def main() -> None:
         first_kb = sum((Path(tmp) / "data" / n).stat().st_size for n in ("index.js", "text.js")) / 1024
     t_inspect = t_feat + t_pages
     n_site = data.n_site_rows
-    print(f"SAE: {sae_dir} ({meta.get('architecture')}, d_sae={sae.d_sae}); {es.n_windows} windows, "
-          f"{n_site:,} site tokens; {torch.get_num_threads()} threads, device {device}")
+    print(
+        f"SAE: {sae_dir} ({meta.get('architecture')}, d_sae={sae.d_sae}); {es.n_windows} windows, "
+        f"{n_site:,} site tokens; {torch.get_num_threads()} threads, device {device}"
+    )
     print(f"eval set (shared)       {t_set:7.2f} s")
     print(f"eval (cached set)       {t_eval:7.2f} s")
     print(f"inspect (cached set)    {t_inspect:7.2f} s  (features {t_feat:.2f} s, pages {t_pages:.2f} s)")
     print(f"from empty: eval {t_set + t_eval:.2f} s, inspect {t_set + t_inspect:.2f} s")
-    print(f"inspect / eval: {t_inspect / t_eval:.2f} with the eval set cached, "
-          f"{(t_set + t_inspect) / (t_set + t_eval):.2f} from empty (target <= 1)")
-    print(f"browser size {size / 2**20:.1f} MiB; first load (index + text) {first_kb:.0f} KiB; "
-          f"largest shard {shard_kb:.0f} KiB ({cfg.inspect.shard_features} features)")
+    print(
+        f"inspect / eval: {t_inspect / t_eval:.2f} with the eval set cached, "
+        f"{(t_set + t_inspect) / (t_set + t_eval):.2f} from empty (target <= 1)"
+    )
+    print(
+        f"browser size {size / 2**20:.1f} MiB; first load (index + text) {first_kb:.0f} KiB; "
+        f"largest shard {shard_kb:.0f} KiB ({cfg.inspect.shard_features} features)"
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -33,8 +32,7 @@ def main() -> None:
         hc = cfg.harvest
         device = resolve_device(cfg.device)
         model = load_model(cfg.model, device)
-        windows = token_windows(cfg.data, model.tokenizer, "train", hc.ctx_len, model.bos_token_id,
-                                model.eos_token_id)
+        windows = token_windows(cfg.data, model.tokenizer, "train", hc.ctx_len, model.bos_token_id, model.eos_token_id)
         # the windows the harvest itself will run: each stores ctx_len - site_start rows
         n_windows = -(-n_tokens // (hc.ctx_len - kept_positions(hc.ctx_len, cfg.site_start).start))
         batches = list(batched_windows(itertools.islice(windows, n_windows), hc.batch_size))

@@ -37,20 +37,42 @@ def main() -> None:
     extra = [a for a in sys.argv[1:] if not a.isdigit()]
     cores = available_cores()
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = ["train.n_tokens=409600", "train.resample=false", "train.log_every=20",
-                     "train.checkpoint_every=100000", f"train.data_streams={n}", f"out_dir={tmp}", "device=cpu",
-                     *extra]
+        overrides = [
+            "train.n_tokens=409600",
+            "train.resample=false",
+            "train.log_every=20",
+            "train.checkpoint_every=100000",
+            f"train.data_streams={n}",
+            f"out_dir={tmp}",
+            "device=cpu",
+            *extra,
+        ]
         synthetic_store(compose_config(overrides), 576, 262_144)
         env = dict(os.environ, HF_HUB_OFFLINE="1")
         env.pop("OMP_NUM_THREADS", None)
         gsae = [sys.executable, "-m", "gsae_cli", "train"]
         one_all = run([*gsae, *overrides, "--force"], env)
         one_share = run([*gsae, *overrides, f"threads={max(1, cores // n)}", "--force"], env)
-        ranks = run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-                     "-m", "gsae_cli", "train", *overrides, "--force"], env)
+        ranks = run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={n}",
+                "-m",
+                "gsae_cli",
+                "train",
+                *overrides,
+                "--force",
+            ],
+            env,
+        )
     t1, ts, tn = (s["tokens_per_s_this_run"] for s in (one_all, one_share, ranks))
-    print(f"cores {cores}, sae {one_all['architecture']} d_sae {one_all['d_sae']}, batch "
-          f"{compose_config(overrides).train.batch_size}, {one_all['steps']} steps, data_streams {n}")
+    print(
+        f"cores {cores}, sae {one_all['architecture']} d_sae {one_all['d_sae']}, batch "
+        f"{compose_config(overrides).train.batch_size}, {one_all['steps']} steps, data_streams {n}"
+    )
     print(f"1 process, {cores} threads        {t1:,.0f} tokens/s")
     print(f"1 process, {max(1, cores // n)} thread(s)        {ts:,.0f} tokens/s")
     print(f"{n} ranks (gloo), {max(1, cores // n)} thread(s) each {tn:,.0f} tokens/s")

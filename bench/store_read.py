@@ -90,14 +90,20 @@ def main() -> None:
         for name, where in places.items():
             w = write(where, rows, d_model)
             raw = raw_read(where)
-            print(f"{name:>14}: write {mib / w:4.0f} MiB/s | raw read {raw:9,.0f} rows/s "
-                  f"({raw * d_model * 2 / 2**20:4.0f} MiB/s)")
+            print(
+                f"{name:>14}: write {mib / w:4.0f} MiB/s | raw read {raw:9,.0f} rows/s "
+                f"({raw * d_model * 2 / 2**20:4.0f} MiB/s)"
+            )
             for depth in (2, 8):
                 rate, waited = stream(where, depth)
-                print(f"{'':>14}  training reader, {depth} chunks ahead: {rate:9,.0f} rows/s, "
-                      f"waiting {waited:.0%} of its time")
-    print(f"the gated SAE step (d_sae {4 * d_model:,}, batch 4,096) consumes {step_rate(d_model):,.0f} tokens/s "
-          "on this machine's CPU")
+                print(
+                    f"{'':>14}  training reader, {depth} chunks ahead: {rate:9,.0f} rows/s, "
+                    f"waiting {waited:.0%} of its time"
+                )
+    print(
+        f"the gated SAE step (d_sae {4 * d_model:,}, batch 4,096) consumes {step_rate(d_model):,.0f} tokens/s "
+        "on this machine's CPU"
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ MATMULS_PER_TOKEN = {"relu": 6, "gated": 8}
 def synthetic_store(cfg, d_model: int, n_rows: int) -> None:
     path = harvest_dir(cfg, cfg.hook)
     attrs = {"gsae_identity": harvest_identity(cfg, cfg.hook), "config_hash": harvest_hash(cfg, cfg.hook)}
-    w = store.StoreWriter.open(path, d_model=d_model, n_tokens=n_rows, dtype="bfloat16", chunk_rows=8192,
-                               attrs=attrs, fsync=False)
+    w = store.StoreWriter.open(
+        path, d_model=d_model, n_tokens=n_rows, dtype="bfloat16", chunk_rows=8192, attrs=attrs, fsync=False
+    )
     g = torch.Generator().manual_seed(0)
     sum_sq = 0.0
     for a in range(0, n_rows, 65536):
@@ -48,8 +49,9 @@ def synthetic_store(cfg, d_model: int, n_rows: int) -> None:
     w.close()
 
 
-def peak_matmul_flops(batch: int, n: int, m: int, device: torch.device, seconds: float = 3.0,
-                      dtype: torch.dtype = torch.float32) -> float:
+def peak_matmul_flops(
+    batch: int, n: int, m: int, device: torch.device, seconds: float = 3.0, dtype: torch.dtype = torch.float32
+) -> float:
     """Best sustained FLOP/s of the step's three matmul shapes, each timed alone, in the dtype the
     step's matmuls run in (bf16 under train.autocast=bf16 on CUDA)."""
     a = torch.randn(batch, n, device=device, dtype=dtype)
@@ -74,11 +76,21 @@ def main() -> None:
     overrides = sys.argv[1:]
     with tempfile.TemporaryDirectory() as tmp:
         # No resampling: its LR drop and re-warm would change what is timed from run to run.
-        cfg = compose_config(["train.n_tokens=409600", "train.resample=false", "train.log_every=20",
-                              "train.checkpoint_every=100000", f"out_dir={tmp}", *overrides])
+        cfg = compose_config(
+            [
+                "train.n_tokens=409600",
+                "train.resample=false",
+                "train.log_every=20",
+                "train.checkpoint_every=100000",
+                f"out_dir={tmp}",
+                *overrides,
+            ]
+        )
         if cfg.sae.name not in MATMULS_PER_TOKEN:
-            sys.exit(f"bench/train.py counts FLOPs for {', '.join(MATMULS_PER_TOKEN)}; "
-                     f"sae={cfg.sae.name} is not one of them (pass sae=relu or sae=gated).")
+            sys.exit(
+                f"bench/train.py counts FLOPs for {', '.join(MATMULS_PER_TOKEN)}; "
+                f"sae={cfg.sae.name} is not one of them (pass sae=relu or sae=gated)."
+            )
         d_model = 576
         synthetic_store(cfg, d_model, 262_144)
         result = run_train(cfg)
@@ -98,8 +110,16 @@ def main() -> None:
         print(f"peak matmul (same shapes) {peak / 1e9:,.1f} GFLOP/s  ({'bf16' if bf16 else 'fp32'})")
         print(f"achieved / peak        {achieved / peak:.1%}   (target >= 50 %)")
         print(f"waiting for data       {s['data_wait_fraction']:.2%} of step time   (target < 5 %)")
-        print(json.dumps({"tokens_per_s": s["tokens_per_s_this_run"], "achieved_flops": achieved,
-                          "peak_flops": peak, "data_wait_fraction": s["data_wait_fraction"]}))
+        print(
+            json.dumps(
+                {
+                    "tokens_per_s": s["tokens_per_s_this_run"],
+                    "achieved_flops": achieved,
+                    "peak_flops": peak,
+                    "data_wait_fraction": s["data_wait_fraction"],
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

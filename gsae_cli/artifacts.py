@@ -8,9 +8,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from gsae_cli import storage
 from gsae_cli.errors import ArtifactError
@@ -37,8 +38,10 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(storage.read_bytes(path))
     except (OSError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"Cannot read {path} ({e}); the artifact is damaged. Remove its folder "
-                            f"(rm -r {path.parent}) or rerun the stage with --force.") from None
+        raise ArtifactError(
+            f"Cannot read {path} ({e}); the artifact is damaged. Remove its folder "
+            f"(rm -r {path.parent}) or rerun the stage with --force."
+        ) from None
 
 
 def is_complete(directory: Path) -> bool:
@@ -85,8 +88,9 @@ def locked(directory: Path, what: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def build_once(directory: Path, what: str, force: bool, build: Callable[[], Any],
-               result_file: str = "summary.json") -> tuple[Any, bool]:
+def build_once(
+    directory: Path, what: str, force: bool, build: Callable[[], Any], result_file: str = "summary.json"
+) -> tuple[Any, bool]:
     """(the artifact's result, reused?): under its lock, reuse a complete artifact (its
     `result_file`), else remove any half-written folder and `build()` it (build writes the files
     and the COMPLETE marker last, and returns the result)."""

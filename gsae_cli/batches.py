@@ -32,8 +32,8 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ def _gather(ring: np.ndarray, idx: np.ndarray | None, out: np.ndarray | None, at
             return ring[idx]
         out = np.empty((rows, ring.shape[1]), dtype=ring.dtype)
     if idx is not None:
-        out[at:at + len(idx)] = ring[idx]
+        out[at : at + len(idx)] = ring[idx]
     return out
 
 
@@ -338,7 +338,7 @@ class ShuffledBatches:
                 while have < B:
                     if qpos < len(order_p):
                         take = min(B - have, len(order_p) - qpos)
-                        pending = order_p[qpos:qpos + take] % R
+                        pending = order_p[qpos : qpos + take] % R
                         qpos += take
                         have += take
                         continue
@@ -353,7 +353,7 @@ class ShuffledBatches:
                         ring = np.empty((R, data.shape[1]), dtype=data.dtype)
                     r0 = start % R
                     k = min(n, R - r0)
-                    ring[r0:r0 + k] = data[:k]
+                    ring[r0 : r0 + k] = data[:k]
                     if k < n:
                         ring[: n - k] = data[k:]
                     p, v, key = sched.keys(g)

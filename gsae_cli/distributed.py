@@ -80,7 +80,7 @@ def average_(tensors: list[torch.Tensor], world: World) -> None:
     flat /= world.size
     offset = 0
     for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
 
 
@@ -108,8 +108,9 @@ def gather_streams(part: torch.Tensor, world: World, n_streams: int) -> torch.Te
     parts = [torch.empty_like(part) for _ in range(world.size)]
     dist.all_gather(parts, part.contiguous())
     per = part.shape[0] // (n_streams // world.size)
-    return torch.cat([parts[s % world.size][(s // world.size) * per:(s // world.size + 1) * per]
-                      for s in range(n_streams)])
+    return torch.cat(
+        [parts[s % world.size][(s // world.size) * per : (s // world.size + 1) * per] for s in range(n_streams)]
+    )
 
 
 def stream_ranges(n_chunks: int, chunk_rows: int, n_rows: int, n_streams: int) -> list[tuple[int, int]]:

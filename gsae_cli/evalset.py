@@ -45,9 +45,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -124,7 +124,8 @@ def select_windows(cfg: DictConfig, tokenizer, bos: int, eos: int) -> tuple[Tens
             f"The held-out split has {total:,} windows of {ctx} tokens ({total * (ctx - 1):,} "
             f"predictions), fewer than the {n:,} that eval.n_tokens={cfg.eval.n_tokens:,} needs. Lower "
             "eval.n_tokens or eval.ctx_len, hold out more documents (a smaller data.eval_every), or "
-            "use a larger corpus.")
+            "use a larger corpus."
+        )
     index = spread_indices(total, n)
     return every[index], index, total
 
@@ -199,22 +200,25 @@ class Splicer:
             # (hook_resid_pre fires as blocks.L.hook_in).
             def keep(act: Tensor, hook) -> None:
                 got[name] = act.detach().clone()  # clone: later in-place ops must not reach it
+
             return keep
 
         names = [self.hook] + ([self.entry] if self.from_layer and not self.entry_is_site else [])
         names += [n for n in extra if n not in names]
-        logits = self.bridge.run_with_hooks(tokens, return_type="logits",
-                                            fwd_hooks=[(n, keeper(n)) for n in names])
+        logits = self.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=[(n, keeper(n)) for n in names])
         missing = [n for n in names if n not in got]
         if missing:
-            raise ConfigError(f"Hook {', '.join(missing)} never fired in a forward pass; choose a hook on "
-                              "the residual stream, attention or MLP path (e.g. blocks.L.hook_resid_pre).")
+            raise ConfigError(
+                f"Hook {', '.join(missing)} never fired in a forward pass; choose a hook on "
+                "the residual stream, attention or MLP path (e.g. blocks.L.hook_resid_pre)."
+            )
         if self.from_layer and self.entry_is_site:
             got[self.entry] = got[self.hook]
         return logits, got
 
-    def patched(self, tokens: Tensor, entry: Tensor | None, replacement: Tensor,
-                capture: str | None = None) -> tuple[Tensor, Tensor | None]:
+    def patched(
+        self, tokens: Tensor, entry: Tensor | None, replacement: Tensor, capture: str | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """(logits, the activation at `capture` or None) with the hook's activation replaced by
         `replacement` (same shape)."""
         got: dict[str, Tensor] = {}
@@ -228,25 +232,28 @@ class Splicer:
         fwd_hooks = [(self.hook, replace)] + ([(capture, keep)] if capture else [])
         if self.from_layer:
             with _only_blocks_from(self.bridge, self.layer):
-                logits = self.bridge.run_with_hooks(entry, start_at_layer=self.layer,
-                                                    return_type="logits", fwd_hooks=fwd_hooks)
+                logits = self.bridge.run_with_hooks(
+                    entry, start_at_layer=self.layer, return_type="logits", fwd_hooks=fwd_hooks
+                )
         else:
             logits = self.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=fwd_hooks)
         if capture and "c" not in got:
-            raise ArtifactError(f"Hook {capture} did not fire in the spliced pass; rebuild the eval set "
-                                "(remove its folder under out_dir/evalset/).")
+            raise ArtifactError(
+                f"Hook {capture} did not fire in the spliced pass; rebuild the eval set "
+                "(remove its folder under out_dir/evalset/)."
+            )
         return logits, got.get("c")
 
-    def checked_entry(self, tokens: Tensor, logits: Tensor, site: Tensor, entry: Tensor | None
-                      ) -> Tensor | None:
+    def checked_entry(self, tokens: Tensor, logits: Tensor, site: Tensor, entry: Tensor | None) -> Tensor | None:
         """The block entry to pass to `patched` for this batch: on the first call of an "auto"
         splicer, verify the restart path first (it may fall back to full forwards, which take none)."""
         if self.unverified:
             self.verify(tokens, logits, site, entry)
         return entry if self.from_layer else None
 
-    def ablated_nll(self, tokens: Tensor, entry: Tensor | None, site: Tensor, first: int,
-                         value: Tensor | float = 0.0) -> Tensor:
+    def ablated_nll(
+        self, tokens: Tensor, entry: Tensor | None, site: Tensor, first: int, value: Tensor | float = 0.0
+    ) -> Tensor:
         """Per-window sums of next-token NLL [n] with the site set to `value` (zeros, or one
         activation broadcast to every position) at positions >= `first`."""
         ablated = site.clone()
@@ -267,8 +274,10 @@ class Splicer:
         else:
             reason = "its logits differ from the full forward's"
         if not ok:
-            notice(f"eval: cannot restart the forward at block {self.layer} for this model ({reason}); "
-                   "using full forwards (about 1.5x slower).")
+            notice(
+                f"eval: cannot restart the forward at block {self.layer} for this model ({reason}); "
+                "using full forwards (about 1.5x slower)."
+            )
             self.from_layer = False
 
 
@@ -303,7 +312,7 @@ def log_sum_exp(logits: Tensor) -> Tensor:
     *lead, v = logits.shape
     rows = logits.reshape(-1, v)
     step = _row_step(v)
-    out = torch.cat([torch.logsumexp(rows[i:i + step].float(), dim=-1) for i in range(0, rows.shape[0], step)])
+    out = torch.cat([torch.logsumexp(rows[i : i + step].float(), dim=-1) for i in range(0, rows.shape[0], step)])
     return out.view(lead).double()
 
 
@@ -321,7 +330,7 @@ def kl_direct(logits_clean: Tensor, logits_spliced: Tensor) -> Tensor:
     b, s, v = logits_clean.shape
     rows_c, rows_s = logits_clean.reshape(b * s, v), logits_spliced.reshape(b * s, v)
     step = _row_step(v)
-    out = torch.cat([kl_div_per_position(rows_c[i:i + step], rows_s[i:i + step]) for i in range(0, b * s, step)])
+    out = torch.cat([kl_div_per_position(rows_c[i : i + step], rows_s[i : i + step]) for i in range(0, b * s, step)])
     return out.view(b, s).double()
 
 
@@ -330,7 +339,7 @@ def _expected_unembedding(logits: Tensor, w: Tensor) -> Tensor:
     b, s, v = logits.shape
     rows = logits.reshape(b * s, v)
     step = _row_step(v)
-    out = torch.cat([torch.softmax(rows[i:i + step].float(), dim=-1) @ w for i in range(0, b * s, step)])
+    out = torch.cat([torch.softmax(rows[i : i + step].float(), dim=-1) @ w for i in range(0, b * s, step)])
     return out.view(b, s, -1)
 
 
@@ -341,15 +350,15 @@ def _expected_unembedding(logits: Tensor, w: Tensor) -> Tensor:
 
 @dataclass
 class EvalSet:
-    tokens: Tensor                  # [n, ctx_len] int64
-    site: Tensor                    # [n, ctx_len, d] clean activation at the hook (model dtype)
-    entry: Tensor | None            # [n, ctx_len, d] residual entering the hook's block, or None
-    nll_clean: Tensor               # [n] float64
-    nll_zero: Tensor                # [n] float64
-    kl: dict[str, Tensor] | None    # KL_TENSORS ("unembed" mode) or None ("logits" mode)
-    first: int                      # first site position
+    tokens: Tensor  # [n, ctx_len] int64
+    site: Tensor  # [n, ctx_len, d] clean activation at the hook (model dtype)
+    entry: Tensor | None  # [n, ctx_len, d] residual entering the hook's block, or None
+    nll_clean: Tensor  # [n] float64
+    nll_zero: Tensor  # [n] float64
+    kl: dict[str, Tensor] | None  # KL_TENSORS ("unembed" mode) or None ("logits" mode)
+    first: int  # first site position
     hook: str
-    method: str                     # "from_layer" | "full": how patched passes run
+    method: str  # "from_layer" | "full": how patched passes run
     info: dict = field(default_factory=dict)  # provenance, written to evalset.json
     nll_mean: Tensor | None = None  # [n] float64, the site at its mean (built after the passes above)
 
@@ -375,9 +384,16 @@ class EvalSet:
 
 
 @torch.no_grad()
-def zero_ablation_nll(model: LoadedModel, hooks: list[str], tokens: Tensor, first: int, *, batch_size: int,
-                      method: str = "auto", advance: Callable[[int], None] | None = None
-                      ) -> tuple[Tensor, dict[str, Tensor]]:
+def zero_ablation_nll(
+    model: LoadedModel,
+    hooks: list[str],
+    tokens: Tensor,
+    first: int,
+    *,
+    batch_size: int,
+    method: str = "auto",
+    advance: Callable[[int], None] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-window sums of next-token NLL [n] of the clean pass, and for each hook of the pass with
     that hook zeroed at positions >= `first`: what build_evalset computes as nll_clean and
     nll_zero, with one clean forward for all the hooks instead of one per hook (a scan over many
@@ -386,12 +402,13 @@ def zero_ablation_nll(model: LoadedModel, hooks: list[str], tokens: Tensor, firs
         raise ValueError("zero_ablation_nll needs at least one hook")
     splicers = {h: Splicer(model, h, method) for h in hooks}
     # every hook, and every restart's block entry, captured in the one clean pass
-    names = tuple(dict.fromkeys(n for sp in splicers.values()
-                                for n in (sp.hook, *((sp.entry,) if sp.from_layer else ()))))
+    names = tuple(
+        dict.fromkeys(n for sp in splicers.values() for n in (sp.hook, *((sp.entry,) if sp.from_layer else ())))
+    )
     clean: list[Tensor] = []
     zero: dict[str, list[Tensor]] = {h: [] for h in hooks}
     for lo in range(0, tokens.shape[0], batch_size):
-        batch = tokens[lo:lo + batch_size].to(model.device)
+        batch = tokens[lo : lo + batch_size].to(model.device)
         logits, acts = splicers[hooks[0]].clean(batch, extra=names)
         clean.append(next_token_nll(logits, batch).sum(dim=1).cpu())
         for hook, sp in splicers.items():
@@ -403,9 +420,18 @@ def zero_ablation_nll(model: LoadedModel, hooks: list[str], tokens: Tensor, firs
     return torch.cat(clean), {h: torch.cat(v) for h, v in zero.items()}
 
 
-def build_evalset(model: LoadedModel, hook: str, tokens: Tensor, first: int, *, batch_size: int,
-                  method: str = "auto", advance: Callable[[int], None] | None = None,
-                  kl_mode: str = "auto", info: dict | None = None) -> EvalSet:
+def build_evalset(
+    model: LoadedModel,
+    hook: str,
+    tokens: Tensor,
+    first: int,
+    *,
+    batch_size: int,
+    method: str = "auto",
+    advance: Callable[[int], None] | None = None,
+    kl_mode: str = "auto",
+    info: dict | None = None,
+) -> EvalSet:
     """The clean and zero-ablated passes over `tokens` [n, ctx_len] (each row BOS + text), with
     what every SAE's eval needs from them. kl_mode "auto" uses "unembed" when the first batch
     shows logits = W_U h + b, else "logits"."""
@@ -418,8 +444,7 @@ def build_evalset(model: LoadedModel, hook: str, tokens: Tensor, first: int, *, 
     affine = _unembed_affine(model.bridge) if kl_mode in ("auto", "unembed") else None
     # float32 only: with bf16/fp16 logits the shortcut's fp32 product and the low-precision
     # log-sum-exps would differ by about a logit's rounding, as large as a typical KL.
-    want_unembed = (affine is not None and UNEMBED_IN in model.bridge.hook_dict
-                    and affine[0].dtype == torch.float32)
+    want_unembed = affine is not None and UNEMBED_IN in model.bridge.hook_dict and affine[0].dtype == torch.float32
     w_float = affine[0].float() if want_unembed else None  # once, not per batch (a copy for bf16 models)
     parts: dict[str, list[Tensor]] = {}
 
@@ -427,7 +452,7 @@ def build_evalset(model: LoadedModel, hook: str, tokens: Tensor, first: int, *, 
         parts.setdefault(name, []).append(value.cpu())
 
     for lo in range(0, n, batch_size):
-        batch = tokens[lo:lo + batch_size].to(model.device)
+        batch = tokens[lo : lo + batch_size].to(model.device)
         logits, acts = splicer.clean(batch, extra=(UNEMBED_IN,) if want_unembed else ())
         site = acts[hook]
         entry = splicer.checked_entry(batch, logits, site, acts.get(splicer.entry) if splicer.from_layer else None)
@@ -435,8 +460,10 @@ def build_evalset(model: LoadedModel, hook: str, tokens: Tensor, first: int, *, 
             weight, bias = affine
             want_unembed = _close(F.linear(acts[UNEMBED_IN], weight, bias), logits)
             if not want_unembed:
-                notice("eval: this model's logits are not an affine map of the unembedding's input; "
-                       "computing the clean logits again for every SAE's KL (slower).")
+                notice(
+                    "eval: this model's logits are not an affine map of the unembedding's input; "
+                    "computing the clean logits again for every SAE's KL (slower)."
+                )
         lse = log_sum_exp(logits)
         add("nll_clean", next_token_nll(logits, batch, lse).sum(dim=1))
         add("site", site)
@@ -451,10 +478,18 @@ def build_evalset(model: LoadedModel, hook: str, tokens: Tensor, first: int, *, 
         if advance is not None:
             advance(batch.shape[0] * (ctx - 1))
     cat = {k: torch.cat(v) for k, v in parts.items()}
-    es = EvalSet(tokens=tokens.to(torch.int64).cpu(), site=cat["site"], entry=cat.get("entry"),
-                 nll_clean=cat["nll_clean"], nll_zero=cat["nll_zero"],
-                 kl={k: cat[k] for k in KL_TENSORS} if want_unembed else None,
-                 first=first, hook=hook, method=splicer.method, info=dict(info or {}))
+    es = EvalSet(
+        tokens=tokens.to(torch.int64).cpu(),
+        site=cat["site"],
+        entry=cat.get("entry"),
+        nll_clean=cat["nll_clean"],
+        nll_zero=cat["nll_zero"],
+        kl={k: cat[k] for k in KL_TENSORS} if want_unembed else None,
+        first=first,
+        hook=hook,
+        method=splicer.method,
+        info=dict(info or {}),
+    )
     es.nll_mean = _mean_ablated_nll(splicer, es, batch_size, model.device)
     return es
 
@@ -462,8 +497,9 @@ def build_evalset(model: LoadedModel, hook: str, tokens: Tensor, first: int, *, 
 def site_mean(es: EvalSet, batch_size: int = 64) -> Tensor:
     """The mean clean activation over every site position of every window, in the site's dtype
     (summed in float64, a batch of windows at a time: no float64 copy of the whole site)."""
-    total = sum(es.site[lo:lo + batch_size, es.first:].double().sum(dim=(0, 1))
-                for lo in range(0, es.n_windows, batch_size))
+    total = sum(
+        es.site[lo : lo + batch_size, es.first :].double().sum(dim=(0, 1)) for lo in range(0, es.n_windows, batch_size)
+    )
     return (total / (es.n_windows * (es.ctx_len - es.first))).to(es.site.dtype)
 
 
@@ -474,8 +510,11 @@ def _mean_ablated_nll(splicer: Splicer, es: EvalSet, batch_size: int, device) ->
     for lo in range(0, es.n_windows, batch_size):
         hi = min(lo + batch_size, es.n_windows)
         entry = es.entry_rows(lo, hi).to(device) if splicer.from_layer else None
-        out.append(splicer.ablated_nll(es.tokens[lo:hi].to(device), entry, es.site[lo:hi].to(device),
-                                            es.first, mean.to(device)).cpu())
+        out.append(
+            splicer.ablated_nll(
+                es.tokens[lo:hi].to(device), entry, es.site[lo:hi].to(device), es.first, mean.to(device)
+            ).cpu()
+        )
     return torch.cat(out).double()
 
 
@@ -488,19 +527,40 @@ def save_evalset(directory: Path, es: EvalSet, eval_set_hash: str, config_yaml: 
     """Tensors, then evalset.json and config.yaml, then the completion marker (each atomic)."""
     from safetensors.torch import save
 
-    tensors = {"tokens": es.tokens, "site": es.site, "nll_clean": es.nll_clean, "nll_zero": es.nll_zero,
-               "nll_mean": es.nll_mean}
+    tensors = {
+        "tokens": es.tokens,
+        "site": es.site,
+        "nll_clean": es.nll_clean,
+        "nll_zero": es.nll_zero,
+        "nll_mean": es.nll_mean,
+    }
     if es.entry is not None:
         tensors["entry"] = es.entry
     if es.kl is not None:
         tensors.update(es.kl)
-    meta = {"format": FORMAT, "eval_set": eval_set_hash, "hook": es.hook, "first": str(es.first),
-            "method": es.method, "kl_mode": es.kl_mode}
+    meta = {
+        "format": FORMAT,
+        "eval_set": eval_set_hash,
+        "hook": es.hook,
+        "first": str(es.first),
+        "method": es.method,
+        "kl_mode": es.kl_mode,
+    }
     directory.mkdir(parents=True, exist_ok=True)
-    artifacts.atomic_write_bytes(directory / TENSORS,
-                                 save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
-    artifacts.write_json(directory / META, {**es.info, **meta, "first": es.first, "n_windows": es.n_windows,
-                                            "ctx_len": es.ctx_len, "tensors": sorted(tensors)})
+    artifacts.atomic_write_bytes(
+        directory / TENSORS, save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
+    )
+    artifacts.write_json(
+        directory / META,
+        {
+            **es.info,
+            **meta,
+            "first": es.first,
+            "n_windows": es.n_windows,
+            "ctx_len": es.ctx_len,
+            "tensors": sorted(tensors),
+        },
+    )
     artifacts.atomic_write_text(directory / "config.yaml", config_yaml)
     artifacts.mark_complete(directory)
 
@@ -513,8 +573,10 @@ def load_evalset(directory: Path, eval_set_hash: str) -> EvalSet:
     path = directory / TENSORS
 
     def damaged(why: str) -> ArtifactError:
-        return ArtifactError(f"The cached eval set {directory} is damaged ({why}). Remove it "
-                             f"(rm -r {directory}) and rerun: it is rebuilt from the model and corpus.")
+        return ArtifactError(
+            f"The cached eval set {directory} is damaged ({why}). Remove it "
+            f"(rm -r {directory}) and rerun: it is rebuilt from the model and corpus."
+        )
 
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -523,9 +585,12 @@ def load_evalset(directory: Path, eval_set_hash: str) -> EvalSet:
     except Exception as e:  # noqa: BLE001 — safetensors raises several types for a bad file
         raise damaged(f"{type(e).__name__}: {e}") from None
     if meta.get("format") != FORMAT or meta.get("eval_set") != eval_set_hash:
-        raise damaged(f"format {meta.get('format')!r}, eval set {meta.get('eval_set')!r}; expected "
-                      f"{FORMAT!r}, {eval_set_hash!r}")
-    needed = ["tokens", "site", "nll_clean", "nll_zero", "nll_mean"] + (list(KL_TENSORS) if meta.get("kl_mode") == "unembed" else [])
+        raise damaged(
+            f"format {meta.get('format')!r}, eval set {meta.get('eval_set')!r}; expected {FORMAT!r}, {eval_set_hash!r}"
+        )
+    needed = ["tokens", "site", "nll_clean", "nll_zero", "nll_mean"] + (
+        list(KL_TENSORS) if meta.get("kl_mode") == "unembed" else []
+    )
     layer = hook_layer(meta.get("hook", ""))
     if meta.get("method") == "from_layer" and meta.get("hook") != f"blocks.{layer}.hook_resid_pre":
         needed.append("entry")  # the restart needs the block's entry unless it is the site itself
@@ -533,17 +598,28 @@ def load_evalset(directory: Path, eval_set_hash: str) -> EvalSet:
     if missing:
         raise damaged(f"missing {', '.join(missing)}")
     n, ctx = tensors["tokens"].shape
-    shapes_ok = (tensors["site"].shape[:2] == (n, ctx) and tensors["nll_clean"].shape == (n,)
-                 and tensors["nll_zero"].shape == (n,) and tensors["nll_mean"].shape == (n,)
-                 and all(tensors[k].shape[:2] == (n, ctx) for k in needed[5:]))
+    shapes_ok = (
+        tensors["site"].shape[:2] == (n, ctx)
+        and tensors["nll_clean"].shape == (n,)
+        and tensors["nll_zero"].shape == (n,)
+        and tensors["nll_mean"].shape == (n,)
+        and all(tensors[k].shape[:2] == (n, ctx) for k in needed[5:])
+    )
     if not shapes_ok:
         raise damaged("tensor shapes disagree")
-    return EvalSet(tokens=tensors["tokens"], site=tensors["site"], entry=tensors.get("entry"),
-                   nll_clean=tensors["nll_clean"], nll_zero=tensors["nll_zero"],
-                   kl={k: tensors[k] for k in KL_TENSORS} if meta.get("kl_mode") == "unembed" else None,
-                   first=int(meta["first"]), hook=meta["hook"], method=meta["method"],
-                   info=artifacts.read_json(directory / META) if (directory / META).exists() else {},
-                   nll_mean=tensors["nll_mean"])
+    return EvalSet(
+        tokens=tensors["tokens"],
+        site=tensors["site"],
+        entry=tensors.get("entry"),
+        nll_clean=tensors["nll_clean"],
+        nll_zero=tensors["nll_zero"],
+        kl={k: tensors[k] for k in KL_TENSORS} if meta.get("kl_mode") == "unembed" else None,
+        first=int(meta["first"]),
+        hook=meta["hook"],
+        method=meta["method"],
+        info=artifacts.read_json(directory / META) if (directory / META).exists() else {},
+        nll_mean=tensors["nll_mean"],
+    )
 
 
 def obtain_evalset(cfg: DictConfig, model: LoadedModel) -> tuple[EvalSet, bool]:
@@ -573,14 +649,14 @@ def _select(cfg: DictConfig, model: LoadedModel) -> tuple[Tensor, list[int], int
     return select_windows(cfg, model.tokenizer, model.bos_token_id, model.eos_token_id)
 
 
-def _build_for(cfg: DictConfig, model: LoadedModel,
-               selected: tuple[Tensor, list[int], int] | None = None) -> EvalSet:
+def _build_for(cfg: DictConfig, model: LoadedModel, selected: tuple[Tensor, list[int], int] | None = None) -> EvalSet:
     windows, index, total = selected if selected is not None else _select(cfg, model)
     t0 = time.monotonic()
     with track("eval set (clean, zero- and mean-ablated)", windows.shape[0] * (windows.shape[1] - 1), "tokens") as bar:
-        es = build_evalset(model, cfg.hook, windows, first_spliced(cfg), batch_size=cfg.eval.batch_size,
-                           advance=bar.advance)
-    es.info.update({"held_out_windows": total, "window_indices": index,
-                    "build_seconds": round(time.monotonic() - t0, 3)})
+        es = build_evalset(
+            model, cfg.hook, windows, first_spliced(cfg), batch_size=cfg.eval.batch_size, advance=bar.advance
+        )
+    es.info.update(
+        {"held_out_windows": total, "window_indices": index, "build_seconds": round(time.monotonic() - t0, 3)}
+    )
     return es
-

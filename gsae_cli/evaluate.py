@@ -69,9 +69,9 @@ import hashlib
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -81,19 +81,50 @@ from gsae_cli import artifacts
 from gsae_cli.config import eval_dir, evalset_dir, evalset_hash, to_yaml
 from gsae_cli.divergence import describe, divergence_of_sae
 from gsae_cli.errors import ArtifactError, ConfigError
-from gsae_cli.evalset import (UNEMBED_IN, EvalSet, Splicer, build_evalset, kl_direct, log_sum_exp,
-                              next_token_nll, obtain_evalset)
-from gsae_cli.metrics import (NO_BOOTSTRAP, WINDOW_FORMAT, WINDOW_SCALARS, WINDOW_VECTORS, bootstrap_intervals,
-                              density_histogram, window_metrics)
+from gsae_cli.evalset import (
+    UNEMBED_IN,
+    EvalSet,
+    Splicer,
+    build_evalset,
+    kl_direct,
+    log_sum_exp,
+    next_token_nll,
+    obtain_evalset,
+)
+from gsae_cli.metrics import (
+    NO_BOOTSTRAP,
+    WINDOW_FORMAT,
+    WINDOW_SCALARS,
+    WINDOW_VECTORS,
+    bootstrap_intervals,
+    density_histogram,
+    window_metrics,
+)
 from gsae_cli.models import LoadedModel, load_model, resolve_device, validate_hooks
 from gsae_cli.progress import notice, track
 
 METRICS = "metrics.json"
 PER_WINDOW = "per_window.safetensors"
-METRIC_KEYS = ("l0", "l0_gate", "loss_recovered", "ce_clean", "ce_spliced", "ce_zero_ablation", "ce_mean_ablation",
-               "loss_recovered_mean_ablation", "delta_loss",
-               "kl_div", "relative_reconstruction_bias", "relative_reconstruction_bias_centred", "nmse",
-               "explained_variance", "frac_dead", "frac_dense", "frac_passthrough", "n_tokens")
+METRIC_KEYS = (
+    "l0",
+    "l0_gate",
+    "loss_recovered",
+    "ce_clean",
+    "ce_spliced",
+    "ce_zero_ablation",
+    "ce_mean_ablation",
+    "loss_recovered_mean_ablation",
+    "delta_loss",
+    "kl_div",
+    "relative_reconstruction_bias",
+    "relative_reconstruction_bias_centred",
+    "nmse",
+    "explained_variance",
+    "frac_dead",
+    "frac_dense",
+    "frac_passthrough",
+    "n_tokens",
+)
 CI_LEVEL = 0.95
 
 
@@ -108,13 +139,13 @@ class EvalResult:
 class Evaluation:
     """One SAE on one eval set."""
 
-    metrics: dict                      # METRIC_KEYS -> float (n_tokens: int)
+    metrics: dict  # METRIC_KEYS -> float (n_tokens: int)
     ci: dict[str, list[float]] | None  # metric -> [lo, hi]; None without bootstrap
-    sums: dict[str, Tensor]            # per-window sums, metrics.WINDOW_SCALARS + WINDOW_VECTORS
-    fire_counts: Tensor                # [n_windows, d_sae] site tokens each feature fired on
-    feature_density: Tensor            # [d_sae] float64 firing frequency over all site tokens
-    method: str                        # how the spliced passes ran: "from_layer" or "full"
-    kl_mode: str                       # "unembed" or "logits" (see gsae_cli/evalset.py)
+    sums: dict[str, Tensor]  # per-window sums, metrics.WINDOW_SCALARS + WINDOW_VECTORS
+    fire_counts: Tensor  # [n_windows, d_sae] site tokens each feature fired on
+    feature_density: Tensor  # [d_sae] float64 firing frequency over all site tokens
+    method: str  # how the spliced passes ran: "from_layer" or "full"
+    kl_mode: str  # "unembed" or "logits" (see gsae_cli/evalset.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,15 +181,19 @@ def locate_sae(cfg: DictConfig) -> tuple[Path, dict, str]:
 
 def check_sae_matches(cfg: DictConfig, meta: dict, sae_dir: Path) -> None:
     """An SAE read against another model or site gives meaningless numbers: refuse early."""
-    wrong = [(k, meta[k], have) for k, have in (("model", cfg.model.name), ("hook", cfg.hook))
-             if meta.get(k) is not None and meta[k] != have]
+    wrong = [
+        (k, meta[k], have)
+        for k, have in (("model", cfg.model.name), ("hook", cfg.hook))
+        if meta.get(k) is not None and meta[k] != have
+    ]
     if wrong:
         theirs = " ".join(f"{k}={v}" for k, v, _ in wrong)
         ours = " ".join(f"{k}={h}" for k, _, h in wrong)
         raise ConfigError(
             f"The SAE in {sae_dir} was trained with {theirs}, but this run has {ours}. Pass "
             f"{theirs} (matching the SAE, see {sae_dir / 'sae.json'}), or point sae.path at an SAE "
-            "trained for this model and hook.")
+            "trained for this model and hook."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,9 +202,15 @@ def check_sae_matches(cfg: DictConfig, meta: dict, sae_dir: Path) -> None:
 
 
 @torch.no_grad()
-def window_sums(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: int,
-                advance: Callable[[int], None] | None = None,
-                sae_label: str = "the SAE") -> tuple[dict[str, Tensor], Tensor]:
+def window_sums(
+    model: LoadedModel,
+    sae: nn.Module,
+    es: EvalSet,
+    *,
+    batch_size: int,
+    advance: Callable[[int], None] | None = None,
+    sae_label: str = "the SAE",
+) -> tuple[dict[str, Tensor], Tensor]:
     """(per-window sums named by metrics.WINDOW_SCALARS / WINDOW_VECTORS, float64 on the CPU;
     per-window per-feature fire counts [n_windows, d_sae] int32) of `sae` spliced into `es`."""
     d = es.site[0, 0].numel()  # per-token width; heads ([.., n_heads, d_head]) are flattened, as harvest does
@@ -177,12 +218,14 @@ def window_sums(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: 
         raise ConfigError(
             f"{sae_label} takes d_model={sae.d_model} activations, but hook {es.hook} of this model "
             f"gives width {d}. Evaluate it with the model and hook it was trained on (see its "
-            "sae.json), or train one for this site.")
+            "sae.json), or train one for this site."
+        )
     splicer = Splicer(model, es.hook, es.method)  # the method the eval set was verified with
     sae_device = next(iter(sae.parameters()), torch.empty(0)).device
     first, ctx = es.first, es.ctx_len
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("nll_spliced", "kl", "sq_err", "x_sq", "xhat_sq",
-                                                      "xhat_dot_x", "x_sum", "xhat_sum")}
+    parts: dict[str, list[Tensor]] = {
+        k: [] for k in ("nll_spliced", "kl", "sq_err", "x_sq", "xhat_sq", "xhat_dot_x", "x_sum", "xhat_sum")
+    }
     fires: list[Tensor] = []
     gates: list[Tensor] = []
     for lo in range(0, es.n_windows, batch_size):
@@ -200,7 +243,8 @@ def window_sums(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: 
             raise ArtifactError(
                 f"{sae_label} produced {bad} NaN/inf values in its reconstruction of eval windows "
                 f"{lo}-{hi - 1} (inputs finite: {bool(torch.isfinite(x32).all())}). Its weights are "
-                "corrupt or its training diverged; retrain it (`gsae train --force` with a lower train.lr).")
+                "corrupt or its training diverged; retrain it (`gsae train --force` with a lower train.lr)."
+            )
         spliced = site.clone()
         spliced[:, first:] = x_hat.to(site.device, site.dtype).view_as(body)
 
@@ -210,8 +254,9 @@ def window_sums(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: 
         if es.kl is not None:
             # KL = Σ_v P_clean (z_clean - z') + L' - L_clean = E_clean[W_U]·(h - h') + L' - L_clean
             kl = {k: v[lo:hi].to(model.device) for k, v in es.kl.items()}
-            kl_pos = ((kl["unembed_p"].double() * (kl["unembed_in"].double() - h.double())).sum(-1)
-                      + lse - kl["lse_clean"])
+            kl_pos = (
+                (kl["unembed_p"].double() * (kl["unembed_in"].double() - h.double())).sum(-1) + lse - kl["lse_clean"]
+            )
         else:
             clean_logits, _ = splicer.patched(tokens, entry, site)
             kl_pos = kl_direct(clean_logits, logits)
@@ -234,16 +279,28 @@ def window_sums(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: 
     fire_counts = torch.cat(fires)
     n = es.n_windows
     sums = {k: torch.cat(v) for k, v in parts.items()}
-    sums.update({"n_pred": torch.full((n,), float(ctx - 1), dtype=torch.float64),
-                 "nll_clean": es.nll_clean.double(), "nll_zero": es.nll_zero.double(),
-                 "nll_mean": es.nll_mean.double(),
-                 "n_site": torch.full((n,), float(ctx - first), dtype=torch.float64),
-                 "l0": fire_counts.sum(dim=1).double(), "l0_gate": torch.cat(gates)})
+    sums.update(
+        {
+            "n_pred": torch.full((n,), float(ctx - 1), dtype=torch.float64),
+            "nll_clean": es.nll_clean.double(),
+            "nll_zero": es.nll_zero.double(),
+            "nll_mean": es.nll_mean.double(),
+            "n_site": torch.full((n,), float(ctx - first), dtype=torch.float64),
+            "l0": fire_counts.sum(dim=1).double(),
+            "l0_gate": torch.cat(gates),
+        }
+    )
     return {k: sums[k] for k in WINDOW_SCALARS + WINDOW_VECTORS}, fire_counts
 
 
-def summarise(sums: dict[str, Tensor], fire_counts: Tensor, frac_passthrough: float, *,
-              bootstrap_samples: int = 0, bootstrap_seed: int = 0) -> tuple[dict, dict | None]:
+def summarise(
+    sums: dict[str, Tensor],
+    fire_counts: Tensor,
+    frac_passthrough: float,
+    *,
+    bootstrap_samples: int = 0,
+    bootstrap_seed: int = 0,
+) -> tuple[dict, dict | None]:
     """(METRIC_KEYS -> value, {metric: [lo, hi]} or None) from per-window sums."""
     point = {k: float(v) for k, v in window_metrics(sums, fire_counts).items()}
     point["frac_passthrough"] = frac_passthrough
@@ -256,25 +313,51 @@ def summarise(sums: dict[str, Tensor], fire_counts: Tensor, frac_passthrough: fl
     return metrics, {k: list(intervals[k]) for k in METRIC_KEYS if k != "n_tokens" and k not in NO_BOOTSTRAP}
 
 
-def evaluate(model: LoadedModel, sae: nn.Module, es: EvalSet, *, batch_size: int,
-             bootstrap_samples: int = 0, bootstrap_seed: int = 0,
-             advance: Callable[[int], None] | None = None, sae_label: str = "the SAE") -> Evaluation:
+def evaluate(
+    model: LoadedModel,
+    sae: nn.Module,
+    es: EvalSet,
+    *,
+    batch_size: int,
+    bootstrap_samples: int = 0,
+    bootstrap_seed: int = 0,
+    advance: Callable[[int], None] | None = None,
+    sae_label: str = "the SAE",
+) -> Evaluation:
     """`sae` spliced into the eval set `es`: metrics, intervals and per-window sums."""
     sums, fire_counts = window_sums(model, sae, es, batch_size=batch_size, advance=advance, sae_label=sae_label)
-    metrics, ci = summarise(sums, fire_counts, es.frac_passthrough, bootstrap_samples=bootstrap_samples,
-                            bootstrap_seed=bootstrap_seed)
+    metrics, ci = summarise(
+        sums, fire_counts, es.frac_passthrough, bootstrap_samples=bootstrap_samples, bootstrap_seed=bootstrap_seed
+    )
     density = fire_counts.sum(dim=0).double() / sums["n_site"].sum()
-    return Evaluation(metrics=metrics, ci=ci, sums=sums, fire_counts=fire_counts, feature_density=density,
-                      method=es.method, kl_mode=es.kl_mode)
+    return Evaluation(
+        metrics=metrics,
+        ci=ci,
+        sums=sums,
+        fire_counts=fire_counts,
+        feature_density=density,
+        method=es.method,
+        kl_mode=es.kl_mode,
+    )
 
 
-def evaluate_windows(model: LoadedModel, sae: nn.Module, hook: str, windows: Tensor, *, first: int = 1,
-                     batch_size: int = 8, method: str = "auto", bootstrap_samples: int = 0,
-                     bootstrap_seed: int = 0) -> Evaluation:
+def evaluate_windows(
+    model: LoadedModel,
+    sae: nn.Module,
+    hook: str,
+    windows: Tensor,
+    *,
+    first: int = 1,
+    batch_size: int = 8,
+    method: str = "auto",
+    bootstrap_samples: int = 0,
+    bootstrap_seed: int = 0,
+) -> Evaluation:
     """Build an eval set for token windows [n, ctx_len] in memory and evaluate `sae` on it."""
     es = build_evalset(model, hook, windows, first, batch_size=batch_size, method=method)
-    return evaluate(model, sae, es, batch_size=batch_size, bootstrap_samples=bootstrap_samples,
-                    bootstrap_seed=bootstrap_seed)
+    return evaluate(
+        model, sae, es, batch_size=batch_size, bootstrap_samples=bootstrap_samples, bootstrap_seed=bootstrap_seed
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,8 +369,9 @@ def run_eval(cfg: DictConfig, force: bool = False) -> EvalResult:
     sae_dir, meta, sae_id = locate_sae(cfg)
     check_sae_matches(cfg, meta, sae_dir)
     directory = eval_dir(cfg, sae_id)
-    metrics, reused = artifacts.build_once(directory, "evaluation", force,
-                                           lambda: _evaluate(cfg, sae_dir, meta, directory), METRICS)
+    metrics, reused = artifacts.build_once(
+        directory, "evaluation", force, lambda: _evaluate(cfg, sae_dir, meta, directory), METRICS
+    )
     return EvalResult(directory, metrics, reused)
 
 
@@ -311,19 +395,34 @@ def _evaluate(cfg: DictConfig, sae_dir: Path, meta: dict, directory: Path) -> di
     es, cached = obtain_evalset(cfg, model)
     t1 = time.monotonic()
     with track("eval", es.n_windows * (es.ctx_len - 1), "tokens") as bar:
-        ev = evaluate(model, sae, es, batch_size=cfg.eval.batch_size,
-                      bootstrap_samples=cfg.eval.bootstrap_samples, bootstrap_seed=cfg.eval.bootstrap_seed,
-                      advance=bar.advance, sae_label=f"The SAE in {sae_dir}")
+        ev = evaluate(
+            model,
+            sae,
+            es,
+            batch_size=cfg.eval.batch_size,
+            bootstrap_samples=cfg.eval.bootstrap_samples,
+            bootstrap_seed=cfg.eval.bootstrap_seed,
+            advance=bar.advance,
+            sae_label=f"The SAE in {sae_dir}",
+        )
     seconds = time.monotonic() - t1
     diverged = divergence_of_sae(sae_dir, meta)
     if diverged:
-        notice(f"WARNING: the SAE in {sae_dir} is not a trustworthy point: {describe(diverged)}. "
-               "Its metrics are recorded (sae.divergence in metrics.json) and `gsae report` flags it "
-               "(`--where diverged_at_step=none` leaves such SAEs out); retrain it with a lower learning rate.")
-    sae_info = {"path": str(sae_dir), "architecture": meta.get("architecture"), "d_sae": meta.get("d_sae"),
-                "l1_coefficient": meta.get("l1_coefficient"), "train_hash": meta.get("train_hash"),
-                "hook": meta.get("hook", cfg.hook), "model": meta.get("model", cfg.model.name),
-                "divergence": diverged}
+        notice(
+            f"WARNING: the SAE in {sae_dir} is not a trustworthy point: {describe(diverged)}. "
+            "Its metrics are recorded (sae.divergence in metrics.json) and `gsae report` flags it "
+            "(`--where diverged_at_step=none` leaves such SAEs out); retrain it with a lower learning rate."
+        )
+    sae_info = {
+        "path": str(sae_dir),
+        "architecture": meta.get("architecture"),
+        "d_sae": meta.get("d_sae"),
+        "l1_coefficient": meta.get("l1_coefficient"),
+        "train_hash": meta.get("train_hash"),
+        "hook": meta.get("hook", cfg.hook),
+        "model": meta.get("model", cfg.model.name),
+        "divergence": diverged,
+    }
     metrics = {**ev.metrics, "config": OmegaConf.to_container(cfg, resolve=True), "sae": sae_info}
     if ev.ci is not None:
         metrics["ci"] = ev.ci
@@ -334,25 +433,51 @@ def _evaluate(cfg: DictConfig, sae_dir: Path, meta: dict, directory: Path) -> di
     digest = evalset_hash(cfg)
     write_per_window(directory / PER_WINDOW, ev.sums, digest)
     hist = density_histogram(ev.feature_density, bins=cfg.eval.density_bins)
-    artifacts.write_json(directory / "density.json", {
-        "counts": hist.counts.tolist(), "edges": hist.edges.tolist(), "n_dead": hist.n_dead,
-        "n_features": int(ev.feature_density.numel()), "n_tokens": n_site, "n_windows": es.n_windows,
-        "x": "log10 firing frequency (fraction of the n_tokens eval site tokens on which a feature is active)",
-        "dense_threshold": 0.1})
+    artifacts.write_json(
+        directory / "density.json",
+        {
+            "counts": hist.counts.tolist(),
+            "edges": hist.edges.tolist(),
+            "n_dead": hist.n_dead,
+            "n_features": int(ev.feature_density.numel()),
+            "n_tokens": n_site,
+            "n_windows": es.n_windows,
+            "x": "log10 firing frequency (fraction of the n_tokens eval site tokens on which a feature is active)",
+            "dense_threshold": 0.1,
+        },
+    )
     artifacts.atomic_write_bytes(directory / "density.png", _density_png(hist, sae_info, n_site))
     first = es.first
-    artifacts.write_json(directory / "summary.json", {
-        **ev.metrics, "sae": sae_info, "seconds": seconds, "tokens_per_s": ev.metrics["n_tokens"] / max(seconds, 1e-9),
-        "spliced_passes": ev.method, "kl_mode": ev.kl_mode, "n_windows": es.n_windows,
-        "site_tokens": n_site, "held_out_windows": es.info.get("held_out_windows"),
-        "eval_set": {"hash": digest, "path": str(evalset_dir(cfg)) if cfg.eval.cache else None,
-                     "reused": cached, "seconds": t1 - t0},
-        "bootstrap": {"samples": cfg.eval.bootstrap_samples, "seed": cfg.eval.bootstrap_seed,
-                      "level": CI_LEVEL, "unit": "window"},
-        "positions": f"CE and KL over positions 0..{es.ctx_len - 2} (next token); SAE spliced and zeros "
-                     f"ablated at positions {first}..{es.ctx_len - 1}, positions 0..{first - 1} keep "
-                     f"their clean activation; reconstruction stats at {first}..{es.ctx_len - 1}",
-        "kl_direction": "KL(P_clean || P_spliced)"})
+    artifacts.write_json(
+        directory / "summary.json",
+        {
+            **ev.metrics,
+            "sae": sae_info,
+            "seconds": seconds,
+            "tokens_per_s": ev.metrics["n_tokens"] / max(seconds, 1e-9),
+            "spliced_passes": ev.method,
+            "kl_mode": ev.kl_mode,
+            "n_windows": es.n_windows,
+            "site_tokens": n_site,
+            "held_out_windows": es.info.get("held_out_windows"),
+            "eval_set": {
+                "hash": digest,
+                "path": str(evalset_dir(cfg)) if cfg.eval.cache else None,
+                "reused": cached,
+                "seconds": t1 - t0,
+            },
+            "bootstrap": {
+                "samples": cfg.eval.bootstrap_samples,
+                "seed": cfg.eval.bootstrap_seed,
+                "level": CI_LEVEL,
+                "unit": "window",
+            },
+            "positions": f"CE and KL over positions 0..{es.ctx_len - 2} (next token); SAE spliced and zeros "
+            f"ablated at positions {first}..{es.ctx_len - 1}, positions 0..{first - 1} keep "
+            f"their clean activation; reconstruction stats at {first}..{es.ctx_len - 1}",
+            "kl_direction": "KL(P_clean || P_spliced)",
+        },
+    )
     artifacts.write_json(directory / METRICS, metrics)
     artifacts.mark_complete(directory)
     return metrics
@@ -371,8 +496,10 @@ def _density_png(hist, sae_info: dict, n_tokens: int) -> bytes:
     ax.set_xlabel("log10 feature firing frequency (fraction of eval tokens)")
     ax.set_ylabel("number of features")
     n = int(hist.counts.sum()) + hist.n_dead
-    ax.set_title(f"{sae_info.get('architecture')} SAE, {n} features on {n_tokens:,} tokens; "
-                 f"{hist.n_dead} dead (not shown)", fontsize=9)
+    ax.set_title(
+        f"{sae_info.get('architecture')} SAE, {n} features on {n_tokens:,} tokens; {hist.n_dead} dead (not shown)",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()

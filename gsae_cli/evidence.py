@@ -13,8 +13,8 @@ folder name. `gsae report EVIDENCE --report-dir DIR` rebuilds the report byte fo
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from gsae_cli import artifacts
 from gsae_cli.divergence import divergence_of_sae
@@ -24,8 +24,8 @@ from gsae_cli.report.bootstrap import WINDOW_FILE, load_window_data
 SOURCE_FILE = "collected.json"  # where the evaluations came from, and the filters that kept them
 
 
-def provenance(paths: Sequence[str | Path]) -> Optional[str]:
-    """"Evaluations collected from ..., filtered by ..." as recorded when the one folder in
+def provenance(paths: Sequence[str | Path]) -> str | None:
+    """ "Evaluations collected from ..., filtered by ..." as recorded when the one folder in
     `paths` was exported as evidence, else None."""
     if len(paths) != 1 or not (Path(paths[0]) / SOURCE_FILE).is_file():
         return None
@@ -40,20 +40,28 @@ def export_evidence(eval_dirs: Sequence[Path], dest: Path, source: str) -> list[
     dest = Path(dest)
     inside = [d for d in eval_dirs if Path(d).resolve().is_relative_to(dest.resolve())]
     if inside:
-        raise ConfigError(f"--evidence {dest} holds the evaluation {inside[0]} it would be written from; give the "
-                          "evidence a folder of its own (e.g. docs/results/STUDY/evidence).")
+        raise ConfigError(
+            f"--evidence {dest} holds the evaluation {inside[0]} it would be written from; give the "
+            "evidence a folder of its own (e.g. docs/results/STUDY/evidence)."
+        )
     if dest.exists() and any(dest.iterdir()):
         if not (dest / SOURCE_FILE).is_file():  # never rewrite a folder gsae did not write as evidence
-            raise ConfigError(f"--evidence {dest} is not empty and holds no {SOURCE_FILE}, so it is not an earlier "
-                              "report's evidence; give an empty or new folder (the evidence folder is rewritten whole).")
+            raise ConfigError(
+                f"--evidence {dest} is not empty and holds no {SOURCE_FILE}, so it is not an earlier "
+                "report's evidence; give an empty or new folder (the evidence folder is rewritten whole)."
+            )
         strays = [p for p in dest.iterdir() if p.name != SOURCE_FILE and not (p / "metrics.json").exists()]
         if strays:
-            raise ConfigError(f"--evidence {dest} holds {strays[0].name}, which is not evidence of an evaluation; "
-                              "give an empty or new folder (the evidence folder is rewritten whole).")
+            raise ConfigError(
+                f"--evidence {dest} holds {strays[0].name}, which is not evidence of an evaluation; "
+                "give an empty or new folder (the evidence folder is rewritten whole)."
+            )
     names = [Path(d).name for d in eval_dirs]
     if len(set(names)) != len(names):
-        raise ConfigError("two evaluations share a folder name; export the evidence of each outputs folder "
-                          "to its own --evidence folder.")
+        raise ConfigError(
+            "two evaluations share a folder name; export the evidence of each outputs folder "
+            "to its own --evidence folder."
+        )
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.iterdir():
         if old.is_dir() and old.name not in names:

@@ -54,24 +54,44 @@ SAELENS_CFG = "cfg.json"
 def saelens_tensors(sae: SAE) -> tuple[str, dict[str, torch.Tensor]]:
     """(SAELens architecture, its state dict) for a gsae SAE; float32, contiguous, on CPU."""
     if isinstance(sae, ReluSAE):
-        arch, named = "standard", {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec,
-                                   "b_dec": sae.b_dec}
+        arch, named = "standard", {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
     elif isinstance(sae, GatedSAE):
         if not sae.tie_weights:
             raise ConfigError(
                 "This gated SAE was trained with sae.tie_weights=false: its magnitude weights W_mag "
                 "are free, and SAELens's gated architecture can only express W_mag = W_gate ⊙ "
-                "exp(r_mag). Export a tied gated SAE (the default) instead.")
+                "exp(r_mag). Export a tied gated SAE (the default) instead."
+            )
         # r_mag=False (W_mag = W_gate) is SAELens's gated SAE with r_mag = 0: exp(0) = 1 exactly.
         r_mag = sae.r_mag if sae.has_r_mag else torch.zeros_like(sae.b_mag)
-        arch, named = "gated", {"W_enc": sae.W_gate, "b_gate": sae.b_gate, "r_mag": r_mag,
-                                "b_mag": sae.b_mag, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+        arch, named = (
+            "gated",
+            {
+                "W_enc": sae.W_gate,
+                "b_gate": sae.b_gate,
+                "r_mag": r_mag,
+                "b_mag": sae.b_mag,
+                "W_dec": sae.W_dec,
+                "b_dec": sae.b_dec,
+            },
+        )
     elif isinstance(sae, RescaleShiftSAE):  # exactly a gated SAE; see the module docstring
-        arch, named = "gated", {"W_enc": sae.W_enc, "b_gate": sae.b_enc, "r_mag": sae.r_mag,
-                                "b_mag": sae.b_mag, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+        arch, named = (
+            "gated",
+            {
+                "W_enc": sae.W_enc,
+                "b_gate": sae.b_enc,
+                "r_mag": sae.r_mag,
+                "b_mag": sae.b_mag,
+                "W_dec": sae.W_dec,
+                "b_dec": sae.b_dec,
+            },
+        )
     else:
-        raise ConfigError(f"No SAELens equivalent for the {getattr(sae, 'name', type(sae).__name__)} "
-                          "architecture; exportable: relu, gated (tied), rescale_shift.")
+        raise ConfigError(
+            f"No SAELens equivalent for the {getattr(sae, 'name', type(sae).__name__)} "
+            "architecture; exportable: relu, gated (tied), rescale_shift."
+        )
     return arch, {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in named.items()}
 
 
@@ -127,10 +147,15 @@ def run_export(cfg: DictConfig, fmt: str, dest: Path | None = None) -> Path:
     sae = load_sae(sae_dir)
     architecture, tensors = saelens_tensors(sae)
     config = saelens_config(sae, architecture, meta, _training_config(sae_dir, cfg), cfg)
-    provenance = {"exported_from": str(sae_dir), "gsae_architecture": sae.name,
-                  "gsae_options": sae.options, "train_hash": meta.get("train_hash"),
-                  "model": meta.get("model"), "input_scale_folded": meta.get("input_scale_folded"),
-                  "format": fmt}
+    provenance = {
+        "exported_from": str(sae_dir),
+        "gsae_architecture": sae.name,
+        "gsae_options": sae.options,
+        "train_hash": meta.get("train_hash"),
+        "model": meta.get("model"),
+        "input_scale_folded": meta.get("input_scale_folded"),
+        "format": fmt,
+    }
     dest = Path(dest).expanduser() if dest else sae_dir / f"export-{fmt}"
     _write_folder(dest, tensors, config, provenance)
     return dest
@@ -161,8 +186,10 @@ def load_saelens_export(path: str | Path) -> SAE:
     config = json.loads((path / SAELENS_CFG).read_text())
     tensors = load_file(str(path / SAELENS_WEIGHTS))
     if not config.get("apply_b_dec_to_input", True) or config.get("normalize_activations", "none") != "none":
-        raise ConfigError(f"{path}: only SAEs with apply_b_dec_to_input=true and "
-                          "normalize_activations='none' map onto gsae's architectures.")
+        raise ConfigError(
+            f"{path}: only SAEs with apply_b_dec_to_input=true and "
+            "normalize_activations='none' map onto gsae's architectures."
+        )
     d_in, d_sae = int(config["d_in"]), int(config["d_sae"])
     if config["architecture"] == "standard":
         sae: SAE = ReluSAE(d_in, d_sae)

@@ -21,10 +21,10 @@ class SparseActs:
     feature, by activation (largest first; ties by row). `start[j]:start[j + 1]` is feature j's
     segment."""
 
-    rows: Tensor    # [nnz] int64 token row
-    feats: Tensor   # [nnz] int64 feature
+    rows: Tensor  # [nnz] int64 token row
+    feats: Tensor  # [nnz] int64 feature
     values: Tensor  # [nnz] float32 activation
-    start: Tensor   # [d_sae + 1] int64 segment offsets
+    start: Tensor  # [d_sae + 1] int64 segment offsets
     n_rows: int
     d_sae: int
 
@@ -43,9 +43,13 @@ def sparse_from_batches(batches: list[tuple], n_rows: int, d_sae: int) -> Sparse
         rows.append(r.to(torch.int64) + first)
         feats.append(c.to(torch.int64))
         values.append(f[r, c].float())
-    return sort_sparse(torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64),
-                       torch.cat(feats) if feats else torch.zeros(0, dtype=torch.int64),
-                       torch.cat(values) if values else torch.zeros(0), n_rows, d_sae)
+    return sort_sparse(
+        torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64),
+        torch.cat(feats) if feats else torch.zeros(0, dtype=torch.int64),
+        torch.cat(values) if values else torch.zeros(0),
+        n_rows,
+        d_sae,
+    )
 
 
 def sort_sparse(rows: Tensor, feats: Tensor, values: Tensor, n_rows: int, d_sae: int) -> SparseActs:
@@ -66,8 +70,10 @@ def top_examples(acts: SparseActs, k: int) -> tuple[Tensor, Tensor]:
     idx, ok = _segment_heads(acts.feats, acts.d_sae, k)
     if acts.values.numel() == 0:
         return torch.full(idx.shape, -1, dtype=torch.int64), torch.zeros(idx.shape)
-    return (torch.where(ok, acts.rows[idx], torch.full_like(idx, -1)),
-            torch.where(ok, acts.values[idx], torch.zeros(idx.shape)))
+    return (
+        torch.where(ok, acts.rows[idx], torch.full_like(idx, -1)),
+        torch.where(ok, acts.values[idx], torch.zeros(idx.shape)),
+    )
 
 
 def max_activations(acts: SparseActs) -> Tensor:
@@ -88,8 +94,9 @@ def _segment_heads(seg: Tensor, n_segments: int, k: int) -> tuple[Tensor, Tensor
     return torch.where(ok, offs, torch.zeros_like(offs)), ok
 
 
-def quantile_examples(acts: SparseActs, n_groups: int, per_group: int,
-                      generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def quantile_examples(
+    acts: SparseActs, n_groups: int, per_group: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
     """Examples from across each feature's activation distribution, as the paper's raters saw
     them: a feature's c firings, ranked by activation, are cut into `n_groups` equal-count groups
     (group q holds ranks floor(q c / g) .. floor((q + 1) c / g) - 1; group 0 the largest), and
@@ -100,8 +107,7 @@ def quantile_examples(acts: SparseActs, n_groups: int, per_group: int,
     d, g, p = acts.d_sae, n_groups, per_group
     n = acts.values.numel()
     if n == 0:
-        return (torch.full((d, g, p), -1, dtype=torch.int64), torch.zeros(d, g, p),
-                torch.full((d, g, 2), math.nan))
+        return (torch.full((d, g, p), -1, dtype=torch.int64), torch.zeros(d, g, p), torch.full((d, g, 2), math.nan))
     counts = acts.counts
     rank = torch.arange(n) - acts.start[:-1][acts.feats]
     group = acts.feats * g + torch.div((rank + 1) * g - 1, counts[acts.feats], rounding_mode="floor")
@@ -156,8 +162,9 @@ def unit_rows(w: Tensor) -> Tensor:
     return w / w.norm(dim=1, keepdim=True).clamp_min(1e-30)
 
 
-def logit_effects(directions: Tensor, W_U: Tensor, norm_weight: Tensor | None, centre: bool, n: int,
-                  chunk: int = 256) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def logit_effects(
+    directions: Tensor, W_U: Tensor, norm_weight: Tensor | None, centre: bool, n: int, chunk: int = 256
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The output tokens each decoder direction d promotes and suppresses most, read through the
     model's final norm and unembedding (the direct path: d added to the last residual stream).
     The norm is linear in d apart from its per-token scale, which is positive and the same for
@@ -174,7 +181,7 @@ def logit_effects(directions: Tensor, W_U: Tensor, norm_weight: Tensor | None, c
     W = W_U.float()
     tops, topv, bots, botv = [], [], [], []
     for i in range(0, d.shape[0], chunk):
-        eff = d[i:i + chunk] @ W.T  # [chunk, vocab]
+        eff = d[i : i + chunk] @ W.T  # [chunk, vocab]
         v, ix = torch.topk(eff, n, dim=1)
         tops.append(ix), topv.append(v)
         v, ix = torch.topk(eff, n, dim=1, largest=False)
@@ -182,15 +189,16 @@ def logit_effects(directions: Tensor, W_U: Tensor, norm_weight: Tensor | None, c
     return torch.cat(tops), torch.cat(topv), torch.cat(bots), torch.cat(botv)
 
 
-def nearest_by_cosine(a: Tensor, b: Tensor, n: int, exclude_self: bool = False,
-                      chunk: int = 1024) -> tuple[Tensor, Tensor]:
+def nearest_by_cosine(
+    a: Tensor, b: Tensor, n: int, exclude_self: bool = False, chunk: int = 1024
+) -> tuple[Tensor, Tensor]:
     """For each row of `a`, the `n` rows of `b` with the largest cosine similarity: (indices
     [len(a), n], cosines). `exclude_self` (a is b) leaves each row's own match out."""
     au, bu = unit_rows(a.float()), unit_rows(b.float())
     n = min(n, bu.shape[0] - (1 if exclude_self else 0))
     ids, cos = [], []
     for i in range(0, au.shape[0], chunk):
-        sim = au[i:i + chunk] @ bu.T
+        sim = au[i : i + chunk] @ bu.T
         if exclude_self:
             r = torch.arange(sim.shape[0])
             sim[r, r + i] = -math.inf
@@ -205,5 +213,7 @@ def log_density_histogram(freqs: Tensor, bins: int = 40, lo: float = -6.0) -> tu
     live = freqs[freqs > 0].double()
     logf = torch.log10(live).clamp(min=lo, max=0.0)
     edges = torch.linspace(lo, 0.0, bins + 1, dtype=torch.float64)
-    counts = torch.histogram(logf, bins=edges).hist.to(torch.int64) if logf.numel() else torch.zeros(bins, dtype=torch.int64)
+    counts = (
+        torch.histogram(logf, bins=edges).hist.to(torch.int64) if logf.numel() else torch.zeros(bins, dtype=torch.int64)
+    )
     return counts.tolist(), edges.tolist(), int((freqs == 0).sum())

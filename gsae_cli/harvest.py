@@ -14,8 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from gsae_cli import artifacts, distributed, status, storage, store
-from gsae_cli.config import (corpus_identity, harvest_dir, harvest_hash, harvest_identity, out_dir, store_root,
-                             to_yaml)
+from gsae_cli.config import corpus_identity, harvest_dir, harvest_hash, harvest_identity, out_dir, store_root, to_yaml
 from gsae_cli.data import batched_windows, kept_positions, token_windows
 from gsae_cli.errors import ConfigError
 from gsae_cli.models import DTYPES, LoadedModel, load_model, validate_hooks
@@ -36,6 +35,7 @@ def capture(model: LoadedModel, tokens: torch.Tensor, hooks: list[str]) -> dict[
             got[name] = act.detach()
             if len(got) == len(hooks):
                 raise _StopForward
+
         return fn
 
     with torch.no_grad():
@@ -45,8 +45,10 @@ def capture(model: LoadedModel, tokens: torch.Tensor, hooks: list[str]) -> dict[
             pass
     missing = [h for h in hooks if h not in got]
     if missing:
-        raise ConfigError(f"Hook(s) {', '.join(missing)} never fired in a forward pass of {model.bridge.cfg.model_name}; "
-                          "choose a hook on the residual stream, attention or MLP path.")
+        raise ConfigError(
+            f"Hook(s) {', '.join(missing)} never fired in a forward pass of {model.bridge.cfg.model_name}; "
+            "choose a hook on the residual stream, attention or MLP path."
+        )
     return got
 
 
@@ -96,20 +98,24 @@ def run_harvest(cfg: DictConfig, force: bool = False) -> list[HarvestResult]:
             stack.enter_context(artifacts.locked(lock[h], f"the activation store for {h}"))
         if force:
             if world > 1:
-                raise ConfigError("--force with harvest.world_size > 1 would let each rank delete the others' "
-                                  "work; delete the store once (gsae harvest --force with one process, or rm), "
-                                  "then start the ranks.")
+                raise ConfigError(
+                    "--force with harvest.world_size > 1 would let each rank delete the others' "
+                    "work; delete the store once (gsae harvest --force with one process, or rm), "
+                    "then start the ranks."
+                )
             for h in hooks:
                 artifacts.remove(dirs[h])
         pending = [h for h in hooks if not store.is_complete(dirs[h])]
         for h in hooks:
             if h not in pending:
                 notice(f"reusing complete activation store {dirs[h]}")
-        complete = {h: True for h in hooks}
+        complete = dict.fromkeys(hooks, True)
         if pending:
             with contextlib.ExitStack() as recs:
                 for h in pending:
-                    recs.enter_context(status.recording(dirs[h], f"harvest rank {rank} of {world}: " if world > 1 else ""))
+                    recs.enter_context(
+                        status.recording(dirs[h], f"harvest rank {rank} of {world}: " if world > 1 else "")
+                    )
                 complete |= _harvest(cfg, pending, {h: dirs[h] for h in pending}, rank, world)
     return [HarvestResult(h, dirs[h], h not in pending, complete[h]) for h in hooks]
 
@@ -125,8 +131,7 @@ def _harvest(cfg: DictConfig, hooks: list[str], dirs: dict[str, Path], rank: int
     validate_hooks(model, hooks)
     keep = kept_positions(hc.ctx_len, cfg.site_start)
     rows_per_window = hc.ctx_len - keep.start
-    windows = token_windows(cfg.data, model.tokenizer, "train", hc.ctx_len,
-                            model.bos_token_id, model.eos_token_id)
+    windows = token_windows(cfg.data, model.tokenizer, "train", hc.ctx_len, model.bos_token_id, model.eos_token_id)
     batches = iter(batched_windows(windows, hc.batch_size))
     first = next(batches, None)
     if first is None:
@@ -141,8 +146,10 @@ def _harvest(cfg: DictConfig, hooks: list[str], dirs: dict[str, Path], rank: int
             writers[h] = _open_writer(cfg, h, dirs[h], widths[h], rank, world)
         lead = writers[hooks[0]]
         if lead.owned_rows(0, lead.next_row):  # some of this process's rows are already on disk
-            notice(f"resuming harvest{f' rank {rank} of {world}' if world > 1 else ''} at row {lead.next_row:,} "
-                   f"of {hc.n_tokens:,}")
+            notice(
+                f"resuming harvest{f' rank {rank} of {world}' if world > 1 else ''} at row {lead.next_row:,} "
+                f"of {hc.n_tokens:,}"
+            )
         todo = lead.owned_rows(lead.next_row, hc.n_tokens)
         t0 = time.monotonic()
         cursor = 0  # global index of the first row of the batch at hand
@@ -169,9 +176,13 @@ def _harvest(cfg: DictConfig, hooks: list[str], dirs: dict[str, Path], rank: int
         complete = {}
         for h in hooks:
             attrs = _final_attrs(cfg, h, model, writers[h].d_model)
-            attrs["throughput"] = {"tokens_this_run": todo, "seconds": seconds,
-                                   "tokens_per_s": todo / max(seconds, 1e-9), "device": str(device),
-                                   "world_size": world}
+            attrs["throughput"] = {
+                "tokens_this_run": todo,
+                "seconds": seconds,
+                "tokens_per_s": todo / max(seconds, 1e-9),
+                "device": str(device),
+                "world_size": world,
+            }
 
             def before_complete(final: dict, h: str = h) -> None:  # written before the COMPLETE marker
                 artifacts.atomic_write_text(dirs[h] / "config.yaml", to_yaml(cfg))
@@ -179,8 +190,10 @@ def _harvest(cfg: DictConfig, hooks: list[str], dirs: dict[str, Path], rank: int
 
             complete[h] = writers[h].finish(attrs, before_complete)
             if not complete[h]:
-                notice(f"harvest rank {rank} of {world}: this rank's part of {dirs[h]} is done; the store is "
-                       "complete once every rank has finished (the last one marks it)")
+                notice(
+                    f"harvest rank {rank} of {world}: this rank's part of {dirs[h]} is done; the store is "
+                    "complete once every rank has finished (the last one marks it)"
+                )
         return complete
     finally:
         for w in writers.values():
@@ -191,15 +204,24 @@ def _ran_out(rows: int, hc) -> ConfigError:
     return ConfigError(
         f"The corpus ran out after {rows:,} training tokens (ctx_len={hc.ctx_len}), short of "
         f"harvest.n_tokens={hc.n_tokens:,}. Lower harvest.n_tokens or use a larger corpus "
-        "(data.name=... or data.path=...).")
+        "(data.name=... or data.path=...)."
+    )
 
 
 def _open_writer(cfg: DictConfig, hook: str, path: Path, d_model: int, rank: int, world: int) -> store.StoreWriter:
     hc = cfg.harvest
     attrs = {"gsae_identity": harvest_identity(cfg, hook), "config_hash": harvest_hash(cfg, hook)}
-    return store.StoreWriter.open(path, d_model=d_model, n_tokens=hc.n_tokens, dtype=hc.dtype,
-                                  chunk_rows=hc.chunk_rows, shard_chunks=hc.shard_chunks, attrs=attrs,
-                                  rank=rank, world_size=world)
+    return store.StoreWriter.open(
+        path,
+        d_model=d_model,
+        n_tokens=hc.n_tokens,
+        dtype=hc.dtype,
+        chunk_rows=hc.chunk_rows,
+        shard_chunks=hc.shard_chunks,
+        attrs=attrs,
+        rank=rank,
+        world_size=world,
+    )
 
 
 def _final_attrs(cfg: DictConfig, hook: str, model: LoadedModel, d_model: int) -> dict:
@@ -209,10 +231,14 @@ def _final_attrs(cfg: DictConfig, hook: str, model: LoadedModel, d_model: int) -
         "hf_name": cfg.model.hf_name,
         "hook": hook,
         "d_model": d_model,
-        "corpus": {"name": cfg.data.name, "path": cfg.data.path, "split": "train",
-                   "version": corpus_identity(cfg).get("default_corpus_version"),  # None: not the default
-                   "held_out": f"every {cfg.data.eval_every}-th document (index % {cfg.data.eval_every} == 0)",
-                   "windows": -(-hc.n_tokens // (hc.ctx_len - kept_positions(hc.ctx_len, cfg.site_start).start))},
+        "corpus": {
+            "name": cfg.data.name,
+            "path": cfg.data.path,
+            "split": "train",
+            "version": corpus_identity(cfg).get("default_corpus_version"),  # None: not the default
+            "held_out": f"every {cfg.data.eval_every}-th document (index % {cfg.data.eval_every} == 0)",
+            "windows": -(-hc.n_tokens // (hc.ctx_len - kept_positions(hc.ctx_len, cfg.site_start).start)),
+        },
         "ctx_len": hc.ctx_len,
         # positions 0 .. site_start-1 of each window are not stored (BOS, then attention sinks)
         "site_start": cfg.site_start,

@@ -11,15 +11,28 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 from gsae_cli import status, storage
 from gsae_cli.errors import ConfigError
 
 STAGES = ("harvest", "train", "evalset", "eval", "inspect", "compare", "study")
-FIELDS = ("stage", "name", "model", "hook", "sae", "l1_coefficient", "tokens", "status", "progress",
-          "size_bytes", "path", "message")
+FIELDS = (
+    "stage",
+    "name",
+    "model",
+    "hook",
+    "sae",
+    "l1_coefficient",
+    "tokens",
+    "status",
+    "progress",
+    "size_bytes",
+    "path",
+    "message",
+)
 
 
 # ---- the config of the commands that only read artifacts (ls, report) ---------------------------
@@ -34,7 +47,7 @@ def is_override(token: str) -> bool:
     return _OVERRIDE.match(token) is not None
 
 
-def override_key(token: str) -> Optional[str]:
+def override_key(token: str) -> str | None:
     m = _OVERRIDE.match(token)
     return m.group(1) if m else None
 
@@ -47,8 +60,9 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
-def reader_config(overrides: Sequence[str], *, command: str, uses: Iterable[str],
-                  legacy_out_dir: Optional[str] = None, hint: str = ""):
+def reader_config(
+    overrides: Sequence[str], *, command: str, uses: Iterable[str], legacy_out_dir: str | None = None, hint: str = ""
+):
     """Compose the config exactly as the building stages do, so `out_dir=X` (and any typo in a key)
     means the same to `gsae ls`/`gsae report` as to `gsae eval`. Keys outside `uses` are valid
     but change nothing here; a notice says so rather than silently ignoring them."""
@@ -57,31 +71,43 @@ def reader_config(overrides: Sequence[str], *, command: str, uses: Iterable[str]
     overrides = list(overrides)
     if legacy_out_dir is not None:
         if any(override_key(o) == "out_dir" for o in overrides):
-            raise ConfigError(f"gsae {command}: both --out-dir and out_dir= were given; drop --out-dir "
-                              "(deprecated) and keep out_dir=DIR, as for every other stage.")
-        print(f"note: --out-dir is deprecated; write out_dir={legacy_out_dir} as for every other stage.",
-              file=sys.stderr, flush=True)
+            raise ConfigError(
+                f"gsae {command}: both --out-dir and out_dir= were given; drop --out-dir "
+                "(deprecated) and keep out_dir=DIR, as for every other stage."
+            )
+        print(
+            f"note: --out-dir is deprecated; write out_dir={legacy_out_dir} as for every other stage.",
+            file=sys.stderr,
+            flush=True,
+        )
         overrides.append(f"out_dir={_quote(legacy_out_dir)}")
     cfg = compose_config(overrides)
     uses = set(uses)
     idle = [o for o in overrides if override_key(o) not in uses]
     if idle:
-        print(f"note: {', '.join(idle)}: valid, but gsae {command} only reads finished artifacts and uses "
-              f"only {', '.join(sorted(uses))} from the config{hint}.", file=sys.stderr, flush=True)
+        print(
+            f"note: {', '.join(idle)}: valid, but gsae {command} only reads finished artifacts and uses "
+            f"only {', '.join(sorted(uses))} from the config{hint}.",
+            file=sys.stderr,
+            flush=True,
+        )
     return cfg
 
 
-def ls_config(args: Sequence[str], legacy_out_dir: Optional[str] = None):
+def ls_config(args: Sequence[str], legacy_out_dir: str | None = None):
     """`gsae ls`'s arguments are overrides only: a bare path is most likely an outputs folder
     meant as out_dir=PATH, and the error says exactly that."""
     paths = [a for a in args if not is_override(a)]
     if paths:
-        raise ConfigError(f"gsae ls takes key=value overrides, not paths: got {' '.join(paths)}. To list "
-                          f"another outputs folder write `gsae ls out_dir={paths[0]}`.")
+        raise ConfigError(
+            f"gsae ls takes key=value overrides, not paths: got {' '.join(paths)}. To list "
+            f"another outputs folder write `gsae ls out_dir={paths[0]}`."
+        )
     return reader_config(args, command="ls", uses={"out_dir", "store_url"}, legacy_out_dir=legacy_out_dir)
 
 
 # ---- reading small files without ever raising --------------------------------------------------
+
 
 def _json(path: Path) -> dict:
     try:
@@ -129,9 +155,11 @@ def _size(path: Path) -> int:
 def _from_name(name: str) -> dict:
     """The directory name carries model and hook (config.py: model__hook[__sae]__hash)."""
     parts = name.split("__")
-    return {"model": parts[0] if len(parts) >= 2 else None,
-            "hook": parts[1] if len(parts) >= 3 else None,
-            "sae": parts[2] if len(parts) >= 4 else None}
+    return {
+        "model": parts[0] if len(parts) >= 2 else None,
+        "hook": parts[1] if len(parts) >= 3 else None,
+        "sae": parts[2] if len(parts) >= 4 else None,
+    }
 
 
 def _last_json_line(path: Path, tail_bytes: int = 8192) -> dict:
@@ -152,7 +180,7 @@ def _last_json_line(path: Path, tail_bytes: int = 8192) -> dict:
     return {}
 
 
-def _fraction(done: Any, total: Any) -> Optional[float]:
+def _fraction(done: Any, total: Any) -> float | None:
     try:
         return max(0.0, min(1.0, float(done) / float(total)))
     except (TypeError, ValueError, ZeroDivisionError):
@@ -161,7 +189,8 @@ def _fraction(done: Any, total: Any) -> Optional[float]:
 
 # ---- one reader per stage: (complete, fields, progress) -----------------------------------------
 
-def _harvest(d: Path) -> tuple[bool, dict, Optional[float]]:
+
+def _harvest(d: Path) -> tuple[bool, dict, float | None]:
     from gsae_cli import store
 
     complete = store.is_complete(d)
@@ -173,10 +202,13 @@ def _harvest(d: Path) -> tuple[bool, dict, Optional[float]]:
     ident = (info.get("attrs") or {}).get("gsae_identity") or {}
     # A multi-hook harvest writes the same config.yaml (cfg.hook is not this store's hook) into
     # every store, so the store's own records come first.
-    fields = {"model": _first(summary.get("model"), _get(ident, "model.name"), _get(cfg, "model.name")),
-              "hook": _first(summary.get("hook"), ident.get("hook")),
-              "sae": None, "l1_coefficient": None,
-              "tokens": _first(summary.get("n_tokens"), info.get("n_tokens"), _get(cfg, "harvest.n_tokens"))}
+    fields = {
+        "model": _first(summary.get("model"), _get(ident, "model.name"), _get(cfg, "model.name")),
+        "hook": _first(summary.get("hook"), ident.get("hook")),
+        "sae": None,
+        "l1_coefficient": None,
+        "tokens": _first(summary.get("n_tokens"), info.get("n_tokens"), _get(cfg, "harvest.n_tokens")),
+    }
     progress = None
     if not complete:
         try:
@@ -186,25 +218,28 @@ def _harvest(d: Path) -> tuple[bool, dict, Optional[float]]:
     return complete, fields, progress
 
 
-def _train(d: Path) -> tuple[bool, dict, Optional[float]]:
+def _train(d: Path) -> tuple[bool, dict, float | None]:
     from gsae_cli import artifacts
 
     complete = artifacts.is_complete(d)
     meta, summary, cfg = _json(d / "sae.json"), _json(d / "summary.json"), _yaml(d / "config.yaml")
     tokens = _first(_get(cfg, "train.n_tokens"), summary.get("tokens"))
-    fields = {"model": _first(meta.get("model"), summary.get("model"), _get(cfg, "model.name")),
-              "hook": _first(meta.get("hook"), summary.get("hook"), _get(cfg, "hook")),
-              "sae": _first(meta.get("architecture"), summary.get("architecture"), _get(cfg, "sae.name")),
-              "l1_coefficient": _first(meta.get("l1_coefficient"), summary.get("l1_coefficient"),
-                                       _get(cfg, "sae.l1_coefficient")),
-              "tokens": tokens}
+    fields = {
+        "model": _first(meta.get("model"), summary.get("model"), _get(cfg, "model.name")),
+        "hook": _first(meta.get("hook"), summary.get("hook"), _get(cfg, "hook")),
+        "sae": _first(meta.get("architecture"), summary.get("architecture"), _get(cfg, "sae.name")),
+        "l1_coefficient": _first(
+            meta.get("l1_coefficient"), summary.get("l1_coefficient"), _get(cfg, "sae.l1_coefficient")
+        ),
+        "tokens": tokens,
+    }
     progress = None
     if not complete:
         progress = _fraction(_last_json_line(d / "metrics.jsonl").get("tokens"), tokens)
     return complete, fields, progress
 
 
-def _eval(d: Path) -> tuple[bool, dict, Optional[float]]:
+def _eval(d: Path) -> tuple[bool, dict, float | None]:
     from gsae_cli import artifacts
 
     complete = artifacts.is_complete(d)
@@ -212,24 +247,32 @@ def _eval(d: Path) -> tuple[bool, dict, Optional[float]]:
     cfg = metrics.get("config") if isinstance(metrics.get("config"), dict) else _yaml(d / "config.yaml")
     sae = metrics.get("sae") if isinstance(metrics.get("sae"), dict) else {}
     # An SAE given by sae.path may not be what config.sae says: trust what the eval recorded.
-    fields = {"model": _get(cfg, "model.name"), "hook": _get(cfg, "hook"),
-              "sae": _first(sae.get("architecture"), _get(cfg, "sae.name")),
-              "l1_coefficient": _first(sae.get("l1_coefficient"), _get(cfg, "sae.l1_coefficient")),
-              "tokens": _get(cfg, "train.n_tokens")}
+    fields = {
+        "model": _get(cfg, "model.name"),
+        "hook": _get(cfg, "hook"),
+        "sae": _first(sae.get("architecture"), _get(cfg, "sae.name")),
+        "l1_coefficient": _first(sae.get("l1_coefficient"), _get(cfg, "sae.l1_coefficient")),
+        "tokens": _get(cfg, "train.n_tokens"),
+    }
     return complete, fields, None
 
 
-def _evalset(d: Path) -> tuple[bool, dict, Optional[float]]:
+def _evalset(d: Path) -> tuple[bool, dict, float | None]:
     """The clean and zero-ablated passes shared by every SAE evaluated at one site."""
     from gsae_cli import artifacts
 
     cfg = _yaml(d / "config.yaml")
-    fields = {"model": _get(cfg, "model.name"), "hook": _get(cfg, "hook"), "sae": None,
-              "l1_coefficient": None, "tokens": _get(cfg, "eval.n_tokens")}
+    fields = {
+        "model": _get(cfg, "model.name"),
+        "hook": _get(cfg, "hook"),
+        "sae": None,
+        "l1_coefficient": None,
+        "tokens": _get(cfg, "eval.n_tokens"),
+    }
     return artifacts.is_complete(d), fields, None
 
 
-def _inspect(d: Path) -> tuple[bool, dict, Optional[float]]:
+def _inspect(d: Path) -> tuple[bool, dict, float | None]:
     """A feature browser (gsae inspect), a comparison or a study: their summary names the SAE(s)."""
     from gsae_cli import artifacts
 
@@ -238,15 +281,25 @@ def _inspect(d: Path) -> tuple[bool, dict, Optional[float]]:
     sae = summary.get("architecture")
     if sae is None and isinstance(summary.get("a"), dict) and isinstance(summary.get("b"), dict):
         sae = f"{summary['a'].get('label')} vs {summary['b'].get('label')}"
-    fields = {"model": _first(summary.get("model"), _get(cfg, "model.name")),
-              "hook": _first(summary.get("hook"), _get(cfg, "hook")), "sae": sae,
-              "l1_coefficient": summary.get("l1_coefficient"), "tokens": summary.get("site_tokens")}
+    fields = {
+        "model": _first(summary.get("model"), _get(cfg, "model.name")),
+        "hook": _first(summary.get("hook"), _get(cfg, "hook")),
+        "sae": sae,
+        "l1_coefficient": summary.get("l1_coefficient"),
+        "tokens": summary.get("site_tokens"),
+    }
     return artifacts.is_complete(d), fields, None
 
 
-READERS: dict[str, Callable[[Path], tuple[bool, dict, Optional[float]]]] = {
-    "harvest": _harvest, "train": _train, "evalset": _evalset, "eval": _eval,
-    "inspect": _inspect, "compare": _inspect, "study": _inspect}
+READERS: dict[str, Callable[[Path], tuple[bool, dict, float | None]]] = {
+    "harvest": _harvest,
+    "train": _train,
+    "evalset": _evalset,
+    "eval": _eval,
+    "inspect": _inspect,
+    "compare": _inspect,
+    "study": _inspect,
+}
 
 
 def _row(stage: str, d: Path, lock_dir: Path) -> dict:
@@ -262,10 +315,16 @@ def _row(stage: str, d: Path, lock_dir: Path) -> dict:
     if stage in ("harvest", "evalset"):
         guessed["sae"] = None
     state = status.artifact_status(d, complete, lock_dir)
-    row = {"stage": stage, "name": d.name,
-           **{k: _first(fields.get(k), guessed.get(k)) for k in ("model", "hook", "sae", "l1_coefficient", "tokens")},
-           "status": state, "progress": progress, "size_bytes": size, "path": str(d),
-           "message": status.read_failed(d) if state == status.FAILED_STATUS else None}
+    row = {
+        "stage": stage,
+        "name": d.name,
+        **{k: _first(fields.get(k), guessed.get(k)) for k in ("model", "hook", "sae", "l1_coefficient", "tokens")},
+        "status": state,
+        "progress": progress,
+        "size_bytes": size,
+        "path": str(d),
+        "message": status.read_failed(d) if state == status.FAILED_STATUS else None,
+    }
     return {k: row[k] for k in FIELDS}
 
 
@@ -290,8 +349,16 @@ def list_artifacts(out_dir: Path, stores: Path | None = None) -> list[dict]:
             if not p.name.startswith(".") and p.is_dir():  # not lock, .trash-* or temporary files
                 names.add(p.name)
         stage_rows = [_row(stage, base / n, local / n) for n in names]
-        stage_rows.sort(key=lambda r: (str(r["model"]), str(r["hook"]), str(r["sae"]),
-                                       _num(r["l1_coefficient"]), _num(r["tokens"]), r["name"]))
+        stage_rows.sort(
+            key=lambda r: (
+                str(r["model"]),
+                str(r["hook"]),
+                str(r["sae"]),
+                _num(r["l1_coefficient"]),
+                _num(r["tokens"]),
+                r["name"],
+            )
+        )
         rows += stage_rows
     return rows
 
@@ -304,6 +371,7 @@ def _num(v: Any) -> float:
 
 
 # ---- printing ----------------------------------------------------------------------------------
+
 
 def human_size(n: int) -> str:
     size = float(n)
@@ -334,26 +402,52 @@ def print_listing(rows: list[dict]) -> None:
     # Piped output must not be cut at 80 columns: paths are what scripts and users copy.
     console = Console(highlight=False, soft_wrap=False, width=None if probe.is_terminal else 250)
     if not rows:
-        console.print(Text("No artifacts yet: nothing has been harvested, trained or evaluated here. "
-                           "Start with `gsae eval` (it harvests and trains first) or sweeps/frontier.sh."))
+        console.print(
+            Text(
+                "No artifacts yet: nothing has been harvested, trained or evaluated here. "
+                "Start with `gsae eval` (it harvests and trains first) or sweeps/frontier.sh."
+            )
+        )
         return
     table = Table(show_lines=False, header_style="bold")
     fold = {"overflow": "fold"}  # wrap long names, never cut them: users copy them
-    for col, kw in (("stage", {"no_wrap": True}), ("model", fold), ("hook", fold), ("sae", fold),
-                    ("λ (l1)", {"justify": "right", "no_wrap": True}), ("tokens", {"justify": "right", "no_wrap": True}),
-                    ("status", {"no_wrap": True}), ("size", {"justify": "right", "no_wrap": True}),
-                    ("path", {**fold, "ratio": 1})):
+    for col, kw in (
+        ("stage", {"no_wrap": True}),
+        ("model", fold),
+        ("hook", fold),
+        ("sae", fold),
+        ("λ (l1)", {"justify": "right", "no_wrap": True}),
+        ("tokens", {"justify": "right", "no_wrap": True}),
+        ("status", {"no_wrap": True}),
+        ("size", {"justify": "right", "no_wrap": True}),
+        ("path", {**fold, "ratio": 1}),
+    ):
         table.add_column(col, **kw)
     for r in rows:
         state = r["status"] + (f" {r['progress']:.0%}" if r.get("progress") is not None else "")
-        l1 = "" if r["l1_coefficient"] is None else f"{r['l1_coefficient']:g}" if isinstance(r["l1_coefficient"], (int, float)) else str(r["l1_coefficient"])
+        l1 = (
+            ""
+            if r["l1_coefficient"] is None
+            else f"{r['l1_coefficient']:g}"
+            if isinstance(r["l1_coefficient"], (int, float))
+            else str(r["l1_coefficient"])
+        )
         cells = [r["stage"], r["model"] or "", r["hook"] or "", r["sae"] or "", l1, _tokens(r["tokens"])]
-        table.add_row(*[Text(str(c)) for c in cells], Text(state, style=_STYLE.get(r["status"], "")),
-                      Text(human_size(r["size_bytes"])), Text(r["path"]))
+        table.add_row(
+            *[Text(str(c)) for c in cells],
+            Text(state, style=_STYLE.get(r["status"], "")),
+            Text(human_size(r["size_bytes"])),
+            Text(r["path"]),
+        )
     console.print(table)
     counts = {s: sum(r["status"] == s for r in rows) for s in _STYLE}
-    console.print(Text(", ".join(f"{n} {s}" for s, n in counts.items() if n) + " · tokens: harvested (harvest) "
-                       "or trained on (train, eval)", style="dim"))
+    console.print(
+        Text(
+            ", ".join(f"{n} {s}" for s, n in counts.items() if n) + " · tokens: harvested (harvest) "
+            "or trained on (train, eval)",
+            style="dim",
+        )
+    )
     for r in rows:
         if r["status"] == "failed":
             first = (r["message"] or "").splitlines()[0] if r["message"] else ""

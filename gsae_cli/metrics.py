@@ -23,9 +23,7 @@ NO_BOOTSTRAP = ("frac_dead",)
 
 def _check_pair(x: Tensor, x_hat: Tensor) -> tuple[Tensor, Tensor]:
     if x.shape != x_hat.shape or x.ndim != 2:
-        raise ValueError(
-            f"x and x_hat must both be [N, d_model], got {tuple(x.shape)} and {tuple(x_hat.shape)}"
-        )
+        raise ValueError(f"x and x_hat must both be [N, d_model], got {tuple(x.shape)} and {tuple(x_hat.shape)}")
     return x.detach().to(torch.float64), x_hat.detach().to(torch.float64)
 
 
@@ -48,9 +46,7 @@ def kl_div_per_position(logits_clean: Tensor, logits_spliced: Tensor) -> Tensor:
     position, where P = softmax(logits) over the last (vocab) dim. Shape: logits' leading dims.
     Direction: expectation under the CLEAN model's next-token distribution."""
     if logits_clean.shape != logits_spliced.shape:
-        raise ValueError(
-            f"logit shapes differ: {tuple(logits_clean.shape)} vs {tuple(logits_spliced.shape)}"
-        )
+        raise ValueError(f"logit shapes differ: {tuple(logits_clean.shape)} vs {tuple(logits_spliced.shape)}")
     log_p = torch.log_softmax(logits_clean.detach().to(torch.float32), dim=-1)
     log_q = torch.log_softmax(logits_spliced.detach().to(torch.float32), dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
@@ -114,9 +110,7 @@ class DensityHistogram(NamedTuple):
     n_dead: int
 
 
-def density_histogram(
-    freqs: Tensor, bins: int = 50, range: tuple[float, float] | None = None
-) -> DensityHistogram:
+def density_histogram(freqs: Tensor, bins: int = 50, range: tuple[float, float] | None = None) -> DensityHistogram:
     """Histogram of log10(freqs) for freqs > 0. Default range: [floor(min log10 freq), 0]."""
     freqs = freqs.detach().to(torch.float64).flatten()
     alive = freqs[freqs > 0]
@@ -136,8 +130,21 @@ def density_histogram(
 # ---------------------------------------------------------------------------------------------
 
 # Scalar sums per window, each [n_windows] float64.
-WINDOW_SCALARS = ("n_pred", "nll_clean", "nll_spliced", "nll_zero", "nll_mean", "kl", "n_site", "l0", "l0_gate",
-                  "sq_err", "x_sq", "xhat_sq", "xhat_dot_x")
+WINDOW_SCALARS = (
+    "n_pred",
+    "nll_clean",
+    "nll_spliced",
+    "nll_zero",
+    "nll_mean",
+    "kl",
+    "n_site",
+    "l0",
+    "l0_gate",
+    "sq_err",
+    "x_sq",
+    "xhat_sq",
+    "xhat_dot_x",
+)
 # Vector sums per window, each [n_windows, d_model] float64 (for the means in NMSE and γ centred).
 WINDOW_VECTORS = ("x_sum", "xhat_sum")
 # 2: `l0` counts f != 0 (the paper's ||f||_0) and `l0_gate` the support (in 1, `l0` was the
@@ -156,10 +163,11 @@ def metrics_from_window_sums(sums: dict[str, Tensor], index: Tensor | None = Non
       x_sq     Σ||x||²   xhat_sq Σ||x_hat||²   xhat_dot_x Σ x_hat·x   x_sum Σx   xhat_sum Σx_hat
 
     Returns float64 tensors (0-dim, or [B] for a [B, k] index) for l0, l0_gate, ce_clean, ce_spliced,
-    ce_zero_ablation, ce_mean_ablation, delta_loss, loss_recovered, loss_recovered_mean_ablation, kl_div, relative_reconstruction_bias,
-    relative_reconstruction_bias_centred, nmse and explained_variance. Without the vector sums
-    (x_sum, xhat_sum), the three metrics that need the means (γ centred, NMSE, explained
+    ce_zero_ablation, ce_mean_ablation, delta_loss, loss_recovered, loss_recovered_mean_ablation, kl_div,
+    relative_reconstruction_bias, relative_reconstruction_bias_centred, nmse and explained_variance. Without the
+    vector sums (x_sum, xhat_sum), the three metrics that need the means (γ centred, NMSE, explained
     variance) are left out: a resample then never gathers [B, k, d_model] tensors."""
+
     def total(name: str) -> Tensor:
         v = sums[name].to(torch.float64)
         return v.sum(dim=0) if index is None else v[index].sum(dim=-1 - (v.ndim - 1))
@@ -184,12 +192,17 @@ def metrics_from_window_sums(sums: dict[str, Tensor], index: Tensor | None = Non
     if not all(k in sums for k in WINDOW_VECTORS):
         return out
     x_sum, xhat_sum = total("x_sum"), total("xhat_sum")
-    var_sum = s["x_sq"] - x_sum.pow(2).sum(-1) / n           # Σ||x - mean x||²
-    xhat_var = s["xhat_sq"] - xhat_sum.pow(2).sum(-1) / n    # Σ||x_hat - mean x_hat||²
-    cov = s["xhat_dot_x"] - (xhat_sum * x_sum).sum(-1) / n   # Σ (x_hat - mean)·(x - mean)
+    var_sum = s["x_sq"] - x_sum.pow(2).sum(-1) / n  # Σ||x - mean x||²
+    xhat_var = s["xhat_sq"] - xhat_sum.pow(2).sum(-1) / n  # Σ||x_hat - mean x_hat||²
+    cov = s["xhat_dot_x"] - (xhat_sum * x_sum).sum(-1) / n  # Σ (x_hat - mean)·(x - mean)
     nmse_value = s["sq_err"] / var_sum
-    out.update({"relative_reconstruction_bias_centred": xhat_var / cov, "nmse": nmse_value,
-                "explained_variance": 1.0 - nmse_value})
+    out.update(
+        {
+            "relative_reconstruction_bias_centred": xhat_var / cov,
+            "nmse": nmse_value,
+            "explained_variance": 1.0 - nmse_value,
+        }
+    )
     return out
 
 
@@ -219,8 +232,9 @@ def window_multiplicity(index: Tensor, n_windows: int) -> Tensor:
     return counts.scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))
 
 
-def fire_fractions(fire_counts: Tensor, n_site: Tensor, index: Tensor | None = None,
-                   threshold: float = DENSE_THRESHOLD) -> dict[str, Tensor]:
+def fire_fractions(
+    fire_counts: Tensor, n_site: Tensor, index: Tensor | None = None, threshold: float = DENSE_THRESHOLD
+) -> dict[str, Tensor]:
     """frac_dead and frac_dense of the windows `index` (as in metrics_from_window_sums) from
     per-window per-feature fire counts [n_windows, d_sae] and per-window token counts n_site
     [n_windows]: a feature is dead if it fires on none of those tokens, dense if on more than
@@ -238,20 +252,22 @@ def fire_fractions(fire_counts: Tensor, n_site: Tensor, index: Tensor | None = N
         density = counts / n[:, None]
         if index.ndim == 1:
             counts, density = counts[0], density[0]
-    return {"frac_dead": (counts == 0).to(torch.float64).mean(dim=-1),
-            "frac_dense": (density > threshold).to(torch.float64).mean(dim=-1)}
+    return {
+        "frac_dead": (counts == 0).to(torch.float64).mean(dim=-1),
+        "frac_dense": (density > threshold).to(torch.float64).mean(dim=-1),
+    }
 
 
-def window_metrics(sums: dict[str, Tensor], fire_counts: Tensor,
-                   index: Tensor | None = None) -> dict[str, Tensor]:
+def window_metrics(sums: dict[str, Tensor], fire_counts: Tensor, index: Tensor | None = None) -> dict[str, Tensor]:
     """metrics_from_window_sums plus frac_dead and frac_dense, for the windows `index`."""
     out = metrics_from_window_sums(sums, index)
     out.update(fire_fractions(fire_counts, sums["n_site"], index))
     return out
 
 
-def bootstrap_intervals(sums: dict[str, Tensor], fire_counts: Tensor, n_samples: int, seed: int,
-                        level: float = 0.95) -> dict[str, tuple[float, float]]:
+def bootstrap_intervals(
+    sums: dict[str, Tensor], fire_counts: Tensor, n_samples: int, seed: int, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals over windows for every metric of `window_metrics` but
     NO_BOOTSTRAP's, from
     `bootstrap_indices(n_windows, n_samples, seed)`: the same windows and seed resample every SAE
@@ -262,7 +278,8 @@ def bootstrap_intervals(sums: dict[str, Tensor], fire_counts: Tensor, n_samples:
     chunk = max(1, (1 << 22) // max(1, n_windows * d))
     parts: dict[str, list[Tensor]] = {}
     for start in range(0, n_samples, chunk):
-        for key, value in window_metrics(sums, fire_counts, index[start:start + chunk]).items():
+        for key, value in window_metrics(sums, fire_counts, index[start : start + chunk]).items():
             parts.setdefault(key, []).append(value)
-    return {key: percentile_interval(torch.cat(values), level) for key, values in parts.items()
-            if key not in NO_BOOTSTRAP}
+    return {
+        key: percentile_interval(torch.cat(values), level) for key, values in parts.items() if key not in NO_BOOTSTRAP
+    }

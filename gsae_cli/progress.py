@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -37,8 +36,12 @@ class _Plain:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             extra = " ".join(f"{k}={v}" for k, v in self.fields.items())
-            print(f"{self.description}: {self.done:,.0f}/{self.total:,.0f} {self.unit} "
-                  f"({rate:,.0f} {self.unit}/s) {extra}".rstrip(), file=sys.stderr, flush=True)
+            print(
+                f"{self.description}: {self.done:,.0f}/{self.total:,.0f} {self.unit} "
+                f"({rate:,.0f} {self.unit}/s) {extra}".rstrip(),
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 class _Rich:
@@ -62,9 +65,16 @@ def track(description: str, total: float, unit: str = "tokens", completed: float
         bar.done = completed
         yield bar
         return
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
-               TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
     with Progress(*columns, console=stderr, transient=False) as progress:
         task_id = progress.add_task(description, total=total, completed=completed, rate="", info="")
         yield _Rich(progress, task_id, unit)

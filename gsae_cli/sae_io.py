@@ -24,16 +24,17 @@ def save_sae(directory: Path, sae: SAE, meta: dict) -> None:
     tmp = directory / f".{WEIGHTS}.tmp"
     save_file(tensors, str(tmp))
     tmp.replace(directory / WEIGHTS)
-    full = {"architecture": sae.name, "d_model": sae.d_model, "d_sae": sae.d_sae,
-            "options": sae.options, **meta}
+    full = {"architecture": sae.name, "d_model": sae.d_model, "d_sae": sae.d_sae, "options": sae.options, **meta}
     artifacts.write_json(directory / META, full)
 
 
 def read_sae_meta(directory: Path) -> dict:
     directory = Path(directory)
     if not (directory / META).exists() or not (directory / WEIGHTS).exists():
-        raise ArtifactError(f"{directory} is not a gsae SAE directory (it needs {META} and {WEIGHTS}); "
-                            "point sae.path at a folder written by `gsae train`.")
+        raise ArtifactError(
+            f"{directory} is not a gsae SAE directory (it needs {META} and {WEIGHTS}); "
+            "point sae.path at a folder written by `gsae train`."
+        )
     return artifacts.read_json(directory / META)
 
 

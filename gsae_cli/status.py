@@ -13,9 +13,9 @@ import fcntl
 import glob
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 from gsae_cli import artifacts, storage
 
@@ -41,7 +41,7 @@ def clear_failed(directory: Path) -> None:
     (storage.location(directory) / FAILED).unlink(missing_ok=True)
 
 
-def read_failed(directory: Path) -> Optional[str]:
+def read_failed(directory: Path) -> str | None:
     """The message of the FAILED note (without its time stamp), or None when there is none."""
     path = storage.location(directory) / FAILED
     try:

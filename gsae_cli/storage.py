@@ -17,11 +17,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from gsae_cli.errors import ConfigError, StoreError
 
-Location = Union[Path, Any]  # Any: a upath.UPath (imported only when an s3:// URL is used)
+Location = Path | Any  # Any: a upath.UPath (imported only when an s3:// URL is used)
 
 _SCHEMES = ("s3",)
 
@@ -37,16 +37,20 @@ def location(where: Any) -> Location:
     if scheme == "file":
         return Path(rest)
     if scheme not in _SCHEMES:
-        raise ConfigError(f"{where!r}: gsae stores data on local paths or on S3-compatible object storage "
-                          f"(s3://bucket/prefix), not {scheme}://. Give a path or an s3:// URL.")
+        raise ConfigError(
+            f"{where!r}: gsae stores data on local paths or on S3-compatible object storage "
+            f"(s3://bucket/prefix), not {scheme}://. Give a path or an s3:// URL."
+        )
     if not rest.split("/")[0]:
         raise ConfigError(f"{where!r} names no bucket; write s3://BUCKET/PREFIX.")
     try:
         import s3fs  # noqa: F401  (fsspec finds it by protocol; import here for a clear error)
         from upath import UPath
     except ImportError:
-        raise ConfigError(f"{where!r} is on S3, which needs the optional packages s3fs and universal_pathlib: "
-                          "pip install 'gsae[s3]' (the test extra includes them).") from None
+        raise ConfigError(
+            f"{where!r} is on S3, which needs the optional packages s3fs and universal_pathlib: "
+            "pip install 'gsae[s3]' (the test extra includes them)."
+        ) from None
     # No listings cache: a cached listing would answer "not there yet" forever to a rank polling
     # for another rank's progress file (s3fs caches listings without expiry).
     return UPath(where.rstrip("/"), use_listings_cache=False)
@@ -150,7 +154,7 @@ def files_under(p: Location) -> set[str]:
         return {str(f.relative_to(p)) for f in p.rglob("*") if f.is_file()} if p.is_dir() else set()
     try:
         root = p.path.rstrip("/") + "/"
-        return {f[len(root):] for f in p.fs.find(p.path)}
+        return {f[len(root) :] for f in p.fs.find(p.path)}
     except FileNotFoundError:
         return set()
     except Exception as e:  # noqa: BLE001
@@ -176,15 +180,19 @@ def explain(e: BaseException, p: Location, what: str) -> str:
     bucket = getattr(p, "path", str(p)).split("/")[0]
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS's default endpoint"
     if name in ("NoCredentialsError", "PartialCredentialsError"):
-        why = ("no S3 credentials were found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile "
-               "in ~/.aws), and AWS_ENDPOINT_URL for a store that is not AWS itself")
+        why = (
+            "no S3 credentials were found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile "
+            "in ~/.aws), and AWS_ENDPOINT_URL for a store that is not AWS itself"
+        )
     elif name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError"):
         why = f"the endpoint {endpoint} cannot be reached ({e}); check AWS_ENDPOINT_URL and that the server is up"
     elif isinstance(e, FileNotFoundError):
         why = f"the bucket {bucket!r} does not exist at {endpoint}; create it (aws s3 mb s3://{bucket}) or fix the URL"
     elif isinstance(e, PermissionError) or "AccessDenied" in str(e) or "Forbidden" in str(e):
-        why = (f"the credentials were refused for bucket {bucket!r} ({e}); check AWS_ACCESS_KEY_ID / "
-               "AWS_SECRET_ACCESS_KEY and the bucket's permissions")
+        why = (
+            f"the credentials were refused for bucket {bucket!r} ({e}); check AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY and the bucket's permissions"
+        )
     else:
         why = f"{name}: {e}"
     return f"Cannot use {what} at {p}: {why}."

@@ -56,9 +56,10 @@ import math
 import os
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,7 +118,7 @@ def shard_stats(rows: np.ndarray, dtype: str) -> list[float]:
     x = torch.from_numpy(rows)
     x = x.view(torch.bfloat16) if dtype == "bfloat16" else x
     # squared norms block by block: a float64 copy of a whole 64 MiB shard would be ~0.5 GB
-    sq = torch.cat([x[i:i + 8192].double().pow(2).sum(dim=1) for i in range(0, x.shape[0], 8192)])
+    sq = torch.cat([x[i : i + 8192].double().pow(2).sum(dim=1) for i in range(0, x.shape[0], 8192)])
     return [int(sq.numel()), float(sq.sum()), float(sq.sqrt().sum()), float(sq.max().sqrt())]
 
 
@@ -164,9 +165,7 @@ def dtype_name(dtype: torch.dtype | str) -> str:
         name = _DTYPE_ALIASES.get(name, name)
         if name in _DTYPES:
             return name
-    raise ConfigError(
-        f"activation store dtype {dtype!r} is not supported; use float16, bfloat16 or float32."
-    )
+    raise ConfigError(f"activation store dtype {dtype!r} is not supported; use float16, bfloat16 or float32.")
 
 
 def default_shard_chunks(d_model: int, dtype: torch.dtype | str, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> int:
@@ -357,9 +356,20 @@ class StoreWriter:
     full shards queued) so that producing activations overlaps with IO.
     """
 
-    def __init__(self, path: Path, layout: StoreLayout, group: zarr.Group, start_rows: int,
-                 complete: bool, fsync: bool, max_pending: int, rank: int = 0, world_size: int = 1,
-                 stats: dict[int, list[float]] | None = None, shards_done: int = 0):
+    def __init__(
+        self,
+        path: Path,
+        layout: StoreLayout,
+        group: zarr.Group,
+        start_rows: int,
+        complete: bool,
+        fsync: bool,
+        max_pending: int,
+        rank: int = 0,
+        world_size: int = 1,
+        stats: dict[int, list[float]] | None = None,
+        shards_done: int = 0,
+    ):
         self.path = path
         self.layout = layout
         self.rank, self.world_size = rank, world_size
@@ -423,8 +433,9 @@ class StoreWriter:
         if not isinstance(shard_chunks, (int, np.integer)) or shard_chunks < 1:
             raise ConfigError(f"activation store shard_chunks must be a positive integer, got {shard_chunks!r}.")
         shard_chunks = min(int(shard_chunks), math.ceil(n_tokens / chunk_rows))
-        layout = StoreLayout(int(d_model), int(n_tokens), name, int(chunk_rows),
-                             int(chunk_rows) * shard_chunks, compressor)
+        layout = StoreLayout(
+            int(d_model), int(n_tokens), name, int(chunk_rows), int(chunk_rows) * shard_chunks, compressor
+        )
         user_attrs = _json_normal(dict(attrs or {}))
         if META_KEY in user_attrs:
             raise ConfigError(f"activation store attribute name {META_KEY!r} is reserved.")
@@ -439,8 +450,9 @@ class StoreWriter:
         return cls._create(path, layout, user_attrs, fsync, max_pending, world_size)
 
     @classmethod
-    def _create(cls, path: Path, layout: StoreLayout, attrs: dict, fsync: bool, max_pending: int,
-                world_size: int = 1) -> StoreWriter:
+    def _create(
+        cls, path: Path, layout: StoreLayout, attrs: dict, fsync: bool, max_pending: int, world_size: int = 1
+    ) -> StoreWriter:
         path.mkdir(parents=True, exist_ok=True)
         # Leftovers of a creation that died before progress.json was written hold no rows.
         for p in [path / e for e in _OWN_ENTRIES] + list(path.glob("progress.rank*of*.json")):
@@ -449,20 +461,32 @@ class StoreWriter:
             elif p.exists():
                 p.unlink()
         group = zarr.create_group(
-            storage.zarr_store(path), attributes={**attrs, META_KEY: {**layout.to_json(), "open_attrs": attrs}})
+            storage.zarr_store(path), attributes={**attrs, META_KEY: {**layout.to_json(), "open_attrs": attrs}}
+        )
         compressors = [ZstdCodec(level=ZSTD_LEVEL)] if layout.compressor == "zstd" else []
         # last, so it covers the bytes on disk: damage fails to decode instead of reading as numbers
         compressors.append(Crc32cCodec())
         cfg = {"write_empty_chunks": True}
         acts = group.create_array(
-            "activations", shape=(layout.n_tokens, layout.d_model), dtype=layout.np_dtype,
-            chunks=(layout.chunk_rows, layout.d_model), shards=(layout.shard_rows, layout.d_model),
-            compressors=compressors, fill_value=_nan_fill(layout), config=cfg,
+            "activations",
+            shape=(layout.n_tokens, layout.d_model),
+            dtype=layout.np_dtype,
+            chunks=(layout.chunk_rows, layout.d_model),
+            shards=(layout.shard_rows, layout.d_model),
+            compressors=compressors,
+            fill_value=_nan_fill(layout),
+            config=cfg,
             attributes={"dtype": layout.dtype},
         )
         group.create_array(
-            "tokens", shape=(layout.n_tokens,), dtype="int32", chunks=(layout.chunk_rows,),
-            shards=(layout.shard_rows,), compressors=compressors, fill_value=-1, config=cfg,
+            "tokens",
+            shape=(layout.n_tokens,),
+            dtype="int32",
+            chunks=(layout.chunk_rows,),
+            shards=(layout.shard_rows,),
+            compressors=compressors,
+            fill_value=-1,
+            config=cfg,
         )
         del acts
         if fsync:
@@ -473,8 +497,16 @@ class StoreWriter:
         return cls(path, layout, group, 0, False, fsync, max_pending, 0, world_size)
 
     @classmethod
-    def _reopen(cls, path: Path, layout: StoreLayout, attrs: dict, fsync: bool, max_pending: int,
-                rank: int = 0, world_size: int = 1) -> StoreWriter:
+    def _reopen(
+        cls,
+        path: Path,
+        layout: StoreLayout,
+        attrs: dict,
+        fsync: bool,
+        max_pending: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> StoreWriter:
         try:
             old_layout, _, old_attrs = _read_meta(path)
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -482,8 +514,11 @@ class StoreWriter:
                 f"{path} holds an activation store whose metadata cannot be read ({type(e).__name__}: {e}); "
                 "pass --force to rebuild it."
             ) from None
-        diffs = [f"{k}: store has {getattr(old_layout, k)!r}, asked for {getattr(layout, k)!r}"
-                 for k in layout.__dataclass_fields__ if getattr(old_layout, k) != getattr(layout, k)]
+        diffs = [
+            f"{k}: store has {getattr(old_layout, k)!r}, asked for {getattr(layout, k)!r}"
+            for k in layout.__dataclass_fields__
+            if getattr(old_layout, k) != getattr(layout, k)
+        ]
         missing = "<missing>"
         for k in sorted(set(old_attrs) | set(attrs)):
             old, new = old_attrs.get(k, missing), attrs.get(k, missing)
@@ -501,7 +536,8 @@ class StoreWriter:
             raise StoreError(
                 f"the activation store at {path} was started by {started} harvest process(es) and is not "
                 f"finished; resume it with harvest.world_size={started} (each rank reruns its own part), or "
-                "pass --force to rebuild it.")
+                "pass --force to rebuild it."
+            )
         owned = owned_shards(layout.n_shards, rank, world_size)
         if world_size > 1 and not complete:
             shards_done, stats = _rank_progress(path, rank, world_size)
@@ -528,7 +564,7 @@ class StoreWriter:
             for shard in owned[:shards_done]:  # written before gsae kept statistics: read them back
                 if shard not in stats:
                     lo = shard * layout.shard_rows
-                    stats[shard] = shard_stats(np.asarray(acts[lo:lo + layout.shard_rows]), layout.dtype)
+                    stats[shard] = shard_stats(np.asarray(acts[lo : lo + layout.shard_rows]), layout.dtype)
         return cls(path, layout, group, done, complete, fsync, max_pending, rank, world_size, stats, shards_done)
 
     # -- properties
@@ -561,8 +597,11 @@ class StoreWriter:
         sr, stop = self.layout.shard_rows, min(stop, self.n_tokens)
         if self.world_size == 1:
             return max(0, stop - start)
-        return sum(max(0, min(stop, (s + 1) * sr) - max(start, s * sr))
-                   for s in range(start // sr, -(-stop // sr)) if s % self.world_size == self.rank)
+        return sum(
+            max(0, min(stop, (s + 1) * sr) - max(start, s * sr))
+            for s in range(start // sr, -(-stop // sr))
+            if s % self.world_size == self.rank
+        )
 
     def append_at(self, start: int, acts: torch.Tensor, tokens: torch.Tensor) -> None:
         """Give the writer rows [start, start + len(acts)) of the store; it keeps the ones it still
@@ -572,8 +611,10 @@ class StoreWriter:
         sr = self.layout.shard_rows
         while self._pos < stop:
             if self._pos < start:
-                raise StoreError(f"rows {self._pos}-{start - 1} of the store at {self.path} were never given "
-                                 "to its writer; a harvest must give rows in order without gaps.")
+                raise StoreError(
+                    f"rows {self._pos}-{start - 1} of the store at {self.path} were never given "
+                    "to its writer; a harvest must give rows in order without gaps."
+                )
             end = min(stop, (self._pos // sr + 1) * sr)  # within the current shard
             a, b = self._pos - start, end - start
             self.append(acts[a:b], tokens[a:b])
@@ -632,8 +673,14 @@ class StoreWriter:
             n_bad = int(bad.sum())
             first = int(bad.nonzero()[0, 0])
             overflow = bool(torch.isfinite(acts[:k][bad.to(acts.device)]).all()) and self.dtype != acts.dtype
-            why = (f" (they are finite in {acts.dtype} but overflow {self.layout.dtype}; "
-                   "harvest with dtype=bfloat16 or float32)") if overflow else ""
+            why = (
+                (
+                    f" (they are finite in {acts.dtype} but overflow {self.layout.dtype}; "
+                    "harvest with dtype=bfloat16 or float32)"
+                )
+                if overflow
+                else ""
+            )
             raise StoreError(
                 f"activations contain NaN or inf in {n_bad} of the {k} rows being appended "
                 f"(store rows {self._pos}-{self._pos + k - 1}, first bad row {self._pos + first}){why}; "
@@ -653,10 +700,10 @@ class StoreWriter:
                 self._buf_tokens = np.empty((shard_len,), dtype=np.int32)
             n = min(k - off, shard_len - fill)
             if isinstance(a, np.ndarray):
-                self._buf[fill:fill + n] = a[off:off + n]
+                self._buf[fill : fill + n] = a[off : off + n]
             else:  # straight from the device into the shard buffer
-                self._buf_view()[fill:fill + n].copy_(a[off:off + n])
-            self._buf_tokens[fill:fill + n] = t[off:off + n].numpy()
+                self._buf_view()[fill : fill + n].copy_(a[off : off + n])
+            self._buf_tokens[fill : fill + n] = t[off : off + n].numpy()
             off += n
             self._pos += n
             if fill + n == shard_len:
@@ -677,8 +724,9 @@ class StoreWriter:
         self._queue.join()
         self._raise_pending_error()
 
-    def finish(self, final_attrs: dict[str, Any] | None = None,
-               before_complete: Callable[[dict[str, Any]], None] | None = None) -> bool:
+    def finish(
+        self, final_attrs: dict[str, Any] | None = None, before_complete: Callable[[dict[str, Any]], None] | None = None
+    ) -> bool:
         """Write the remaining rows, merge `final_attrs` and the store's `norms` into the attrs,
         call `before_complete(attrs)` (to write files that must exist before the marker), then mark
         the store complete. Returns whether the store is complete: with several writers, only the
@@ -726,8 +774,10 @@ class StoreWriter:
             except Exception as e:  # noqa: BLE001 - disk or object-storage failures alike
                 if not storage.access_error(e):
                     raise
-                raise StoreError(f"could not finalise the activation store at {self.path}: {e}; every row is "
-                                 "written: rerun the same command to mark it complete.") from e
+                raise StoreError(
+                    f"could not finalise the activation store at {self.path}: {e}; every row is "
+                    "written: rerun the same command to mark it complete."
+                ) from e
         self._complete = True
         return True
 
@@ -828,8 +878,11 @@ class StoreWriter:
             self._rows_written = stop
         else:
             self._shards_done += 1
-            _atomic_write_json(self.path / rank_progress_name(self.rank, self.world_size),
-                               {"shards_done": self._shards_done, "shard_stats": self._stats}, self._fsync)
+            _atomic_write_json(
+                self.path / rank_progress_name(self.rank, self.world_size),
+                {"shards_done": self._shards_done, "shard_stats": self._stats},
+                self._fsync,
+            )
             self._rows_written += stop - start
 
     def _stop_thread(self) -> None:
@@ -870,8 +923,10 @@ def _wait_for_creation(path: Path, rank: int) -> None:
     deadline = time.monotonic() + _WAIT_FOR_RANK0_S
     while not storage.exists(path / PROGRESS_FILE) and not storage.exists(path / COMPLETE_FILE):
         if time.monotonic() > deadline:
-            raise StoreError(f"harvest rank {rank} waited {_WAIT_FOR_RANK0_S:.0f} s for rank 0 to create the store at "
-                             f"{path}; start rank 0 (harvest.rank=0) with the same config.")
+            raise StoreError(
+                f"harvest rank {rank} waited {_WAIT_FOR_RANK0_S:.0f} s for rank 0 to create the store at "
+                f"{path}; start rank 0 (harvest.rank=0) with the same config."
+            )
         time.sleep(0.5)
 
 
@@ -905,8 +960,9 @@ def _discard_shards(path: Path, acts, toks, shards: list[int], temporaries: bool
 class ActivationStore:
     """A complete activation store opened read-only (see `open_store`)."""
 
-    def __init__(self, path: Path, layout: StoreLayout, attrs: dict[str, Any], group: zarr.Group,
-                 rows_written: int | None = None):
+    def __init__(
+        self, path: Path, layout: StoreLayout, attrs: dict[str, Any], group: zarr.Group, rows_written: int | None = None
+    ):
         self.path = path
         self.layout = layout
         self.attrs = attrs
@@ -929,8 +985,10 @@ class ActivationStore:
         return self.n_tokens
 
     def __repr__(self) -> str:
-        return (f"ActivationStore({str(self.path)!r}, n_tokens={self.n_tokens}, d_model={self.d_model}, "
-                f"dtype={self.layout.dtype})")
+        return (
+            f"ActivationStore({str(self.path)!r}, n_tokens={self.n_tokens}, d_model={self.d_model}, "
+            f"dtype={self.layout.dtype})"
+        )
 
     def chunk_bounds(self, i: int) -> tuple[int, int]:
         if not 0 <= i < self.n_chunks:
@@ -956,7 +1014,8 @@ class ActivationStore:
             f"The activation store at {self.path} is damaged: chunk {chunk} of its {arr.basename} (rows "
             f"{a}-{b - 1}, in the shard file {f}) {problem}. Rebuild the store: rerun `gsae harvest --force` "
             f"with the same overrides as this command, or delete the directory {self.path} and rerun this "
-            "command, which harvests it again.")
+            "command, which harvests it again."
+        )
 
     def _read(self, arr, start: int, stop: int) -> np.ndarray:
         try:
@@ -969,10 +1028,15 @@ class ActivationStore:
                 arr[slice(*self.chunk_bounds(c))]
             except Exception as e:  # noqa: BLE001
                 if storage.is_remote(self.path) and storage.access_error(e):  # not reached: not damage
-                    raise StoreError(storage.explain(e, self.path, "the activation store") + " Rerun when "
-                                     "the storage is reachable; the store itself may be fine.") from e
-                why = ("fails its crc32c checksum (its bytes changed after they were written)"
-                       if "checksum" in str(e) else f"cannot be decoded ({type(e).__name__}: {_first_line(e)})")
+                    raise StoreError(
+                        storage.explain(e, self.path, "the activation store") + " Rerun when "
+                        "the storage is reachable; the store itself may be fine."
+                    ) from e
+                why = (
+                    "fails its crc32c checksum (its bytes changed after they were written)"
+                    if "checksum" in str(e)
+                    else f"cannot be decoded ({type(e).__name__}: {_first_line(e)})"
+                )
                 raise self._damaged(arr, c, why) from e
         raise StoreError(
             f"reading rows {start}-{stop - 1} of {arr.basename} from the activation store at {self.path} failed "
@@ -992,8 +1056,11 @@ class ActivationStore:
             c = row // self.chunk_rows
             a, b = self.chunk_bounds(c)
             n_bad = int(((bad + start >= a) & (bad + start < b)).sum())
-            raise self._damaged(self._acts, c, f"holds NaN or inf, which a harvest never writes, in {n_bad} "
-                                               f"of the rows read (first: row {row})")
+            raise self._damaged(
+                self._acts,
+                c,
+                f"holds NaN or inf, which a harvest never writes, in {n_bad} of the rows read (first: row {row})",
+            )
         t = torch.from_numpy(raw)
         return t.view(torch.bfloat16) if self.layout.dtype == "bfloat16" else t
 
@@ -1005,8 +1072,11 @@ class ActivationStore:
         raw = self._read(self._toks, start, stop)
         if raw.size and raw.min() < 0:
             row = start + int(np.flatnonzero(raw < 0)[0])
-            raise self._damaged(self._toks, row // self.chunk_rows,
-                                f"holds negative token ids, which a harvest never writes (first: row {row})")
+            raise self._damaged(
+                self._toks,
+                row // self.chunk_rows,
+                f"holds negative token ids, which a harvest never writes (first: row {row})",
+            )
         return torch.from_numpy(raw)
 
     def read_chunk(self, i: int) -> torch.Tensor:
@@ -1053,17 +1123,21 @@ def open_store(path: str | os.PathLike, *, allow_incomplete: bool = False) -> Ac
         raise StoreError(f"{corrupt} ({type(e).__name__}: {e}); rebuild it with `gsae harvest ... --force`.") from None
     problems = []
     if acts.shape != (layout.n_tokens, layout.d_model) or toks.shape != (layout.n_tokens,):
-        problems.append(f"array shapes {acts.shape}/{toks.shape} do not match n_tokens={layout.n_tokens}, "
-                        f"d_model={layout.d_model}")
+        problems.append(
+            f"array shapes {acts.shape}/{toks.shape} do not match n_tokens={layout.n_tokens}, d_model={layout.d_model}"
+        )
     if acts.dtype != layout.np_dtype or acts.attrs.get("dtype") != layout.dtype or toks.dtype != np.int32:
         problems.append(f"array dtypes {acts.dtype}/{toks.dtype} do not match {layout.dtype}/int32")
     if not problems:  # a missing shard file would silently read back as zeros
         for arr, key in ((acts, lambda i: (i, 0)), (toks, lambda i: (i,))):
             present = storage.files_under(p / arr.basename)  # one listing (strict: errors are not "missing")
-            missing = [i for i in range(-(-done // layout.shard_rows))
-                       if arr.metadata.encode_chunk_key(key(i)) not in present]
+            missing = [
+                i for i in range(-(-done // layout.shard_rows)) if arr.metadata.encode_chunk_key(key(i)) not in present
+            ]
             if missing:
-                problems.append(f"{len(missing)} shard file(s) of {arr.basename} are missing (first: shard {missing[0]})")
+                problems.append(
+                    f"{len(missing)} shard file(s) of {arr.basename} are missing (first: shard {missing[0]})"
+                )
     if problems:
         raise StoreError(f"{corrupt}: " + "; ".join(problems) + "; rebuild it with `gsae harvest ... --force`.")
     return ActivationStore(p, layout, attrs, group, None if complete else done)

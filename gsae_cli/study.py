@@ -44,7 +44,9 @@ class StudyResult:
     reused: bool
 
 
-def sample_study(freq_a: torch.Tensor, freq_b: torch.Tensor, n: int, seed: int) -> tuple[list[int], list[int], list[int]]:
+def sample_study(
+    freq_a: torch.Tensor, freq_b: torch.Tensor, n: int, seed: int
+) -> tuple[list[int], list[int], list[int]]:
     """(A's features, B's features, the shuffled order of the 2n items as indices into
     A's then B's list). Only features that fire are drawn; too few is an error."""
     gen = torch.Generator().manual_seed(seed)
@@ -52,9 +54,11 @@ def sample_study(freq_a: torch.Tensor, freq_b: torch.Tensor, n: int, seed: int) 
     for name, freq in (("A", freq_a), ("B", freq_b)):
         live = torch.nonzero(freq > 0).flatten()
         if live.numel() < n:
-            raise ConfigError(f"The study asks for inspect.study_features={n} features from SAE {name}, but only "
-                              f"{live.numel()} of its {freq.numel()} features fire on the inspected text. Lower "
-                              "inspect.study_features or inspect more text (inspect.n_tokens).")
+            raise ConfigError(
+                f"The study asks for inspect.study_features={n} features from SAE {name}, but only "
+                f"{live.numel()} of its {freq.numel()} features fire on the inspected text. Lower "
+                "inspect.study_features or inspect more text (inspect.n_tokens)."
+            )
         picks.append(live[torch.randperm(live.numel(), generator=gen)[:n]].tolist())
     order = torch.randperm(2 * n, generator=gen).tolist()
     return picks[0], picks[1], order
@@ -98,20 +102,34 @@ def run_study(cfg: DictConfig, force: bool = False) -> StudyResult:
         (rater / "data").mkdir(parents=True)
         (rater / "data" / "text.js").write_bytes((a.path / "data" / "text.js").read_bytes())
         settings = a.summary["settings"]
-        artifacts.atomic_write_text(rater / "data" / "items.js", _js(
-            {"kind": "study", "study": digest, "settings": settings, "items": items}))
+        artifacts.atomic_write_text(
+            rater / "data" / "items.js", _js({"kind": "study", "study": digest, "settings": settings, "items": items})
+        )
         write_assets(rater)
-        write_page(rater / "rate.html", "rate", f"gsae · blinded feature rating · study {digest}",
-                   ["data/text.js", "data/items.js"])
+        write_page(
+            rater / "rate.html",
+            "rate",
+            f"gsae · blinded feature rating · study {digest}",
+            ["data/text.js", "data/items.js"],
+        )
         artifacts.write_json(directory / "key.json", {"study": digest, "items": key})
-        summary = {"study": digest, "n_per_sae": n, "seed": int(cfg.inspect.study_seed),
-                   "a": {"label": a.summary["label"], "inspect": str(a.path), "sae": a.summary["sae"]},
-                   "b": {"label": b.summary["label"], "inspect": str(b.path), "sae": b.summary["sae"]},
-                   "model": a.summary["model"], "hook": a.summary["hook"],
-                   "rating_page": str(rater / "rate.html"), "labels": LABELS}
+        summary = {
+            "study": digest,
+            "n_per_sae": n,
+            "seed": int(cfg.inspect.study_seed),
+            "a": {"label": a.summary["label"], "inspect": str(a.path), "sae": a.summary["sae"]},
+            "b": {"label": b.summary["label"], "inspect": str(b.path), "sae": b.summary["sae"]},
+            "model": a.summary["model"],
+            "hook": a.summary["hook"],
+            "rating_page": str(rater / "rate.html"),
+            "labels": LABELS,
+        }
         artifacts.write_json(directory / "study.json", summary)
         artifacts.mark_complete(directory)
-        notice(f"study {digest}: give raters the folder {rater} (open rate.html); the key stays in {directory / 'key.json'}")
+        notice(
+            f"study {digest}: give raters the folder {rater} (open rate.html); "
+            f"the key stays in {directory / 'key.json'}"
+        )
         return summary
 
     summary, reused = artifacts.build_once(directory, "study", force, build, "study.json")
@@ -124,8 +142,10 @@ def run_study(cfg: DictConfig, force: bool = False) -> StudyResult:
 
 
 def _bad(path: Path, problem: str) -> ConfigError:
-    return ConfigError(f"The ratings file {path} {problem}. Download the ratings again from the study's rate.html "
-                       "(ratings are kept in the browser), and do not edit the file by hand.")
+    return ConfigError(
+        f"The ratings file {path} {problem}. Download the ratings again from the study's rate.html "
+        "(ratings are kept in the browser), and do not edit the file by hand."
+    )
 
 
 def read_ratings(path: Path) -> dict:
@@ -152,10 +172,15 @@ def read_ratings(path: Path) -> dict:
 def find_study(root: Path, study: str, path: Path) -> Path:
     directory = Path(root) / "study" / str(study)
     if not artifacts.is_complete(directory) or not (directory / "key.json").exists():
-        known = sorted(p.name for p in (Path(root) / "study").glob("*") if artifacts.is_complete(p)) \
-            if (Path(root) / "study").is_dir() else []
-        raise ConfigError(f"The ratings file {path} belongs to study {study}, which is not under {Path(root) / 'study'} "
-                          f"(studies there: {', '.join(known) or 'none'}). Pass out_dir=DIR where that study was made.")
+        known = (
+            sorted(p.name for p in (Path(root) / "study").glob("*") if artifacts.is_complete(p))
+            if (Path(root) / "study").is_dir()
+            else []
+        )
+        raise ConfigError(
+            f"The ratings file {path} belongs to study {study}, which is not under {Path(root) / 'study'} "
+            f"(studies there: {', '.join(known) or 'none'}). Pass out_dir=DIR where that study was made."
+        )
     return directory
 
 
@@ -194,13 +219,17 @@ def pair_statistics(diffs: list[int], seed: int = 0) -> dict:
     if np.all(d == d[0]):  # no spread: the bootstrap distribution is a point
         ci = [float(d[0]), float(d[0])]
     else:
-        res = stats.bootstrap((d,), np.mean, confidence_level=CI_LEVEL, method="BCa", n_resamples=9999,
-                              random_state=np.random.default_rng(seed))
+        res = stats.bootstrap(
+            (d,),
+            np.mean,
+            confidence_level=CI_LEVEL,
+            method="BCa",
+            n_resamples=9999,
+            random_state=np.random.default_rng(seed),
+        )
         ci = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
-    if np.all(d == 0):
-        p = 1.0  # no evidence either way
-    else:
-        p = float(stats.wilcoxon(d, zero_method="pratt", alternative="greater").pvalue)
+    # all differences zero: no evidence either way
+    p = 1.0 if np.all(d == 0) else float(stats.wilcoxon(d, zero_method="pratt", alternative="greater").pvalue)
     return {**out, "ci": ci, "p_one_sided": p}
 
 
@@ -210,8 +239,10 @@ def ratings_report(paths: list[Path], root: Path) -> list[dict]:
     for f, p in zip(files, paths):
         if f["study"] not in keys:
             directory = find_study(root, f["study"], p)
-            keys[f["study"]] = {"key": artifacts.read_json(directory / "key.json"),
-                                "summary": artifacts.read_json(directory / "study.json")}
+            keys[f["study"]] = {
+                "key": artifacts.read_json(directory / "key.json"),
+                "summary": artifacts.read_json(directory / "study.json"),
+            }
         n_items = len(keys[f["study"]]["key"]["items"])
         if f.get("n_items") != n_items or any(not 1 <= r["item"] <= n_items for r in f["ratings"]):
             raise _bad(p, f"does not fit study {f['study']} ({n_items} items)")
@@ -220,24 +251,39 @@ def ratings_report(paths: list[Path], root: Path) -> list[dict]:
     rows = []
     for (la, lb), e in paired_differences(files, keys).items():
         st = pair_statistics(e["diffs"])
-        rows.append({"a": la, "b": lb, "raters": sorted(e["raters"]), "studies": sorted(e["studies"]),
-                     "mean_a": float(sum(e["a"]) / len(e["a"])) if e["a"] else math.nan,
-                     "mean_b": float(sum(e["b"]) / len(e["b"])) if e["b"] else math.nan,
-                     "counts_a": {k: e["a"].count(v) for k, v in LABELS.items()},
-                     "counts_b": {k: e["b"].count(v) for k, v in LABELS.items()}, **st})
+        rows.append(
+            {
+                "a": la,
+                "b": lb,
+                "raters": sorted(e["raters"]),
+                "studies": sorted(e["studies"]),
+                "mean_a": float(sum(e["a"]) / len(e["a"])) if e["a"] else math.nan,
+                "mean_b": float(sum(e["b"]) / len(e["b"])) if e["b"] else math.nan,
+                "counts_a": {k: e["a"].count(v) for k, v in LABELS.items()},
+                "counts_b": {k: e["b"].count(v) for k, v in LABELS.items()},
+                **st,
+            }
+        )
     return rows
 
 
 def ratings_markdown(rows: list[dict]) -> str:
-    lines = ["# Blinded rating study", "",
-             "Labels No = 0, Maybe = 1, Yes = 2 (the paper's scale). Items are paired within study, rater and draw; "
-             "the difference is A − B, with a 90 % BCa bootstrap interval over pairs and the one-sided Wilcoxon "
-             "signed-rank test (Pratt's zero handling; H1: A is more interpretable), as in the paper's §4.3.2.", "",
-             "| A | B | pairs | raters | mean A | mean B | A − B | 90 % CI | p (one-sided) | A yes/maybe/no | B yes/maybe/no |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Blinded rating study",
+        "",
+        "Labels No = 0, Maybe = 1, Yes = 2 (the paper's scale). Items are paired within study, rater and draw; "
+        "the difference is A − B, with a 90 % BCa bootstrap interval over pairs and the one-sided Wilcoxon "
+        "signed-rank test (Pratt's zero handling; H1: A is more interpretable), as in the paper's §4.3.2.",
+        "",
+        "| A | B | pairs | raters | mean A | mean B | A − B | 90 % CI | p (one-sided) "
+        "| A yes/maybe/no | B yes/maybe/no |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ca, cb = r["counts_a"], r["counts_b"]
-        lines.append(f"| {r['a']} | {r['b']} | {r['n_pairs']} | {len(r['raters'])} | {r['mean_a']:.3f} | {r['mean_b']:.3f} | "
-                     f"{r['mean_difference']:+.3f} | [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] | {r['p_one_sided']:.3g} | "
-                     f"{ca['yes']}/{ca['maybe']}/{ca['no']} | {cb['yes']}/{cb['maybe']}/{cb['no']} |")
+        lines.append(
+            f"| {r['a']} | {r['b']} | {r['n_pairs']} | {len(r['raters'])} | {r['mean_a']:.3f} | {r['mean_b']:.3f} | "
+            f"{r['mean_difference']:+.3f} | [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] | {r['p_one_sided']:.3g} | "
+            f"{ca['yes']}/{ca['maybe']}/{ca['no']} | {cb['yes']}/{cb['maybe']}/{cb['no']} |"
+        )
     return "\n".join(lines) + "\n"

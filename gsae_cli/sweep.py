@@ -13,7 +13,7 @@ import os
 import shlex
 import sys
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from gsae_cli.errors import ConfigError
 
@@ -64,15 +64,17 @@ def expand_sweep(overrides: list[str]) -> list[Member]:
         except HydraException as e:
             raise ConfigError(f"Cannot parse the override `{text}`: {str(e).strip()}") from None
 
-    choices: "OrderedDict[str, list[str]]" = OrderedDict()
+    choices: OrderedDict[str, list[str]] = OrderedDict()
     for text, ov in zip(overrides, parsed):
         key = ov.get_key_element()
         if not ov.is_sweep_override():
             choices[key] = [text]
             continue
         if not ov.is_discrete_sweep():
-            raise ConfigError(f"`{text}` is an interval sweep, which has no finite list of values; "
-                              "gsae -m enumerates lists (a=1,2), range(...), choice(...) and glob(...).")
+            raise ConfigError(
+                f"`{text}` is an interval sweep, which has no finite list of values; "
+                "gsae -m enumerates lists (a=1,2), range(...), choice(...) and glob(...)."
+            )
         try:
             values = list(ov.sweep_string_iterator())
         except HydraException as e:
@@ -80,8 +82,10 @@ def expand_sweep(overrides: list[str]) -> list[Member]:
         if ov.value_type == ValueType.RANGE_SWEEP:
             values = [_tidy_float(v) for v in values]
         if not values:
-            raise ConfigError(f"`{text}` expands to no values (an empty range, or a glob that matches no "
-                              "option of that config group); nothing to run.")
+            raise ConfigError(
+                f"`{text}` expands to no values (an empty range, or a glob that matches no "
+                "option of that config group); nothing to run."
+            )
         choices[key] = [f"{key}={v}" for v in values]
     return [list(m) for m in itertools.product(*choices.values())]
 
@@ -115,8 +119,9 @@ def _summary(members: list[Member], codes: dict[int, int], stopped_at: int | Non
     console.print(line + " of " + f"{len(members)} runs.")
 
 
-def run_sweep(members: list[Member], stage: Callable[[Member], object],
-              fail: Callable[[BaseException], int]) -> list[tuple[Member, int]]:
+def run_sweep(
+    members: list[Member], stage: Callable[[Member], object], fail: Callable[[BaseException], int]
+) -> list[tuple[Member, int]]:
     """Run `stage` on each member in turn. A failing member is reported through `fail` (which
     prints the error and returns its exit code) and the sweep goes on; the failures are returned.
     Ctrl-C ends the whole sweep: the summary is printed and the CLI exits with fail's code (130).
@@ -127,10 +132,14 @@ def run_sweep(members: list[Member], stage: Callable[[Member], object],
 
     world = distributed.world_from_env()
     if world.size > 1:  # under torchrun: the members are spread over the ranks, each run alone
-        members = members[world.rank::world.size]
+        members = members[world.rank :: world.size]
         os.environ[distributed.SPREAD_MEMBERS] = "1"
-        print(f"rank {world.rank} of {world.size}: {len(members)} of the sweep's members (every "
-              f"{world.size}th from #{world.rank + 1})", file=sys.stderr, flush=True)
+        print(
+            f"rank {world.rank} of {world.size}: {len(members)} of the sweep's members (every "
+            f"{world.size}th from #{world.rank + 1})",
+            file=sys.stderr,
+            flush=True,
+        )
     n = len(members)
     codes: dict[int, int] = {}
     failed: list[tuple[Member, int]] = []

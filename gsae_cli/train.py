@@ -7,16 +7,16 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gsae_cli import artifacts, distributed, status, store
-from gsae_cli.config import baseline_config, effective_lr, train_dir, train_hash, train_identity, to_yaml
+from gsae_cli.config import baseline_config, effective_lr, to_yaml, train_dir, train_hash, train_identity
 from gsae_cli.divergence import LOG, describe, divergence_of_log, divergence_of_sae
 from gsae_cli.errors import ArtifactError, ConfigError, StoreError
 from gsae_cli.progress import notice, track
@@ -40,9 +40,11 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
         return TrainResult(path, read_sae_meta(path), True)
     world = distributed.world_from_env()  # torchrun's ranks train one SAE together
     if cfg.train.data_streams % world.size:  # before any harvest, not after
-        raise ConfigError(f"train.data_streams={cfg.train.data_streams} cannot be split among {world.size} ranks; "
-                          f"set train.data_streams to a multiple of {world.size} (the same value trains the same "
-                          "SAE with any rank count that divides it).")
+        raise ConfigError(
+            f"train.data_streams={cfg.train.data_streams} cannot be split among {world.size} ranks; "
+            f"set train.data_streams to a multiple of {world.size} (the same value trains the same "
+            "SAE with any rank count that divides it)."
+        )
     distributed.init(world, distributed.rank_device(cfg.device))
     directory = train_dir(cfg)
     base = None
@@ -67,20 +69,23 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
     return TrainResult(directory, summary, False)
 
 
-
 def input_scale(sample: torch.Tensor, where: Path | str = "the activation store") -> float:
     """sqrt(E||x||²) over a sample of raw activation rows: training divides every row by it so that
     E||x||² = 1 (docs/method.md §2). Attention sinks need no special case here: harvest never stores the
     positions before `site_start`, where they sit."""
     if not bool(torch.isfinite(sample).all()):
-        raise StoreError(f"{where} holds NaN or infinite activations (found in the rows sampled for the "
-                         "input scale); rebuild it with `gsae harvest --force`, and if that recurs, run the "
-                         "model in float32 (model.dtype=float32).")
+        raise StoreError(
+            f"{where} holds NaN or infinite activations (found in the rows sampled for the "
+            "input scale); rebuild it with `gsae harvest --force`, and if that recurs, run the "
+            "model in float32 (model.dtype=float32)."
+        )
     scale = math.sqrt(float(sample.double().pow(2).sum(dim=1).mean()))
     if not scale > 0:
-        raise StoreError(f"{where} holds only zero activations in the rows sampled for the input scale, so "
-                         "there is nothing to train on; check that the hook is the site you mean (`gsae "
-                         "show-config` prints it) and rebuild the store with `gsae harvest --force`.")
+        raise StoreError(
+            f"{where} holds only zero activations in the rows sampled for the input scale, so "
+            "there is nothing to train on; check that the hook is the site you mean (`gsae "
+            "show-config` prints it) and rebuild the store with `gsae harvest --force`."
+        )
     return scale
 
 
@@ -114,15 +119,18 @@ class ResampleSchedule:
     lr_factor: float
 
     @classmethod
-    def of(cls, tc: DictConfig, n_steps: int) -> "ResampleSchedule":
+    def of(cls, tc: DictConfig, n_steps: int) -> ResampleSchedule:
         interval = max(1, round(tc.resample_interval * n_steps))
         n_checks = math.ceil(tc.resample_stop_fraction / tc.resample_interval - 1e-9) - 1
         checks = sorted({round(k * tc.resample_interval * n_steps) for k in range(1, n_checks + 1)})
-        return cls(check_steps=tuple(c for c in checks if 0 < c < n_steps), interval_steps=interval,
-                   stop_step=tc.resample_stop_fraction * n_steps,
-                   dead_steps=max(1, round(tc.resample_dead_window * n_steps)),
-                   rewarm_steps=max(1, min(tc.resample_rewarm_steps, interval // 2)),
-                   lr_factor=float(tc.resample_lr_factor))
+        return cls(
+            check_steps=tuple(c for c in checks if 0 < c < n_steps),
+            interval_steps=interval,
+            stop_step=tc.resample_stop_fraction * n_steps,
+            dead_steps=max(1, round(tc.resample_dead_window * n_steps)),
+            rewarm_steps=max(1, min(tc.resample_rewarm_steps, interval // 2)),
+            lr_factor=float(tc.resample_lr_factor),
+        )
 
     def is_check(self, step: int) -> bool:
         return step in self.check_steps
@@ -159,8 +167,14 @@ class Trainer:
     """One training run. Each step: (resample, at a check) -> forward -> backward -> project the
     decoder gradient -> Adam step at base LR x `lr_multiplier` -> renormalise decoder rows."""
 
-    def __init__(self, cfg: DictConfig, directory: Path, store_path: Path, base_sae_dir: Path | None,
-                 world: distributed.World = distributed.World()):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        directory: Path,
+        store_path: Path,
+        base_sae_dir: Path | None,
+        world: distributed.World = distributed.World(),
+    ):
         self.cfg, self.tc, self.dir = cfg, cfg.train, directory
         self.world = world
         self.store = store.open_store(store_path)
@@ -168,8 +182,10 @@ class Trainer:
         self.device = distributed.rank_device(cfg.device)  # one GPU per rank on each node
         streams = self.tc.data_streams
         if streams > self.store.n_chunks:
-            raise ConfigError(f"train.data_streams={streams} exceeds the store's {self.store.n_chunks} chunks; "
-                              "lower it or harvest with a smaller harvest.chunk_rows.")
+            raise ConfigError(
+                f"train.data_streams={streams} exceeds the store's {self.store.n_chunks} chunks; "
+                "lower it or harvest with a smaller harvest.chunk_rows."
+            )
         self.n_steps = max(1, self.tc.n_tokens // self.tc.batch_size)
         self.lr = effective_lr(cfg)
         self.resample_schedule = ResampleSchedule.of(self.tc, self.n_steps)
@@ -203,8 +219,16 @@ class Trainer:
             return sae
         assert sample is not None  # sampled whenever there is no baseline
         sc = self.cfg.sae
-        options = {"tie_weights": sc.tie_weights, "r_mag": sc.r_mag, "aux_loss": sc.aux_loss,
-                   "freeze_aux_decoder": sc.freeze_aux_decoder} if sc.name == "gated" else {}
+        options = (
+            {
+                "tie_weights": sc.tie_weights,
+                "r_mag": sc.r_mag,
+                "aux_loss": sc.aux_loss,
+                "freeze_aux_decoder": sc.freeze_aux_decoder,
+            }
+            if sc.name == "gated"
+            else {}
+        )
         sae = build_sae(sc.name, d_model, sc.expansion_factor * d_model, **options)
         median_sample = sample[: self.tc.geometric_median_tokens] / self.scale
         sae.init_weights_(geometric_median(median_sample), generator=self.generator)
@@ -227,10 +251,16 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         if not self.world.is_main:
             return
-        state = {"step": self.step, "sae": self.sae.state_dict(), "opt": self.opt.state_dict(),
-                 "resamples": self.resamples, "steps_since_fired": self.steps_since_fired,
-                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                 "identity": train_identity(self.cfg)}
+        state = {
+            "step": self.step,
+            "sae": self.sae.state_dict(),
+            "opt": self.opt.state_dict(),
+            "resamples": self.resamples,
+            "steps_since_fired": self.steps_since_fired,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "identity": train_identity(self.cfg),
+        }
         tmp = self.dir / f".{CHECKPOINT}.tmp"
         torch.save(state, tmp)
         with open(tmp, "rb") as fh:
@@ -244,11 +274,15 @@ class Trainer:
         try:
             state = torch.load(path, map_location=self.device, weights_only=False)
         except Exception as e:  # noqa: BLE001
-            raise ArtifactError(f"The checkpoint {path} cannot be read ({type(e).__name__}); remove it "
-                                f"(rm {path}) to restart this training, or rerun with --force.") from None
+            raise ArtifactError(
+                f"The checkpoint {path} cannot be read ({type(e).__name__}); remove it "
+                f"(rm {path}) to restart this training, or rerun with --force."
+            ) from None
         if state.get("identity") != train_identity(self.cfg) or "resamples" not in state:
-            raise ArtifactError(f"The checkpoint in {self.dir} belongs to a different config or an older gsae; "
-                                f"rerun with --force (or rm {path}) to restart this training.")
+            raise ArtifactError(
+                f"The checkpoint in {self.dir} belongs to a different config or an older gsae; "
+                f"rerun with --force (or rm {path}) to restart this training."
+            )
         self.sae.load_state_dict(state["sae"])
         self.opt.load_state_dict(state["opt"])
         self.resamples = list(state["resamples"])
@@ -276,21 +310,32 @@ class Trainer:
         tc = self.tc
         wanted = self.n_steps * tc.batch_size
         if wanted > self.store.n_tokens:  # allowed, but the user should know data repeats
-            notice(f"train.n_tokens={wanted:,} is {wanted / self.store.n_tokens:.2f}x the store's "
-                   f"{self.store.n_tokens:,} rows: training repeats data. Raise harvest.n_tokens to at "
-                   "least train.n_tokens to train on every row once.")
+            notice(
+                f"train.n_tokens={wanted:,} is {wanted / self.store.n_tokens:.2f}x the store's "
+                f"{self.store.n_tokens:,} rows: training repeats data. Raise harvest.n_tokens to at "
+                "least train.n_tokens to train on every row once."
+            )
         batches = self._batches()
         loss_fn = torch.compile(self.sae.loss) if tc.compile else self.sae.loss
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                    if tc.autocast == "bf16" and self.device.type == "cuda" else nullcontext())
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if tc.autocast == "bf16" and self.device.type == "cuda"
+            else nullcontext()
+        )
         logger = _WandbLogger(self.cfg, self.dir) if tc.wandb and self.world.is_main else None
         window: list[dict] = []
         t_start = time.monotonic()
         start_step = self.step
         last = {}
-        with open(self.dir / METRICS, "a") if self.world.is_main else nullcontext() as log, \
-                track(f"train {self.cfg.sae.name}", self.n_steps * tc.batch_size, "tokens",
-                      completed=self.step * tc.batch_size) as bar:
+        with (
+            open(self.dir / METRICS, "a") if self.world.is_main else nullcontext() as log,
+            track(
+                f"train {self.cfg.sae.name}",
+                self.n_steps * tc.batch_size,
+                "tokens",
+                completed=self.step * tc.batch_size,
+            ) as bar,
+        ):
             for x in batches:
                 if self.step >= self.n_steps:
                     break
@@ -311,12 +356,14 @@ class Trainer:
                 # ranks' gradients is the gradient of the global batch's mean loss; the loss rides
                 # in the same all-reduce, so every rank sees a non-finite loss and stops together
                 reported = total.detach().float().reshape(1)
-                distributed.average_([reported, *(p.grad for p in self.sae.parameters() if p.grad is not None)],
-                                     self.world)
+                distributed.average_(
+                    [reported, *(p.grad for p in self.sae.parameters() if p.grad is not None)], self.world
+                )
                 if not torch.isfinite(reported):
                     raise ArtifactError(
                         f"The loss became {total.item()} at step {self.step}; lower the learning rate "
-                        f"(train.lr={self.lr / 3:.3g}, say). The last checkpoint in {self.dir} is intact.")
+                        f"(train.lr={self.lr / 3:.3g}, say). The last checkpoint in {self.dir} is intact."
+                    )
                 self.sae.constrain_decoder_grad_()
                 self.opt.step()
                 self.sae.renormalise_decoder_()
@@ -324,14 +371,20 @@ class Trainer:
                 self.steps_since_fired += 1
                 self.steps_since_fired[fired] = 0
                 self.step += 1
-                window.append({k: v.detach() for k, v in out.terms.items()} |
-                              {"l0": out.active.sum(dim=1).float().mean().detach(), "loss": total.detach()})
+                window.append(
+                    {k: v.detach() for k, v in out.terms.items()}
+                    | {"l0": out.active.sum(dim=1).float().mean().detach(), "loss": total.detach()}
+                )
                 if self.step % tc.log_every == 0 or self.step == self.n_steps:
                     last = self._log(window, log, logger, t_start, start_step, l1, lr)
                     window = []
-                    bar.advance(tc.log_every * tc.batch_size if self.step % tc.log_every == 0
-                                else (self.step % tc.log_every) * tc.batch_size,
-                                loss=f"{last['loss']:.4f}", l0=f"{last['l0']:.1f}")
+                    bar.advance(
+                        tc.log_every * tc.batch_size
+                        if self.step % tc.log_every == 0
+                        else (self.step % tc.log_every) * tc.batch_size,
+                        loss=f"{last['loss']:.4f}",
+                        l0=f"{last['l0']:.1f}",
+                    )
                 if self.step % tc.checkpoint_every == 0 and self.step < self.n_steps:
                     self._save_checkpoint()
         for b in batches.streams:
@@ -343,16 +396,26 @@ class Trainer:
             logger.finish(summary)
         return summary
 
-    def _batches(self) -> "_StreamBatches":
+    def _batches(self) -> _StreamBatches:
         """This rank's part of every global batch: its data streams' sub-batches, in stream order
         (distributed.py). One stream is the plain shuffled order of the whole store."""
         tc, S = self.tc, self.tc.data_streams
         ranges = distributed.stream_ranges(self.store.n_chunks, self.store.chunk_rows, self.store.n_tokens, S)
         buffer = tc.shuffle_buffer_chunks if S == 1 else max(2, tc.shuffle_buffer_chunks // S)
-        streams = [store.ShuffledBatches(  # (one stream: the whole store, seed train.seed, as always)
-            self.store, tc.batch_size // S, row_range=ranges[s], n_batches=self.n_steps, seed=tc.seed + s,
-            buffer_chunks=buffer, start_batch=self.step, device=self.device, prefetch_chunks=tc.prefetch_chunks)
-            for s in range(self.world.rank, S, self.world.size)]
+        streams = [
+            store.ShuffledBatches(  # (one stream: the whole store, seed train.seed, as always)
+                self.store,
+                tc.batch_size // S,
+                row_range=ranges[s],
+                n_batches=self.n_steps,
+                seed=tc.seed + s,
+                buffer_chunks=buffer,
+                start_batch=self.step,
+                device=self.device,
+                prefetch_chunks=tc.prefetch_chunks,
+            )
+            for s in range(self.world.rank, S, self.world.size)
+        ]
         return _StreamBatches(streams)
 
     @torch.no_grad()
@@ -370,8 +433,7 @@ class Trainer:
             self.steps_since_fired[dead] = 0
             self.resamples.append({"step": self.step, "n": int(dead.sum())})
 
-    def _log(self, window: list[dict], log, logger, t_start: float, start_step: int, l1: float,
-             lr: float) -> dict:
+    def _log(self, window: list[dict], log, logger, t_start: float, start_step: int, l1: float, lr: float) -> dict:
         """One metrics.jsonl row for the steps since the previous row: mean loss terms and L0; `lr`
         of the window's last update; `resampled`, features resampled within the window (from the
         checkpointed event list, so a resumed run logs what an uninterrupted one does)."""
@@ -381,10 +443,15 @@ class Trainer:
         row = {k: float(v) for k, v in zip(keys, means)}
         elapsed = max(time.monotonic() - t_start, 1e-9)
         window_start = (self.step - 1) // self.tc.log_every * self.tc.log_every
-        row |= {"step": self.step, "tokens": self.step * self.tc.batch_size, "lr": lr, "l1_coefficient": l1,
-                "resampled": sum(e["n"] for e in self.resamples if window_start <= e["step"] < self.step),
-                "frac_dead": float((self.steps_since_fired >= self.resample_schedule.dead_steps).float().mean()),
-                "tokens_per_s": (self.step - start_step) * self.tc.batch_size / elapsed}
+        row |= {
+            "step": self.step,
+            "tokens": self.step * self.tc.batch_size,
+            "lr": lr,
+            "l1_coefficient": l1,
+            "resampled": sum(e["n"] for e in self.resamples if window_start <= e["step"] < self.step),
+            "frac_dead": float((self.steps_since_fired >= self.resample_schedule.dead_steps).float().mean()),
+            "tokens_per_s": (self.step - start_step) * self.tc.batch_size / elapsed,
+        }
         if not self.world.is_main:
             return row
         log.write(json.dumps(row) + "\n")
@@ -409,25 +476,48 @@ class Trainer:
             base = divergence_of_sae(self.base_sae_dir, self.base_relu.meta)
             diverged = {**base, "baseline": str(self.base_sae_dir)} if base else None
         if diverged:
-            notice(f"WARNING: the {self.sae.name} SAE at λ {self.cfg.sae.l1_coefficient} in {self.dir}: "
-                   f"{describe(diverged)}. The SAE is saved, and `gsae eval` and `gsae report` flag it; "
-                   f"retrain with a lower learning rate (train.lr={self.lr / 3:.3g}, say).")
-        meta = {"model": self.cfg.model.name, "hf_name": self.cfg.model.hf_name, "hook": self.cfg.hook,
-                "store": str(self.store_path), "store_hash": self.store.attrs.get("config_hash"),
-                "input_scale_folded": self.scale, "train_hash": train_hash(self.cfg),
-                "l1_coefficient": self.cfg.sae.l1_coefficient, "divergence": diverged}
+            notice(
+                f"WARNING: the {self.sae.name} SAE at λ {self.cfg.sae.l1_coefficient} in {self.dir}: "
+                f"{describe(diverged)}. The SAE is saved, and `gsae eval` and `gsae report` flag it; "
+                f"retrain with a lower learning rate (train.lr={self.lr / 3:.3g}, say)."
+            )
+        meta = {
+            "model": self.cfg.model.name,
+            "hf_name": self.cfg.model.hf_name,
+            "hook": self.cfg.hook,
+            "store": str(self.store_path),
+            "store_hash": self.store.attrs.get("config_hash"),
+            "input_scale_folded": self.scale,
+            "train_hash": train_hash(self.cfg),
+            "l1_coefficient": self.cfg.sae.l1_coefficient,
+            "divergence": diverged,
+        }
         save_sae(self.dir, self.sae.cpu(), meta)
         rs = self.resample_schedule
-        summary = {**meta, "architecture": self.sae.name, "d_model": self.sae.d_model, "d_sae": self.sae.d_sae,
-                   "steps": self.n_steps, "tokens": self.n_steps * self.tc.batch_size, "lr": self.lr,
-                   "resample_schedule": {"check_steps": list(rs.check_steps),
-                                         "interval_steps": rs.interval_steps, "stop_step": rs.stop_step,
-                                         "dead_steps": rs.dead_steps, "rewarm_steps": rs.rewarm_steps,
-                                         "lr_factor": rs.lr_factor} if self.tc.resample else None,
-                   "resamples": self.resamples,
-                   "final": last, "seconds_this_run": elapsed,
-                   "tokens_per_s_this_run": (self.n_steps - start_step) * self.tc.batch_size / max(elapsed, 1e-9),
-                   "data_wait_fraction": wait / max(elapsed, 1e-9)}
+        summary = {
+            **meta,
+            "architecture": self.sae.name,
+            "d_model": self.sae.d_model,
+            "d_sae": self.sae.d_sae,
+            "steps": self.n_steps,
+            "tokens": self.n_steps * self.tc.batch_size,
+            "lr": self.lr,
+            "resample_schedule": {
+                "check_steps": list(rs.check_steps),
+                "interval_steps": rs.interval_steps,
+                "stop_step": rs.stop_step,
+                "dead_steps": rs.dead_steps,
+                "rewarm_steps": rs.rewarm_steps,
+                "lr_factor": rs.lr_factor,
+            }
+            if self.tc.resample
+            else None,
+            "resamples": self.resamples,
+            "final": last,
+            "seconds_this_run": elapsed,
+            "tokens_per_s_this_run": (self.n_steps - start_step) * self.tc.batch_size / max(elapsed, 1e-9),
+            "data_wait_fraction": wait / max(elapsed, 1e-9),
+        }
         artifacts.write_json(self.dir / "summary.json", summary)
         artifacts.mark_complete(self.dir)
         (self.dir / CHECKPOINT).unlink(missing_ok=True)
@@ -454,12 +544,19 @@ class _WandbLogger:
         try:
             import wandb
         except ImportError:
-            raise ConfigError("train.wandb=true needs the wandb package: pip install wandb "
-                              "(or .venv/bin/pip install -e '.[wandb]').") from None
+            raise ConfigError(
+                "train.wandb=true needs the wandb package: pip install wandb (or .venv/bin/pip install -e '.[wandb]')."
+            ) from None
         mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-        self.run = wandb.init(project=cfg.train.wandb_project, dir=str(directory), mode=mode,
-                              name=directory.name, config=OmegaConf.to_container(cfg, resolve=True),
-                              resume="allow", id=directory.name[-12:])
+        self.run = wandb.init(
+            project=cfg.train.wandb_project,
+            dir=str(directory),
+            mode=mode,
+            name=directory.name,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            resume="allow",
+            id=directory.name[-12:],
+        )
 
     def log(self, row: dict) -> None:
         self.run.log(row, step=row["step"])

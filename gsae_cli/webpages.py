@@ -65,8 +65,9 @@ def window_position(rows: Tensor, n_site: int, first: int) -> tuple[Tensor, Tens
     return torch.div(r, n_site, rounding_mode="floor"), r % n_site + first
 
 
-def example_lists(rows: Tensor, vals: Tensor, feature_ids: Tensor, look: Lookup, first: int, ctx_len: int,
-                  before: int, after: int) -> list[list[list]]:
+def example_lists(
+    rows: Tensor, vals: Tensor, feature_ids: Tensor, look: Lookup, first: int, ctx_len: int, before: int, after: int
+) -> list[list[list]]:
     """For features `feature_ids` [F] and their example rows/values [F, E] (-1: none): per
     feature a list of [window, position, activation, [[offset, act], ...]] with the feature's
     non-zero activations over the shown context [position - before, position + after] (offsets
@@ -87,8 +88,14 @@ def example_lists(rows: Tensor, vals: Tensor, feature_ids: Tensor, look: Lookup,
     for (fi, e, _), v, o in zip(nz, nz_vals, nz_offs):
         sparse.setdefault((fi, e), []).append([o, v])
     rows_l, w_l, p_l, v_l = rows.tolist(), w.tolist(), p.tolist(), sig(vals).tolist()
-    return [[[w_l[fi][e], p_l[fi][e], v_l[fi][e], sparse.get((fi, e), [])]
-             for e in range(len(rows_l[fi])) if rows_l[fi][e] >= 0] for fi in range(len(rows_l))]
+    return [
+        [
+            [w_l[fi][e], p_l[fi][e], v_l[fi][e], sparse.get((fi, e), [])]
+            for e in range(len(rows_l[fi]))
+            if rows_l[fi][e] >= 0
+        ]
+        for fi in range(len(rows_l))
+    ]
 
 
 def feature_dicts(data, ids: list[int], look: Lookup, info: dict, strings: dict[int, str]) -> list[dict]:
@@ -114,11 +121,19 @@ def feature_dicts(data, ids: list[int], look: Lookup, info: dict, strings: dict[
             if exs:
                 lo, hi = sel["q_ranges"][n][gi]
                 groups.append({"lo": lo, "hi": hi, "ex": exs})
-        out.append({
-            "i": j, "f": sel["freq"][n], "m": sel["max_act"][n], "h": sel["hist"][n], "top": top[n], "q": groups,
-            "up": [[strings[a], v] for a, v in zip(sel["up_ids"][n], sel["up_vals"][n])],
-            "down": [[strings[a], v] for a, v in zip(sel["down_ids"][n], sel["down_vals"][n])],
-            "nb": [[a, c] for a, c in zip(sel["nb_ids"][n], sel["nb_cos"][n])]})
+        out.append(
+            {
+                "i": j,
+                "f": sel["freq"][n],
+                "m": sel["max_act"][n],
+                "h": sel["hist"][n],
+                "top": top[n],
+                "q": groups,
+                "up": [[strings[a], v] for a, v in zip(sel["up_ids"][n], sel["up_vals"][n])],
+                "down": [[strings[a], v] for a, v in zip(sel["down_ids"][n], sel["down_vals"][n])],
+                "nb": [[a, c] for a, c in zip(sel["nb_ids"][n], sel["nb_cos"][n])],
+            }
+        )
     return out
 
 
@@ -148,20 +163,38 @@ def write_browser(directory: Path, data, info: dict, tokenizer) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     labels = _labels(data, strings)
     up0 = [strings[int(a)] for a in t["up_ids"][:, 0].tolist()]
-    index = {"kind": "index", "info": info, "density": density_summary(t["freq"]), "shard": shard,
-             "freq": sig(t["freq"], 4).tolist(), "max": sig(t["max_act"]).tolist(), "label": labels, "up": up0}
+    index = {
+        "kind": "index",
+        "info": info,
+        "density": density_summary(t["freq"]),
+        "shard": shard,
+        "freq": sig(t["freq"], 4).tolist(),
+        "max": sig(t["max_act"]).tolist(),
+        "label": labels,
+        "up": up0,
+    }
     artifacts.atomic_write_text(data_dir / "index.js", _js(index))
-    text = {"kind": "text", "first": data.first, "tokens": data.tokens.tolist(),
-            "vocab": {str(i): strings[i] for i in text_ids}}
+    text = {
+        "kind": "text",
+        "first": data.first,
+        "tokens": data.tokens.tolist(),
+        "vocab": {str(i): strings[i] for i in text_ids},
+    }
     artifacts.atomic_write_text(data_dir / "text.js", _js(text))
-    artifacts.write_json(directory / "text.json", {"first": data.first, "tokens": data.tokens.tolist(),
-                                                   "vocab": {str(i): strings[i] for i in sorted(ids)}})
+    artifacts.write_json(
+        directory / "text.json",
+        {"first": data.first, "tokens": data.tokens.tolist(), "vocab": {str(i): strings[i] for i in sorted(ids)}},
+    )
     for s in range(0, d_sae, shard):
         feats = feature_dicts(data, list(range(s, min(s + shard, d_sae))), look, info, strings)
         artifacts.atomic_write_text(data_dir / shard_name(s // shard), _js({"kind": "shard", "features": feats}))
     write_assets(directory)
-    write_page(directory / "index.html", "browser", f"gsae · {info['label']} · {info['hook']}",
-               ["data/index.js", "data/text.js"])
+    write_page(
+        directory / "index.html",
+        "browser",
+        f"gsae · {info['label']} · {info['hook']}",
+        ["data/index.js", "data/text.js"],
+    )
 
 
 def shard_name(n: int) -> str:
@@ -181,7 +214,7 @@ def read_data_file(path: Path) -> dict:
     head, tail = "GSAE.load(", ");\n"
     if not (text.startswith(head) and text.endswith(tail)):
         raise ValueError(f"{path} is not a gsae data file")
-    return json.loads(text[len(head):-len(tail)])
+    return json.loads(text[len(head) : -len(tail)])
 
 
 def feature_dicts_from_artifact(directory: Path, ids: list[int]) -> list[dict]:
@@ -198,6 +231,8 @@ def feature_dicts_from_artifact(directory: Path, ids: list[int]) -> list[dict]:
                 cache[s] = {f["i"]: f for f in read_data_file(Path(directory) / "data" / shard_name(s))["features"]}
             out.append(cache[s][j])
         except (OSError, ValueError, KeyError) as e:
-            raise ArtifactError(f"The feature browser {directory} is damaged ({e}); rebuild it with "
-                                "`gsae inspect --force` for that SAE.") from None
+            raise ArtifactError(
+                f"The feature browser {directory} is damaged ({e}); rebuild it with "
+                "`gsae inspect --force` for that SAE."
+            ) from None
     return out

@@ -53,7 +53,7 @@ def checks(series: dict[str, list]) -> list[tuple]:
     for label, pts in series.items():
         arch, *_ = label.split(", ")
         train = [tokens(v) for k, v in LENGTH.findall(label) if k == "train"]
-        rest = LENGTH.sub("", label)[len(arch):]
+        rest = LENGTH.sub("", label)[len(arch) :]
         by_key.setdefault((arch, rest), {})[train[0] if train else 0.0] = pts
     rows = []
     archs = sorted({a for a, _ in by_key}, key=["gated", "rescale_shift", "relu"].index)
@@ -73,22 +73,31 @@ def fmt(t: float) -> str:
 
 
 def main(reports: list[str]) -> None:
-    print("| report | site | pair | T → T′ | common loss recovered | ratio at T → T′ | change | "
-          "change by each length's own range (the old rule) | reading |")
+    print(
+        "| report | site | pair | T → T′ | common loss recovered | ratio at T → T′ | change | "
+        "change by each length's own range (the old rule) | reading |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for report in reports:
         for site, series in series_of(Path(report)).items():
             for pair, t1, t2, span, g1, g2, own in checks(series):
                 old = f"{own[1] / own[0]:.3f}" if None not in own else "–"
                 if span is None:
-                    print(f"| {Path(report).name} | {site} | {pair} | {fmt(t1)} → {fmt(t2)} | none | – | – | {old} | "
-                          "not comparable |")
+                    print(
+                        f"| {Path(report).name} | {site} | {pair} | {fmt(t1)} → {fmt(t2)} | none | – | – | {old} | "
+                        "not comparable |"
+                    )
                     continue
                 change = g2 / g1
-                reading = ("cannot be converged: the change lies outside 1 ± 0.05"
-                           if abs(change - 1) > MARGIN else "inside the margin by the point alone: undetermined")
-                print(f"| {Path(report).name} | {site} | {pair} | {fmt(t1)} → {fmt(t2)} | {span[0]:.3f}–{span[1]:.3f} | "
-                      f"{g1:.3f} → {g2:.3f} | {change:.3f} | {old} | {reading} |")
+                reading = (
+                    "cannot be converged: the change lies outside 1 ± 0.05"
+                    if abs(change - 1) > MARGIN
+                    else "inside the margin by the point alone: undetermined"
+                )
+                print(
+                    f"| {Path(report).name} | {site} | {pair} | {fmt(t1)} → {fmt(t2)} | {span[0]:.3f}–{span[1]:.3f} | "
+                    f"{g1:.3f} → {g2:.3f} | {change:.3f} | {old} | {reading} |"
+                )
 
 
 if __name__ == "__main__":

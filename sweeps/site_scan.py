@@ -64,8 +64,14 @@ def measure(cfg, model, blocks: list[int]) -> dict:
     index = bootstrap_indices(windows.shape[0], cfg.eval.bootstrap_samples, cfg.eval.bootstrap_seed)
     hooks = [f"blocks.{b}.{s}" for b in blocks for s in SUBLAYERS]
     with torch.no_grad(), track(f"scan ({len(hooks)} sites)", windows.shape[0], "windows") as bar:
-        nll_clean, nll_zero = zero_ablation_nll(model, hooks, windows, first_spliced(cfg),  # one clean pass
-                                                batch_size=cfg.eval.batch_size, advance=bar.advance)
+        nll_clean, nll_zero = zero_ablation_nll(
+            model,
+            hooks,
+            windows,
+            first_spliced(cfg),  # one clean pass
+            batch_size=cfg.eval.batch_size,
+            advance=bar.advance,
+        )
     predictions = windows.shape[1] - 1
     # CE increase from zeroing each site, per window, in nats per next-token prediction
     effects = {h: (nll_zero[h] - nll_clean) / predictions for h in hooks}
@@ -80,9 +86,15 @@ def measure(cfg, model, blocks: list[int]) -> dict:
         lo, hi = percentile_interval(pair[:, index].mean(dim=2).min(dim=0).values)
         by_block[b] = {"min_delta_ce": float(pair.mean(dim=1).min()), "ci": [lo, hi]}
     ranked = sorted(blocks, key=lambda b: -by_block[b]["min_delta_ce"])
-    return {"n_windows": int(windows.shape[0]), "held_out_windows": total, "first": first_spliced(cfg),
-            "ce_clean": float(nll_clean.sum() / (windows.shape[0] * predictions)), "rows": rows,
-            "blocks": {str(b): by_block[b] for b in blocks}, "ranked": ranked}
+    return {
+        "n_windows": int(windows.shape[0]),
+        "held_out_windows": total,
+        "first": first_spliced(cfg),
+        "ce_clean": float(nll_clean.sum() / (windows.shape[0] * predictions)),
+        "rows": rows,
+        "blocks": {str(b): by_block[b] for b in blocks},
+        "ranked": ranked,
+    }
 
 
 def contenders(stage: dict) -> list[int]:
@@ -111,8 +123,10 @@ def scan(overrides: list[str], blocks: list[int], confirm_tokens: int) -> dict:
 
 def print_table(model: str, stage: dict, title: str) -> None:
     rows = {r["hook"]: r for r in stage["rows"]}
-    print(f"{model}, {title}: CE increase from zero-ablating each sublayer (nats per prediction), "
-          f"{stage['n_windows']} held-out windows, clean CE {stage['ce_clean']:.4f}")
+    print(
+        f"{model}, {title}: CE increase from zero-ablating each sublayer (nats per prediction), "
+        f"{stage['n_windows']} held-out windows, clean CE {stage['ce_clean']:.4f}"
+    )
     print(f"{'block':>5}  {'attn.hook_z [95% CI]':>26}  {'hook_mlp_out [95% CI]':>26}  {'smaller [95% CI]':>26}")
     for b in stage["ranked"]:
         cells = [rows[f"blocks.{b}.{s}"] for s in SUBLAYERS]
@@ -125,8 +139,12 @@ def print_table(model: str, stage: dict, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", default="2-27", help="blocks to scan: a range and/or list (default 2-27)")
-    ap.add_argument("--confirm-tokens", type=int, default=CONFIRM_TOKENS,
-                    help=f"eval tokens for the second stage (default {CONFIRM_TOKENS}; 0 skips it)")
+    ap.add_argument(
+        "--confirm-tokens",
+        type=int,
+        default=CONFIRM_TOKENS,
+        help=f"eval tokens for the second stage (default {CONFIRM_TOKENS}; 0 skips it)",
+    )
     ap.add_argument("--json", type=Path, help="also write the result as JSON here")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, as for gsae eval (model=..., data=...)")
     args = ap.parse_args(argv)

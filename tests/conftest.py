@@ -29,11 +29,27 @@ def tiny(out_dir: Path, *extra: str) -> list[str]:
     """Overrides for a fast pipeline on the tiny random model. Training is 16 steps of 512; the
     resampling fractions make that one check at step 4 (features silent for the 4 steps before
     it are resampled) followed by a 2-step LR re-warm, so default tiny runs exercise it."""
-    return ["model=tiny", f"hook={TINY_HOOK}", f"out_dir={out_dir}", "harvest.n_tokens=4064",
-            "harvest.chunk_rows=512", "harvest.batch_size=4", "harvest.ctx_len=128", "train.n_tokens=8192",
-            "train.batch_size=512", "train.lr_warmup_steps=2", "train.log_every=4",
-            "train.checkpoint_every=4", "train.geometric_median_tokens=256", "train.resample_interval=0.25",
-            "train.resample_dead_window=0.25", "eval.n_tokens=508", "eval.batch_size=4", "device=cpu", *extra]
+    return [
+        "model=tiny",
+        f"hook={TINY_HOOK}",
+        f"out_dir={out_dir}",
+        "harvest.n_tokens=4064",
+        "harvest.chunk_rows=512",
+        "harvest.batch_size=4",
+        "harvest.ctx_len=128",
+        "train.n_tokens=8192",
+        "train.batch_size=512",
+        "train.lr_warmup_steps=2",
+        "train.log_every=4",
+        "train.checkpoint_every=4",
+        "train.geometric_median_tokens=256",
+        "train.resample_interval=0.25",
+        "train.resample_dead_window=0.25",
+        "eval.n_tokens=508",
+        "eval.batch_size=4",
+        "device=cpu",
+        *extra,
+    ]
 
 
 def gsae(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def _free_port() -> int:
@@ -23,11 +23,18 @@ def _free_port() -> int:
 def s3_server(bucket: str = "gsae-test") -> Iterator[dict]:
     """Start the server, create `bucket`, and yield the AWS_* environment that points at it."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true"}  # never ask a cloud metadata service for credentials
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }  # never ask a cloud metadata service for credentials
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -36,7 +43,7 @@ def s3_server(bucket: str = "gsae-test") -> Iterator[dict]:
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto's S3 server did not start (exit status {proc.poll()})")
+                    raise RuntimeError(f"moto's S3 server did not start (exit status {proc.poll()})") from None
                 time.sleep(0.1)
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)

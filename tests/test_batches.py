@@ -61,7 +61,7 @@ def test_several_epochs_cover_each_row_once_per_epoch_in_new_orders(store):
     rows = rows_of(sb).flatten()
     assert torch.equal(torch.bincount(rows, minlength=2000), torch.full((2000,), 3))
     # each epoch visits chunks in its own order
-    firsts = [rows[e * 2000:(e + 1) * 2000][:200] // 64 for e in range(3)]
+    firsts = [rows[e * 2000 : (e + 1) * 2000][:200] // 64 for e in range(3)]
     assert not torch.equal(firsts[0], firsts[1]) and not torch.equal(firsts[1], firsts[2])
 
 
@@ -75,10 +75,13 @@ def test_row_range_is_respected(store):
     assert int(counts.max()) <= 2 and int(counts.min()) >= 1  # each epoch covers the range once
 
 
-@pytest.mark.parametrize("kw", [
-    dict(batch_size=50, n_batches=100, buffer_chunks=6, seed=7),
-    dict(batch_size=37, n_tokens=37 * 150, buffer_chunks=3, seed=2, row_range=(70, 1900)),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(batch_size=50, n_batches=100, buffer_chunks=6, seed=7),
+        dict(batch_size=37, n_tokens=37 * 150, buffer_chunks=3, seed=2, row_range=(70, 1900)),
+    ],
+)
 def test_resume_yields_the_tail_of_a_fresh_run(store, kw):
     full = rows_of(ShuffledBatches(store, **kw))
     n = len(full)
@@ -121,8 +124,12 @@ def test_close_stops_the_reader_thread(store):
 
 
 def test_bad_arguments(store):
-    for kw in (dict(row_range=(10, 10)), dict(row_range=(0, 2001)), dict(buffer_chunks=1),
-               dict(n_batches=3, n_tokens=30)):
+    for kw in (
+        dict(row_range=(10, 10)),
+        dict(row_range=(0, 2001)),
+        dict(buffer_chunks=1),
+        dict(n_batches=3, n_tokens=30),
+    ):
         with pytest.raises(ConfigError):
             ShuffledBatches(store, 10, **kw)
     with pytest.raises(ConfigError, match="one batch"):
@@ -139,6 +146,9 @@ def test_a_damaged_chunk_stops_the_batches_with_its_name(tmp_path, prefetch):
     s = make_store(tmp_path / "s", 640)  # 10 chunks of 64, 4 per shard file
     zarr.open_group(str(s.path), mode="r+")["activations"][300, 2] = float("nan")  # chunk 4: rows 256-319
     sb = ShuffledBatches(s, 64, seed=0, prefetch=prefetch, buffer_chunks=3)
-    with pytest.raises(DamagedStoreError, match=r"chunk 4 of its activations \(rows 256-319, in the shard "
-                                                r"file .*activations/c/1/0\) holds NaN or inf"):
+    with pytest.raises(
+        DamagedStoreError,
+        match=r"chunk 4 of its activations \(rows 256-319, in the shard "
+        r"file .*activations/c/1/0\) holds NaN or inf",
+    ):
         list(sb)

@@ -7,8 +7,8 @@ import os
 import subprocess
 
 import torch
-
 from conftest import GSAE, tiny
+
 from gsae_cli import store
 from gsae_cli.sae_io import load_sae
 
@@ -23,7 +23,7 @@ def test_two_processes_share_one_harvest_and_one_training(out):
     # the same SAE, so both race for them.
     a = _start("eval", *tiny(out, "eval.n_tokens=254"))
     b = _start("eval", *tiny(out, "eval.n_tokens=381"))
-    (out_a, err_a), (out_b, err_b) = a.communicate(timeout=600), b.communicate(timeout=600)
+    (_, err_a), (_, err_b) = a.communicate(timeout=600), b.communicate(timeout=600)
     assert a.returncode == 0, err_a
     assert b.returncode == 0, err_b
     # exactly one process harvested and trained; the other waited on the lock and reused

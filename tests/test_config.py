@@ -1,18 +1,29 @@
 """Config composition, validation and artifact hashing."""
 
-import pytest
-
 import copy
 import dataclasses
 import typing
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
-
-from gsae_cli.config import (GATED_ONLY_KEYS, NON_IDENTITY_KEYS, Config, compose_config, effective_lr, eval_identity,
-                             evalset_hash, harvest_dir, harvest_hash, inspect_hash, study_identity, train_dir,
-                             train_hash, _hash)
+from gsae_cli.config import (
+    GATED_ONLY_KEYS,
+    NON_IDENTITY_KEYS,
+    Config,
+    _hash,
+    compose_config,
+    effective_lr,
+    eval_identity,
+    evalset_hash,
+    harvest_dir,
+    harvest_hash,
+    inspect_hash,
+    study_identity,
+    train_dir,
+    train_hash,
+)
 from gsae_cli.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,14 +35,17 @@ def test_defaults_compose():
     assert cfg.hook == "blocks.12.hook_resid_pre"
 
 
-@pytest.mark.parametrize("override, text", [
-    ("nonsense_key=1", "nonsense_key"),
-    ("sae.l1=3", "sae.l1"),
-    ("harvest.n_tokens=abc", "harvest.n_tokens"),
-    ("harvest.dtype=int8", "bfloat16"),
-    ("device=tpu", "cpu"),
-    ("harvest.n_tokens=0", "positive"),
-])
+@pytest.mark.parametrize(
+    "override, text",
+    [
+        ("nonsense_key=1", "nonsense_key"),
+        ("sae.l1=3", "sae.l1"),
+        ("harvest.n_tokens=abc", "harvest.n_tokens"),
+        ("harvest.dtype=int8", "bfloat16"),
+        ("device=tpu", "cpu"),
+        ("harvest.n_tokens=0", "positive"),
+    ],
+)
 def test_bad_overrides_are_config_errors(override, text):
     with pytest.raises(ConfigError) as err:
         compose_config([override])
@@ -70,8 +84,15 @@ def _leaves(cls, prefix=""):
             yield f"{prefix}{f.name}", t
 
 
-_CHOICES = {"model.source": "hub", "model.dtype": "bfloat16", "harvest.dtype": "float32",
-            "device": "cuda", "train.autocast": "bf16", "sae.name": "relu", "hooks": ["blocks.0.hook_mlp_out"]}
+_CHOICES = {
+    "model.source": "hub",
+    "model.dtype": "bfloat16",
+    "harvest.dtype": "float32",
+    "device": "cuda",
+    "train.autocast": "bf16",
+    "sae.name": "relu",
+    "hooks": ["blocks.0.hook_mlp_out"],
+}
 
 
 def _changed(key, value, typ):
@@ -92,21 +113,36 @@ def _changed(key, value, typ):
 
 
 def _hashes(cfg):
-    return {"harvest": harvest_hash(cfg, cfg.hook), "train": train_hash(cfg),
-            "eval": _hash(eval_identity(cfg, "sae")), "evalset": evalset_hash(cfg),
-            "inspect": inspect_hash(cfg, "sae"), "study": _hash(study_identity(cfg, "a", "b"))}
+    return {
+        "harvest": harvest_hash(cfg, cfg.hook),
+        "train": train_hash(cfg),
+        "eval": _hash(eval_identity(cfg, "sae")),
+        "evalset": evalset_hash(cfg),
+        "inspect": inspect_hash(cfg, "sae"),
+        "study": _hash(study_identity(cfg, "a", "b")),
+    }
 
 
 # The artifact whose hash must change with each group's keys.
-_SHAPES = {"model": "harvest", "data": "harvest", "harvest": "harvest", "hook": "harvest",
-           "site_start": "harvest", "sae": "train", "train": "train", "eval": "eval", "inspect": "inspect",
-           "inspect.study_features": "study", "inspect.study_seed": "study"}
+_SHAPES = {
+    "model": "harvest",
+    "data": "harvest",
+    "harvest": "harvest",
+    "hook": "harvest",
+    "site_start": "harvest",
+    "sae": "train",
+    "train": "train",
+    "eval": "eval",
+    "inspect": "inspect",
+    "inspect.study_features": "study",
+    "inspect.study_seed": "study",
+}
 
 
 def test_every_key_that_can_change_a_result_is_in_its_artifacts_hash():
     base = compose_config([])  # gated, so the gated-only switches count
     keys = dict(_leaves(Config))
-    assert NON_IDENTITY_KEYS <= set(keys), "a non-identity key that is not in the schema"
+    assert set(keys) >= NON_IDENTITY_KEYS, "a non-identity key that is not in the schema"
     for key, typ in keys.items():
         value = OmegaConf.select(base, key)
         cfg = copy.deepcopy(base)
@@ -130,6 +166,7 @@ def test_keys_that_matter_only_in_some_settings():
     rs = compose_config(["sae=rescale_shift"])
     assert train_hash(rs) != train_hash(compose_config(["sae=rescale_shift", "sae.lr=0.5"]))
     import gsae_cli.config as config_module
+
     real_compose = config_module.compose_config
     before = train_hash(rs)
     try:  # relu's default LR changing (conf/sae/relu.yaml) must change rescale_shift's hash
@@ -143,6 +180,7 @@ def test_keys_that_matter_only_in_some_settings():
     assert train_hash(compose_config(["sae.lr=0.001"])) == train_hash(compose_config(["train.lr=0.001"]))
     # the default corpus's content version is part of every store's identity
     import gsae_cli.config as config
+
     h = harvest_hash(relu, relu.hook)
     old = config.DEFAULT_CORPUS_VERSION
     try:

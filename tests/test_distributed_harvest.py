@@ -14,18 +14,28 @@ import time
 from pathlib import Path
 
 import torch
-
 from conftest import GSAE, TINY_HOOK, gsae, tiny
+
 from gsae_cli import store
 from gsae_cli.config import compose_config, harvest_dir
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
-            "-m", "gsae_cli"]
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--nproc-per-node",
+    "2",
+    "--master-port",
+    "0",
+    "-m",
+    "gsae_cli",
+]
 
 
 def args(out: Path) -> list[str]:  # 16 shards of 256 rows: each rank owns 8
-    return tiny(out, "harvest.n_tokens=4064", "harvest.chunk_rows=256", "harvest.shard_chunks=1",
-                "harvest.batch_size=2")
+    return tiny(
+        out, "harvest.n_tokens=4064", "harvest.chunk_rows=256", "harvest.shard_chunks=1", "harvest.batch_size=2"
+    )
 
 
 def env() -> dict:
@@ -59,10 +69,20 @@ def test_a_killed_rank_resumes_its_part(tmp_path):
     out = tmp_path / "hand"
     target = harvest_dir(compose_config(args(out)), TINY_HOOK)
     rank = [*args(out), "harvest.world_size=2"]
-    r0 = subprocess.Popen([*GSAE, "harvest", *rank, "harvest.rank=0"], env=env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-    r1 = subprocess.Popen([*GSAE, "harvest", *rank, "harvest.rank=1"], env=env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+    r0 = subprocess.Popen(
+        [*GSAE, "harvest", *rank, "harvest.rank=0"],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    r1 = subprocess.Popen(
+        [*GSAE, "harvest", *rank, "harvest.rank=1"],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     part1 = target / store.rank_progress_name(1, 2)
     deadline = time.monotonic() + 600  # a hang guard only
     while not part1.exists() and r1.poll() is None and time.monotonic() < deadline:
@@ -83,8 +103,9 @@ def test_a_killed_rank_resumes_its_part(tmp_path):
 def test_a_crashed_rank_fails_the_launch_and_nothing_is_complete(tmp_path):
     out = tmp_path / "crash"
     target = harvest_dir(compose_config(args(out)), TINY_HOOK)
-    launch = subprocess.Popen([*TORCHRUN, "harvest", *args(out)], env=env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    launch = subprocess.Popen(
+        [*TORCHRUN, "harvest", *args(out)], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     part1 = target / store.rank_progress_name(1, 2)
     deadline = time.monotonic() + 600
     while not part1.exists() and launch.poll() is None and time.monotonic() < deadline:
@@ -108,7 +129,11 @@ def _pid_with_env(key: str, value: str, parent: int) -> int | None:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if f"{key}={value}".encode() in environ and b"gsae_cli" in cmdline and int(proc.name) != parent \
-                and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ):
+        if (
+            f"{key}={value}".encode() in environ
+            and b"gsae_cli" in cmdline
+            and int(proc.name) != parent
+            and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ)
+        ):
             return int(proc.name)
     return None

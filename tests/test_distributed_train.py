@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import torch
+from conftest import gsae, tiny
 from safetensors.torch import load_file
 
-from conftest import gsae, tiny
 from gsae_cli.config import compose_config, train_dir
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "gsae_cli"]
@@ -65,8 +65,9 @@ def test_a_killed_two_rank_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert whole.returncode == 0, whole.stderr[-3000:]
     args = tiny(tmp_path / "killed", *ARGS, *long)
     directory = train_dir(compose_config(args))
-    launch = subprocess.Popen([*TORCHRUN, "train", *args], env=env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    launch = subprocess.Popen(
+        [*TORCHRUN, "train", *args], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 600  # a hang guard only
     while not (directory / "checkpoint.pt").exists() and launch.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -94,8 +95,11 @@ def _workers(marker: str) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and b"TORCHELASTIC_RUN_ID" in (proc / "environ").read_bytes() \
-                    and marker.encode() in (proc / "cmdline").read_bytes():
+            if (
+                proc.name.isdigit()
+                and b"TORCHELASTIC_RUN_ID" in (proc / "environ").read_bytes()
+                and marker.encode() in (proc / "cmdline").read_bytes()
+            ):
                 pids.append(int(proc.name))
         except OSError:
             continue
@@ -110,17 +114,29 @@ def test_the_slurm_script_launches_a_real_two_rank_training(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text('#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
-    (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\necho localhost\n')
+    (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\necho localhost\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    slurm = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "localhost",
-             "SLURM_JOB_ID": "4242", "NPROC_PER_NODE": "2", "MASTER_PORT": str(port), "GSAE_PYTHON": sys.executable}
+    slurm = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_NNODES": "1",
+        "SLURM_JOB_NODELIST": "localhost",
+        "SLURM_JOB_ID": "4242",
+        "NPROC_PER_NODE": "2",
+        "MASTER_PORT": str(port),
+        "GSAE_PYTHON": sys.executable,
+    }
     script = Path(__file__).resolve().parent.parent / "sweeps" / "slurm_train.sbatch"
-    proc = subprocess.run([str(script), *tiny(tmp_path / "slurm", "train.data_streams=2")], capture_output=True,
-                          text=True, env={**env(), **slurm}, timeout=600)
+    proc = subprocess.run(
+        [str(script), *tiny(tmp_path / "slurm", "train.data_streams=2")],
+        capture_output=True,
+        text=True,
+        env={**env(), **slurm},
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 node(s) x 2 process(es), rendezvous at localhost" in proc.stderr
     out = Path(proc.stdout.strip().splitlines()[-1])

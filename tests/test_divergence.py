@@ -8,14 +8,14 @@ import json
 import math
 
 import pytest
-
-from gsae_cli.divergence import FACTOR, describe, divergence_of_log, find_divergence
-from gsae_cli.report import plots as report_module
-from gsae_cli.report import collect, group_series, run_report
-from gsae_cli.sae_io import read_sae_meta
-from gsae_cli.train import Trainer
 from test_report import make_sweep
 from test_train import small_cfg, sparse_rows, synthetic_store
+
+from gsae_cli.divergence import FACTOR, describe, divergence_of_log, find_divergence
+from gsae_cli.report import collect, group_series, run_report
+from gsae_cli.report import plots as report_module
+from gsae_cli.sae_io import read_sae_meta
+from gsae_cli.train import Trainer
 
 
 def rows(*recons):
@@ -38,8 +38,12 @@ def test_rule_by_hand():
     assert find_divergence(rows(1e6, 0.5)) is None
     assert find_divergence(rows(1.0, 2.0), factor=1.5)["step"] == 20
     # during an L1 warm-up the reconstruction is better than the run can keep: not the minimum
-    warm = [{"step": 10, "recon": 0.01, "l1_coefficient": 0.0}, {"step": 20, "recon": 0.02, "l1_coefficient": 0.05},
-            {"step": 30, "recon": 0.3, "l1_coefficient": 0.1}, {"step": 40, "recon": 0.5, "l1_coefficient": 0.1}]
+    warm = [
+        {"step": 10, "recon": 0.01, "l1_coefficient": 0.0},
+        {"step": 20, "recon": 0.02, "l1_coefficient": 0.05},
+        {"step": 30, "recon": 0.3, "l1_coefficient": 0.1},
+        {"step": 40, "recon": 0.5, "l1_coefficient": 0.1},
+    ]
     assert find_divergence(warm) is None
     assert find_divergence(warm + [{"step": 50, "recon": 3.5, "l1_coefficient": 0.1}])["min_step"] == 30
     # rows of a foreign log without a step are skipped, not an error
@@ -65,8 +69,15 @@ def test_trainer_records_a_loss_jump_in_summary_and_sae_meta(tmp_path, capsys, o
     if outliers:
         x[-64:] *= 100.0  # the store's last chunk
     path = synthetic_store(tmp_path / "store", x)
-    cfg = small_cfg(tmp_path / "out", "sae=relu", "train.batch_size=64", "train.n_tokens=1024",
-                    "train.lr_warmup_steps=1", "train.resample=false", "sae.l1_coefficient=0.01")
+    cfg = small_cfg(
+        tmp_path / "out",
+        "sae=relu",
+        "train.batch_size=64",
+        "train.n_tokens=1024",
+        "train.lr_warmup_steps=1",
+        "train.resample=false",
+        "sae.l1_coefficient=0.01",
+    )
     summary = Trainer(cfg, tmp_path / "sae", path, None).fit()
     logged = [json.loads(ln) for ln in (tmp_path / "sae" / "metrics.jsonl").read_text().splitlines()]
     meta = read_sae_meta(tmp_path / "sae")
@@ -78,8 +89,15 @@ def test_trainer_records_a_loss_jump_in_summary_and_sae_meta(tmp_path, capsys, o
     assert div is not None and meta["divergence"] == div and "training diverged" in err
     assert f"relu SAE at λ 0.01 in {tmp_path / 'sae'}" in err  # which SAE, when several train at once
     # a rescale_shift fitted on this relu has no jump of its own, and inherits the verdict
-    rs_cfg = small_cfg(tmp_path / "out", "sae=rescale_shift", "train.batch_size=64", "train.n_tokens=256",
-                       "train.lr_warmup_steps=1", "train.resample=false", "sae.l1_coefficient=0.01")
+    rs_cfg = small_cfg(
+        tmp_path / "out",
+        "sae=rescale_shift",
+        "train.batch_size=64",
+        "train.n_tokens=256",
+        "train.lr_warmup_steps=1",
+        "train.resample=false",
+        "sae.l1_coefficient=0.01",
+    )
     rs = Trainer(rs_cfg, tmp_path / "rs", path, tmp_path / "sae").fit()
     assert rs["divergence"]["baseline"] == str(tmp_path / "sae") and rs["divergence"]["step"] == div["step"]
     assert "frozen relu baseline" in capsys.readouterr().err
@@ -105,7 +123,10 @@ def test_report_flags_diverged_saes_new_and_old(tmp_path, capsys, monkeypatch):
     m["sae"]["path"] = str(train_dir)
     (out / "eval" / "gated2" / "metrics.json").write_text(json.dumps(m))
     report = run_report([], out, tmp_path / "report", [])
-    table = {r["eval_path"].rsplit("/", 1)[-1]: r["diverged_at_step"] for r in csv.DictReader((report / "results.csv").open())}
+    table = {
+        r["eval_path"].rsplit("/", 1)[-1]: r["diverged_at_step"]
+        for r in csv.DictReader((report / "results.csv").open())
+    }
     assert table.pop("relu1") == "360" and table.pop("gated2") == "30" and set(table.values()) == {""}
     md = (report / "results.md").read_text()
     assert "## Warning: SAEs whose training diverged" in md
@@ -125,7 +146,8 @@ def test_report_flags_diverged_saes_new_and_old(tmp_path, capsys, monkeypatch):
     for fig, y in zip(figures, ("loss_recovered", "relative_reconstruction_bias_centred")):
         (crossed,) = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == "† training diverged"]
         assert sorted(zip(crossed.get_xdata(), crossed.get_ydata())) == sorted(
-            (rows_by_name[n]["l0"], rows_by_name[n][y]) for n in ("relu1", "gated2"))
+            (rows_by_name[n]["l0"], rows_by_name[n][y]) for n in ("relu1", "gated2")
+        )
     # --where leaves them out
     kept = run_report([], out, tmp_path / "report3", ["diverged_at_step=none"])
     assert len(list(csv.DictReader((kept / "results.csv").open()))) == len(table)
@@ -133,4 +155,3 @@ def test_report_flags_diverged_saes_new_and_old(tmp_path, capsys, monkeypatch):
     clean = tmp_path / "clean"
     make_sweep(clean)
     assert "Warning" not in (run_report([], clean, tmp_path / "report2", []) / "results.md").read_text()
-

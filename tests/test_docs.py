@@ -24,8 +24,11 @@ def test_committed_docs_carry_no_machine_paths():
     """Reports and evidence name files relative to the repository or the report, never by a
     path of the machine that made them."""
     machine = re.compile(r"(?<![\w.])/(?:work|home|root|tmp|Users|mnt|scratch)/")
-    found = [f"{p.relative_to(REPO)}: {m.group(0)}"
-             for p in [REPO / "README.md", *sorted((REPO / "docs").rglob("*"))]
-             if p.is_file() and p.suffix in (".md", ".csv", ".json")
-             for m in [machine.search(p.read_text(errors="replace"))] if m]
+    found = [
+        f"{p.relative_to(REPO)}: {m.group(0)}"
+        for p in [REPO / "README.md", *sorted((REPO / "docs").rglob("*"))]
+        if p.is_file() and p.suffix in (".md", ".csv", ".json")
+        for m in [machine.search(p.read_text(errors="replace"))]
+        if m
+    ]
     assert not found, "machine paths:\n" + "\n".join(found)

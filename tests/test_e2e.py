@@ -5,9 +5,11 @@ the second call is cached; export and `ls` see the results."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import gsae
 from safetensors.torch import load_file
 
 from gsae_cli.config import compose_config, evalset_dir, evalset_hash
@@ -15,13 +17,21 @@ from gsae_cli.evalset import load_evalset
 from gsae_cli.metrics import metrics_from_window_sums, relative_reconstruction_bias
 from gsae_cli.sae_io import load_sae
 
-from conftest import gsae
-
 pytestmark = pytest.mark.slow
 
-SMALL = ["harvest.n_tokens=5080", "harvest.chunk_rows=1024", "train.n_tokens=16384", "train.batch_size=1024",
-         "train.lr_warmup_steps=2", "train.log_every=4", "train.geometric_median_tokens=512",
-         "train.norm_sample_tokens=2048", "eval.n_tokens=254", "eval.batch_size=2", "device=cpu"]
+SMALL = [
+    "harvest.n_tokens=5080",
+    "harvest.chunk_rows=1024",
+    "train.n_tokens=16384",
+    "train.batch_size=1024",
+    "train.lr_warmup_steps=2",
+    "train.log_every=4",
+    "train.geometric_median_tokens=512",
+    "train.norm_sample_tokens=2048",
+    "eval.n_tokens=254",
+    "eval.batch_size=2",
+    "device=cpu",
+]
 
 
 def test_eval_from_empty_outputs_runs_every_stage_then_is_cached(out):
@@ -33,7 +43,8 @@ def test_eval_from_empty_outputs_runs_every_stage_then_is_cached(out):
     assert metrics["ce_clean"] < metrics["ce_spliced"] < metrics["ce_zero_ablation"]
     ce = {k: metrics[k] for k in ("ce_clean", "ce_spliced", "ce_zero_ablation")}
     assert metrics["loss_recovered"] == pytest.approx(
-        (ce["ce_zero_ablation"] - ce["ce_spliced"]) / (ce["ce_zero_ablation"] - ce["ce_clean"]), rel=1e-9)
+        (ce["ce_zero_ablation"] - ce["ce_spliced"]) / (ce["ce_zero_ablation"] - ce["ce_clean"]), rel=1e-9
+    )
     assert metrics["delta_loss"] == pytest.approx(ce["ce_spliced"] - ce["ce_clean"], rel=1e-9)
     # the real model: the site at its mean costs less than at zero, more than nothing
     assert ce["ce_clean"] < metrics["ce_mean_ablation"] < ce["ce_zero_ablation"]
@@ -47,7 +58,7 @@ def test_eval_from_empty_outputs_runs_every_stage_then_is_cached(out):
     cfg = compose_config([f"out_dir={out}", *SMALL])
     es = load_evalset(evalset_dir(cfg), evalset_hash(cfg))
     sae = load_sae(metrics["sae"]["path"])
-    x = es.site[:, cfg.site_start:].reshape(-1, 576).float()
+    x = es.site[:, cfg.site_start :].reshape(-1, 576).float()
     with torch.no_grad():
         active, x_hat = sae.active_mask(x), sae(x)
     assert metrics["l0"] == pytest.approx(float(active.sum()) / x.shape[0], rel=1e-12)
@@ -61,7 +72,7 @@ def test_eval_from_empty_outputs_runs_every_stage_then_is_cached(out):
     assert "95 % CI" in table.stderr
     exported = gsae("export", f"out_dir={out}", *SMALL, "--format", "saelens", check=True)
     export_dir = exported.stdout.strip().splitlines()[-1]
-    cfg = json.loads(open(f"{export_dir}/cfg.json").read())
+    cfg = json.loads(Path(export_dir, "cfg.json").read_text())
     assert cfg["architecture"] == "gated" and cfg["d_in"] == 576
     listing = gsae("ls", f"out_dir={out}", "--json", check=True)
     stages = sorted(r["stage"] for r in json.loads(listing.stdout))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_HOOK
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -21,15 +22,19 @@ from gsae_cli.config import compose_config, evalset_dir, evalset_hash
 from gsae_cli.data import token_windows
 from gsae_cli.errors import ArtifactError, ConfigError
 from gsae_cli.evalset import build_evalset, select_windows, spread_indices
-from gsae_cli.evaluate import (METRIC_KEYS, PER_WINDOW, evaluate, evaluate_windows, print_table,
-                               run_eval, summarise)
-from gsae_cli.metrics import (WINDOW_FORMAT, WINDOW_SCALARS, WINDOW_VECTORS, loss_recovered,
-                              metrics_from_window_sums, nmse, relative_reconstruction_bias)
+from gsae_cli.evaluate import METRIC_KEYS, PER_WINDOW, evaluate, evaluate_windows, print_table, run_eval, summarise
+from gsae_cli.metrics import (
+    WINDOW_FORMAT,
+    WINDOW_SCALARS,
+    WINDOW_VECTORS,
+    loss_recovered,
+    metrics_from_window_sums,
+    nmse,
+    relative_reconstruction_bias,
+)
 from gsae_cli.models import load_model
 from gsae_cli.sae_io import save_sae
 from gsae_cli.saes import ReluSAE, build_sae
-
-from conftest import TINY_HOOK
 
 D = 64  # the tiny model's d_model
 CTX = 128
@@ -67,8 +72,16 @@ def random_sae(d: int, seed: int = 0) -> ReluSAE:
 def overrides(out: Path, *extra: str) -> list[str]:
     """Two eval windows in batches of one (exercising accumulation across batches); the tiny
     model's cost is its 49k-token unembedding, so this stays small."""
-    return ["model=tiny", f"hook={TINY_HOOK}", f"out_dir={out}", "eval.n_tokens=254", "eval.batch_size=1",
-            "eval.bootstrap_samples=200", "device=cpu", *extra]
+    return [
+        "model=tiny",
+        f"hook={TINY_HOOK}",
+        f"out_dir={out}",
+        "eval.n_tokens=254",
+        "eval.batch_size=1",
+        "eval.bootstrap_samples=200",
+        "device=cpu",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +172,7 @@ def test_context_positions_keep_their_clean_activation(tiny_setup, monkeypatch, 
     assert bool((zeroed[:, first:] == 0).all()) and bool((spliced[:, first:] == 0).all())
     mean = site[:, first:].flatten(0, 1).double().mean(dim=0)
     assert torch.allclose(mean_ablated[0, first].double(), mean, rtol=0, atol=1e-6)
-    assert bool((mean_ablated[:, first:] == mean_ablated[:, first:first + 1]).all())  # one constant everywhere
+    assert bool((mean_ablated[:, first:] == mean_ablated[:, first : first + 1]).all())  # one constant everywhere
     assert ev.metrics["frac_passthrough"] == pytest.approx((first - 1) / (CTX - 1), abs=1e-15)
     assert ev.sums["n_site"].tolist() == [CTX - first]
     assert ev.ci is None  # bootstrap_samples=0
@@ -280,8 +293,9 @@ def test_window_sums_give_the_metrics_and_match_direct_computation(tiny_setup):
     assert ev.metrics["l0"] == float(active.sum()) / x.shape[0]
     assert torch.equal(ev.fire_counts.sum(dim=0), active.sum(dim=0, dtype=torch.int32))
     m = ev.metrics
-    assert m["loss_recovered"] == pytest.approx(loss_recovered(m["ce_clean"], m["ce_spliced"], m["ce_zero_ablation"]),
-                                                rel=1e-12)
+    assert m["loss_recovered"] == pytest.approx(
+        loss_recovered(m["ce_clean"], m["ce_spliced"], m["ce_zero_ablation"]), rel=1e-12
+    )
     assert ev.feature_density.sum() * x.shape[0] == pytest.approx(float(active.sum()))
 
 
@@ -317,13 +331,14 @@ def test_restart_at_block_matches_full_hooked_forward(tiny_setup, hook):
 
 
 def test_kl_shortcut_matches_the_textbook_kl(tiny_setup):
-    """"unembed" mode (KL from the cached expected unembedding) against "logits" mode (clean
+    """ "unembed" mode (KL from the cached expected unembedding) against "logits" mode (clean
     logits recomputed, Σ P (log P - log Q)), per window, for an SAE that changes the output."""
     model, windows = tiny_setup
     sae = random_sae(D, seed=2)
     short = evaluate(model, sae, build_evalset(model, TINY_HOOK, windows, 2, batch_size=1), batch_size=1)
-    textbook = evaluate(model, sae, build_evalset(model, TINY_HOOK, windows, 2, batch_size=1, kl_mode="logits"),
-                        batch_size=1)
+    textbook = evaluate(
+        model, sae, build_evalset(model, TINY_HOOK, windows, 2, batch_size=1, kl_mode="logits"), batch_size=1
+    )
     assert short.kl_mode == "unembed" and textbook.kl_mode == "logits"
     assert float(textbook.sums["kl"].min()) > 1.0  # summed over 127 positions: clearly nonzero
     assert torch.allclose(short.sums["kl"], textbook.sums["kl"], rtol=1e-5, atol=127 * 2e-6)
@@ -334,7 +349,9 @@ def test_restart_path_skips_earlier_blocks(tiny_setup):
     model, windows = tiny_setup
     splicer = evalset.Splicer(model, TINY_HOOK, "from_layer")
     calls = {"block0": 0}
-    handle = model.bridge.blocks[0].register_forward_pre_hook(lambda *a: calls.__setitem__("block0", calls["block0"] + 1))
+    handle = model.bridge.blocks[0].register_forward_pre_hook(
+        lambda *a: calls.__setitem__("block0", calls["block0"] + 1)
+    )
     try:
         with torch.no_grad():
             _, acts = splicer.clean(windows[:1])
@@ -459,8 +476,9 @@ def test_cached_eval_set_with_a_separate_block_entry(tmp_path: Path):
     cfg = compose_config(overrides(tmp_path / "a", f"hook={hook}"))
     stored = load_file(str(evalset_dir(cfg) / evalset.TENSORS))
     assert "entry" in stored and not torch.equal(stored["entry"], stored["site"])
-    uncached = run_eval(compose_config(overrides(tmp_path / "b", f"hook={hook}", f"sae.path={sae_dir}",
-                                                 "eval.cache=false")))
+    uncached = run_eval(
+        compose_config(overrides(tmp_path / "b", f"hook={hook}", f"sae.path={sae_dir}", "eval.cache=false"))
+    )
     assert _same({k: cached.metrics[k] for k in METRIC_KEYS}, {k: uncached.metrics[k] for k in METRIC_KEYS})
 
 
@@ -514,8 +532,9 @@ def test_diverged_training_is_flagged_from_the_meta_or_the_log(tmp_path: Path, o
     """An SAE trained before training recorded divergence is judged from the metrics.jsonl beside
     it; one whose metadata records the verdict is taken at its word."""
     sae_dir = _save(tmp_path / "sae", random_sae(D, 5))  # no "divergence" key: an older SAE
-    (sae_dir / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": s, "recon": r}) + "\n" for s, r in ((10, 0.4), (20, 0.1), (30, 2.5))))
+    (sae_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "recon": r}) + "\n" for s, r in ((10, 0.4), (20, 0.1), (30, 2.5)))
+    )
     flagged = run_eval(compose_config(overrides(out, f"sae.path={sae_dir}")))
     assert flagged.metrics["sae"]["divergence"]["step"] == 30
     assert "not a trustworthy point" in capsys.readouterr().err
@@ -547,8 +566,17 @@ def test_real_model_identity_sae_and_restart(tmp_path: Path):
     hook = "blocks.12.hook_resid_pre"
     sae_dir = tmp_path / "sae"
     save_sae(sae_dir, scaled_identity_sae(576), {"model": "smollm2-135m", "hook": hook})
-    cfg = compose_config([f"hook={hook}", f"sae.path={sae_dir}", "eval.n_tokens=254", "eval.ctx_len=128",
-                          "eval.batch_size=2", "device=cpu", f"out_dir={tmp_path / 'out'}"])
+    cfg = compose_config(
+        [
+            f"hook={hook}",
+            f"sae.path={sae_dir}",
+            "eval.n_tokens=254",
+            "eval.ctx_len=128",
+            "eval.batch_size=2",
+            "device=cpu",
+            f"out_dir={tmp_path / 'out'}",
+        ]
+    )
     result = run_eval(cfg)
     m = result.metrics
     assert m["n_tokens"] == 254

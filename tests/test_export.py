@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_HOOK
 from safetensors.torch import load_file
 
 from gsae_cli.config import compose_config
@@ -17,15 +18,29 @@ from gsae_cli.export import load_saelens_export, run_export
 from gsae_cli.sae_io import save_sae
 from gsae_cli.saes import SAE, GatedSAE, ReluSAE, RescaleShiftSAE
 
-from conftest import TINY_HOOK
-
 D, M = 16, 48
 
 # Fields SAELens 5's config dataclass requires (SAELens 6 converts this flat layout itself).
-REQUIRED = {"architecture", "d_in", "d_sae", "activation_fn_str", "apply_b_dec_to_input",
-            "finetuning_scaling_factor", "context_size", "model_name", "hook_name", "hook_layer",
-            "hook_head_index", "prepend_bos", "dataset_path", "dataset_trust_remote_code",
-            "normalize_activations", "dtype", "device", "sae_lens_training_version"}
+REQUIRED = {
+    "architecture",
+    "d_in",
+    "d_sae",
+    "activation_fn_str",
+    "apply_b_dec_to_input",
+    "finetuning_scaling_factor",
+    "context_size",
+    "model_name",
+    "hook_name",
+    "hook_layer",
+    "hook_head_index",
+    "prepend_bos",
+    "dataset_path",
+    "dataset_trust_remote_code",
+    "normalize_activations",
+    "dtype",
+    "device",
+    "sae_lens_training_version",
+}
 
 
 def _randomise(sae: SAE, seed: int) -> SAE:
@@ -71,15 +86,19 @@ def saelens_encode(cfg: dict, w: dict[str, torch.Tensor], x: torch.Tensor) -> to
 
 def _export(tmp_path: Path, sae: SAE, dest: Path | None = None) -> tuple[Path, Path]:
     sae_dir = tmp_path / f"sae-{sae.name}"
-    save_sae(sae_dir, sae, {"model": "tiny", "hf_name": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                            "hook": TINY_HOOK, "train_hash": "abc123"})
-    cfg = compose_config(["model=tiny", f"hook={TINY_HOOK}", f"sae.path={sae_dir}",
-                          f"out_dir={tmp_path / 'out'}"])
+    save_sae(
+        sae_dir,
+        sae,
+        {"model": "tiny", "hf_name": "HuggingFaceTB/SmolLM2-135M-Instruct", "hook": TINY_HOOK, "train_hash": "abc123"},
+    )
+    cfg = compose_config(["model=tiny", f"hook={TINY_HOOK}", f"sae.path={sae_dir}", f"out_dir={tmp_path / 'out'}"])
     return sae_dir, run_export(cfg, "saelens", dest)
 
 
-@pytest.mark.parametrize("make,arch", [(relu_sae, "standard"), (gated_sae, "gated"),
-                                       (gated_no_r_mag_sae, "gated"), (rescale_shift_sae, "gated")])
+@pytest.mark.parametrize(
+    "make,arch",
+    [(relu_sae, "standard"), (gated_sae, "gated"), (gated_no_r_mag_sae, "gated"), (rescale_shift_sae, "gated")],
+)
 def test_round_trip_reproduces_outputs(tmp_path: Path, make, arch):
     sae = make()
     sae_dir, out = _export(tmp_path, sae)
@@ -87,12 +106,15 @@ def test_round_trip_reproduces_outputs(tmp_path: Path, make, arch):
     cfg = json.loads((out / "cfg.json").read_text())
     weights = load_file(str(out / "sae_weights.safetensors"))
     assert cfg["architecture"] == arch
-    assert REQUIRED <= set(cfg)
+    assert set(cfg) >= REQUIRED
     assert cfg["d_in"] == D and cfg["d_sae"] == M and cfg["normalize_activations"] == "none"
     assert cfg["hook_name"] == TINY_HOOK and cfg["hook_layer"] == 2
     assert cfg["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and cfg["apply_b_dec_to_input"]
-    expected_keys = {"W_enc", "b_enc", "W_dec", "b_dec"} if arch == "standard" else \
-        {"W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"}
+    expected_keys = (
+        {"W_enc", "b_enc", "W_dec", "b_dec"}
+        if arch == "standard"
+        else {"W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"}
+    )
     assert set(weights) == expected_keys
     assert weights["W_enc"].shape == (D, M) and weights["W_dec"].shape == (M, D)
     if isinstance(sae, GatedSAE) and not sae.has_r_mag:  # W_mag = W_gate is SAELens's r_mag = 0

@@ -7,18 +7,21 @@ import math
 import pytest
 import torch
 
-from gsae_cli.features import (Lookup, activation_histograms, log_density_histogram, logit_effects,
-                               nearest_by_cosine, quantile_examples, sparse_from_batches, top_examples)
+from gsae_cli.features import (
+    Lookup,
+    activation_histograms,
+    log_density_histogram,
+    logit_effects,
+    nearest_by_cosine,
+    quantile_examples,
+    sparse_from_batches,
+    top_examples,
+)
 from gsae_cli.study import checksum, pair_statistics, sample_study
 
 # 6 tokens x 3 features. Feature 0 fires on rows 0, 2, 3, 5 with 0.5, 2.0, 1.0, 2.0 (a tie at 2.0);
 # feature 1 only on row 4 (3.0); feature 2 never.
-F = torch.tensor([[0.5, 0.0, 0.0],
-                  [0.0, 0.0, 0.0],
-                  [2.0, 0.0, 0.0],
-                  [1.0, 0.0, 0.0],
-                  [0.0, 3.0, 0.0],
-                  [2.0, 0.0, 0.0]])
+F = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 3.0, 0.0], [2.0, 0.0, 0.0]])
 
 
 def acts():
@@ -147,7 +150,7 @@ def test_pair_statistics_by_hand():
     assert st["n_pairs"] == 5 and st["mean_difference"] == pytest.approx(0.6)
     assert 0.0 < st["p_one_sided"] < 0.5
     lo, hi = st["ci"]
-    assert lo < 0.6 < hi and -1 <= lo and hi <= 2
+    assert lo < 0.6 < hi and lo >= -1 and hi <= 2
     from scipy import stats
 
     ref = stats.wilcoxon([2, 1, 1, 0, -1], zero_method="pratt", alternative="greater")

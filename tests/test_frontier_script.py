@@ -25,10 +25,19 @@ def frontier(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, l
     # the share frontier.sh gives each member is what is tested: not the one pytest-xdist's
     # workers take (conftest)
     mine = {k: v for k, v in os.environ.items() if k != "GSAE_LOCAL_PROCS"}
-    full = {**mine, "GSAE": str(fake), "LOG": str(log), "HOOKS": "blocks.1.hook_resid_pre",
-            "ARCHS": "relu gated", "COEFFS": "0.1 0.2", "DOUBLE": "0", "SEEDS": "0", "OUT_DIR": str(tmp_path / "out"), **env}
-    proc = subprocess.run([str(REPO / "sweeps" / "frontier.sh")], env=full, capture_output=True, text=True,
-                          timeout=120)
+    full = {
+        **mine,
+        "GSAE": str(fake),
+        "LOG": str(log),
+        "HOOKS": "blocks.1.hook_resid_pre",
+        "ARCHS": "relu gated",
+        "COEFFS": "0.1 0.2",
+        "DOUBLE": "0",
+        "SEEDS": "0",
+        "OUT_DIR": str(tmp_path / "out"),
+        **env,
+    }
+    proc = subprocess.run([str(REPO / "sweeps" / "frontier.sh")], env=full, capture_output=True, text=True, timeout=120)
     return proc, log.read_text().splitlines() if log.exists() else []
 
 
@@ -55,8 +64,12 @@ def test_one_job_runs_members_in_order(tmp_path):
     proc, calls = frontier(tmp_path, COEFFS="0.1 0.3")
     assert proc.returncode == 0, proc.stderr
     evals = [c for c in calls if c.startswith("eval")]
-    assert [("sae=relu" in c, "0.1" in c) for c in evals] == [(True, True), (True, False), (False, True),
-                                                              (False, False)]
+    assert [("sae=relu" in c, "0.1" in c) for c in evals] == [
+        (True, True),
+        (True, False),
+        (False, True),
+        (False, False),
+    ]
     assert all(c.split()[1] == "procs=1" for c in evals)
 
 
@@ -82,9 +95,20 @@ def test_further_seeds_repeat_the_mid_frontier_last(tmp_path):
     seeded = [(re.search(r"sae=(\w+)", c).group(1), re.search(r"train.seed=(\d+)", c).group(1)) for c in evals[4:]]
     assert seeded == [("relu", "1"), ("gated", "1"), ("relu", "2"), ("gated", "2")]
     assert all("sae.l1_coefficient=0.3" in c for c in evals[4:])
-    listed = subprocess.run([str(REPO / "sweeps" / "frontier.sh"), "--list"], capture_output=True, text=True,
-                            env={**os.environ, "HOOKS": "h", "ARCHS": "relu", "COEFFS": "0.1", "DOUBLE": "0",
-                                 "DOUBLE_COEFFS": "0.1", "SEEDS": "0 3"}).stdout.splitlines()
+    listed = subprocess.run(
+        [str(REPO / "sweeps" / "frontier.sh"), "--list"],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "HOOKS": "h",
+            "ARCHS": "relu",
+            "COEFFS": "0.1",
+            "DOUBLE": "0",
+            "DOUBLE_COEFFS": "0.1",
+            "SEEDS": "0 3",
+        },
+    ).stdout.splitlines()
     assert listed == ["0 h 2000000 relu 0.1 - 0", "1 h 2000000 relu 0.1 - 3"]
 
 
@@ -95,28 +119,35 @@ def test_bad_seeds_are_refused(tmp_path):
 
 def test_default_members_site_by_site_and_seeds_normalised():
     def listed(**env):
-        return subprocess.run([str(REPO / "sweeps" / "frontier.sh"), "--list"], capture_output=True, text=True,
-                              env={**os.environ, **env}).stdout.splitlines()
+        return subprocess.run(
+            [str(REPO / "sweeps" / "frontier.sh"), "--list"], capture_output=True, text=True, env={**os.environ, **env}
+        ).stdout.splitlines()
 
     rows = [line.split() for line in listed()]
     # per site: 3 archs x 5 λ at 2M, 3 x 3 at 4M (seed 0), then seeds 1 and 2 x 3 archs x 3 λ at
     # 2M and at 4M; the MLP site has its own 6 λ and its own 3 mid-frontier λ
     assert len(rows) == 60 + 60 + 63
-    sites = {"blocks.12.hook_resid_pre": (rows[:60], 5, ("0.04", "0.08", "0.16")),
-             "blocks.24.attn.hook_z": (rows[60:120], 5, ("0.04", "0.08", "0.16")),
-             "blocks.24.hook_mlp_out": (rows[120:], 6, ("0.01", "0.02", "0.04"))}
+    sites = {
+        "blocks.12.hook_resid_pre": (rows[:60], 5, ("0.04", "0.08", "0.16")),
+        "blocks.24.attn.hook_z": (rows[60:120], 5, ("0.04", "0.08", "0.16")),
+        "blocks.24.hook_mlp_out": (rows[120:], 6, ("0.01", "0.02", "0.04")),
+    }
     for hook, (site, n_coeffs, mid) in sites.items():
         n2 = 3 * n_coeffs
         assert all(r[1] == hook for r in site)
-        assert [r[2] for r in site[:n2 + 9]] == ["2000000"] * n2 + ["4000000"] * 9
-        assert all(r[-1] == "0" for r in site[:n2 + 9])
-        assert [(r[-1], r[2]) for r in site[n2 + 9:]] == (
-            [("1", "2000000")] * 9 + [("1", "4000000")] * 9 + [("2", "2000000")] * 9 + [("2", "4000000")] * 9)
+        assert [r[2] for r in site[: n2 + 9]] == ["2000000"] * n2 + ["4000000"] * 9
+        assert all(r[-1] == "0" for r in site[: n2 + 9])
+        assert [(r[-1], r[2]) for r in site[n2 + 9 :]] == (
+            [("1", "2000000")] * 9 + [("1", "4000000")] * 9 + [("2", "2000000")] * 9 + [("2", "4000000")] * 9
+        )
         assert all(r[4] in mid for r in site[n2:])
     assert [r[4] for r in rows[120:126]] == ["0.005", "0.01", "0.02", "0.04", "0.08", "0.16"]
     # block 24 trains every architecture at 1e-3, the residual stream keeps each one's sae.lr
     assert {(r[1], r[3], r[5]) for r in rows if r[1] != "blocks.12.hook_resid_pre"} == {
-        (h, a, "1e-3") for h in ("blocks.24.attn.hook_z", "blocks.24.hook_mlp_out") for a in ("relu", "gated", "rescale_shift")}
+        (h, a, "1e-3")
+        for h in ("blocks.24.attn.hook_z", "blocks.24.hook_mlp_out")
+        for a in ("relu", "gated", "rescale_shift")
+    }
     assert {(r[3], r[5]) for r in rows[:60]} == {("relu", "-"), ("gated", "-"), ("rescale_shift", "-")}
     rows = [line.split() for line in listed(HOOKS="h", ARCHS="relu", DOUBLE="0", SEEDS="0 08 8 01")]
     assert [r[-1] for r in rows] == ["0"] * 5 + ["8"] * 3 + ["1"] * 3
@@ -124,15 +155,20 @@ def test_default_members_site_by_site_and_seeds_normalised():
 
 def test_architectures_with_overrides_of_their_own(tmp_path):
     # the paper's equal-compute baseline and a gated ablation beside the plain architectures
-    proc, calls = frontier(tmp_path, ARCHS="gated relu relu:sae.expansion_factor=6 gated:sae.tie_weights=false:sae.r_mag=false",
-                           COEFFS="0.1", LRS="gated=3e-3")
+    proc, calls = frontier(
+        tmp_path,
+        ARCHS="gated relu relu:sae.expansion_factor=6 gated:sae.tie_weights=false:sae.r_mag=false",
+        COEFFS="0.1",
+        LRS="gated=3e-3",
+    )
     assert proc.returncode == 0, proc.stderr
     evals = [c.split() for c in calls if c.startswith("eval")]
     assert [[w for w in e if w.startswith(("sae", "train.lr"))] for e in evals] == [
         ["sae=gated", "sae.l1_coefficient=0.1", "train.lr=3e-3"],
         ["sae=relu", "sae.l1_coefficient=0.1"],
         ["sae=relu", "sae.l1_coefficient=0.1", "sae.expansion_factor=6"],
-        ["sae=gated", "sae.l1_coefficient=0.1", "sae.tie_weights=false", "sae.r_mag=false", "train.lr=3e-3"]]
+        ["sae=gated", "sae.l1_coefficient=0.1", "sae.tie_weights=false", "sae.r_mag=false", "train.lr=3e-3"],
+    ]
     (tmp_path / "bad").mkdir()
     proc, calls = frontier(tmp_path / "bad", ARCHS="relu relu:expansion")
     assert proc.returncode == 2 and "ARCHS item 'relu:expansion'" in proc.stderr and calls == []
@@ -140,35 +176,58 @@ def test_architectures_with_overrides_of_their_own(tmp_path):
 
 def test_learning_rates_per_architecture_and_per_site(tmp_path):
     def listed(**env):
-        return subprocess.run([str(REPO / "sweeps" / "frontier.sh"), "--list"], capture_output=True, text=True,
-                              env={**os.environ, "ARCHS": "relu gated", "COEFFS": "0.1", "DOUBLE": "0",
-                                   "SEEDS": "0", **env})
+        return subprocess.run(
+            [str(REPO / "sweeps" / "frontier.sh"), "--list"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ARCHS": "relu gated", "COEFFS": "0.1", "DOUBLE": "0", "SEEDS": "0", **env},
+        )
 
-    proc = listed(HOOKS="blocks.1.hook_resid_pre blocks.2.attn.hook_z",
-                  LRS="gated=3e-3 blocks.2.attn.hook_z:relu=1e-3 blocks.2.attn.hook_z:gated=1e-3")
+    proc = listed(
+        HOOKS="blocks.1.hook_resid_pre blocks.2.attn.hook_z",
+        LRS="gated=3e-3 blocks.2.attn.hook_z:relu=1e-3 blocks.2.attn.hook_z:gated=1e-3",
+    )
     assert proc.returncode == 0, proc.stderr
     # columns: index hook tokens arch λ lr seed; a site's own rate wins over the architecture's
     assert [(r[1], r[3], r[5]) for r in map(str.split, proc.stdout.splitlines())] == [
-        ("blocks.1.hook_resid_pre", "relu", "-"), ("blocks.1.hook_resid_pre", "gated", "3e-3"),
-        ("blocks.2.attn.hook_z", "relu", "1e-3"), ("blocks.2.attn.hook_z", "gated", "1e-3")]
+        ("blocks.1.hook_resid_pre", "relu", "-"),
+        ("blocks.1.hook_resid_pre", "gated", "3e-3"),
+        ("blocks.2.attn.hook_z", "relu", "1e-3"),
+        ("blocks.2.attn.hook_z", "gated", "1e-3"),
+    ]
     proc = listed(LRS="blocks.2:relu:1e-3")
     assert proc.returncode == 2 and "LRS item 'blocks.2:relu:1e-3'" in proc.stderr
 
 
 def test_coefficients_per_site(tmp_path):
     def listed(**env):
-        return subprocess.run([str(REPO / "sweeps" / "frontier.sh"), "--list"], capture_output=True, text=True,
-                              env={k: v for k, v in {**os.environ, "ARCHS": "relu", "HOOKS": "a b", "SEEDS": "0 1",
-                                                      "LRS": "", **env}.items() if v is not None})
+        return subprocess.run(
+            [str(REPO / "sweeps" / "frontier.sh"), "--list"],
+            capture_output=True,
+            text=True,
+            env={
+                k: v
+                for k, v in {**os.environ, "ARCHS": "relu", "HOOKS": "a b", "SEEDS": "0 1", "LRS": "", **env}.items()
+                if v is not None
+            },
+        )
 
     proc = listed(COEFFS="0.1 0.2 b:0.01,0.02,0.03", DOUBLE_COEFFS="0.2 b:0.02")
     assert proc.returncode == 0, proc.stderr
     # columns: index hook tokens arch λ lr seed
     assert [(r[1], r[2], r[4], r[6]) for r in map(str.split, proc.stdout.splitlines())] == [
-        ("a", "2000000", "0.1", "0"), ("a", "2000000", "0.2", "0"), ("a", "4000000", "0.2", "0"), ("a", "2000000", "0.2", "1"),
+        ("a", "2000000", "0.1", "0"),
+        ("a", "2000000", "0.2", "0"),
+        ("a", "4000000", "0.2", "0"),
+        ("a", "2000000", "0.2", "1"),
         ("a", "4000000", "0.2", "1"),
-        ("b", "2000000", "0.01", "0"), ("b", "2000000", "0.02", "0"), ("b", "2000000", "0.03", "0"),
-        ("b", "4000000", "0.02", "0"), ("b", "2000000", "0.02", "1"), ("b", "4000000", "0.02", "1")]
+        ("b", "2000000", "0.01", "0"),
+        ("b", "2000000", "0.02", "0"),
+        ("b", "2000000", "0.03", "0"),
+        ("b", "4000000", "0.02", "0"),
+        ("b", "2000000", "0.02", "1"),
+        ("b", "4000000", "0.02", "1"),
+    ]
     for bad in ("0.1,0.2", "b:0.1,x", "b:", "-", "*", "0.1 c:0.2", "0.1 b:0.1 b:0.2"):
         proc = listed(COEFFS=bad)
         assert proc.returncode == 2 and f"item '{bad.split()[-1]}'" in proc.stderr and proc.stdout == "", bad

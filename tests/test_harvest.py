@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import GSAE, TINY_HOOK, gsae, tiny
+
 from gsae_cli import store
 from gsae_cli.config import compose_config
 from gsae_cli.harvest import run_harvest
@@ -67,7 +67,7 @@ def test_keys_left_out_of_the_store_hash_leave_its_values_alone(tmp_path):
     (a, t), (b, u), (c, v) = (_arrays(p) for p in paths)
     assert torch.equal(t, u) and torch.equal(t, v)
     assert torch.equal(a.view(torch.int16), b.view(torch.int16))
-    step = b.float().abs().clamp_min(1e-30) * 2.0 ** -7  # one bf16 rounding step (8 significant bits)
+    step = b.float().abs().clamp_min(1e-30) * 2.0**-7  # one bf16 rounding step (8 significant bits)
     assert ((c.float() - b.float()).abs() <= step * 1.0001).all()
 
 
@@ -89,13 +89,14 @@ def test_harvest_values_match_a_direct_forward(out):
 
 
 def test_killed_harvest_resumes_to_an_identical_store(out, tmp_path):
-    args = tiny(out, "harvest.n_tokens=30480", "harvest.chunk_rows=256", "harvest.shard_chunks=1",
-                "harvest.batch_size=2")
+    args = tiny(
+        out, "harvest.n_tokens=30480", "harvest.chunk_rows=256", "harvest.shard_chunks=1", "harvest.batch_size=2"
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([*GSAE, "harvest", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)
+    proc = subprocess.Popen([*GSAE, "harvest", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     path = compose_config(args)
     from gsae_cli.config import harvest_dir
+
     target = harvest_dir(path, TINY_HOOK)
     deadline = time.monotonic() + 600  # a hang guard only, not a speed check
     while store.rows_written(target) < 2048 and proc.poll() is None and time.monotonic() < deadline:
@@ -108,8 +109,7 @@ def test_killed_harvest_resumes_to_an_identical_store(out, tmp_path):
     resumed = gsae("harvest", *args, check=True)
     assert "resuming harvest" in resumed.stderr
     fresh_out = tmp_path / "fresh"
-    fresh = gsae("harvest", *[a if not a.startswith("out_dir=") else f"out_dir={fresh_out}" for a in args],
-                 check=True)
+    fresh = gsae("harvest", *[a if not a.startswith("out_dir=") else f"out_dir={fresh_out}" for a in args], check=True)
     a, t = _arrays(target)
     b, u = _arrays(fresh.stdout.strip().splitlines()[-1])
     assert torch.equal(t, u)
@@ -118,9 +118,14 @@ def test_killed_harvest_resumes_to_an_identical_store(out, tmp_path):
     assert s1.attrs["norms"] == pytest.approx(s2.attrs["norms"])
 
 
-SITE_DOCS = ["held out: index 0", "The cat sat on the mat.", "Dogs bark at night and sleep by day.",
-             "A third document, a little longer than the others, ends here.", "Short one.",
-             "The fifth and last document of this tiny corpus."]
+SITE_DOCS = [
+    "held out: index 0",
+    "The cat sat on the mat.",
+    "Dogs bark at night and sleep by day.",
+    "A third document, a little longer than the others, ends here.",
+    "Short one.",
+    "The fifth and last document of this tiny corpus.",
+]
 
 
 @pytest.mark.parametrize("site_start", [0, 1, 2])
@@ -133,16 +138,24 @@ def test_site_start_decides_which_window_positions_are_stored(out, tmp_path, sit
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in SITE_DOCS))
     per_window = 6 - site_start
     n_windows = 4
-    cfg = compose_config(tiny(out, f"data.path={path}", "data.eval_every=1000", "harvest.ctx_len=6",
-                              f"site_start={site_start}", f"harvest.n_tokens={n_windows * per_window}",
-                              "harvest.chunk_rows=4"))
+    cfg = compose_config(
+        tiny(
+            out,
+            f"data.path={path}",
+            "data.eval_every=1000",
+            "harvest.ctx_len=6",
+            f"site_start={site_start}",
+            f"harvest.n_tokens={n_windows * per_window}",
+            "harvest.chunk_rows=4",
+        )
+    )
     store_path = run_harvest(cfg)[0].path
     tok = load_tokenizer(cfg.model)
     bos, eos = tok.bos_token_id, tok.eos_token_id
     stream = []
     for text in SITE_DOCS[1:]:  # document 0 is the held-out one (index % 1000 == 0)
         stream += tok(text, add_special_tokens=False)["input_ids"] + [eos]
-    windows = [[bos] + stream[5 * i:5 * i + 5] for i in range(n_windows)]
+    windows = [[bos] + stream[5 * i : 5 * i + 5] for i in range(n_windows)]
     expected = [t for w in windows for t in w[site_start:]]
     s = store.open_store(store_path)
     assert s.read_tokens(0, s.n_tokens).tolist() == expected
@@ -173,8 +186,10 @@ def test_training_on_a_damaged_store_exits_2_naming_the_chunk_and_the_fix(out, d
     proc = gsae("train", *tiny(out))
     assert proc.returncode == 2, proc.stderr[-2000:]
     message = " ".join(proc.stderr.split())  # undo the terminal's line wrapping
-    assert f"The activation store at {path} is damaged: chunk {chunk} of its activations (rows {rows}, " \
-           f"in the shard file {shard})" in message
+    assert (
+        f"The activation store at {path} is damaged: chunk {chunk} of its activations (rows {rows}, "
+        f"in the shard file {shard})" in message
+    )
     assert re.search(what, message)
     assert "gsae harvest --force` with the same overrides" in message and f"delete the directory {path}" in message
     assert "Traceback" not in proc.stderr and "only zero or non-finite" not in proc.stderr
@@ -192,12 +207,15 @@ def test_shard_statistics_on_hand_values():
     assert store.shard_stats(bf16, "bfloat16") == [1, 25.0, 5.0, 5.0]
 
 
-@pytest.mark.parametrize("override, text", [
-    ("hook=blocks.2.hook_nonsense", "Valid hooks"),
-    ("hook=blocks.99.hook_resid_pre", "Valid hooks"),
-    ("harvest.bogus=1", "harvest.bogus"),
-    ("model=nonexistent", "Available options"),
-])
+@pytest.mark.parametrize(
+    "override, text",
+    [
+        ("hook=blocks.2.hook_nonsense", "Valid hooks"),
+        ("hook=blocks.99.hook_resid_pre", "Valid hooks"),
+        ("harvest.bogus=1", "harvest.bogus"),
+        ("model=nonexistent", "Available options"),
+    ],
+)
 def test_bad_input_exits_2_with_a_message_not_a_traceback(out, override, text):
     proc = gsae("harvest", *tiny(out), override)
     assert proc.returncode == 2, proc.stderr

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import TINY_HOOK, gsae, tiny
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +27,7 @@ def _one_paragraph(proc, *needles):
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr.strip()
     assert "Traceback" not in err and "error:" in err
-    err = err[err.index("error:"):]  # after any progress notices: the message, one paragraph
+    err = err[err.index("error:") :]  # after any progress notices: the message, one paragraph
     assert "\n" not in err
     for n in needles:
         assert n in err, err
@@ -62,20 +61,26 @@ def test_rerun_reuses_and_half_written_is_rebuilt(site):
 
 def test_compare_and_study_need_another_sae(site):
     _one_paragraph(gsae("inspect", "compare", *tiny(site["out"])), "inspect.against=DIR")
-    _one_paragraph(gsae("inspect", "study", *tiny(site["out"]), f"inspect.against={site['out']}/nope"),
-                   "is not a folder")
+    _one_paragraph(
+        gsae("inspect", "study", *tiny(site["out"]), f"inspect.against={site['out']}/nope"), "is not a folder"
+    )
 
 
 def test_an_sae_from_another_hook_is_refused(site, tmp_path):
-    other = gsae("train", *tiny(site["out"], "sae=relu", "hook=blocks.1.hook_resid_pre"),
-                 check=True).stdout.strip().splitlines()[-1]
+    other = (
+        gsae("train", *tiny(site["out"], "sae=relu", "hook=blocks.1.hook_resid_pre"), check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     proc = gsae("inspect", "compare", *tiny(site["out"]), f"inspect.against={other}")
     _one_paragraph(proc, "blocks.1.hook_resid_pre", TINY_HOOK)
     assert not (site["out"] / "compare").exists() or not any((site["out"] / "compare").glob("*/COMPLETE"))
 
 
 def test_a_study_larger_than_an_sae_is_refused(site):
-    proc = gsae("inspect", "study", *tiny(site["out"]), f"inspect.against={site['relu']}", "inspect.study_features=100000")
+    proc = gsae(
+        "inspect", "study", *tiny(site["out"]), f"inspect.against={site['relu']}", "inspect.study_features=100000"
+    )
     _one_paragraph(proc, "inspect.study_features=100000", "fire on the inspected text")
     assert not any((site["out"] / "study").glob("*/COMPLETE"))
 
@@ -85,8 +90,18 @@ def test_ratings_from_an_unknown_study_are_refused(site, tmp_path):
 
     ratings = [{"item": 1, "label": "yes", "explanation": ""}]
     f = tmp_path / "r.json"
-    f.write_text(json.dumps({"format": "gsae-ratings-1", "study": "0123456789ab", "rater": "x", "n_items": 2,
-                             "ratings": ratings, "checksum": checksum("0123456789ab", "x", ratings)}))
+    f.write_text(
+        json.dumps(
+            {
+                "format": "gsae-ratings-1",
+                "study": "0123456789ab",
+                "rater": "x",
+                "n_items": 2,
+                "ratings": ratings,
+                "checksum": checksum("0123456789ab", "x", ratings),
+            }
+        )
+    )
     proc = gsae("report", f"out_dir={site['out']}", "--ratings", str(f), "--report-dir", str(tmp_path / "r"))
     _one_paragraph(proc, "belongs to study 0123456789ab")
     f.write_text("{not json")

@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import gsae, tiny
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -25,15 +24,27 @@ except ImportError:  # pragma: no cover - the README's set-up installs it
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine: install Debian's `chromium` package "
-                                                "(apt-get install chromium) to run the browser tests"),
-    pytest.mark.skipif(sync_playwright is None, reason="the playwright Python client is not installed "
-                                                       "(pip install -e '.[test]')"),
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="no Chromium on this machine: install Debian's `chromium` package "
+        "(apt-get install chromium) to run the browser tests",
+    ),
+    pytest.mark.skipif(
+        sync_playwright is None, reason="the playwright Python client is not installed (pip install -e '.[test]')"
+    ),
 ]
 
 # Flags for a headless browser on a machine without network or display.
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SHOTS = Path(__file__).resolve().parent / "screenshots"
 
 
@@ -43,10 +54,24 @@ def built(tmp_path_factory):
     small = ["inspect.top_k=6", "inspect.shard_features=16", "inspect.page_size=50"]
     gated = gsae("inspect", *tiny(out), *small, check=True).stdout.strip().splitlines()[-1]
     relu_sae = gsae("train", *tiny(out, "sae=relu"), check=True).stdout.strip().splitlines()[-1]
-    compare = gsae("inspect", "compare", *tiny(out), *small, f"inspect.against={relu_sae}",
-                   check=True).stdout.strip().splitlines()[-1]
-    study = gsae("inspect", "study", *tiny(out), *small, f"inspect.against={relu_sae}", "inspect.study_features=6",
-                 check=True).stdout.strip().splitlines()[-1]
+    compare = (
+        gsae("inspect", "compare", *tiny(out), *small, f"inspect.against={relu_sae}", check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    study = (
+        gsae(
+            "inspect",
+            "study",
+            *tiny(out),
+            *small,
+            f"inspect.against={relu_sae}",
+            "inspect.study_features=6",
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     return {"out": out, "browser": Path(gated), "compare": Path(compare), "study": Path(study)}
 
 
@@ -78,13 +103,15 @@ def page(browser):
 
 
 def _ids(page) -> list[int]:
-    return [int(x) for x in page.eval_on_selector_all("#features tr[data-feature]", "rs => rs.map(r => r.dataset.feature)")]
+    return [
+        int(x) for x in page.eval_on_selector_all("#features tr[data-feature]", "rs => rs.map(r => r.dataset.feature)")
+    ]
 
 
 def test_index_sorts_searches_and_pages(built, page):
     page.goto(built["browser"].as_uri())
     page.wait_for_selector("#features tr[data-feature]")
-    index = json.loads((built["browser"].parent / "data" / "index.js").read_text()[len("GSAE.load("):-3])
+    index = json.loads((built["browser"].parent / "data" / "index.js").read_text()[len("GSAE.load(") : -3])
     freq = index["freq"]
     ids = _ids(page)
     assert len(ids) == 50  # page_size
@@ -103,7 +130,9 @@ def test_index_sorts_searches_and_pages(built, page):
     page.press("#search", "Enter")
     page.wait_for_function("(document.body.dataset.rendered || '').includes('q=17')")
     got = _ids(page)
-    want = {i for i in range(len(freq)) if i == 17 or "17" in index["label"][i].lower() or "17" in index["up"][i].lower()}
+    want = {
+        i for i in range(len(freq)) if i == 17 or "17" in index["label"][i].lower() or "17" in index["up"][i].lower()
+    }
     assert 17 in got and set(got) == want  # the id, or a match in its top token or promoted token
 
 
@@ -143,7 +172,7 @@ def test_comparison_pairs_side_by_side(built, page):
 def test_scripted_rater_and_unblinded_statistics(built, page, tmp_path):
     study_dir = built["study"].parent.parent
     key = json.loads((study_dir / "key.json").read_text())
-    items = json.loads((built["study"].parent / "data" / "items.js").read_text()[len("GSAE.load("):-3])
+    items = json.loads((built["study"].parent / "data" / "items.js").read_text()[len("GSAE.load(") : -3])
     # blinded: no SAE names, no feature ids, no neighbours' ids reach the rater's folder
     assert all(set(it) == {"n", "dash"} and "i" not in it["dash"] and "nb" not in it["dash"] for it in items["items"])
     assert not (built["study"].parent / "key.json").exists()

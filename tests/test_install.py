@@ -35,8 +35,20 @@ def installed(tmp_path_factory) -> Path:
         shutil.copy(REPO / name, src / name)
     for name in ("gsae_cli", "conf"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"),
-         str(src)])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp / "dist"),
+            str(src),
+        ]
+    )
     (wheel,) = (tmp / "dist").glob("gsae-*.whl")
     venv = tmp / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
@@ -57,23 +69,45 @@ def test_installed_wheel_runs_a_stage_from_another_directory(installed, tmp_path
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = user_env(tmp_path)
-    where = run([str(installed / "bin" / "python"), "-c", "import gsae_cli; print(gsae_cli.__file__)"],
-                cwd=work, env=env).stdout.strip()
+    where = run(
+        [str(installed / "bin" / "python"), "-c", "import gsae_cli; print(gsae_cli.__file__)"], cwd=work, env=env
+    ).stdout.strip()
     assert where.startswith(str(installed)), f"gsae_cli imported from {where}, not the installed wheel"
     # every subpackage is in the wheel, not only the ones a stage imports
-    found = run([str(installed / "bin" / "python"), "-c", "import pkgutil, gsae_cli; print(sorted("
-                 "m.name for m in pkgutil.walk_packages(gsae_cli.__path__, 'gsae_cli.') if m.ispkg))"],
-                cwd=work, env=env).stdout
-    source = sorted(f"gsae_cli.{p.parent.relative_to(REPO / 'gsae_cli')}".replace("/", ".")
-                    for p in (REPO / "gsae_cli").rglob("__init__.py") if p.parent != REPO / "gsae_cli")
+    found = run(
+        [
+            str(installed / "bin" / "python"),
+            "-c",
+            "import pkgutil, gsae_cli; print(sorted("
+            "m.name for m in pkgutil.walk_packages(gsae_cli.__path__, 'gsae_cli.') if m.ispkg))",
+        ],
+        cwd=work,
+        env=env,
+    ).stdout
+    source = sorted(
+        f"gsae_cli.{p.parent.relative_to(REPO / 'gsae_cli')}".replace("/", ".")
+        for p in (REPO / "gsae_cli").rglob("__init__.py")
+        if p.parent != REPO / "gsae_cli"
+    )
     assert found.strip() == str(source), found
 
     shown = run([str(gsae), "show-config", "sae=relu"], cwd=work, env=env).stdout
     assert "smollm2-135m" in shown and "relu" in shown
 
     hook = "blocks.2.hook_resid_pre"
-    proc = run([str(gsae), "harvest", "model=tiny", f"hook={hook}", "harvest.n_tokens=1016", "harvest.batch_size=4",
-                "device=cpu"], cwd=work, env=env)
+    proc = run(
+        [
+            str(gsae),
+            "harvest",
+            "model=tiny",
+            f"hook={hook}",
+            "harvest.n_tokens=1016",
+            "harvest.batch_size=4",
+            "device=cpu",
+        ],
+        cwd=work,
+        env=env,
+    )
     printed = Path(proc.stdout.strip().splitlines()[-1])
     assert printed.parts[:2] == ("outputs", "harvest"), f"stores go to ./outputs by default, got {printed}"
     assert store.is_complete(work / printed)
@@ -90,6 +124,12 @@ def test_installed_wheel_finds_a_users_own_config_folder(installed, tmp_path):
     env = user_env(tmp_path, GSAE_CONFIG_PATH=str(tmp_path / "myconf"))
     shown = run([str(installed / "bin" / "gsae"), "show-config", "model=my-tiny"], cwd=tmp_path, env=env).stdout
     assert "my-tiny" in shown and "d_model: 32" in shown
-    bad = subprocess.run([str(installed / "bin" / "gsae"), "show-config", "model=not-there"], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [str(installed / "bin" / "gsae"), "show-config", "model=not-there"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "not-there" in bad.stderr

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import gsae
+
 from gsae_cli import status
 from gsae_cli.errors import ConfigError
 from gsae_cli.listing import human_size, is_override, list_artifacts, ls_config, override_key, print_listing
@@ -20,7 +20,8 @@ def _yaml(d: Path, model="smollm2-135m", sae="gated", l1=0.1, train_tokens=200, 
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.yaml").write_text(
         f"model:\n  name: {model}\nhook: {HOOK}\nsae:\n  name: {sae}\n  l1_coefficient: {l1}\n"
-        f"train:\n  n_tokens: {train_tokens}\nharvest:\n  n_tokens: {harvest_tokens}\n")
+        f"train:\n  n_tokens: {train_tokens}\nharvest:\n  n_tokens: {harvest_tokens}\n"
+    )
 
 
 @pytest.fixture
@@ -32,28 +33,46 @@ def outputs(tmp_path: Path) -> Path:
     (h / "zarr.json").write_text("{}")
     (h / "summary.json").write_text(json.dumps({"model": "smollm2-135m", "hook": HOOK, "n_tokens": 400}))
     (h / "COMPLETE").write_text("x\n")
-    hp = out / "harvest" / f"smollm2-135m__blocks.3.hook_resid_pre__bbbb"
+    hp = out / "harvest" / "smollm2-135m__blocks.3.hook_resid_pre__bbbb"
     _yaml(hp)
     (hp / "progress.json").write_text(json.dumps({"rows_written": 100}))
     # train: complete, partial (log says 50 of 200 tokens), failed
     t = out / "train" / f"smollm2-135m__{HOOK}__relu__cccc"
     _yaml(t, sae="relu", l1=0.2)
-    (t / "sae.json").write_text(json.dumps({"architecture": "relu", "model": "smollm2-135m", "hook": HOOK,
-                                            "l1_coefficient": 0.2, "d_model": 4, "d_sae": 16}))
+    (t / "sae.json").write_text(
+        json.dumps(
+            {
+                "architecture": "relu",
+                "model": "smollm2-135m",
+                "hook": HOOK,
+                "l1_coefficient": 0.2,
+                "d_model": 4,
+                "d_sae": 16,
+            }
+        )
+    )
     (t / "sae.safetensors").write_bytes(b"\0" * 3000)
     (t / "COMPLETE").write_text("x\n")
     tp = out / "train" / f"smollm2-135m__{HOOK}__gated__dddd"
     _yaml(tp, sae="gated", l1=0.1)
-    (tp / "metrics.jsonl").write_text(json.dumps({"step": 1, "tokens": 25}) + "\n" + json.dumps({"step": 2, "tokens": 50}) + "\n")
+    (tp / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "tokens": 25}) + "\n" + json.dumps({"step": 2, "tokens": 50}) + "\n"
+    )
     tf = out / "train" / f"smollm2-135m__{HOOK}__gated__eeee"
     _yaml(tf, sae="gated", l1=0.5)
     assert status.mark_failed(tf, "StoreError: the store is corrupt\nsecond line")
     # eval: complete (metrics.json only), and a .trash folder that must not be listed
     e = out / "eval" / "smollm2-135m__ffff"
     e.mkdir(parents=True)
-    cfg = {"model": {"name": "smollm2-135m"}, "hook": HOOK, "sae": {"name": "gated", "l1_coefficient": 0.1},
-           "train": {"n_tokens": 200}}
-    (e / "metrics.json").write_text(json.dumps({"l0": 3.0, "config": cfg, "sae": {"architecture": "relu", "l1_coefficient": 0.3}}))
+    cfg = {
+        "model": {"name": "smollm2-135m"},
+        "hook": HOOK,
+        "sae": {"name": "gated", "l1_coefficient": 0.1},
+        "train": {"n_tokens": 200},
+    }
+    (e / "metrics.json").write_text(
+        json.dumps({"l0": 3.0, "config": cfg, "sae": {"architecture": "relu", "l1_coefficient": 0.3}})
+    )
     (e / "COMPLETE").write_text("x\n")
     (out / "eval" / ".trash-smollm2-135m__zzzz-123").mkdir()
     # evalset: the clean and zero-ablated passes shared by a site's evaluations
@@ -74,8 +93,14 @@ def test_statuses_and_config_values(outputs):
     es = rows[f"smollm2-135m__{HOOK}__gggg"]
     assert (es["stage"], es["status"], es["hook"], es["sae"], es["tokens"]) == ("evalset", "complete", HOOK, None, 508)
     h = rows[f"smollm2-135m__{HOOK}__aaaa"]
-    assert (h["stage"], h["status"], h["model"], h["hook"], h["tokens"]) == ("harvest", "complete", "smollm2-135m", HOOK, 400)
-    hp = rows[f"smollm2-135m__blocks.3.hook_resid_pre__bbbb"]
+    assert (h["stage"], h["status"], h["model"], h["hook"], h["tokens"]) == (
+        "harvest",
+        "complete",
+        "smollm2-135m",
+        HOOK,
+        400,
+    )
+    hp = rows["smollm2-135m__blocks.3.hook_resid_pre__bbbb"]
     assert hp["status"] == "partial" and hp["progress"] == pytest.approx(0.25)
     assert hp["hook"] == "blocks.3.hook_resid_pre"  # from the folder name: config.yaml's hook is not the store's
     t = rows[f"smollm2-135m__{HOOK}__relu__cccc"]
@@ -88,7 +113,13 @@ def test_statuses_and_config_values(outputs):
     assert tf["status"] == "failed" and tf["message"].startswith("StoreError: the store is corrupt")
     e = rows["smollm2-135m__ffff"]
     # the eval records which SAE it measured; that wins over config.sae (an sae.path eval)
-    assert (e["stage"], e["status"], e["sae"], e["l1_coefficient"], e["tokens"]) == ("eval", "complete", "relu", 0.3, 200)
+    assert (e["stage"], e["status"], e["sae"], e["l1_coefficient"], e["tokens"]) == (
+        "eval",
+        "complete",
+        "relu",
+        0.3,
+        200,
+    )
     # harvest rows first, then train, then the shared eval sets, then eval
     assert [r["stage"] for r in list_artifacts(outputs)] == ["harvest"] * 2 + ["train"] * 3 + ["evalset", "eval"]
 
@@ -98,8 +129,8 @@ def test_running_while_another_process_holds_the_lock(outputs):
     fresh = outputs / "eval" / "smollm2-135m__gggg"  # lock held, nothing written yet
     held = []
     for d in (tp, fresh):
-        fh = open(status.lock_path(d), "a+")  # flock locks belong to the open file, so this
-        fcntl.flock(fh, fcntl.LOCK_EX)      # conflicts with ls's own open, as another process would
+        fh = open(status.lock_path(d), "a+")  # noqa: SIM115 - flock locks belong to the open file, so this
+        fcntl.flock(fh, fcntl.LOCK_EX)  # conflicts with ls's own open, as another process would
         held.append(fh)
     try:
         rows = _by_name(list_artifacts(outputs))
@@ -120,16 +151,15 @@ def test_failed_note_is_cleared_by_a_new_attempt(tmp_path):
     assert not status.mark_failed(d, "boom")  # no folder, no note (and no folder created)
     assert not d.exists()
     d.mkdir()
-    with pytest.raises(ValueError):
-        with status.recording(d):
-            raise ValueError("bad value")
+    with pytest.raises(ValueError), status.recording(d):
+        raise ValueError("bad value")
     assert status.read_failed(d) == "ValueError: bad value"
     with status.recording(d):
         pass
     assert status.read_failed(d) is None
-    with pytest.raises(KeyboardInterrupt):  # Ctrl-C leaves a partial artifact, not a failed one
-        with status.recording(d):
-            raise KeyboardInterrupt
+    # Ctrl-C leaves a partial artifact, not a failed one
+    with pytest.raises(KeyboardInterrupt), status.recording(d):
+        raise KeyboardInterrupt
     assert status.artifact_status(d, complete=False) == "partial"
 
 
@@ -190,8 +220,15 @@ def test_ls_config(tmp_path, capsys):
 
 
 def test_overrides_are_told_from_paths():
-    for token, key in (("out_dir=x", "out_dir"), ("sae=relu", "sae"), ("+a.b=1", "a.b"), ("++x=2", "x"),
-                       ("~sae.path=null", "sae.path"), ("db/mysql=x", "db/mysql"), ("a.b@pkg=1", "a.b")):
+    for token, key in (
+        ("out_dir=x", "out_dir"),
+        ("sae=relu", "sae"),
+        ("+a.b=1", "a.b"),
+        ("++x=2", "x"),
+        ("~sae.path=null", "sae.path"),
+        ("db/mysql=x", "db/mysql"),
+        ("a.b@pkg=1", "a.b"),
+    ):
         assert is_override(token) and override_key(token) == key
     for token in ("outputs/eval/m__h", "./a=b", "/abs/x=1", "~/outputs", "~user/outputs", "x", "=a"):
         assert not is_override(token) and override_key(token) is None
@@ -199,7 +236,7 @@ def test_overrides_are_told_from_paths():
 
 def test_a_distributed_harvest_is_running_while_any_rank_holds_its_lock(outputs):
     fresh = outputs / "harvest" / f"smollm2-135m__{HOOK}__abab"  # rank 1 started, nothing written yet
-    fh = open(fresh.with_name(f".{fresh.name}.rank1of2.lock"), "a+")
+    fh = open(fresh.with_name(f".{fresh.name}.rank1of2.lock"), "a+")  # noqa: SIM115 - held past this block
     fcntl.flock(fh, fcntl.LOCK_EX)
     try:
         rows = _by_name(list_artifacts(outputs))
@@ -213,9 +250,8 @@ def test_a_distributed_harvest_is_running_while_any_rank_holds_its_lock(outputs)
 def test_a_rank_clears_only_its_own_failure_note(tmp_path):
     d = tmp_path / "store"
     d.mkdir()
-    with pytest.raises(RuntimeError):
-        with status.recording(d, "harvest rank 0 of 2: "):
-            raise RuntimeError("out of memory")
+    with pytest.raises(RuntimeError), status.recording(d, "harvest rank 0 of 2: "):
+        raise RuntimeError("out of memory")
     with status.recording(d, "harvest rank 1 of 2: "):  # rank 1 starting later keeps rank 0's failure
         pass
     assert status.read_failed(d) == "harvest rank 0 of 2: RuntimeError: out of memory"

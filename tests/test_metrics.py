@@ -135,7 +135,7 @@ def test_centred_gamma_sees_shrinkage_that_an_offset_hides():
     """x_hat = 0.8 x + c: exactly 0.8 centred; raw γ is pulled towards 1 by the reproduced mean."""
     g = torch.Generator().manual_seed(3)
     mean = torch.full((8,), 2.0)
-    x = (torch.randn(50, 8, generator=g, dtype=torch.float64) + mean)
+    x = torch.randn(50, 8, generator=g, dtype=torch.float64) + mean
     x_hat = 0.8 * x + 0.2 * mean  # shrinks the deviations, keeps the mean
     assert relative_reconstruction_bias_centred(x, x_hat) == pytest.approx(0.8, abs=1e-12)
     raw = relative_reconstruction_bias(x, x_hat)
@@ -156,13 +156,23 @@ def _windows(n_windows: int = 6, rows: int = 7, d: int = 5, d_sae: int = 9, seed
     active[:, :, 2] = True  # dense
     gate = active | (torch.rand(n_windows, rows, d_sae, generator=g) < 0.1)  # open where f may be 0
     nll = torch.rand(4, n_windows, generator=g, dtype=torch.float64) * 10 + torch.tensor([[0.0], [1.0], [5.0], [3.0]])
-    sums = {"n_pred": torch.full((n_windows,), 8.0, dtype=torch.float64),
-            "nll_clean": nll[0], "nll_spliced": nll[1], "nll_zero": nll[2], "nll_mean": nll[3],
-            "kl": torch.rand(n_windows, generator=g, dtype=torch.float64),
-            "n_site": torch.full((n_windows,), float(rows), dtype=torch.float64),
-            "l0": active.sum(dim=(1, 2)).double(), "l0_gate": gate.sum(dim=(1, 2)).double(), "sq_err": (x - x_hat).pow(2).sum(dim=(1, 2)),
-            "x_sq": x.pow(2).sum(dim=(1, 2)), "xhat_sq": x_hat.pow(2).sum(dim=(1, 2)),
-            "xhat_dot_x": (x_hat * x).sum(dim=(1, 2)), "x_sum": x.sum(dim=1), "xhat_sum": x_hat.sum(dim=1)}
+    sums = {
+        "n_pred": torch.full((n_windows,), 8.0, dtype=torch.float64),
+        "nll_clean": nll[0],
+        "nll_spliced": nll[1],
+        "nll_zero": nll[2],
+        "nll_mean": nll[3],
+        "kl": torch.rand(n_windows, generator=g, dtype=torch.float64),
+        "n_site": torch.full((n_windows,), float(rows), dtype=torch.float64),
+        "l0": active.sum(dim=(1, 2)).double(),
+        "l0_gate": gate.sum(dim=(1, 2)).double(),
+        "sq_err": (x - x_hat).pow(2).sum(dim=(1, 2)),
+        "x_sq": x.pow(2).sum(dim=(1, 2)),
+        "xhat_sq": x_hat.pow(2).sum(dim=(1, 2)),
+        "xhat_dot_x": (x_hat * x).sum(dim=(1, 2)),
+        "x_sum": x.sum(dim=1),
+        "xhat_sum": x_hat.sum(dim=1),
+    }
     assert set(sums) == set(WINDOW_SCALARS) | set(WINDOW_VECTORS)
     return x, x_hat, active, sums, active.sum(dim=1, dtype=torch.int32)
 
@@ -170,18 +180,30 @@ def _windows(n_windows: int = 6, rows: int = 7, d: int = 5, d_sae: int = 9, seed
 def _one_shot(x, x_hat, active, sums, index):
     rows = lambda v: v[index].reshape(-1, v.shape[-1])  # noqa: E731 — the selected windows' rows
     xs, xhs, fs = rows(x), rows(x_hat), rows(active)
-    ce = {k: float(sums[f"nll_{k}"][index].sum() / sums["n_pred"][index].sum()) for k in ("clean", "spliced", "zero", "mean")}
+    ce = {
+        k: float(sums[f"nll_{k}"][index].sum() / sums["n_pred"][index].sum())
+        for k in ("clean", "spliced", "zero", "mean")
+    }
     freqs = feature_density(fs)
     gate = sums["l0_gate"][index].sum() / (sums["n_site"][index].sum())  # counted per row in _windows
-    return {"l0": l0(fs), "l0_gate": float(gate), "nmse": nmse(xs, xhs), "explained_variance": explained_variance(xs, xhs),
-            "relative_reconstruction_bias": relative_reconstruction_bias(xs, xhs),
-            "relative_reconstruction_bias_centred": relative_reconstruction_bias_centred(xs, xhs),
-            "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"],
-            "ce_mean_ablation": ce["mean"], "loss_recovered_mean_ablation": loss_recovered(ce["clean"], ce["mean"], ce["zero"]),
-            "delta_loss": ce["spliced"] - ce["clean"],
-            "loss_recovered": loss_recovered(ce["clean"], ce["spliced"], ce["zero"]),
-            "kl_div": float(sums["kl"][index].sum() / sums["n_pred"][index].sum()),
-            "frac_dead": frac_dead(freqs), "frac_dense": frac_dense(freqs)}
+    return {
+        "l0": l0(fs),
+        "l0_gate": float(gate),
+        "nmse": nmse(xs, xhs),
+        "explained_variance": explained_variance(xs, xhs),
+        "relative_reconstruction_bias": relative_reconstruction_bias(xs, xhs),
+        "relative_reconstruction_bias_centred": relative_reconstruction_bias_centred(xs, xhs),
+        "ce_clean": ce["clean"],
+        "ce_spliced": ce["spliced"],
+        "ce_zero_ablation": ce["zero"],
+        "ce_mean_ablation": ce["mean"],
+        "loss_recovered_mean_ablation": loss_recovered(ce["clean"], ce["mean"], ce["zero"]),
+        "delta_loss": ce["spliced"] - ce["clean"],
+        "loss_recovered": loss_recovered(ce["clean"], ce["spliced"], ce["zero"]),
+        "kl_div": float(sums["kl"][index].sum() / sums["n_pred"][index].sum()),
+        "frac_dead": frac_dead(freqs),
+        "frac_dense": frac_dense(freqs),
+    }
 
 
 def test_window_metrics_on_hand_data():
@@ -189,14 +211,23 @@ def test_window_metrics_on_hand_data():
     {0} and {0, 1} of 3. Mean x = [3, 0]: variance Σ||x - mean||²/N = 1, Σ||x - x_hat||²/N = 0.25,
     so NMSE 0.25; γ = Σ||x_hat||² / Σ x_hat·x = (6.25 + 12.25) / (5 + 14) = 18.5 / 19."""
     one = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
-    sums = {"n_pred": one(1.0).repeat(2), "nll_clean": t([1.0, 1.0]).double(),
-            "nll_spliced": t([2.0, 3.0]).double(), "nll_zero": t([5.0, 7.0]).double(),
-            "nll_mean": t([4.0, 6.0]).double(),
-            "kl": t([0.5, 0.25]).double(), "n_site": t([1.0, 1.0]).double(), "l0": t([1.0, 2.0]).double(),
-            "l0_gate": t([2.0, 2.0]).double(),
-            "sq_err": t([0.25, 0.25]).double(), "x_sq": t([4.0, 16.0]).double(),
-            "xhat_sq": t([6.25, 12.25]).double(), "xhat_dot_x": t([5.0, 14.0]).double(),
-            "x_sum": t([[2.0, 0.0], [4.0, 0.0]]).double(), "xhat_sum": t([[2.5, 0.0], [3.5, 0.0]]).double()}
+    sums = {
+        "n_pred": one(1.0).repeat(2),
+        "nll_clean": t([1.0, 1.0]).double(),
+        "nll_spliced": t([2.0, 3.0]).double(),
+        "nll_zero": t([5.0, 7.0]).double(),
+        "nll_mean": t([4.0, 6.0]).double(),
+        "kl": t([0.5, 0.25]).double(),
+        "n_site": t([1.0, 1.0]).double(),
+        "l0": t([1.0, 2.0]).double(),
+        "l0_gate": t([2.0, 2.0]).double(),
+        "sq_err": t([0.25, 0.25]).double(),
+        "x_sq": t([4.0, 16.0]).double(),
+        "xhat_sq": t([6.25, 12.25]).double(),
+        "xhat_dot_x": t([5.0, 14.0]).double(),
+        "x_sum": t([[2.0, 0.0], [4.0, 0.0]]).double(),
+        "xhat_sum": t([[2.5, 0.0], [3.5, 0.0]]).double(),
+    }
     fires = torch.tensor([[1, 0, 0], [1, 1, 0]], dtype=torch.int32)
     r = {k: float(v) for k, v in window_metrics(sums, fires).items()}
     assert r["nmse"] == pytest.approx(0.25)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+
 import pytest
 
 from gsae_cli import models
@@ -39,6 +40,7 @@ def test_a_conversion_without_the_record_is_redone(tmp_path, monkeypatch):
     (fake / "config.json").write_text("{}")
     (fake / "model.safetensors").write_bytes(b"")
     monkeypatch.setattr(models, "DATA_DIR", tmp_path)
+
     class Converting(Exception):
         pass
 

@@ -10,18 +10,28 @@ import math
 from pathlib import Path
 
 import pytest
-
 import torch
+from conftest import gsae
 from safetensors.torch import save_file
 
-from conftest import gsae
 from gsae_cli import metrics
 from gsae_cli.errors import ConfigError
-from gsae_cli.report import plots
+from gsae_cli.report import (
+    WindowData,
+    bootstrap_ratio,
+    collect,
+    common_range,
+    equivalence_verdict,
+    group_series,
+    l0_at_loss_recovered,
+    matched_l0_ratios,
+    pareto_frontier,
+    plots,
+    ratios_at_common_targets,
+    run_report,
+    seed_summary,
+)
 from gsae_cli.report.plots import _plottable, _seed_replicas
-from gsae_cli.report import (WindowData, bootstrap_ratio, collect, common_range, equivalence_verdict, group_series,
-                             l0_at_loss_recovered, matched_l0_ratios, pareto_frontier,
-                             ratios_at_common_targets, run_report, seed_summary)
 
 # ---- pure functions --------------------------------------------------------------------------
 
@@ -41,11 +51,11 @@ def test_pareto_frontier_keeps_duplicates_and_skips_nan():
 
 def test_l0_interpolates_log_l0_linearly_in_loss_recovered():
     front = [(10, 0.8), (40, 1.0)]
-    assert l0_at_loss_recovered(front, 0.9) == pytest.approx(20.0)          # sqrt(10 * 40)
+    assert l0_at_loss_recovered(front, 0.9) == pytest.approx(20.0)  # sqrt(10 * 40)
     assert l0_at_loss_recovered(front, 0.85) == pytest.approx(math.sqrt(200))  # 10 * 4 ** 0.25
     assert l0_at_loss_recovered(front, 0.8) == pytest.approx(10.0)
     assert l0_at_loss_recovered(front, 1.0) == pytest.approx(40.0)
-    assert l0_at_loss_recovered(front, 0.79) is None                         # no extrapolation
+    assert l0_at_loss_recovered(front, 0.79) is None  # no extrapolation
     assert l0_at_loss_recovered(front, 1.01) is None
     # a dominated point in the input does not bend the curve
     assert l0_at_loss_recovered(front + [(30, 0.7)], 0.9) == pytest.approx(20.0)
@@ -75,7 +85,7 @@ def test_matched_l0_ratio_over_the_overlap_only():
 
 def test_a_point_at_l0_zero_cannot_cut_a_frontier_short():
     # (0, 0.5) dominates (5, 0.4) but has no log L0: it is left out before the frontier is taken
-    assert l0_at_loss_recovered([(0, 0.5), (5, 0.4), (10, 0.6)], 0.45) == pytest.approx(5 ** 0.75 * 10 ** 0.25)
+    assert l0_at_loss_recovered([(0, 0.5), (5, 0.4), (10, 0.6)], 0.45) == pytest.approx(5**0.75 * 10**0.25)
     assert common_range([[(0, 0.5), (5, 0.4), (10, 0.6)]]) == pytest.approx((0.4, 0.6))
 
 
@@ -101,12 +111,23 @@ N_WIN = len(M)
 def window_sums(l0: float, lr: float, m=M, q=Q) -> dict:
     n = len(m)
     full = lambda v: torch.full((n,), float(v), dtype=torch.float64)  # noqa: E731
-    return {"n_pred": full(100), "n_site": full(100), "nll_clean": full(300), "nll_zero": full(500), "nll_mean": full(400),
-            "nll_spliced": torch.tensor([100 * (3 + 2 * (1 - lr * mw)) for mw in m], dtype=torch.float64),
-            "kl": full(100 * (1 - lr)), "l0": torch.tensor([100 * l0 * qw for qw in q], dtype=torch.float64),
-            "l0_gate": torch.tensor([110 * l0 * qw for qw in q], dtype=torch.float64),
-            "sq_err": full(10), "x_sq": full(100), "xhat_sq": full(90), "xhat_dot_x": full(95),
-            "x_sum": torch.zeros(n, 4, dtype=torch.float64), "xhat_sum": torch.zeros(n, 4, dtype=torch.float64)}
+    return {
+        "n_pred": full(100),
+        "n_site": full(100),
+        "nll_clean": full(300),
+        "nll_zero": full(500),
+        "nll_mean": full(400),
+        "nll_spliced": torch.tensor([100 * (3 + 2 * (1 - lr * mw)) for mw in m], dtype=torch.float64),
+        "kl": full(100 * (1 - lr)),
+        "l0": torch.tensor([100 * l0 * qw for qw in q], dtype=torch.float64),
+        "l0_gate": torch.tensor([110 * l0 * qw for qw in q], dtype=torch.float64),
+        "sq_err": full(10),
+        "x_sq": full(100),
+        "xhat_sq": full(90),
+        "xhat_dot_x": full(95),
+        "x_sum": torch.zeros(n, 4, dtype=torch.float64),
+        "xhat_sum": torch.zeros(n, 4, dtype=torch.float64),
+    }
 
 
 def by_hand(l0: float, lr: float, idx: list[int], m=M, q=Q) -> tuple[float, float]:
@@ -144,8 +165,9 @@ def test_lengths_on_the_same_curves_compare_equal_only_at_common_targets():
     assert span == pytest.approx((0.88, 0.93))
     # on [0.88, 0.93] log L0 of both is linear: share 0.5 * 0.6^((t - .88) / .05); geomean 0.5 * sqrt(0.6)
     assert g1 == pytest.approx(0.5 * math.sqrt(0.6)) and g2 == pytest.approx(g1)
-    span, gs = ratios_at_common_targets([([(10, 0.80), (20, 0.85)], [(20, 0.80), (40, 0.85)]),
-                                         ([(10, 0.90), (20, 0.95)], [(20, 0.90), (40, 0.95)])])
+    span, gs = ratios_at_common_targets(
+        [([(10, 0.80), (20, 0.85)], [(20, 0.80), (40, 0.85)]), ([(10, 0.90), (20, 0.95)], [(20, 0.90), (40, 0.95)])]
+    )
     assert span is None and gs == [None, None]
 
 
@@ -158,7 +180,6 @@ def test_equivalence_verdict_against_the_margin():
     assert equivalence_verdict((0.80, 0.94), 0.05) == "not converged"
     assert equivalence_verdict((0.97, 1.04), 0.02) == "undetermined"
     assert equivalence_verdict(None, 0.05) == "undetermined"
-
 
 
 def test_window_sums_reproduce_their_metrics():
@@ -218,7 +239,7 @@ def test_pairing_narrows_the_interval():
     assert phi - plo < 1e-9 and uhi - ulo > 0.1
     assert ulo < 0.5 < uhi
     # Different eval sets draw different resamples even with equal window counts.
-    assert len(set(round(s, 12) for s in unpaired["samples"])) > 100
+    assert len({round(s, 12) for s in unpaired["samples"]}) > 100
 
 
 def test_a_missing_eval_set_hash_is_not_paired():
@@ -234,42 +255,94 @@ RELU = [(20, 0.80, 0.90), (40, 0.88, 0.92), (80, 0.93, 0.95), (160, 0.96, 0.97),
 GATED = [(10, 0.80, 1.00), (20, 0.88, 0.99), (40, 0.93, 1.01), (80, 0.96, 1.00)]
 
 
-def make_eval(root: Path, name: str, arch: str, l1: float, l0: float, lr: float, gamma: float,
-              model: str = "smollm2-135m", train_tokens: int = 2_000_000, complete: bool = True,
-              hook: str = HOOK, windows: bool = False, eval_set: str = "evset", ci: bool = True,
-              sae_lr: float | None = None, window_l0: float | None = None, seed: int | None = None,
-              harvest_tokens: int | None = None, width: int = 4, d_sae: int | None = None) -> Path:
+def make_eval(
+    root: Path,
+    name: str,
+    arch: str,
+    l1: float,
+    l0: float,
+    lr: float,
+    gamma: float,
+    model: str = "smollm2-135m",
+    train_tokens: int = 2_000_000,
+    complete: bool = True,
+    hook: str = HOOK,
+    windows: bool = False,
+    eval_set: str = "evset",
+    ci: bool = True,
+    sae_lr: float | None = None,
+    window_l0: float | None = None,
+    seed: int | None = None,
+    harvest_tokens: int | None = None,
+    width: int = 4,
+    d_sae: int | None = None,
+) -> Path:
     """An eval artifact; with `windows`, per_window.safetensors from window_sums(l0, lr) (or
     window_l0 in place of l0: sums from some other run)."""
     d = root / "eval" / name
     d.mkdir(parents=True)
-    config = {"model": {"name": model, "source": "gguf"}, "hook": hook,
-              "sae": {"name": arch, "l1_coefficient": l1, "expansion_factor": width, "path": None,
-                      "lr": sae_lr if sae_lr is not None else (3e-4 if arch == "gated" else 1e-3),
-                      "tie_weights": True, "r_mag": True, "aux_loss": True, "freeze_aux_decoder": True},
-              "train": {"n_tokens": train_tokens, "batch_size": 4096, "log_every": 10, "lr": None},
-              "eval": {"n_tokens": 16384, "bootstrap_samples": 1000, "bootstrap_seed": 0, "cache": True},
-              "data": {"name": "gsae-default"}, "out_dir": str(root), "device": "cpu"}
+    config = {
+        "model": {"name": model, "source": "gguf"},
+        "hook": hook,
+        "sae": {
+            "name": arch,
+            "l1_coefficient": l1,
+            "expansion_factor": width,
+            "path": None,
+            "lr": sae_lr if sae_lr is not None else (3e-4 if arch == "gated" else 1e-3),
+            "tie_weights": True,
+            "r_mag": True,
+            "aux_loss": True,
+            "freeze_aux_decoder": True,
+        },
+        "train": {"n_tokens": train_tokens, "batch_size": 4096, "log_every": 10, "lr": None},
+        "eval": {"n_tokens": 16384, "bootstrap_samples": 1000, "bootstrap_seed": 0, "cache": True},
+        "data": {"name": "gsae-default"},
+        "out_dir": str(root),
+        "device": "cpu",
+    }
     if seed is not None:
         config["train"]["seed"] = seed
     if harvest_tokens is not None:
         config["harvest"] = {"n_tokens": harvest_tokens}
-    m = {"l0": l0, "loss_recovered": lr, "ce_clean": 3.0, "ce_spliced": 3.0 + (1 - lr) * 2,
-         "ce_zero_ablation": 5.0, "ce_mean_ablation": 4.0, "loss_recovered_mean_ablation": 0.5,
-         "delta_loss": (1 - lr) * 2, "kl_div": (1 - lr), "relative_reconstruction_bias": gamma,
-         "relative_reconstruction_bias_centred": gamma + 0.01, "nmse": 0.1, "explained_variance": 0.9,
-         "frac_dead": 0.01, "frac_dense": 0.0, "frac_passthrough": 0.002, "n_tokens": 16384,
-         "config": config, "sae": {"path": f"/x/{name}", "architecture": arch, "l1_coefficient": l1, "d_sae": d_sae}}
+    m = {
+        "l0": l0,
+        "loss_recovered": lr,
+        "ce_clean": 3.0,
+        "ce_spliced": 3.0 + (1 - lr) * 2,
+        "ce_zero_ablation": 5.0,
+        "ce_mean_ablation": 4.0,
+        "loss_recovered_mean_ablation": 0.5,
+        "delta_loss": (1 - lr) * 2,
+        "kl_div": (1 - lr),
+        "relative_reconstruction_bias": gamma,
+        "relative_reconstruction_bias_centred": gamma + 0.01,
+        "nmse": 0.1,
+        "explained_variance": 0.9,
+        "frac_dead": 0.01,
+        "frac_dense": 0.0,
+        "frac_passthrough": 0.002,
+        "n_tokens": 16384,
+        "config": config,
+        "sae": {"path": f"/x/{name}", "architecture": arch, "l1_coefficient": l1, "d_sae": d_sae},
+    }
     if ci:
-        m["ci"] = {"l0": [l0 * 0.9, l0 * 1.1], "loss_recovered": [lr - 0.01, lr + 0.01],
-                   "loss_recovered_mean_ablation": [0.49, 0.51],
-                   "relative_reconstruction_bias": [gamma - 0.02, gamma + 0.03],
-                   "relative_reconstruction_bias_centred": [gamma - 0.01, gamma + 0.04], "frac_dead": [0.005, 0.02],
-                   "frac_passthrough": [0.002, 0.002]}  # pass-through: the same in every resample
+        m["ci"] = {
+            "l0": [l0 * 0.9, l0 * 1.1],
+            "loss_recovered": [lr - 0.01, lr + 0.01],
+            "loss_recovered_mean_ablation": [0.49, 0.51],
+            "relative_reconstruction_bias": [gamma - 0.02, gamma + 0.03],
+            "relative_reconstruction_bias_centred": [gamma - 0.01, gamma + 0.04],
+            "frac_dead": [0.005, 0.02],
+            "frac_passthrough": [0.002, 0.002],
+        }  # pass-through: the same in every resample
     (d / "metrics.json").write_text(json.dumps(m))
     if windows:
-        save_file({k: v.contiguous() for k, v in window_sums(window_l0 or l0, lr).items()},
-                  str(d / "per_window.safetensors"), metadata={"format": metrics.WINDOW_FORMAT, "eval_set": eval_set})
+        save_file(
+            {k: v.contiguous() for k, v in window_sums(window_l0 or l0, lr).items()},
+            str(d / "per_window.safetensors"),
+            metadata={"format": metrics.WINDOW_FORMAT, "eval_set": eval_set},
+        )
     if complete:
         (d / "COMPLETE").write_text("done\n")
     return d
@@ -308,11 +381,13 @@ def test_run_report_writes_csv_plots_and_markdown(tmp_path, capsys):
     assert "| 10 [9, 11] | – | 0.8 [0.79, 0.81] |" in md  # L0, no L0 gate (not recorded), loss recovered
     # the site's reference: what the constant mean activation recovers (ce 4 against clean 3)
     assert "| reference: mean activation (x̂ = b_dec alone) | – | – | 0 | – | 0.5 [0.49, 0.51] | 1 | – |" in md
-    assert "| 0.01 | 0 | 0.002 | `gated0` |" in md  # dead: no interval (NO_BOOTSTRAP); a one-point interval is not shown
+    assert (
+        "| 0.01 | 0 | 0.002 | `gated0` |" in md
+    )  # dead: no interval (NO_BOOTSTRAP); a one-point interval is not shown
     # no per_window.safetensors: a point estimate, and why there is no interval
     assert "no interval: 9 of 9 evaluations have no usable per-window sums" in md and "gsae eval --force" in md
     # sorted by architecture, then L0: gated rows come first, each block by increasing L0
-    series_col = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| gated") or ln.startswith("| relu")]
+    series_col = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith(("| gated", "| relu"))]
     assert series_col == ["gated"] * 4 + ["relu"] * 5
     err = capsys.readouterr().err
     assert "skipping unfinished evaluation" in err
@@ -327,7 +402,9 @@ def test_report_ratio_interval_per_site_from_window_sums(tmp_path, capsys):
     other = "blocks.6.hook_resid_post"
     for i, (l0, lr) in enumerate(RELU_FRONT):
         make_eval(root, f"b6-relu{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, hook=other, windows=True, eval_set="ev6")
-        make_eval(root, f"b6-gated{i}", "gated", 0.1 * (i + 1), l0 / 4, lr, 1.0, hook=other, windows=True, eval_set="ev6")
+        make_eval(
+            root, f"b6-gated{i}", "gated", 0.1 * (i + 1), l0 / 4, lr, 1.0, hook=other, windows=True, eval_set="ev6"
+        )
     out = run_report([], root, tmp_path / "r", [], bootstrap_samples=200, bootstrap_seed=1)
     ratios = json.loads((out / "ratios.json").read_text())
     assert [(r["hook"], r["a"], r["b"]) for r in ratios] == [(other, "gated", "relu"), (HOOK, "gated", "relu")]
@@ -397,8 +474,11 @@ def test_plots_draw_the_intervals(tmp_path, monkeypatch):
     def bars(fig):
         """(x, y) whisker segments as ((x0, y0), (x1, y1)) per ErrorbarContainer in the first panel."""
         ax = fig.axes[0]
-        return [[tuple(map(tuple, seg)) for seg in c.lines[2][0].get_segments()]
-                for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        return [
+            [tuple(map(tuple, seg)) for seg in c.lines[2][0].get_segments()]
+            for c in ax.containers
+            if isinstance(c, ErrorbarContainer)
+        ]
 
     segs = [s for c in bars(frontier) for s in c]
     # gated at L0 10, loss recovered 0.8: whiskers 9-11 across and 0.79-0.81 up
@@ -428,15 +508,16 @@ def test_shrinkage_plot_falls_back_to_raw_gamma_for_old_evaluations(tmp_path, mo
     ax = figures[1].axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "gated" in labels and "relu (raw γ)" in labels
-    relu = next(l for l in ax.get_lines() if l.get_label() == "relu (raw γ)")
+    relu = next(line for line in ax.get_lines() if line.get_label() == "relu (raw γ)")
     assert sorted(relu.get_ydata()) == sorted(g for _, _, g in RELU)
 
 
 def test_run_report_on_explicit_paths(tmp_path):
     make_sweep(tmp_path / "outputs")
     one = tmp_path / "outputs" / "eval" / "relu0"
-    out = run_report([str(one), str(tmp_path / "outputs" / "eval" / "gated0")], tmp_path / "nowhere",
-                     tmp_path / "r", [])
+    out = run_report(
+        [str(one), str(tmp_path / "outputs" / "eval" / "gated0")], tmp_path / "nowhere", tmp_path / "r", []
+    )
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 2
     # an outputs folder as a path: its eval/ is what is read
     out = run_report([str(tmp_path / "outputs")], tmp_path / "nowhere", tmp_path / "r", [], bootstrap_samples=0)
@@ -457,9 +538,9 @@ def test_where_filters_by_alias_dotted_key_and_number(tmp_path):
     assert n_rows([]) == 10
     assert n_rows(["model=pythia-70m"]) == 1
     assert n_rows(["model.name=smollm2-135m", "sae=gated"]) == 4
-    assert n_rows(["sae.name=relu", "l1=0.10"]) == 2          # numbers compare as numbers
+    assert n_rows(["sae.name=relu", "l1=0.10"]) == 2  # numbers compare as numbers
     assert n_rows(["train.n_tokens=2_000_000", "sae=relu,gated"]) == 10
-    assert n_rows(["tokens=2M", "sae=relu"]) == 6            # 5 smollm2 + 1 pythia
+    assert n_rows(["tokens=2M", "sae=relu"]) == 6  # 5 smollm2 + 1 pythia
     with pytest.raises(ConfigError, match="none matches"):
         n_rows(["model=gpt2"])
     with pytest.raises(ConfigError, match="no evaluation has a config key"):
@@ -501,13 +582,26 @@ def test_empty_outputs_is_a_clear_config_error(tmp_path):
 def test_cli_report_takes_out_dir_like_every_stage(tmp_path):
     root = tmp_path / "outputs"
     make_sweep(root, windows=True)
-    p = gsae("report", f"out_dir={root}", "eval.bootstrap_samples=50", "model=tiny",
-             "--report-dir", str(tmp_path / "r"), "--where", "sae=relu,gated", "--evidence", str(tmp_path / "ev"))
+    p = gsae(
+        "report",
+        f"out_dir={root}",
+        "eval.bootstrap_samples=50",
+        "model=tiny",
+        "--report-dir",
+        str(tmp_path / "r"),
+        "--where",
+        "sae=relu,gated",
+        "--evidence",
+        str(tmp_path / "ev"),
+    )
     assert p.returncode == 0, p.stderr
     assert len(list((tmp_path / "ev").glob("*/per_window.safetensors"))) == 9
     assert p.stdout.strip().splitlines()[-1] == str(tmp_path / "r")
     assert len(list(csv.DictReader((tmp_path / "r" / "results.csv").open()))) == 9
-    assert "paired bootstrap over the 8 windows of eval set evset; 50 resamples" in (tmp_path / "r" / "results.md").read_text()
+    assert (
+        "paired bootstrap over the 8 windows of eval set evset; 50 resamples"
+        in (tmp_path / "r" / "results.md").read_text()
+    )
     # model=tiny is a valid key that a report cannot use: said, not silently ignored
     assert "model=tiny: valid, but gsae report only reads finished artifacts" in p.stderr and "--where" in p.stderr
     # the deprecated spelling still works and says what to write instead
@@ -520,8 +614,14 @@ def test_cli_report_takes_out_dir_like_every_stage(tmp_path):
 def test_cli_report_paths_and_bad_input(tmp_path):
     root = tmp_path / "outputs"
     make_sweep(root)
-    p = gsae("report", str(root / "eval" / "relu0"), str(root / "eval" / "gated1"), "out_dir=/nonexistent",
-             "--report-dir", str(tmp_path / "r"))
+    p = gsae(
+        "report",
+        str(root / "eval" / "relu0"),
+        str(root / "eval" / "gated1"),
+        "out_dir=/nonexistent",
+        "--report-dir",
+        str(tmp_path / "r"),
+    )
     assert p.returncode == 0, p.stderr
     assert len(list(csv.DictReader((tmp_path / "r" / "results.csv").open()))) == 2
     # an unknown key fails exactly as it does for every other stage
@@ -542,8 +642,9 @@ def test_doubling_check_pairs_t_with_2t(tmp_path, capsys):
     for t, gated_share in ((2_000_000, 2), (4_000_000, 4)):
         for i, (l0, lr) in enumerate(RELU_FRONT):
             make_eval(root, f"relu{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True)
-            make_eval(root, f"gated{t}-{i}", "gated", 0.1 * (i + 1), l0 / gated_share, lr, 1.0, train_tokens=t,
-                      windows=True)
+            make_eval(
+                root, f"gated{t}-{i}", "gated", 0.1 * (i + 1), l0 / gated_share, lr, 1.0, train_tokens=t, windows=True
+            )
     out = run_report([], root, tmp_path / "r", [], bootstrap_samples=100, bootstrap_seed=0)
     checks = json.loads((out / "convergence.json").read_text())
     assert len(checks) == 1
@@ -554,8 +655,10 @@ def test_doubling_check_pairs_t_with_2t(tmp_path, capsys):
     assert c["change_interval"] == pytest.approx([0.5, 0.5]) and c["verdict"] == "not converged"
     assert c["n_valid"] == c["n_resamples"] == 100 and c["paired"] is True
     md = (out / "results.md").read_text()
-    assert ("| gated / relu | 2M → 4M | 0.800–0.960 | 0.500 [0.500, 0.500] | 0.250 [0.250, 0.250] | "
-            "0.500 [0.500, 0.500] | **not converged** |") in md
+    assert (
+        "| gated / relu | 2M → 4M | 0.800–0.960 | 0.500 [0.500, 0.500] | 0.250 [0.250, 0.250] | "
+        "0.500 [0.500, 0.500] | **not converged** |"
+    ) in md
     assert "inside 1 ±0.05 (`report.equivalence_margin`)" in md
     assert "change 0.500, 95 % CI [0.500, 0.500]): not converged at margin ±0.05" in capsys.readouterr().err
 
@@ -593,8 +696,9 @@ def test_the_margin_is_the_config_key_report_equivalence_margin(tmp_path):
             make_eval(root, f"gated{t}-{i}", "gated", 0.1 * (i + 1), l0 / share, lr, 1.0, train_tokens=t, windows=True)
     verdicts = []
     for m in ("0.05", "0.1"):
-        out = report_command([f"out_dir={root}", "eval.bootstrap_samples=20", f"report.equivalence_margin={m}"],
-                             tmp_path / f"r{m}", [])
+        out = report_command(
+            [f"out_dir={root}", "eval.bootstrap_samples=20", f"report.equivalence_margin={m}"], tmp_path / f"r{m}", []
+        )
         (c,) = json.loads((out / "convergence.json").read_text())
         verdicts.append((c["margin"], c["verdict"]))
     assert verdicts == [(0.05, "not converged"), (0.1, "converged")]
@@ -612,8 +716,10 @@ def test_lengths_whose_frontiers_share_no_range_are_not_comparable(tmp_path):
     (c,) = json.loads((out / "convergence.json").read_text())
     assert c["verdict"] == "not comparable" and c["span"] is None and c["change"] is None
     assert "| gated / relu | 2M → 4M | – | 0.500 [0.500, 0.500] | " not in (out / "results.md").read_text()
-    assert "| – | – | – | **not comparable** (the four frontiers share no loss-recovered range) |" in (
-        out / "results.md").read_text()
+    assert (
+        "| – | – | – | **not comparable** (the four frontiers share no loss-recovered range) |"
+        in (out / "results.md").read_text()
+    )
 
 
 def test_length_checks_beyond_a_doubling_and_across_stores(tmp_path, capsys):
@@ -623,10 +729,30 @@ def test_length_checks_beyond_a_doubling_and_across_stores(tmp_path, capsys):
     root = tmp_path / "outputs"
     for t, store, share in ((2_000_000, 4_000_000, 2), (4_000_000, 4_000_000, 2), (6_000_000, 6_000_000, 4)):
         for i, (l0, lr) in enumerate(RELU_FRONT):
-            make_eval(root, f"relu{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True,
-                      harvest_tokens=store)
-            make_eval(root, f"gated{t}-{i}", "gated", 0.1 * (i + 1), l0 / share, lr, 1.0, train_tokens=t,
-                      windows=True, harvest_tokens=store)
+            make_eval(
+                root,
+                f"relu{t}-{i}",
+                "relu",
+                0.1 * (i + 1),
+                l0,
+                lr,
+                0.9,
+                train_tokens=t,
+                windows=True,
+                harvest_tokens=store,
+            )
+            make_eval(
+                root,
+                f"gated{t}-{i}",
+                "gated",
+                0.1 * (i + 1),
+                l0 / share,
+                lr,
+                1.0,
+                train_tokens=t,
+                windows=True,
+                harvest_tokens=store,
+            )
     out = run_report([], root, tmp_path / "r", [], bootstrap_samples=50, bootstrap_seed=0)
     checks = json.loads((out / "convergence.json").read_text())
     assert [c["tokens"] for c in checks] == [[2_000_000, 4_000_000], [2_000_000, 6_000_000], [4_000_000, 6_000_000]]
@@ -639,7 +765,8 @@ def test_length_checks_beyond_a_doubling_and_across_stores(tmp_path, capsys):
     assert "| gated / relu | 2M → 4M | 0.800–0.960 | 0.500 [0.500, 0.500] | 0.500 [0.500, 0.500] | " in md
     assert "| gated / relu | 4M → 6M (1.50x), stores of 4M and 6M rows | 0.800–0.960 | 0.500 [" in md
     assert "4M → 6M tokens (1.50x), at loss recovered 0.800–0.960: ratio 0.500 → 0.250 (change 0.500" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
 
 
 def test_equal_width_and_equal_compute_ratios_side_by_side(tmp_path):
@@ -652,8 +779,10 @@ def test_equal_width_and_equal_compute_ratios_side_by_side(tmp_path):
         make_eval(root, f"gated{i}", "gated", 0.1 * (i + 1), l0 / 2, lr, 1.0, windows=True)
     out = run_report([], root, tmp_path / "r", [], bootstrap_samples=20)
     ratios = {(r["a"], r["b"]): r for r in json.loads((out / "ratios.json").read_text())}
-    assert set(ratios) == {("gated, sae.expansion_factor=4", "relu, sae.expansion_factor=4"),
-                           ("gated, sae.expansion_factor=4", "relu, sae.expansion_factor=6")}
+    assert set(ratios) == {
+        ("gated, sae.expansion_factor=4", "relu, sae.expansion_factor=4"),
+        ("gated, sae.expansion_factor=4", "relu, sae.expansion_factor=6"),
+    }
     same = ratios[("gated, sae.expansion_factor=4", "relu, sae.expansion_factor=4")]
     compute = ratios[("gated, sae.expansion_factor=4", "relu, sae.expansion_factor=6")]
     assert same["footing"] == "equal width" and same["geomean"] == pytest.approx(0.5)
@@ -661,8 +790,10 @@ def test_equal_width_and_equal_compute_ratios_side_by_side(tmp_path):
     assert compute["geomean"] == pytest.approx(0.625) and compute["interval"] == pytest.approx([0.625, 0.625])
     md = (out / "results.md").read_text()
     assert "- **gated, sae.expansion_factor=4 / relu, sae.expansion_factor=4**, equal width (4x): **0.500**" in md
-    assert ("- **gated, sae.expansion_factor=4 / relu, sae.expansion_factor=6**, equal compute (relu 6x, 1.5x the "
-            "gated 4x: the paper's footing): **0.625**") in md
+    assert (
+        "- **gated, sae.expansion_factor=4 / relu, sae.expansion_factor=6**, equal compute (relu 6x, 1.5x the "
+        "gated 4x: the paper's footing): **0.625**"
+    ) in md
 
 
 def test_points_that_are_not_a_sparse_code_are_marked_and_left_out_of_the_sparse_ratio(tmp_path):
@@ -672,12 +803,14 @@ def test_points_that_are_not_a_sparse_code_are_marked_and_left_out_of_the_sparse
     root = tmp_path / "outputs"
     for i, (l0, lr) in enumerate(RELU_FRONT):
         make_eval(root, f"relu{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True, d_sae=1000)
-        make_eval(root, f"gated{i}", "gated", 0.1 * (i + 1), l0 / (3 if i == 3 else 2), lr, 1.0, windows=True,
-                  d_sae=1000)
+        make_eval(
+            root, f"gated{i}", "gated", 0.1 * (i + 1), l0 / (3 if i == 3 else 2), lr, 1.0, windows=True, d_sae=1000
+        )
     out = run_report([], root, tmp_path / "r", [], bootstrap_samples=20)
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert sorted(float(r["mean_density"]) for r in rows if r["architecture"] == "relu") == pytest.approx(
-        [0.02, 0.04, 0.08, 0.16])
+        [0.02, 0.04, 0.08, 0.16]
+    )
     (r,) = json.loads((out / "ratios.json").read_text())
     assert r["geomean"] < 0.49 and r["overlap"] == pytest.approx([0.80, 0.96])
     sp = r["sparse"]
@@ -724,8 +857,10 @@ def test_another_eval_set_never_joins_a_frontier(tmp_path):
     assert labels == ["gated, eval_set=v2", "gated, eval_set=v3", "relu, eval_set=v2", "relu, eval_set=v3"]
     out = run_report([], root, tmp_path / "r", [], bootstrap_samples=50)
     ratios = json.loads((out / "ratios.json").read_text())
-    assert [(r["a"], r["b"]) for r in ratios] == [("gated, eval_set=v2", "relu, eval_set=v2"),
-                                                 ("gated, eval_set=v3", "relu, eval_set=v3")]
+    assert [(r["a"], r["b"]) for r in ratios] == [
+        ("gated, eval_set=v2", "relu, eval_set=v2"),
+        ("gated, eval_set=v3", "relu, eval_set=v3"),
+    ]
     assert all(r["paired"] for r in ratios)
     assert ratios[1]["geomean"] == pytest.approx(0.25)
 
@@ -735,9 +870,12 @@ def test_seed_summary_by_hand():
     sp = seed_summary([0.5, 0.5 * math.exp(0.1), 0.5 * math.exp(-0.1)])
     t = 4.302652729749464
     assert sp["geomean"] == pytest.approx(0.5) and sp["sd_log"] == pytest.approx(0.1) and sp["t"] == pytest.approx(t)
-    assert sp["interval"] == pytest.approx([0.5 * math.exp(-t * 0.1 / math.sqrt(3)), 0.5 * math.exp(t * 0.1 / math.sqrt(3))])
-    assert sp["prediction"] == pytest.approx([0.5 * math.exp(-t * 0.1 * math.sqrt(4 / 3)),
-                                              0.5 * math.exp(t * 0.1 * math.sqrt(4 / 3))])
+    assert sp["interval"] == pytest.approx(
+        [0.5 * math.exp(-t * 0.1 / math.sqrt(3)), 0.5 * math.exp(t * 0.1 / math.sqrt(3))]
+    )
+    assert sp["prediction"] == pytest.approx(
+        [0.5 * math.exp(-t * 0.1 * math.sqrt(4 / 3)), 0.5 * math.exp(t * 0.1 * math.sqrt(4 / 3))]
+    )
     assert seed_summary([2.0, 2.0])["interval"] == pytest.approx([2.0, 2.0])  # no spread, no width
     with pytest.raises(ValueError):
         seed_summary([0.5])
@@ -748,9 +886,30 @@ def make_seeded(root: Path, runs) -> None:
     for seed, t, shift, idx in runs:
         for i in idx:
             l0, lr = RELU_FRONT[i]
-            make_eval(root, f"relu-{seed}-{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True, seed=seed)
-            make_eval(root, f"gated-{seed}-{t}-{i}", "gated", 0.1 * (i + 1), l0 * 0.5 * math.exp(shift), lr, 1.0,
-                      train_tokens=t, windows=True, seed=seed)
+            make_eval(
+                root,
+                f"relu-{seed}-{t}-{i}",
+                "relu",
+                0.1 * (i + 1),
+                l0,
+                lr,
+                0.9,
+                train_tokens=t,
+                windows=True,
+                seed=seed,
+            )
+            make_eval(
+                root,
+                f"gated-{seed}-{t}-{i}",
+                "gated",
+                0.1 * (i + 1),
+                l0 * 0.5 * math.exp(shift),
+                lr,
+                1.0,
+                train_tokens=t,
+                windows=True,
+                seed=seed,
+            )
 
 
 def test_seed_spread_at_common_targets_at_both_lengths(tmp_path, capsys):
@@ -759,8 +918,13 @@ def test_seed_spread_at_common_targets_at_both_lengths(tmp_path, capsys):
     # spread is over the range every seed there covers; the seed-0 check moves by e^0.05 = 1.051:
     # exact in every resample, just outside a margin of 0.05.
     root = tmp_path / "outputs"
-    runs = [(0, 2_000_000, 0.0, range(4)), (1, 2_000_000, 0.1, (1, 2)), (2, 2_000_000, -0.1, (1, 2)),
-            (0, 4_000_000, 0.05, (1, 2)), (1, 4_000_000, 0.15, (1, 2))]
+    runs = [
+        (0, 2_000_000, 0.0, range(4)),
+        (1, 2_000_000, 0.1, (1, 2)),
+        (2, 2_000_000, -0.1, (1, 2)),
+        (0, 4_000_000, 0.05, (1, 2)),
+        (1, 4_000_000, 0.15, (1, 2)),
+    ]
     make_seeded(root, runs)
     out = run_report([], root, tmp_path / "r", [], bootstrap_samples=50, bootstrap_seed=0)
     sp2, sp4 = json.loads((out / "seeds.json").read_text())
@@ -774,7 +938,8 @@ def test_seed_spread_at_common_targets_at_both_lengths(tmp_path, capsys):
     checks = json.loads((out / "convergence.json").read_text())
     assert [(c["a"], c["tokens"]) for c in checks] == [
         ("gated, train.n_tokens=2M, train.seed=0", [2_000_000, 4_000_000]),
-        ("gated, train.n_tokens=2M, train.seed=1", [2_000_000, 4_000_000])]
+        ("gated, train.n_tokens=2M, train.seed=1", [2_000_000, 4_000_000]),
+    ]
     assert checks[0]["change"] == pytest.approx(math.exp(0.05)) and checks[0]["verdict"] == "not converged"
     md = (out / "results.md").read_text()
     assert "### Run-to-run spread: the ratio over training seeds" in md
@@ -785,19 +950,30 @@ def test_seed_spread_at_common_targets_at_both_lengths(tmp_path, capsys):
     replicas = _seed_replicas(series)
     by_label = {s.label: s for s in series}
     assert sorted(s.label for s in series if id(s) in replicas) == [
-        "gated, train.n_tokens=2M, train.seed=1", "gated, train.n_tokens=2M, train.seed=2",
+        "gated, train.n_tokens=2M, train.seed=1",
+        "gated, train.n_tokens=2M, train.seed=2",
         "gated, train.n_tokens=4M, train.seed=1",
-        "relu, train.n_tokens=2M, train.seed=1", "relu, train.n_tokens=2M, train.seed=2",
-        "relu, train.n_tokens=4M, train.seed=1"]
-    assert series[replicas[id(by_label["relu, train.n_tokens=2M, train.seed=2"])]].label == "relu, train.n_tokens=2M, train.seed=0"
+        "relu, train.n_tokens=2M, train.seed=1",
+        "relu, train.n_tokens=2M, train.seed=2",
+        "relu, train.n_tokens=4M, train.seed=1",
+    ]
+    assert (
+        series[replicas[id(by_label["relu, train.n_tokens=2M, train.seed=2"])]].label
+        == "relu, train.n_tokens=2M, train.seed=0"
+    )
 
 
 def test_a_seed_without_ratio_is_named_and_seeds_without_a_common_range_are_not_comparable(tmp_path):
     # Seed 3's gated frontier never meets relu's loss recovered: no ratio, and the spread names
     # it. At 4M, seed 0 covers 0.80-0.88 and seed 1 0.93-0.96: no common range.
     root = tmp_path / "outputs"
-    runs = [(0, 2_000_000, 0.0, range(4)), (1, 2_000_000, 0.1, (1, 2)), (2, 2_000_000, -0.1, (1, 2)),
-            (0, 4_000_000, 0.0, (0, 1)), (1, 4_000_000, 0.0, (2, 3))]
+    runs = [
+        (0, 2_000_000, 0.0, range(4)),
+        (1, 2_000_000, 0.1, (1, 2)),
+        (2, 2_000_000, -0.1, (1, 2)),
+        (0, 4_000_000, 0.0, (0, 1)),
+        (1, 4_000_000, 0.0, (2, 3)),
+    ]
     make_seeded(root, runs)
     for i in (1, 2):
         l0, lr = RELU_FRONT[i]
@@ -833,26 +1009,35 @@ def test_evidence_rebuilds_the_report_byte_for_byte(tmp_path, monkeypatch):
     for t, share in ((2_000_000, 2), (4_000_000, 2.2)):
         for i, (l0, lr) in enumerate(RELU_FRONT):
             make_eval(root, f"relu{t}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, train_tokens=t, windows=True)
-            make_eval(root, f"gated{t}-{i}", "gated", 0.1 * (i + 1), l0 / share, lr, 1.0, train_tokens=t,
-                      windows=True)
+            make_eval(root, f"gated{t}-{i}", "gated", 0.1 * (i + 1), l0 / share, lr, 1.0, train_tokens=t, windows=True)
     make_eval(root, "other-model", "relu", 0.1, 20, 0.8, 0.9, model="gpt2", windows=True)
     repo = tmp_path / "repo"
     (repo / "docs").mkdir(parents=True)
     monkeypatch.chdir(repo)
-    run_report([], root, Path("docs/study"), ["model=smollm2-135m"], bootstrap_samples=50,
-               evidence=Path("docs/study/evidence"))
+    run_report(
+        [], root, Path("docs/study"), ["model=smollm2-135m"], bootstrap_samples=50, evidence=Path("docs/study/evidence")
+    )
     ev = sorted(p.name for p in Path("docs/study/evidence").iterdir() if p.is_dir())
     assert ev == sorted(f"{a}{t}-{i}" for a in ("relu", "gated") for t in (2_000_000, 4_000_000) for i in range(4))
     with safe_open("docs/study/evidence/relu2000000-0/per_window.safetensors", framework="pt") as fh:
         assert set(fh.keys()) == set(metrics.WINDOW_SCALARS)  # no [n_windows, d_model] sums
     made = {p.name: p.read_bytes() for p in Path("docs/study").iterdir() if p.is_file()}
-    assert set(made) == {"results.csv", "results.md", "ratios.json", "convergence.json", "seeds.json",
-                         "frontier.png", "shrinkage.png"}
+    assert set(made) == {
+        "results.csv",
+        "results.md",
+        "ratios.json",
+        "convergence.json",
+        "seeds.json",
+        "frontier.png",
+        "shrinkage.png",
+    }
     # no path of the machine, but the one the header names as the evaluations' source
     assert all(str(tmp_path) not in made[n].decode() for n in made if not n.endswith((".png", ".md")))
     assert "evidence/relu2000000-0" in made["results.csv"].decode()
-    assert (f"Evaluations collected from {root / 'eval'}, filtered by `model=smollm2-135m`; their evidence is in "
-            "evidence (relative to this report).") in made["results.md"].decode()
+    assert (
+        f"Evaluations collected from {root / 'eval'}, filtered by `model=smollm2-135m`; their evidence is in "
+        "evidence (relative to this report)."
+    ) in made["results.md"].decode()
     # the repository cloned elsewhere, the machine's outputs gone: the same files
     shutil.rmtree(root)
     clone = tmp_path / "clone"

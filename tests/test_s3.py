@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GSAE, TINY_HOOK, gsae, tiny
+from s3server import s3_server
 from safetensors.torch import load_file
 
-from conftest import GSAE, TINY_HOOK, gsae, tiny
 from gsae_cli import storage, store
 from gsae_cli.config import compose_config, harvest_dir
-from s3server import s3_server
 
 BUCKET = "gsae-test"
 
@@ -76,8 +76,9 @@ def test_a_harvest_killed_mid_upload_resumes_to_the_same_store(tmp_path, s3):
     over = args(tmp_path / "out", f"store_url={url}", "harvest.n_tokens=32512")  # 127 shards
     target = storage.location(str(harvest_dir(compose_config(over), TINY_HOOK)))
     progress = target / store.PROGRESS_FILE
-    proc = subprocess.Popen([*GSAE, "harvest", *over], env=run_env(s3), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*GSAE, "harvest", *over], env=run_env(s3), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 600  # a hang guard only
     while proc.poll() is None and time.monotonic() < deadline and store.rows_written(target) == 0:
         time.sleep(0.005)
@@ -91,9 +92,16 @@ def test_a_harvest_killed_mid_upload_resumes_to_the_same_store(tmp_path, s3):
     stray = target / "activations" / "c" / str(done // 256 + 1) / "0"
     stray.write_bytes(b"not a shard")
     layout, _, created_with = store._read_meta(target)
-    store.StoreWriter.open(target, d_model=layout.d_model, n_tokens=layout.n_tokens, dtype=layout.dtype,
-                           chunk_rows=layout.chunk_rows, shard_chunks=layout.shard_rows // layout.chunk_rows,
-                           compressor=layout.compressor, attrs=created_with).close()
+    store.StoreWriter.open(
+        target,
+        d_model=layout.d_model,
+        n_tokens=layout.n_tokens,
+        dtype=layout.dtype,
+        chunk_rows=layout.chunk_rows,
+        shard_chunks=layout.shard_rows // layout.chunk_rows,
+        compressor=layout.compressor,
+        attrs=created_with,
+    ).close()
     assert not stray.exists() and store.rows_written(target) == done
     with pytest.raises(Exception, match="incomplete"):
         store.open_store(target)
@@ -112,19 +120,26 @@ def test_force_rebuilds_a_store_on_s3(tmp_path, s3):
     assert store.is_complete(loc) and not (loc / "junk").exists()
 
 
-@pytest.mark.parametrize("override, env_change, expected", [
-    ("store_url=s3://no-such-bucket/x", {}, "the bucket 'no-such-bucket' does not exist"),
-    (f"store_url=s3://{BUCKET}/x", {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""},
-     "no S3 credentials were found; set AWS_ACCESS_KEY_ID"),
-    (f"store_url=s3://{BUCKET}/x", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "cannot be reached"),
-    ("store_url=gs://bucket/x", {}, "not gs://"),
-    ("store_url=s3:///x", {}, "names no bucket"),
-    ("out_dir=s3://bucket/x", {}, "keep out_dir a path"),
-])
+@pytest.mark.parametrize(
+    "override, env_change, expected",
+    [
+        ("store_url=s3://no-such-bucket/x", {}, "the bucket 'no-such-bucket' does not exist"),
+        (
+            f"store_url=s3://{BUCKET}/x",
+            {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""},
+            "no S3 credentials were found; set AWS_ACCESS_KEY_ID",
+        ),
+        (f"store_url=s3://{BUCKET}/x", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "cannot be reached"),
+        ("store_url=gs://bucket/x", {}, "not gs://"),
+        ("store_url=s3:///x", {}, "names no bucket"),
+        ("out_dir=s3://bucket/x", {}, "keep out_dir a path"),
+    ],
+)
 def test_bad_urls_and_credentials_get_one_clear_error(tmp_path, s3, override, env_change, expected):
     env = run_env(s3) | env_change
-    proc = subprocess.run([*GSAE, "train", *args(tmp_path / "out"), override], env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [*GSAE, "train", *args(tmp_path / "out"), override], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not list((tmp_path / "out").glob("*/tiny__*")), "nothing but lock files is left behind"
@@ -132,8 +147,16 @@ def test_bad_urls_and_credentials_get_one_clear_error(tmp_path, s3, override, en
 
 def test_two_harvest_ranks_write_one_s3_store_equal_to_one_process(tmp_path, s3):
     over = args(tmp_path / "out", f"store_url=s3://{BUCKET}/ranks", "harvest.world_size=2")
-    ranks = [subprocess.Popen([*GSAE, "harvest", *over, f"harvest.rank={r}"], env=run_env(s3), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in (1, 0)]  # rank 1 first: it waits for 0
+    ranks = [
+        subprocess.Popen(
+            [*GSAE, "harvest", *over, f"harvest.rank={r}"],
+            env=run_env(s3),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (1, 0)
+    ]  # rank 1 first: it waits for 0
     results = [p.communicate(timeout=600) for p in ranks]
     assert all(p.returncode == 0 for p in ranks), [err[-2000:] for _, err in results]
     target = storage.location(str(harvest_dir(compose_config(over), TINY_HOOK)))

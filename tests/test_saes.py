@@ -178,8 +178,15 @@ def test_gated_untied_weights_are_independent():
     assert "W_mag" in names and "r_mag" not in names
     assert torch.equal(sae.W_mag, sae.W_gate)  # init: W_mag = W_gate copy
     assert sae.W_mag.data_ptr() != sae.W_gate.data_ptr()
-    set_params(sae, W_gate=W, W_mag=[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], b_gate=[1.0, 1.0, 1.0],
-               b_mag=[0.0, 0.0, 0.0], W_dec=W_DEC, b_dec=B_DEC)
+    set_params(
+        sae,
+        W_gate=W,
+        W_mag=[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+        b_gate=[1.0, 1.0, 1.0],
+        b_mag=[0.0, 0.0, 0.0],
+        W_dec=W_DEC,
+        b_dec=B_DEC,
+    )
     before = sae.W_gate.detach().clone()
     # x_c W_mag = [2, 2, 0]; gates all open (x_c W_gate + 1 = [2, 3, 0])
     assert torch.allclose(sae.encode(t(X1)), t([[2.0, 2.0, 0.0]]))

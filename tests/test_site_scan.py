@@ -47,7 +47,9 @@ def test_scan_gives_the_hand_computed_ce_increase_and_ranks_blocks(tmp_path: Pat
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     screen = result["screen"]
-    assert [r["hook"] for r in screen["rows"]] == [f"blocks.{b}.{s}" for b in (1, 2) for s in ("attn.hook_z", "hook_mlp_out")]
+    assert [r["hook"] for r in screen["rows"]] == [
+        f"blocks.{b}.{s}" for b in (1, 2) for s in ("attn.hook_z", "hook_mlp_out")
+    ]
 
     # Independently: full forwards over the eval's windows, zeros at positions 4.. (site_start),
     # CE over every next-token prediction, as loss recovered's denominator counts them.
@@ -94,8 +96,10 @@ def test_scan_gives_the_hand_computed_ce_increase_and_ranks_blocks(tmp_path: Pat
 
 
 def test_contenders_are_the_blocks_whose_interval_reaches_the_best():
-    stage = {"ranked": [24, 2, 21],
-             "blocks": {"24": {"ci": [0.17, 0.23]}, "2": {"ci": [0.16, 0.24]}, "21": {"ci": [0.10, 0.14]}}}
+    stage = {
+        "ranked": [24, 2, 21],
+        "blocks": {"24": {"ci": [0.17, 0.23]}, "2": {"ci": [0.16, 0.24]}, "21": {"ci": [0.10, 0.14]}},
+    }
     assert _module().contenders(stage) == [24, 2]
     stage["blocks"]["21"]["ci"] = [0.10, 0.17]  # touching the best's lower end counts
     assert _module().contenders(stage) == [24, 2, 21]

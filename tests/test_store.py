@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Deterministic activations as a function of the row index, so that a resumed writer can
 # regenerate exactly the rows it lost. Shared verbatim with the SIGKILL subprocess.
-GEN_SRC = '''
+GEN_SRC = """
 import torch
 def gen_rows(start, k, d_model):
     r = torch.arange(start, start + k, dtype=torch.float64)[:, None]
@@ -32,14 +32,17 @@ def gen_rows(start, k, d_model):
     return (torch.sin(r * 0.37 + c * 1.3) * (1 + (r % 7))).float()
 def gen_tokens(start, k):
     return (torch.arange(start, start + k) * 7919) % 50257
-'''
-exec(GEN_SRC)
+"""
+_gen: dict = {}
+exec(GEN_SRC, _gen)
+gen_rows, gen_tokens = _gen["gen_rows"], _gen["gen_tokens"]
 
 ALL_DTYPES = ["float16", "float32", "bfloat16"]
 
 
-def write_store(path, n, d, dtype, sizes=(37,), chunk_rows=16, shard_chunks=2, attrs=None, final=None,
-                start=0, **kw) -> StoreWriter:
+def write_store(
+    path, n, d, dtype, sizes=(37,), chunk_rows=16, shard_chunks=2, attrs=None, final=None, start=0, **kw
+) -> StoreWriter:
     """Write rows [start, n) with appends cycling through `sizes`, then finish."""
     w = StoreWriter.open(path, d, n, dtype, chunk_rows, attrs or {"model": "m"}, shard_chunks=shard_chunks, **kw)
     pos, i = start, 0
@@ -121,7 +124,9 @@ def test_layout_uses_zarr_sharding_and_optional_zstd(tmp_path):
         meta = json.loads((tmp_path / comp / "activations" / "zarr.json").read_text())
         codec = meta["codecs"][0]
         assert codec["name"] == "sharding_indexed"
-        assert codec["configuration"]["chunk_shape"] == [10, d] and meta["chunk_grid"]["configuration"]["chunk_shape"] == [30, d]
+        assert codec["configuration"]["chunk_shape"] == [10, d] and meta["chunk_grid"]["configuration"][
+            "chunk_shape"
+        ] == [30, d]
         inner = [c["name"] for c in codec["configuration"]["codecs"]]
         assert inner == (["bytes", "zstd", "crc32c"] if comp == "zstd" else ["bytes", "crc32c"])
         assert [c["name"] for c in codec["configuration"]["index_codecs"]][-1] == "crc32c"
@@ -168,7 +173,7 @@ def test_resume_after_simulated_crash_is_identical(tmp_path, n):
         (path / "tokens" / "c" / str(shard)).write_bytes(b"junk")
     (path / "activations" / "c" / "4" / "0.0123abcd.partial").write_bytes(b"half")
     (path / "progress.json.tmp").write_text('{"rows_wri')
-    with pytest.raises(StoreError, match=r"incomplete \(128 of %d rows\)" % n):
+    with pytest.raises(StoreError, match=rf"incomplete \(128 of {n} rows\)"):
         open_store(path)
 
     w = StoreWriter.open(path, d, n, "bfloat16", 16, {"model": "m"}, shard_chunks=2)
@@ -208,7 +213,9 @@ def test_resume_keeps_foreign_files_and_recreates_uninitialised_store(tmp_path):
     assert open_store(path).n_tokens == 40
 
 
-SIGKILL_SCRIPT = GEN_SRC + '''
+SIGKILL_SCRIPT = (
+    GEN_SRC
+    + """
 import sys, time
 from gsae_cli.store import StoreWriter
 path, n, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -220,15 +227,20 @@ while pos < n:
     pos += k
     time.sleep(0.002)
 print("finished without being killed", flush=True)
-'''
+"""
+)
 
 
 def test_sigkill_mid_harvest_then_resume_is_identical(tmp_path):
     n, d, shard = 6000, 8, 64
     path = tmp_path / "s"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-c", SIGKILL_SCRIPT, str(path), str(n), str(d)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGKILL_SCRIPT, str(path), str(n), str(d)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 600  # a hang guard only, not a speed check (it takes ~1 s)
         while rows_written(path) < 5 * shard:
@@ -263,12 +275,16 @@ def test_reopen_with_other_parameters_is_refused(tmp_path):
     path = tmp_path / "s"
     _write_partial(path, 100, 4, upto=40)
     cases = [
-        dict(d_model=5), dict(n_tokens=101), dict(dtype="float16"), dict(chunk_rows=8),
-        dict(attrs={"model": "other"}), dict(attrs={"model": "m", "extra": 1}), dict(compressor="zstd"),
+        dict(d_model=5),
+        dict(n_tokens=101),
+        dict(dtype="float16"),
+        dict(chunk_rows=8),
+        dict(attrs={"model": "other"}),
+        dict(attrs={"model": "m", "extra": 1}),
+        dict(compressor="zstd"),
     ]
     for change in cases:
-        kw = dict(d_model=4, n_tokens=100, dtype="bfloat16", chunk_rows=16, attrs={"model": "m"},
-                  shard_chunks=2)
+        kw = dict(d_model=4, n_tokens=100, dtype="bfloat16", chunk_rows=16, attrs={"model": "m"}, shard_chunks=2)
         kw.update(change)
         with pytest.raises(StoreError, match="--force") as e:
             StoreWriter.open(path, **kw)
@@ -363,8 +379,11 @@ def test_open_store_errors_say_what_to_do(tmp_path):
     f = tmp_path / "flip" / "tokens" / "c" / "2"
     f.write_bytes(f.read_bytes()[:-3] + b"xyz")  # damage the checksummed shard index
     s = open_store(tmp_path / "flip")
-    with pytest.raises(st.DamagedStoreError, match=r"chunk 4 of its tokens \(rows 64-79, in the shard file "
-                                                   rf"{re.escape(str(f))}\) fails its crc32c checksum"):
+    with pytest.raises(
+        st.DamagedStoreError,
+        match=r"chunk 4 of its tokens \(rows 64-79, in the shard file "
+        rf"{re.escape(str(f))}\) fails its crc32c checksum",
+    ):
         s.read_tokens(64, 80)
 
     (tmp_path / "bad").mkdir()
@@ -381,9 +400,11 @@ def test_open_store_errors_say_what_to_do(tmp_path):
 
 
 def _damage_message(path, chunk, rows, shard_file, what):
-    return (rf"The activation store at {re.escape(str(path))} is damaged: chunk {chunk} of its activations "
-            rf"\(rows {rows}, in the shard file {re.escape(str(shard_file))}\) {what}.*"
-            rf"rerun `gsae harvest --force` with the same overrides.*delete the directory {re.escape(str(path))}")
+    return (
+        rf"The activation store at {re.escape(str(path))} is damaged: chunk {chunk} of its activations "
+        rf"\(rows {rows}, in the shard file {re.escape(str(shard_file))}\) {what}.*"
+        rf"rerun `gsae harvest --force` with the same overrides.*delete the directory {re.escape(str(path))}"
+    )
 
 
 @pytest.mark.parametrize("payload", [b"\x00" * 8, b"\x12\x34\x56\x78"], ids=["zeros", "garbage"])
@@ -393,10 +414,12 @@ def test_bytes_overwritten_in_the_middle_of_a_shard_name_the_damaged_chunk(tmp_p
     f = path / "activations" / "c" / "1" / "0"  # shard 1: rows 32-63, chunks 2 and 3
     raw = bytearray(f.read_bytes())
     assert len(raw) == 300
-    raw[150:150 + len(payload)] = payload  # byte 150: inside the shard's second chunk (132-263)
+    raw[150 : 150 + len(payload)] = payload  # byte 150: inside the shard's second chunk (132-263)
     f.write_bytes(bytes(raw))
     s = open_store(path)  # opening is cheap and does not read chunks
-    with pytest.raises(st.DamagedStoreError, match=_damage_message(path, 3, "48-63", f, "fails its crc32c checksum")) as e:
+    with pytest.raises(
+        st.DamagedStoreError, match=_damage_message(path, 3, "48-63", f, "fails its crc32c checksum")
+    ) as e:
         s.read_rows(40, 70)
     assert isinstance(e.value, ArtifactError) and e.value.exit_code == 2
     with pytest.raises(st.DamagedStoreError, match="chunk 3 "):
@@ -408,8 +431,10 @@ def test_bytes_overwritten_in_the_middle_of_a_shard_name_the_damaged_chunk(tmp_p
     assert torch.equal(bits(s.read_rows(64, 100)), bits(gen_rows(64, 36, 4).bfloat16()))
 
 
-@pytest.mark.parametrize("dtype, value", [("bfloat16", float("nan")), ("float16", float("inf")),
-                                          ("float32", float("-inf")), ("float32", float("nan"))])
+@pytest.mark.parametrize(
+    "dtype, value",
+    [("bfloat16", float("nan")), ("float16", float("inf")), ("float32", float("-inf")), ("float32", float("nan"))],
+)
 def test_non_finite_values_on_disk_name_the_chunk(tmp_path, dtype, value):
     import zarr
 
@@ -422,9 +447,17 @@ def test_non_finite_values_on_disk_name_the_chunk(tmp_path, dtype, value):
         arr[50, 1] = arr[53, 3] = value
     s = open_store(path)
     f = path / "activations" / "c" / "1" / "0"
-    with pytest.raises(st.DamagedStoreError, match=_damage_message(
-            path, 3, "48-63", f, r"holds NaN or inf, which a harvest never writes, in 2 of the rows read "
-                                 r"\(first: row 50\)")):
+    with pytest.raises(
+        st.DamagedStoreError,
+        match=_damage_message(
+            path,
+            3,
+            "48-63",
+            f,
+            r"holds NaN or inf, which a harvest never writes, in 2 of the rows read "
+            r"\(first: row 50\)",
+        ),
+    ):
         s.read_rows(0, 100)
     with pytest.raises(st.DamagedStoreError, match=r"in 1 of the rows read \(first: row 53\)"):
         s.read_rows(51, 60)
@@ -438,19 +471,26 @@ def test_negative_token_ids_on_disk_name_the_chunk(tmp_path):
     write_store(path, 100, 4, "bfloat16")
     zarr.open_group(str(path), mode="r+")["tokens"][70] = -1  # the fill of a chunk missing from its shard
     s = open_store(path)
-    with pytest.raises(st.DamagedStoreError, match=rf"chunk 4 of its tokens \(rows 64-79, in the shard file "
-                                                   rf"{re.escape(str(path / 'tokens' / 'c' / '2'))}\) holds "
-                                                   r"negative token ids, which a harvest never writes \(first: row 70\)"):
+    with pytest.raises(
+        st.DamagedStoreError,
+        match=rf"chunk 4 of its tokens \(rows 64-79, in the shard file "
+        rf"{re.escape(str(path / 'tokens' / 'c' / '2'))}\) holds "
+        r"negative token ids, which a harvest never writes \(first: row 70\)",
+    ):
         s.read_tokens(60, 100)
     assert s.read_tokens(0, 70).tolist() == gen_tokens(0, 70).tolist()
 
 
 def test_nonfinite_rows_on_hand_made_bits():
-    bf16 = np.array([[0x3F80, 0x7F7F],   # 1.0, the largest finite bfloat16
-                     [0xFF80, 0x0000],   # -inf
-                     [0x7FC1, 0x3F80],   # NaN
-                     [0xFF7F, 0x8000]],  # -largest finite, -0.0
-                    dtype=np.uint16)
+    bf16 = np.array(
+        [
+            [0x3F80, 0x7F7F],  # 1.0, the largest finite bfloat16
+            [0xFF80, 0x0000],  # -inf
+            [0x7FC1, 0x3F80],  # NaN
+            [0xFF7F, 0x8000],
+        ],  # -largest finite, -0.0
+        dtype=np.uint16,
+    )
     assert st._nonfinite_rows(bf16, "bfloat16").tolist() == [1, 2]
     f16 = np.array([[0x7BFF, 0x7C00], [0xFBFF, 0x0001], [0xFE00, 0x0000]], dtype=np.uint16)
     assert st._nonfinite_rows(f16, "float16").tolist() == [0, 2]  # inf; NaN

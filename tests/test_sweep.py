@@ -13,13 +13,16 @@ def test_two_by_three_product_in_hydra_order_with_fixed_overrides_copied():
     members = expand_sweep(["model=tiny", "sae=relu,gated", "sae.l1_coefficient=0.1,0.2,0.4", "train.n_tokens=1000"])
     assert members == [
         ["model=tiny", f"sae={a}", f"sae.l1_coefficient={c}", "train.n_tokens=1000"]
-        for a in ("relu", "gated") for c in ("0.1", "0.2", "0.4")
+        for a in ("relu", "gated")
+        for c in ("0.1", "0.2", "0.4")
     ]
 
 
 def test_no_sweep_gives_one_member_verbatim():
     assert expand_sweep([]) == [[]]
-    assert expand_sweep(["model=tiny", "~sae.path", "+x=1", "hooks=[a,b]"]) == [["model=tiny", "~sae.path", "+x=1", "hooks=[a,b]"]]
+    assert expand_sweep(["model=tiny", "~sae.path", "+x=1", "hooks=[a,b]"]) == [
+        ["model=tiny", "~sae.path", "+x=1", "hooks=[a,b]"]
+    ]
 
 
 def test_range_choice_and_glob():

@@ -14,17 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import gsae, tiny
 from safetensors.torch import load_file
 
-from conftest import gsae, tiny
 from gsae_cli import store
 from gsae_cli.config import compose_config, effective_lr, train_dir
 from gsae_cli.errors import StoreError
 from gsae_cli.harvest import run_harvest
 from gsae_cli.sae_io import load_sae
 from gsae_cli.store import StoreWriter
-from gsae_cli.train import (ResampleSchedule, Trainer, decay_factor, input_scale, lr_factor, lr_multiplier,
-                             run_train)
+from gsae_cli.train import ResampleSchedule, Trainer, decay_factor, input_scale, lr_factor, lr_multiplier, run_train
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -42,9 +41,18 @@ def synthetic_store(path: Path, x: torch.Tensor, dtype: str = "float32", chunk_r
 
 def small_cfg(out: Path, *extra: str):
     """A config for the Trainer on a synthetic store (its d_model comes from the store)."""
-    return compose_config([f"out_dir={out}", "device=cpu", "train.log_every=1", "train.checkpoint_every=1000",
-                           "train.shuffle_buffer_chunks=2", "train.norm_sample_tokens=64",
-                           "train.geometric_median_tokens=64", *extra])
+    return compose_config(
+        [
+            f"out_dir={out}",
+            "device=cpu",
+            "train.log_every=1",
+            "train.checkpoint_every=1000",
+            "train.shuffle_buffer_chunks=2",
+            "train.norm_sample_tokens=64",
+            "train.geometric_median_tokens=64",
+            *extra,
+        ]
+    )
 
 
 def metrics(directory: Path) -> list[dict]:
@@ -144,9 +152,14 @@ def test_input_scale_by_hand():
     assert input_scale(x) == pytest.approx(((1 + 4 + 4 + 9 + 10000) / 5) ** 0.5, rel=1e-12)
 
 
-@pytest.mark.parametrize("bad,words", [(torch.zeros(4, 3), "only zero"),
-                                       (torch.tensor([[1.0, float("nan")], [1.0, 1.0]]), "NaN or infinite"),
-                                       (torch.tensor([[1.0, float("inf")], [1.0, 1.0]]), "NaN or infinite")])
+@pytest.mark.parametrize(
+    "bad,words",
+    [
+        (torch.zeros(4, 3), "only zero"),
+        (torch.tensor([[1.0, float("nan")], [1.0, 1.0]]), "NaN or infinite"),
+        (torch.tensor([[1.0, float("inf")], [1.0, 1.0]]), "NaN or infinite"),
+    ],
+)
 def test_input_scale_refuses_an_unusable_sample(bad, words):
     with pytest.raises(StoreError, match=words) as err:
         input_scale(bad, "The activation store at /somewhere")
@@ -191,8 +204,17 @@ def test_lr_multiplier_drops_then_rewarms_on_a_cosine():
     # n_steps 100: re-warm over 5 steps. (1 - cos(pi k / 5)) / 2 for k = 1..4 is
     # 0.0954915, 0.3454915, 0.6545085, 0.9045085 (cos 36° = 0.8090170, cos 72° = 0.3090170).
     got = [lr_multiplier(s, [20], tc, 100) for s in range(18, 27)]
-    expected = [1.0, 1.0, 0.1, 0.1 + 0.9 * 0.0954915, 0.1 + 0.9 * 0.3454915, 0.1 + 0.9 * 0.6545085,
-                0.1 + 0.9 * 0.9045085, 1.0, 1.0]
+    expected = [
+        1.0,
+        1.0,
+        0.1,
+        0.1 + 0.9 * 0.0954915,
+        0.1 + 0.9 * 0.3454915,
+        0.1 + 0.9 * 0.6545085,
+        0.1 + 0.9 * 0.9045085,
+        1.0,
+        1.0,
+    ]
     assert got == pytest.approx(expected, abs=1e-7)
     # only the latest resample counts; an unrelated earlier one changes nothing
     assert [lr_multiplier(s, [10, 20], tc, 100) for s in range(18, 27)] == got
@@ -219,8 +241,12 @@ def _relu_grads(p: dict, x: torch.Tensor, lam: float) -> dict:
     f = pi.clamp_min(0)
     d_xhat = 2 * (f @ p["W_dec"] + p["b_dec"] - x) / B
     dpi = (d_xhat @ p["W_dec"].T + lam / B) * (pi > 0)
-    return {"W_enc": xc.T @ dpi, "b_enc": dpi.sum(0), "W_dec": f.T @ d_xhat,
-            "b_dec": d_xhat.sum(0) - dpi.sum(0) @ p["W_enc"].T}
+    return {
+        "W_enc": xc.T @ dpi,
+        "b_enc": dpi.sum(0),
+        "W_dec": f.T @ d_xhat,
+        "b_dec": d_xhat.sum(0) - dpi.sum(0) @ p["W_enc"].T,
+    }
 
 
 def test_trainer_step_matches_a_hand_computed_two_steps(tmp_path):
@@ -231,9 +257,17 @@ def test_trainer_step_matches_a_hand_computed_two_steps(tmp_path):
     x_raw = sparse_rows(8, 4, 6, seed=1)
     path = synthetic_store(tmp_path / "store", x_raw)
     lr, lam = 0.01, 0.1
-    cfg = small_cfg(tmp_path / "out", "sae=relu", "sae.expansion_factor=2", f"train.lr={lr}",
-                    f"sae.l1_coefficient={lam}", "train.batch_size=8", "train.n_tokens=16",
-                    "train.lr_warmup_steps=2", "train.resample=false")
+    cfg = small_cfg(
+        tmp_path / "out",
+        "sae=relu",
+        "sae.expansion_factor=2",
+        f"train.lr={lr}",
+        f"sae.l1_coefficient={lam}",
+        "train.batch_size=8",
+        "train.n_tokens=16",
+        "train.lr_warmup_steps=2",
+        "train.resample=false",
+    )
     trainer = Trainer(cfg, tmp_path / "sae", path, None)
     assert trainer.opt.defaults["betas"] == (0.0, 0.999)
     assert trainer.scale == pytest.approx(float(x_raw.double().pow(2).sum(1).mean().sqrt()), rel=1e-6)
@@ -269,8 +303,15 @@ def test_trainer_step_matches_a_hand_computed_two_steps(tmp_path):
 @pytest.mark.parametrize("arch", ["relu", "gated"])
 def test_trainer_projects_decoder_grads_before_adam_and_renormalises_after(tmp_path, arch):
     path = synthetic_store(tmp_path / "store", sparse_rows(256, 8, 12, seed=2))
-    cfg = small_cfg(tmp_path / "out", f"sae={arch}", "sae.expansion_factor=2", "train.batch_size=64",
-                    "train.n_tokens=320", "train.lr=0.01", "train.resample=false")
+    cfg = small_cfg(
+        tmp_path / "out",
+        f"sae={arch}",
+        "sae.expansion_factor=2",
+        "train.batch_size=64",
+        "train.n_tokens=320",
+        "train.lr=0.01",
+        "train.resample=false",
+    )
     trainer = Trainer(cfg, tmp_path / "sae", path, None)
     seen = []
 
@@ -314,8 +355,13 @@ def test_rescale_shift_saves_the_relu_tensors_bit_for_bit(tmp_path, scale):
     base = sparse_rows(512, 8, 12, seed=4)
     x = base * (scale / float(base.pow(2).sum(1).mean().sqrt()))  # so that the input scale is ~scale
     path = synthetic_store(tmp_path / "store", x)
-    common = ("train.batch_size=64", "train.n_tokens=640", "train.resample=false", "sae.expansion_factor=2",
-              "train.norm_sample_tokens=512")  # the whole store: the scale is the one set above
+    common = (
+        "train.batch_size=64",
+        "train.n_tokens=640",
+        "train.resample=false",
+        "sae.expansion_factor=2",
+        "train.norm_sample_tokens=512",
+    )  # the whole store: the scale is the one set above
     relu_dir, rs_dir = tmp_path / "relu", tmp_path / "rs"
     relu_trainer = Trainer(small_cfg(tmp_path / "out", "sae=relu", *common), relu_dir, path, None)
     assert relu_trainer.scale == pytest.approx(scale, rel=1e-4)
@@ -331,8 +377,14 @@ def test_rescale_shift_saves_the_relu_tensors_bit_for_bit(tmp_path, scale):
 
 def test_rescale_shift_beats_its_relu_baseline_on_held_out_rows(tmp_path):
     path = synthetic_store(tmp_path / "store", sparse_rows(4096, 16, 24, seed=5), chunk_rows=512)
-    common = ("train.batch_size=256", "train.n_tokens=51200", "sae.expansion_factor=2", "sae.l1_coefficient=0.3",
-              "train.lr=0.003", "train.resample=false")
+    common = (
+        "train.batch_size=256",
+        "train.n_tokens=51200",
+        "sae.expansion_factor=2",
+        "sae.l1_coefficient=0.3",
+        "train.lr=0.003",
+        "train.resample=false",
+    )
     Trainer(small_cfg(tmp_path / "out", "sae=relu", *common), tmp_path / "relu", path, None).fit()
     Trainer(small_cfg(tmp_path / "out", "sae=rescale_shift", *common), tmp_path / "rs", path, tmp_path / "relu").fit()
     held_out = sparse_rows(2048, 16, 24, seed=6)  # same distribution, rows the training never saw
@@ -357,8 +409,15 @@ def test_rescale_shift_beats_its_relu_baseline_on_held_out_rows(tmp_path):
 
 # 80 steps of 64 rows with a strong L1 penalty: small batches and sparse codes leave some features
 # silent for 4 steps in a row, so the checks at 16, 24 and 32 find dead features to resample.
-RESAMPLING = ("train.n_tokens=5120", "train.batch_size=64", "train.lr=0.01", "sae.l1_coefficient=1.0",
-              "train.log_every=1", "train.resample_interval=0.1", "train.resample_dead_window=0.05")
+RESAMPLING = (
+    "train.n_tokens=5120",
+    "train.batch_size=64",
+    "train.lr=0.01",
+    "sae.l1_coefficient=1.0",
+    "train.log_every=1",
+    "train.resample_interval=0.1",
+    "train.resample_dead_window=0.05",
+)
 
 
 @pytest.mark.parametrize("arch", ["relu", "gated"])
@@ -395,8 +454,10 @@ def test_resampling_drops_the_lr_and_rewarms_it(out, arch):
     def after(opt, args, kwargs):
         if trainer.step not in dead_at:
             return
-        moved = max(float((params[sl.name].detach() - before.snapshot[sl.name]).index_select(sl.dim, sl.index).abs().max())
-                    for sl in trainer.sae.feature_slices(dead_at[trainer.step]))
+        moved = max(
+            float((params[sl.name].detach() - before.snapshot[sl.name]).index_select(sl.dim, sl.index).abs().max())
+            for sl in trainer.sae.feature_slices(dead_at[trainer.step])
+        )
         t = int(opt.state[params["W_dec"]]["step"])
         first_updates.append((opt.param_groups[0]["lr"], t, moved))
 
@@ -442,7 +503,8 @@ save, log = train.Trainer._save_checkpoint, train.Trainer._log
 
 def save_and_arm(self):
     save(self)
-    if not armed and self.resamples and 0 < self.step - self.resamples[-1]["step"] < self.resample_schedule.rewarm_steps:
+    since = self.step - self.resamples[-1]["step"] if self.resamples else None
+    if not armed and since is not None and 0 < since < self.resample_schedule.rewarm_steps:
         armed.append(self.step + 2)
 
 def log_and_die(self, *args, **kwargs):

@@ -17,31 +17,80 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from gsae_cli import artifacts
 from gsae_cli.errors import ConfigError
 from gsae_cli.report.bootstrap import WindowData, bootstrap_common_targets, bootstrap_ratio, load_window_data
 from gsae_cli.report.collect import Result, Series, collect, filter_results, fmt_value, group_series, notice
-from gsae_cli.report.compare import (compute_footing, length_checks, pairwise_ratios, ratio_with_interval,
-                                     seed_spreads, seed_summary)
-from gsae_cli.report.frontier import (common_range, equivalence_verdict, l0_at_loss_recovered, matched_l0_ratios,
-                                      pareto_frontier, ratios_at_common_targets)
+from gsae_cli.report.compare import (
+    compute_footing,
+    length_checks,
+    pairwise_ratios,
+    ratio_with_interval,
+    seed_spreads,
+    seed_summary,
+)
+from gsae_cli.report.frontier import (
+    common_range,
+    equivalence_verdict,
+    l0_at_loss_recovered,
+    matched_l0_ratios,
+    pareto_frontier,
+    ratios_at_common_targets,
+)
 from gsae_cli.report.plots import plot_frontier, plot_shrinkage
-from gsae_cli.report.tables import (check_line, csv_text, filtered_by, markdown, print_table, ratio_line,
-                                    result_sort_key, spread_line, to_json)
+from gsae_cli.report.tables import (
+    check_line,
+    csv_text,
+    filtered_by,
+    markdown,
+    print_table,
+    ratio_line,
+    result_sort_key,
+    spread_line,
+    to_json,
+)
 
-__all__ = ["Result", "Series", "WindowData", "bootstrap_common_targets", "bootstrap_ratio", "collect",
-           "common_range", "compute_footing", "equivalence_verdict", "filter_results", "group_series",
-           "l0_at_loss_recovered", "length_checks", "load_window_data", "matched_l0_ratios", "pairwise_ratios",
-           "pareto_frontier", "ratio_with_interval", "ratios_at_common_targets", "report_command",
-           "ratings_command", "run_report", "seed_spreads", "seed_summary"]
+__all__ = [
+    "Result",
+    "Series",
+    "WindowData",
+    "bootstrap_common_targets",
+    "bootstrap_ratio",
+    "collect",
+    "common_range",
+    "compute_footing",
+    "equivalence_verdict",
+    "filter_results",
+    "group_series",
+    "l0_at_loss_recovered",
+    "length_checks",
+    "load_window_data",
+    "matched_l0_ratios",
+    "pairwise_ratios",
+    "pareto_frontier",
+    "ratio_with_interval",
+    "ratios_at_common_targets",
+    "report_command",
+    "ratings_command",
+    "run_report",
+    "seed_spreads",
+    "seed_summary",
+]
 
 
-def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, where: Sequence[str],
-               bootstrap_samples: int = 1000, bootstrap_seed: int = 0, equivalence_margin: float = 0.05,
-               evidence: Optional[Path] = None) -> Path:
+def run_report(
+    paths: Sequence[str | Path],
+    out_dir: Path,
+    report_dir: Path,
+    where: Sequence[str],
+    bootstrap_samples: int = 1000,
+    bootstrap_seed: int = 0,
+    equivalence_margin: float = 0.05,
+    evidence: Path | None = None,
+) -> Path:
     """Collect, filter, compare and write the report (see the module docstring). With `evidence`,
     the kept evaluations' evidence is written there first (gsae_cli/evidence.py) and the report is
     made from it, so that `gsae report EVIDENCE` rebuilds the same files byte for byte."""
@@ -51,15 +100,20 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
             f"No evaluation results were found under {looked}. Make some with "
             "`gsae eval sae=relu sae.l1_coefficient=0.1` (it harvests and trains first), a sweep like "
             "`gsae eval -m sae=relu,gated sae.l1_coefficient=0.05,0.1,0.2`, or `sweeps/frontier.sh`; "
-            "or point `gsae report` at the right folder (out_dir=DIR, or eval folders as arguments).")
+            "or point `gsae report` at the right folder (out_dir=DIR, or eval folders as arguments)."
+        )
     kept = filter_results(results, where)
     if not kept:
-        present = {k: sorted({str(r.row[c]) for r in results}) for k, c in
-                   (("model", "model"), ("hook", "hook"), ("sae", "architecture"))}
+        present = {
+            k: sorted({str(r.row[c]) for r in results})
+            for k, c in (("model", "model"), ("hook", "hook"), ("sae", "architecture"))
+        }
         raise ConfigError(
             f"{len(results)} evaluation result(s) were found under {looked}, but none matches "
             f"{' and '.join(f'--where {w}' for w in where)}. Present: "
-            + "; ".join(f"{k}: {', '.join(v)}" for k, v in present.items()) + ".")
+            + "; ".join(f"{k}: {', '.join(v)}" for k, v in present.items())
+            + "."
+        )
     from gsae_cli.evidence import export_evidence, provenance
 
     source = f"Evaluations collected from {looked}" + filtered_by(where)
@@ -89,10 +143,12 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
     n_series = sum(len(s) for s in sites.values())
     notice(f"{len(kept)} evaluation(s) in {n_series} series at {len(sites)} site(s) written to {report_dir}")
     for r in sorted((r for r in kept if r.row["diverged_at_step"]), key=result_sort_key):
-        notice(f"WARNING: the {r.row['architecture']} SAE at λ {fmt_value(r.row['l1_coefficient'])} "
-               f"({r.row['hook']}, {r.directory.name}) diverged in training at step {r.row['diverged_at_step']:,}: "
-               "its point is not trustworthy; retrain it with a lower learning rate, or leave such SAEs out "
-               "with --where diverged_at_step=none")
+        notice(
+            f"WARNING: the {r.row['architecture']} SAE at λ {fmt_value(r.row['l1_coefficient'])} "
+            f"({r.row['hook']}, {r.directory.name}) diverged in training at step {r.row['diverged_at_step']:,}: "
+            "its point is not trustworthy; retrain it with a lower learning rate, or leave such SAEs out "
+            "with --where diverged_at_step=none"
+        )
     for r in ratios:
         notice(ratio_line(r))
     for c in checks:
@@ -102,8 +158,13 @@ def run_report(paths: Sequence[str | Path], out_dir: Path, report_dir: Path, whe
     return report_dir
 
 
-def report_command(args: Sequence[str], report_dir: Path, where: Sequence[str],
-                   legacy_out_dir: Optional[str] = None, evidence: Optional[Path] = None) -> Path:
+def report_command(
+    args: Sequence[str],
+    report_dir: Path,
+    where: Sequence[str],
+    legacy_out_dir: str | None = None,
+    evidence: Path | None = None,
+) -> Path:
     """`gsae report ARGS`: `key=value` arguments are config overrides composed like every stage's
     (out_dir=, eval.bootstrap_samples / eval.bootstrap_seed for the ratio's interval, and
     report.equivalence_margin for the convergence verdict); any
@@ -112,12 +173,23 @@ def report_command(args: Sequence[str], report_dir: Path, where: Sequence[str],
 
     overrides = [a for a in args if is_override(a)]
     paths = [a for a in args if not is_override(a)]
-    cfg = reader_config(overrides, command="report", legacy_out_dir=legacy_out_dir,
-                        uses={"out_dir", "eval.bootstrap_samples", "eval.bootstrap_seed", "report.equivalence_margin"},
-                        hint="; to keep some rows only, use --where KEY=VALUE")
-    return run_report(paths, Path(cfg.out_dir), report_dir, where,
-                      bootstrap_samples=int(cfg.eval.bootstrap_samples), bootstrap_seed=int(cfg.eval.bootstrap_seed),
-                      equivalence_margin=float(cfg.report.equivalence_margin), evidence=evidence)
+    cfg = reader_config(
+        overrides,
+        command="report",
+        legacy_out_dir=legacy_out_dir,
+        uses={"out_dir", "eval.bootstrap_samples", "eval.bootstrap_seed", "report.equivalence_margin"},
+        hint="; to keep some rows only, use --where KEY=VALUE",
+    )
+    return run_report(
+        paths,
+        Path(cfg.out_dir),
+        report_dir,
+        where,
+        bootstrap_samples=int(cfg.eval.bootstrap_samples),
+        bootstrap_seed=int(cfg.eval.bootstrap_seed),
+        equivalence_margin=float(cfg.report.equivalence_margin),
+        evidence=evidence,
+    )
 
 
 def ratings_command(args: Sequence[str], report_dir: Path, ratings: Sequence[Path]) -> Path:
@@ -129,8 +201,9 @@ def ratings_command(args: Sequence[str], report_dir: Path, ratings: Sequence[Pat
     extra = [a for a in args if not is_override(a)]
     if extra:
         raise ConfigError(f"With --ratings, report takes only out_dir=DIR (where the study is), not {extra[0]!r}.")
-    cfg = reader_config([a for a in args if is_override(a)], command="report --ratings", legacy_out_dir=None,
-                        uses={"out_dir"}, hint="")
+    cfg = reader_config(
+        [a for a in args if is_override(a)], command="report --ratings", legacy_out_dir=None, uses={"out_dir"}, hint=""
+    )
     rows = ratings_report(list(ratings), Path(cfg.out_dir))
     report_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(report_dir / "study.json", rows)

@@ -5,13 +5,12 @@ evaluated on the same eval set get the same draws (paired), so what every SAE sh
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 from gsae_cli.errors import ArtifactError
 from gsae_cli.report.frontier import ratios_at_common_targets
-
 
 WINDOW_FILE = "per_window.safetensors"
 
@@ -20,9 +19,9 @@ WINDOW_FILE = "per_window.safetensors"
 class WindowData:
     """One evaluation's per-window scalar sums (metrics.WINDOW_SCALARS, each [n_windows])."""
 
-    label: str                 # for messages: the eval folder
-    eval_set: Optional[str]    # hash of the eval windows; equal hashes mean the same windows
-    sums: dict                 # name -> float64 tensor [n_windows]
+    label: str  # for messages: the eval folder
+    eval_set: str | None  # hash of the eval windows; equal hashes mean the same windows
+    sums: dict  # name -> float64 tensor [n_windows]
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -79,8 +78,9 @@ def load_window_data(directory: Path) -> WindowData:
         raise ArtifactError(f"{_name(path)} has format {meta.get('format')!r}, not {metrics.WINDOW_FORMAT!r}")
     shapes = {tuple(t.shape) for t in sums.values()}
     if len(shapes) != 1 or len(next(iter(shapes))) != 1 or next(iter(shapes))[0] == 0:
-        raise ArtifactError(f"{_name(path)}: the per-window sums are not all [n_windows] with n_windows > 0 "
-                            f"(shapes {sorted(shapes)})")
+        raise ArtifactError(
+            f"{_name(path)}: the per-window sums are not all [n_windows] with n_windows > 0 (shapes {sorted(shapes)})"
+        )
     return WindowData(str(directory), meta.get("eval_set") or None, sums)
 
 
@@ -100,8 +100,9 @@ def resample_seeds(members: Sequence[WindowData], seed: int) -> tuple[bool, list
     return False, [_group_seed(seed, g) for g in groups]
 
 
-def bootstrap_ratio(a: Sequence[WindowData], b: Sequence[WindowData], n_samples: int, seed: int,
-                    n_targets: int = 5, level: float = 0.95) -> dict:
+def bootstrap_ratio(
+    a: Sequence[WindowData], b: Sequence[WindowData], n_samples: int, seed: int, n_targets: int = 5, level: float = 0.95
+) -> dict:
     """The percentile interval of matched_l0_ratios(...)["geomean"] over `n_samples` resamples of
     eval windows. Every resample recomputes every SAE's (L0, loss recovered) from its window
     sums, rebuilds both Pareto frontiers and the ratio. A resample whose frontiers do not overlap
@@ -114,15 +115,23 @@ def bootstrap_ratio(a: Sequence[WindowData], b: Sequence[WindowData], n_samples:
     boot = bootstrap_common_targets([(a, b)], n_samples, seed, n_targets)
     aligned = [s[0] if s is not None else None for s in boot["samples"]]
     ratios = [r for r in aligned if r is not None]
-    interval = (metrics.percentile_interval(torch.tensor(ratios, dtype=torch.float64), level)
-                if ratios else None)
-    return {"interval": interval, "samples": ratios, "aligned": aligned, "n_resamples": n_samples,
-            "n_valid": len(ratios), "paired": boot["paired"],
-            "eval_sets": boot["eval_sets"], "n_windows": boot["n_windows"], "level": level}
+    interval = metrics.percentile_interval(torch.tensor(ratios, dtype=torch.float64), level) if ratios else None
+    return {
+        "interval": interval,
+        "samples": ratios,
+        "aligned": aligned,
+        "n_resamples": n_samples,
+        "n_valid": len(ratios),
+        "paired": boot["paired"],
+        "eval_sets": boot["eval_sets"],
+        "n_windows": boot["n_windows"],
+        "level": level,
+    }
 
 
-def bootstrap_common_targets(pairs: Sequence[tuple[Sequence[WindowData], Sequence[WindowData]]], n_samples: int,
-                             seed: int, n_targets: int = 5) -> dict:
+def bootstrap_common_targets(
+    pairs: Sequence[tuple[Sequence[WindowData], Sequence[WindowData]]], n_samples: int, seed: int, n_targets: int = 5
+) -> dict:
     """ratios_at_common_targets on each of `n_samples` resamples of eval windows: every SAE of
     every pair is resampled with the same draws (paired when all share one eval set), the common
     range is rebuilt from the resampled frontiers, and `samples[k]` is the list of the pairs'
@@ -131,10 +140,14 @@ def bootstrap_common_targets(pairs: Sequence[tuple[Sequence[WindowData], Sequenc
     paired, seeds = resample_seeds(members, seed)
     draws = iter([m.resampled(n_samples, s) for m, s in zip(members, seeds)])
     grouped = [([next(draws) for _ in a], [next(draws) for _ in b]) for a, b in pairs]
-    samples: list[Optional[list[float]]] = []
+    samples: list[list[float] | None] = []
     for k in range(n_samples):
         pts = [([(l0[k], lr[k]) for l0, lr in da], [(l0[k], lr[k]) for l0, lr in db]) for da, db in grouped]
         span, gs = ratios_at_common_targets(pts, n_targets)
         samples.append(None if span is None or None in gs else gs)
-    return {"samples": samples, "paired": paired, "eval_sets": sorted({m.eval_set or "unknown" for m in members}),
-            "n_windows": sorted({m.n_windows for m in members})}
+    return {
+        "samples": samples,
+        "paired": paired,
+        "eval_sets": sorted({m.eval_set or "unknown" for m in members}),
+        "n_windows": sorted({m.n_windows for m in members}),
+    }

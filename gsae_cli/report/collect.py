@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from gsae_cli import artifacts
 from gsae_cli.config import GATED_ONLY_KEYS, NON_IDENTITY_KEYS
@@ -27,38 +28,83 @@ def notice(text: str) -> None:
 
 ID_COLUMNS = ["model", "hook", "architecture", "l1_coefficient", "train_tokens"]
 
-METRIC_KEYS = ["l0", "l0_gate", "loss_recovered", "delta_loss", "kl_div", "relative_reconstruction_bias",
-               "relative_reconstruction_bias_centred", "nmse", "explained_variance", "frac_dead", "frac_dense",
-               "frac_passthrough", "ce_clean", "ce_spliced", "ce_zero_ablation", "ce_mean_ablation",
-               "loss_recovered_mean_ablation"]
+METRIC_KEYS = [
+    "l0",
+    "l0_gate",
+    "loss_recovered",
+    "delta_loss",
+    "kl_div",
+    "relative_reconstruction_bias",
+    "relative_reconstruction_bias_centred",
+    "nmse",
+    "explained_variance",
+    "frac_dead",
+    "frac_dense",
+    "frac_passthrough",
+    "ce_clean",
+    "ce_spliced",
+    "ce_zero_ablation",
+    "ce_mean_ablation",
+    "loss_recovered_mean_ablation",
+]
 
 
 # Each metric with its 95 % interval from metrics.json "ci" (blank where an eval recorded none).
 # diverged_at_step: the training step at which the SAE's training diverged (gsae_cli/divergence.py), else empty
 # d_sae and mean_density = l0 / d_sae: above DENSE_CODE a point is not a sparse code (below)
-COLUMNS = (ID_COLUMNS + [c for k in METRIC_KEYS for c in (k, f"{k}_lo", f"{k}_hi")]
-           + ["d_sae", "mean_density", "diverged_at_step", "eval_set", "eval_path"])
+COLUMNS = (
+    ID_COLUMNS
+    + [c for k in METRIC_KEYS for c in (k, f"{k}_lo", f"{k}_hi")]
+    + ["d_sae", "mean_density", "diverged_at_step", "eval_set", "eval_path"]
+)
 
 # An SAE whose features fire on more than this fraction of tokens on average is not a sparse
 # code: marked ‡ in tables and plots, and left out of the "sparse part" ratios (docs/method.md §4).
 DENSE_CODE = 0.10
 
 # Short names for --where, mapped to result columns.
-ALIASES = {"model": "model", "model.name": "model", "sae": "architecture", "sae.name": "architecture",
-           "arch": "architecture", "l1": "l1_coefficient", "sae.l1_coefficient": "l1_coefficient",
-           "tokens": "train_tokens", "train.n_tokens": "train_tokens", "hook": "hook"}
+ALIASES = {
+    "model": "model",
+    "model.name": "model",
+    "sae": "architecture",
+    "sae.name": "architecture",
+    "arch": "architecture",
+    "l1": "l1_coefficient",
+    "sae.l1_coefficient": "l1_coefficient",
+    "tokens": "train_tokens",
+    "train.n_tokens": "train_tokens",
+    "hook": "hook",
+}
 
 WIDTH_KEY = "sae.expansion_factor"
 
 
 # Config keys that change speed, logging, intervals or where files go, never what an SAE or a
-# measurement is; the coefficient is what varies *along* a series. Differences elsewhere split series.
-_NOT_SERIES_KEYS = {"sae.l1_coefficient", "sae.path", "sae.name", "model.name", "hook", "hooks", "out_dir",
-                    "device", "train.checkpoint_every", "train.log_every", "train.wandb",
-                    "train.wandb_project", "train.compile", "train.shuffle_buffer_chunks",
-                    "harvest.batch_size", "harvest.chunk_rows", "harvest.shard_chunks",
-                    "eval.batch_size", "eval.cache", "eval.bootstrap_samples", "eval.bootstrap_seed",
-                    "eval.density_bins"} | NON_IDENTITY_KEYS  # speed, place, logging: never a series
+# measurement is; the coefficient is what varies *along* a series. Differences elsewhere split series
+# (the shuffle window among them: it changes which rows share a batch).
+_NOT_SERIES_KEYS = {
+    "sae.l1_coefficient",
+    "sae.path",
+    "sae.name",
+    "model.name",
+    "hook",
+    "hooks",
+    "out_dir",
+    "device",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.wandb",
+    "train.wandb_project",
+    "train.compile",
+    "harvest.batch_size",
+    "harvest.chunk_rows",
+    "harvest.shard_chunks",
+    "eval.batch_size",
+    "eval.cache",
+    "eval.bootstrap_samples",
+    "eval.bootstrap_seed",
+    "eval.density_bins",
+} | NON_IDENTITY_KEYS  # speed, place, logging: never a series
 
 _GATED_ONLY = {f"sae.{k}" for k in GATED_ONLY_KEYS}
 
@@ -79,11 +125,11 @@ ARCH_ORDER = ["gated", "rescale_shift", "relu"]
 
 @dataclass
 class Result:
-    row: dict                      # the results.csv columns
-    config: dict                   # the full resolved config of the evaluation
-    flat: dict = field(default_factory=dict)         # config flattened to dotted keys (--where)
+    row: dict  # the results.csv columns
+    config: dict  # the full resolved config of the evaluation
+    flat: dict = field(default_factory=dict)  # config flattened to dotted keys (--where)
     series_keys: dict = field(default_factory=dict)  # what may split series (see group_series)
-    ci: dict = field(default_factory=dict)           # metric -> (lo, hi), from metrics.json "ci"
+    ci: dict = field(default_factory=dict)  # metric -> (lo, hi), from metrics.json "ci"
 
     @property
     def directory(self) -> Path:
@@ -111,7 +157,8 @@ def _eval_dirs(paths: Sequence[str | Path], out_dir: Path) -> tuple[list[Path], 
                 raise ConfigError(
                     f"{root} does not exist. Arguments without `=` are eval artifacts (outputs/eval/...) or "
                     f"folders holding them; to read the evaluations of another outputs folder write "
-                    f"`gsae report out_dir=DIR`.")
+                    f"`gsae report out_dir=DIR`."
+                )
             continue
         if root.is_file():
             root = root.parent
@@ -129,7 +176,7 @@ def _eval_dirs(paths: Sequence[str | Path], out_dir: Path) -> tuple[list[Path], 
     return list(found), where
 
 
-def num(value: Any) -> Optional[float]:
+def num(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     try:
@@ -138,7 +185,7 @@ def num(value: Any) -> Optional[float]:
         return None
 
 
-def _interval(value: Any) -> Optional[tuple[float, float]]:
+def _interval(value: Any) -> tuple[float, float] | None:
     if isinstance(value, (list, tuple)) and len(value) == 2:
         lo, hi = num(value[0]), num(value[1])
         if lo is not None and hi is not None:
@@ -146,7 +193,7 @@ def _interval(value: Any) -> Optional[tuple[float, float]]:
     return None
 
 
-def _eval_set(directory: Path) -> Optional[str]:
+def _eval_set(directory: Path) -> str | None:
     """The eval-set hash in per_window.safetensors' header (reads the header only), else the one
     summary.json records (a missing or damaged per-window file is reported where the sums are
     needed; the SAE still belongs to its eval set's frontier)."""
@@ -181,8 +228,11 @@ def _load(directory: Path) -> Result:
         flat = {k: v for k, v in flat.items() if k not in _GATED_ONLY}
     from gsae_cli.metrics import NO_BOOTSTRAP  # (evaluations made before it recorded one for frac_dead: not shown)
 
-    ci = {k: iv for k, v in (metrics.get("ci") or {}).items()
-          if k not in NO_BOOTSTRAP and (iv := _interval(v)) is not None}
+    ci = {
+        k: iv
+        for k, v in (metrics.get("ci") or {}).items()
+        if k not in NO_BOOTSTRAP and (iv := _interval(v)) is not None
+    }
     row = {
         "model": config.get("model", {}).get("name") or sae.get("model"),
         "hook": config.get("hook") or sae.get("hook"),
@@ -228,7 +278,7 @@ def collect(paths: Sequence[str | Path], out_dir: Path) -> tuple[list[Result], s
 _SUFFIX = {"k": 1e3, "M": 1e6, "B": 1e9}
 
 
-def _wanted_num(text: str) -> Optional[float]:
+def _wanted_num(text: str) -> float | None:
     """A number as a user types it: 0.1, 2_000_000, 2e6, or 2M / 500k."""
     text = text.strip()
     if text[-1:] in _SUFFIX and num(text[:-1]) is not None:
@@ -265,12 +315,16 @@ def filter_results(results: list[Result], where: Sequence[str]) -> list[Result]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--where {item!r}: expected key=value, e.g. --where model=smollm2-135m "
-                              "or --where train.n_tokens=2000000.")
+            raise ConfigError(
+                f"--where {item!r}: expected key=value, e.g. --where model=smollm2-135m "
+                "or --where train.n_tokens=2000000."
+            )
         if results and not any(_lookup(r, key)[0] for r in results):
-            raise ConfigError(f"--where {item!r}: no evaluation has a config key {key!r}. Use a dotted config "
-                              f"key (model.name, sae.name, train.n_tokens, ...), a results.csv column, or one "
-                              f"of {', '.join(sorted(ALIASES))}.")
+            raise ConfigError(
+                f"--where {item!r}: no evaluation has a config key {key!r}. Use a dotted config "
+                f"key (model.name, sae.name, train.n_tokens, ...), a results.csv column, or one "
+                f"of {', '.join(sorted(ALIASES))}."
+            )
         options = [v.strip() for v in value.split(",")]
         results = [r for r in results if _lookup(r, key)[0] and any(_matches(_lookup(r, key)[1], v) for v in options)]
     return results
@@ -281,7 +335,7 @@ class Series:
     model: str
     hook: str
     architecture: str
-    extras: tuple[tuple[str, Any], ...]   # distinguishing config values beyond model/hook/arch
+    extras: tuple[tuple[str, Any], ...]  # distinguishing config values beyond model/hook/arch
     results: list[Result]
 
     @property
@@ -332,15 +386,19 @@ def group_series(results: list[Result]) -> dict[tuple[str, str], list[Series]]:
         archs: dict[str, list[Result]] = {}
         for r in rows:
             archs.setdefault(str(r.row["architecture"]), []).append(r)
-        varying = [k for k in keys if (any(disagree(k, rs) for rs in archs.values()) if k in _ARCH_SCOPED
-                                       else disagree(k, rows))]
+        varying = [
+            k
+            for k in keys
+            if (any(disagree(k, rs) for rs in archs.values()) if k in _ARCH_SCOPED else disagree(k, rows))
+        ]
         groups: dict[tuple, list[Result]] = {}
         for r in rows:
             extras = tuple((k, r.series_keys[k]) for k in varying if k in r.series_keys)
             groups.setdefault((str(r.row["architecture"]), extras), []).append(r)
-        series = [Series(site[0], site[1], arch, extras,
-                         sorted(rs, key=lambda r: (r.row["l0"] is None, r.row["l0"] or 0.0)))
-                  for (arch, extras), rs in groups.items()]
+        series = [
+            Series(site[0], site[1], arch, extras, sorted(rs, key=lambda r: (r.row["l0"] is None, r.row["l0"] or 0.0)))
+            for (arch, extras), rs in groups.items()
+        ]
         out[site] = sorted(series, key=lambda s: (arch_rank(s.architecture), repr(s.extras)))
     return out
 

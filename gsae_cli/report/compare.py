@@ -5,12 +5,18 @@ longer runs (the convergence check), and the spread of a ratio over training see
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from itertools import combinations
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from gsae_cli.errors import ArtifactError
-from gsae_cli.report.bootstrap import (WINDOW_FILE, WindowData, bootstrap_common_targets, bootstrap_ratio,
-                                       load_window_data)
+from gsae_cli.report.bootstrap import (
+    WINDOW_FILE,
+    WindowData,
+    bootstrap_common_targets,
+    bootstrap_ratio,
+    load_window_data,
+)
 from gsae_cli.report.collect import WIDTH_KEY, Result, Series, arch_rank, is_dense, num
 from gsae_cli.report.frontier import equivalence_verdict, matched_l0_ratios, ratios_at_common_targets
 
@@ -24,7 +30,7 @@ def _comparable(a: Series, b: Series) -> bool:
     return all(repr(ea[k]) == repr(eb[k]) for k in (ea.keys() & eb.keys()) - {"lr", WIDTH_KEY})
 
 
-def _width(s: Series) -> Optional[float]:
+def _width(s: Series) -> float | None:
     return next((num(r.series_keys.get(WIDTH_KEY)) for r in s.results if WIDTH_KEY in r.series_keys), None)
 
 
@@ -52,42 +58,57 @@ def _window_data(result: Result, cache: dict) -> WindowData:
             full = data.metrics()
             for key in ("l0", "loss_recovered"):
                 want, got = result.row[key], float(full[key])
-                same = want is not None and (math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
-                                             or (math.isnan(got) and math.isnan(want)))
+                same = want is not None and (
+                    math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9) or (math.isnan(got) and math.isnan(want))
+                )
                 if not same:
-                    raise ArtifactError(f"{d.name}/{WINDOW_FILE} gives {key} {got:.6g} but metrics.json says "
-                                        f"{want}; the two files are from different runs")
+                    raise ArtifactError(
+                        f"{d.name}/{WINDOW_FILE} gives {key} {got:.6g} but metrics.json says "
+                        f"{want}; the two files are from different runs"
+                    )
             cache[d] = data
         except ArtifactError as e:
             cache[d] = e
     return cache[d]
 
 
-def _usable_windows(results: Sequence[Result], n_samples: int, cache: dict) -> tuple[Optional[list], Optional[str]]:
+def _usable_windows(results: Sequence[Result], n_samples: int, cache: dict) -> tuple[list | None, str | None]:
     """(every result's per-window sums, None), or (None, why no interval can be drawn from them)."""
     if n_samples <= 0:
         return None, "eval.bootstrap_samples=0"
     data = [_window_data(r, cache) for r in results]
     bad = [d for d in data if isinstance(d, ArtifactError)]
     if bad:
-        return None, (f"{len(bad)} of {len(data)} evaluations have no usable per-window sums ({bad[0]}); "
-                      "re-evaluate them with `gsae eval --force` and their overrides")
+        return None, (
+            f"{len(bad)} of {len(data)} evaluations have no usable per-window sums ({bad[0]}); "
+            "re-evaluate them with `gsae eval --force` and their overrides"
+        )
     return data, None
 
 
-def ratio_with_interval(a: Series, b: Series, n_samples: int, seed: int, cache: Optional[dict] = None) -> dict:
+def ratio_with_interval(a: Series, b: Series, n_samples: int, seed: int, cache: dict | None = None) -> dict:
     """matched_l0_ratios of two series' (metrics.json) points, plus bootstrap_ratio's interval
     when every SAE of both has usable per-window sums; `interval_reason` says why not otherwise."""
     out = matched_l0_ratios(a.points, b.points)
-    out.update({"interval": None, "n_resamples": 0, "n_valid": 0, "paired": None, "eval_sets": [],
-                "n_windows": [], "level": 0.95, "interval_reason": None})
+    out.update(
+        {
+            "interval": None,
+            "n_resamples": 0,
+            "n_valid": 0,
+            "paired": None,
+            "eval_sets": [],
+            "n_windows": [],
+            "level": 0.95,
+            "interval_reason": None,
+        }
+    )
     if out["geomean"] is None:
         out["interval_reason"] = "no point estimate"
         return out
     data, out["interval_reason"] = _usable_windows(a.results + b.results, n_samples, {} if cache is None else cache)
     if data is None:
         return out
-    boot = bootstrap_ratio(data[:len(a.results)], data[len(a.results):], n_samples, seed)
+    boot = bootstrap_ratio(data[: len(a.results)], data[len(a.results) :], n_samples, seed)
     boot.pop("samples")  # thousands of numbers: the interval is what the report shows
     boot.pop("aligned")
     out.update(boot)
@@ -111,9 +132,17 @@ def pairwise_ratios(sites: dict[tuple[str, str], list[Series]], n_samples: int =
                 continue
             if arch_rank(b.architecture) < arch_rank(a.architecture):
                 a, b = b, a
-            entry = {"model": model, "hook": hook, "a": a.label, "b": b.label, "footing": compute_footing(a, b),
-                     "widths": [_width(a), _width(b)], "_series": (a, b),
-                     **ratio_with_interval(a, b, n_samples, seed, cache), "sparse": None}
+            entry = {
+                "model": model,
+                "hook": hook,
+                "a": a.label,
+                "b": b.label,
+                "footing": compute_footing(a, b),
+                "widths": [_width(a), _width(b)],
+                "_series": (a, b),
+                **ratio_with_interval(a, b, n_samples, seed, cache),
+                "sparse": None,
+            }
             dense = sum(is_dense(r) for r in a.results + b.results)
             if dense:  # the same ratio over the sparse codes alone
                 part = ratio_with_interval(_sparse_part(a), _sparse_part(b), n_samples, seed, cache)
@@ -131,8 +160,9 @@ HARVEST_KEY = "harvest.n_tokens"
 LENGTH_KEYS = (TOKENS_KEY, HARVEST_KEY)  # what a longer run changes: its tokens, and the store it may need
 
 
-def _at_common_targets(pairs: Sequence[tuple[Series, Series]], n_samples: int, seed: int, cache: dict,
-                       level: float) -> dict:
+def _at_common_targets(
+    pairs: Sequence[tuple[Series, Series]], n_samples: int, seed: int, cache: dict, level: float
+) -> dict:
     """ratios_at_common_targets of the pairs' (metrics.json) points, with each ratio's interval and
     the per-resample ratios (`samples`) of bootstrap_common_targets when every SAE has usable
     per-window sums; `interval_reason` says why there is no interval otherwise."""
@@ -141,9 +171,18 @@ def _at_common_targets(pairs: Sequence[tuple[Series, Series]], n_samples: int, s
     from gsae_cli import metrics
 
     span, point = ratios_at_common_targets([(a.points, b.points) for a, b in pairs])
-    out: dict[str, Any] = {"span": span, "ratios": point, "intervals": [None] * len(pairs), "samples": None,
-                           "n_resamples": 0, "n_valid": 0, "paired": None, "eval_sets": [], "n_windows": [],
-                           "interval_reason": None}
+    out: dict[str, Any] = {
+        "span": span,
+        "ratios": point,
+        "intervals": [None] * len(pairs),
+        "samples": None,
+        "n_resamples": 0,
+        "n_valid": 0,
+        "paired": None,
+        "eval_sets": [],
+        "n_windows": [],
+        "interval_reason": None,
+    }
     if span is None or None in point:
         out["interval_reason"] = "the frontiers share no loss-recovered range"
         return out
@@ -155,18 +194,27 @@ def _at_common_targets(pairs: Sequence[tuple[Series, Series]], n_samples: int, s
     data = [[next(it) for _ in s.results] for s in series]
     boot = bootstrap_common_targets(list(zip(data[::2], data[1::2])), n_samples, seed)
     valid = [x for x in boot["samples"] if x is not None]
-    out.update(samples=boot["samples"], n_resamples=n_samples, n_valid=len(valid), paired=boot["paired"],
-               eval_sets=boot["eval_sets"], n_windows=boot["n_windows"])
+    out.update(
+        samples=boot["samples"],
+        n_resamples=n_samples,
+        n_valid=len(valid),
+        paired=boot["paired"],
+        eval_sets=boot["eval_sets"],
+        n_windows=boot["n_windows"],
+    )
     if valid:
-        out["intervals"] = [metrics.percentile_interval(torch.tensor([v[i] for v in valid], dtype=torch.float64), level)
-                            for i in range(len(pairs))]
+        out["intervals"] = [
+            metrics.percentile_interval(torch.tensor([v[i] for v in valid], dtype=torch.float64), level)
+            for i in range(len(pairs))
+        ]
     else:
         out["interval_reason"] = f"no resample out of {n_samples} left the frontiers a common range"
     return out
 
 
-def length_checks(ratios: list[dict], margin: float = 0.05, level: float = 0.95, n_samples: int = 0,
-                  seed: int = 0) -> list[dict]:
+def length_checks(
+    ratios: list[dict], margin: float = 0.05, level: float = 0.95, n_samples: int = 0, seed: int = 0
+) -> list[dict]:
     """The convergence check (docs/method.md §4.2): for every ratio at T training tokens whose two
     series also exist at a longer T' (all else equal but the store's size, which a longer run may
     need), ratio(T') against ratio(T), both at the same loss-recovered targets: the range all four
@@ -185,7 +233,7 @@ def length_checks(ratios: list[dict], margin: float = 0.05, level: float = 0.95,
         strip = lambda s: tuple((k, repr(v)) for k, v in s.extras if k not in LENGTH_KEYS)  # noqa: E731
         return (r["model"], r["hook"], a.architecture, b.architecture, strip(a), strip(b))
 
-    def shared(r: dict, k: str) -> Optional[int]:
+    def shared(r: dict, k: str) -> int | None:
         """The value of `k` (train tokens, store size) both series have, where it distinguishes series."""
         a, b = r["_series"]
         va, vb = dict(a.extras).get(k), dict(b.extras).get(k)
@@ -204,25 +252,50 @@ def length_checks(ratios: list[dict], margin: float = 0.05, level: float = 0.95,
             res = _at_common_targets([r1["_series"], r2["_series"]], n_samples, seed, cache, level)
             (g1, g2), valid = res["ratios"], [x for x in res["samples"] or [] if x is not None]
             change = g2 / g1 if g1 and g2 else None
-            interval = (metrics.percentile_interval(torch.tensor([y / x for x, y in valid], dtype=torch.float64), level)
-                        if valid else None)
+            interval = (
+                metrics.percentile_interval(torch.tensor([y / x for x, y in valid], dtype=torch.float64), level)
+                if valid
+                else None
+            )
             if res["span"] is None:
                 verdict, why = "not comparable", "the four frontiers share no loss-recovered range"
             elif interval is None:
                 verdict, why = "undetermined", f"no interval: {res['interval_reason']}"
             elif res["n_valid"] < level * res["n_resamples"]:
-                verdict, why = "undetermined", (f"the common range vanished in {res['n_resamples'] - res['n_valid']:,} "
-                                                f"of {res['n_resamples']:,} resamples")
+                verdict, why = (
+                    "undetermined",
+                    (
+                        f"the common range vanished in {res['n_resamples'] - res['n_valid']:,} "
+                        f"of {res['n_resamples']:,} resamples"
+                    ),
+                )
             else:
                 verdict, why = equivalence_verdict(interval, margin), None
-            out.append({"model": r1["model"], "hook": r1["hook"], "a": r1["a"], "b": r1["b"], "tokens": [t, t2],
-                        "factor": t2 / t, "tests_criterion": math.isclose(t2 / t, 2.0), "stores": [shared(r1, HARVEST_KEY), shared(r2, HARVEST_KEY)],
-                        "span": res["span"], "ratio": [g1, g2], "interval": res["intervals"], "change": change,
-                        "change_interval": interval, "margin": margin, "verdict": verdict, "verdict_reason": why,
-                        "level": level, "n_resamples": res["n_resamples"], "n_valid": res["n_valid"],
-                        "paired": res["paired"]})
-    return sorted(out, key=lambda c: (c["model"], c["hook"], strip_lengths(c["a"]), strip_lengths(c["b"]),
-                                      c["tokens"]))
+            out.append(
+                {
+                    "model": r1["model"],
+                    "hook": r1["hook"],
+                    "a": r1["a"],
+                    "b": r1["b"],
+                    "tokens": [t, t2],
+                    "factor": t2 / t,
+                    "tests_criterion": math.isclose(t2 / t, 2.0),
+                    "stores": [shared(r1, HARVEST_KEY), shared(r2, HARVEST_KEY)],
+                    "span": res["span"],
+                    "ratio": [g1, g2],
+                    "interval": res["intervals"],
+                    "change": change,
+                    "change_interval": interval,
+                    "margin": margin,
+                    "verdict": verdict,
+                    "verdict_reason": why,
+                    "level": level,
+                    "n_resamples": res["n_resamples"],
+                    "n_valid": res["n_valid"],
+                    "paired": res["paired"],
+                }
+            )
+    return sorted(out, key=lambda c: (c["model"], c["hook"], strip_lengths(c["a"]), strip_lengths(c["b"]), c["tokens"]))
 
 
 SEED_KEY = "train.seed"
@@ -248,8 +321,15 @@ def seed_summary(ratios: Sequence[float], level: float = 0.95) -> dict:
     sd = math.sqrt(sum((x - m) ** 2 for x in logs) / (n - 1))
     q = float(student_t.ppf(0.5 + level / 2, n - 1))
     band = lambda w: [math.exp(m - q * sd * w), math.exp(m + q * sd * w)]  # noqa: E731
-    return {"geomean": math.exp(m), "sd_log": sd, "n": n, "t": q, "interval": band(1 / math.sqrt(n)),
-            "prediction": band(math.sqrt(1 + 1 / n)), "level": level}
+    return {
+        "geomean": math.exp(m),
+        "sd_log": sd,
+        "n": n,
+        "t": q,
+        "interval": band(1 / math.sqrt(n)),
+        "prediction": band(math.sqrt(1 + 1 / n)),
+        "level": level,
+    }
 
 
 def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, seed: int = 0) -> list[dict]:
@@ -266,7 +346,9 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
         sa, sb = dict(a.extras).get(SEED_KEY), dict(b.extras).get(SEED_KEY)
         if sa is None or sa != sb:
             continue
-        groups.setdefault((r["model"], r["hook"], a.architecture, b.architecture, but_seed(a), but_seed(b)), []).append(r)
+        groups.setdefault((r["model"], r["hook"], a.architecture, b.architecture, but_seed(a), but_seed(b)), []).append(
+            r
+        )
     out = []
     cache: dict = {}
     for rs in groups.values():
@@ -275,13 +357,22 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
         rs = sorted(rs, key=lambda r: dict(r["_series"][0].extras)[SEED_KEY])
         seed_of = [dict(r["_series"][0].extras)[SEED_KEY] for r in rs]
         # A seed without a ratio is named, not silently left out: it may be the informative extreme.
-        dropped = [{"seed": s, "reason": r.get("reason") or "no ratio"} for s, r in zip(seed_of, rs) if r["geomean"] is None]
+        dropped = [
+            {"seed": s, "reason": r.get("reason") or "no ratio"} for s, r in zip(seed_of, rs) if r["geomean"] is None
+        ]
         usable = [(s, r) for s, r in zip(seed_of, rs) if r["geomean"] is not None]
         first = rs[0]
-        entry = {"model": first["model"], "hook": first["hook"],
-                 "a": strip_key(first["a"], SEED_KEY), "b": strip_key(first["b"], SEED_KEY),
-                 "tokens": dict(first["_series"][0].extras).get(TOKENS_KEY), "span": None,
-                 "seeds": [s for s, _ in usable], "dropped": dropped, "reason": None}
+        entry = {
+            "model": first["model"],
+            "hook": first["hook"],
+            "a": strip_key(first["a"], SEED_KEY),
+            "b": strip_key(first["b"], SEED_KEY),
+            "tokens": dict(first["_series"][0].extras).get(TOKENS_KEY),
+            "span": None,
+            "seeds": [s for s, _ in usable],
+            "dropped": dropped,
+            "reason": None,
+        }
         if len(usable) < 2:
             out.append(entry | {"reason": "fewer than two seeds give a ratio"})
             continue
@@ -289,9 +380,17 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
         if res["span"] is None:
             out.append(entry | {"reason": "the seeds' frontiers share no loss-recovered range"})
             continue
-        out.append(entry | {"span": res["span"], "ratios": res["ratios"], "windows_interval": res["intervals"],
-                            "n_resamples": res["n_resamples"], "n_valid": res["n_valid"],
-                            **seed_summary(res["ratios"], level)})
+        out.append(
+            entry
+            | {
+                "span": res["span"],
+                "ratios": res["ratios"],
+                "windows_interval": res["intervals"],
+                "n_resamples": res["n_resamples"],
+                "n_valid": res["n_valid"],
+                **seed_summary(res["ratios"], level),
+            }
+        )
     return out
 
 

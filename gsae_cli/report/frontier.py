@@ -5,8 +5,8 @@ comparison of several pairs and the equivalence verdict of the convergence check
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
-
+from collections.abc import Sequence
+from typing import Any
 
 Point = tuple[float, float]
 
@@ -23,8 +23,9 @@ def pareto_frontier(points: Sequence[Point]) -> list[int]:
     for i, (l0, lr) in enumerate(points):
         if not finite((l0, lr)):
             continue
-        dominated = any(finite(q) and q[0] <= l0 and q[1] >= lr and (q[0] < l0 or q[1] > lr)
-                        for j, q in enumerate(points) if j != i)
+        dominated = any(
+            finite(q) and q[0] <= l0 and q[1] >= lr and (q[0] < l0 or q[1] > lr) for j, q in enumerate(points) if j != i
+        )
         if not dominated:
             keep.append(i)
     return sorted(keep, key=lambda i: (points[i][0], points[i][1]))
@@ -38,7 +39,7 @@ def _frontier(points: Sequence[Point]) -> list[Point]:
     return [positive[i] for i in pareto_frontier(positive)]
 
 
-def l0_at_loss_recovered(frontier_points: Sequence[Point], target: float) -> Optional[float]:
+def l0_at_loss_recovered(frontier_points: Sequence[Point], target: float) -> float | None:
     """The L0 the frontier needs to reach `target` loss recovered: log(L0) interpolated linearly in
     loss recovered between the neighbouring frontier points. None outside the frontier's range
     (no extrapolation). Dominated points in the input are ignored."""
@@ -56,25 +57,39 @@ def l0_at_loss_recovered(frontier_points: Sequence[Point], target: float) -> Opt
     return front[0][0]  # a single-point frontier whose loss recovered equals the target
 
 
-def matched_l0_ratios(series_a: Sequence[Point], series_b: Sequence[Point], n_targets: int = 5,
-                      span: Optional[tuple[float, float]] = None) -> dict:
+def matched_l0_ratios(
+    series_a: Sequence[Point], series_b: Sequence[Point], n_targets: int = 5, span: tuple[float, float] | None = None
+) -> dict:
     """L0(a) / L0(b) at matched loss recovered (the paper's headline: about 0.5 for gated vs
     relu). Evaluated at `n_targets` evenly spaced loss-recovered values across `span`, by default
     the overlap of the two frontiers' ranges (pass common_range(...) to compare several pairs at
     the same targets); `geomean` summarises them. When there is no overlap, `geomean` is None and
     `reason` says why."""
     fa, fb = _frontier(series_a), _frontier(series_b)
-    out: dict[str, Any] = {"targets": [], "l0_a": [], "l0_b": [], "ratios": [], "geomean": None,
-                           "overlap": None, "reason": None}
+    out: dict[str, Any] = {
+        "targets": [],
+        "l0_a": [],
+        "l0_b": [],
+        "ratios": [],
+        "geomean": None,
+        "overlap": None,
+        "reason": None,
+    }
     if not fa or not fb:
         out["reason"] = f"no usable points in {'the first' if not fa else 'the second'} series"
         return out
     lo, hi = span if span is not None else (max(fa[0][1], fb[0][1]), min(fa[-1][1], fb[-1][1]))
     if lo > hi:
-        out["reason"] = (f"the loss-recovered ranges do not overlap ({fa[0][1]:.3f}-{fa[-1][1]:.3f} vs "
-                         f"{fb[0][1]:.3f}-{fb[-1][1]:.3f}); add coefficients that extend one towards the other")
+        out["reason"] = (
+            f"the loss-recovered ranges do not overlap ({fa[0][1]:.3f}-{fa[-1][1]:.3f} vs "
+            f"{fb[0][1]:.3f}-{fb[-1][1]:.3f}); add coefficients that extend one towards the other"
+        )
         return out
-    targets = [lo] if hi == lo or n_targets < 2 else [lo + (hi - lo) * k / (n_targets - 1) for k in range(n_targets - 1)] + [hi]
+    targets = (
+        [lo]
+        if hi == lo or n_targets < 2
+        else [lo + (hi - lo) * k / (n_targets - 1) for k in range(n_targets - 1)] + [hi]
+    )
     for t in targets:
         a, b = l0_at_loss_recovered(fa, t), l0_at_loss_recovered(fb, t)
         if a is None or b is None:  # a span reaching outside one of the frontiers
@@ -91,7 +106,7 @@ def matched_l0_ratios(series_a: Sequence[Point], series_b: Sequence[Point], n_ta
     return out
 
 
-def common_range(series: Sequence[Sequence[Point]]) -> Optional[tuple[float, float]]:
+def common_range(series: Sequence[Sequence[Point]]) -> tuple[float, float] | None:
     """The loss-recovered range that every series' frontier covers (the intersection of their
     ranges), or None when they share none or a series has no usable point."""
     fronts = [_frontier(s) for s in series]
@@ -101,8 +116,9 @@ def common_range(series: Sequence[Sequence[Point]]) -> Optional[tuple[float, flo
     return (lo, hi) if lo <= hi else None
 
 
-def ratios_at_common_targets(pairs: Sequence[tuple[Sequence[Point], Sequence[Point]]],
-                             n_targets: int = 5) -> tuple[Optional[tuple[float, float]], list[Optional[float]]]:
+def ratios_at_common_targets(
+    pairs: Sequence[tuple[Sequence[Point], Sequence[Point]]], n_targets: int = 5
+) -> tuple[tuple[float, float] | None, list[float | None]]:
     """(span, geomeans): each pair's matched-L0 ratio at the same loss-recovered targets, spread
     over the range every frontier of every pair covers (docs/method.md §4.1). Ratios of lengths or
     seeds are only comparable this way: the ratio varies along the frontier. (None, [None, ...])
@@ -113,7 +129,7 @@ def ratios_at_common_targets(pairs: Sequence[tuple[Sequence[Point], Sequence[Poi
     return span, [matched_l0_ratios(a, b, n_targets, span)["geomean"] for a, b in pairs]
 
 
-def equivalence_verdict(interval: Optional[Sequence[float]], margin: float) -> str:
+def equivalence_verdict(interval: Sequence[float] | None, margin: float) -> str:
     """The convergence criterion fixed before the data (docs/method.md §4.2): "converged" when the
     interval of ratio(2T) / ratio(T) lies inside [1 - margin, 1 + margin]; "not converged" when it
     lies wholly outside; "undetermined" when it straddles a bound or there is no interval."""

@@ -4,15 +4,14 @@ whiskers, the site's ratios and its mean-ablation reference) and shrinkage (γ c
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from gsae_cli import artifacts
 from gsae_cli.report.collect import DENSE_CODE, Series, is_dense, mean_ablation_references, natural_key
 from gsae_cli.report.compare import SEED_KEY, but_seed, strip_key
 from gsae_cli.report.frontier import finite, pareto_frontier
-
 
 ARCH_COLOURS = {"gated": "tab:blue", "relu": "tab:orange", "rescale_shift": "tab:green"}
 
@@ -45,16 +44,19 @@ def _style(series: list[Series]) -> dict[int, tuple[str, str, str]]:
 class _Plotted:
     x: float
     y: float
-    x_ci: Optional[tuple[float, float]]
-    y_ci: Optional[tuple[float, float]]
+    x_ci: tuple[float, float] | None
+    y_ci: tuple[float, float] | None
     diverged: bool = False  # its training diverged (divergence.py): crossed out in the plots
-    dense: bool = False     # not a sparse code (is_dense): ringed in the plots
+    dense: bool = False  # not a sparse code (is_dense): ringed in the plots
 
 
 def _plottable(s: Series, y_key: str) -> list[_Plotted]:
-    pts = [_Plotted(r.row["l0"], r.row[y_key], r.ci.get("l0"), r.ci.get(y_key), bool(r.row.get("diverged_at_step")),
-                    is_dense(r))
-           for r in s.results]
+    pts = [
+        _Plotted(
+            r.row["l0"], r.row[y_key], r.ci.get("l0"), r.ci.get(y_key), bool(r.row.get("diverged_at_step")), is_dense(r)
+        )
+        for r in s.results
+    ]
     pts = [p for p in pts if finite((p.x, p.y)) and p.x > 0]  # log x: L0 must be positive
     return sorted(pts, key=lambda p: (p.x, p.y))
 
@@ -62,6 +64,7 @@ def _plottable(s: Series, y_key: str) -> list[_Plotted]:
 def _error_bars(ax, pts: list[_Plotted], colour: str, x: bool, alpha: float = 1.0) -> None:
     """95 % interval whiskers: vertical always, horizontal when `x`; only points with an interval
     (artifacts made before eval recorded "ci" have none)."""
+
     def err(p: _Plotted, ci, value):
         return (max(value - ci[0], 0.0), max(ci[1] - value, 0.0)) if ci and finite(ci) else None
 
@@ -71,23 +74,40 @@ def _error_bars(ax, pts: list[_Plotted], colour: str, x: bool, alpha: float = 1.
             continue
         xs, ys = [p.x for p, _ in with_ci], [p.y for p, _ in with_ci]
         bars = [[e[0] for _, e in with_ci], [e[1] for _, e in with_ci]]
-        ax.errorbar(xs, ys, **{f"{axis}err": bars}, fmt="none", ecolor=colour, elinewidth=1.1, capsize=2.5,
-                    alpha=alpha)
+        ax.errorbar(xs, ys, **{f"{axis}err": bars}, fmt="none", ecolor=colour, elinewidth=1.1, capsize=2.5, alpha=alpha)
 
 
 def _mark_diverged(ax, pts: Sequence[_Plotted]) -> None:
     """Cross out the points of SAEs whose training diverged, as † does in the table."""
     if pts:
-        ax.plot([p.x for p in pts], [p.y for p in pts], linestyle="none", marker="x", color="red",
-                markersize=12, markeredgewidth=2, zorder=5, label="† training diverged")
+        ax.plot(
+            [p.x for p in pts],
+            [p.y for p in pts],
+            linestyle="none",
+            marker="x",
+            color="red",
+            markersize=12,
+            markeredgewidth=2,
+            zorder=5,
+            label="† training diverged",
+        )
 
 
 def _mark_dense(ax, pts: Sequence[_Plotted]) -> None:
     """Ring the points that are not a sparse code, as ‡ marks them in the table."""
     if pts:
-        ax.plot([p.x for p in pts], [p.y for p in pts], linestyle="none", marker="o", markersize=15,
-                markerfacecolor="none", markeredgecolor="0.4", markeredgewidth=1.2, zorder=4,
-                label=f"‡ mean feature density > {DENSE_CODE:.0%}: not a sparse code")
+        ax.plot(
+            [p.x for p in pts],
+            [p.y for p in pts],
+            linestyle="none",
+            marker="o",
+            markersize=15,
+            markerfacecolor="none",
+            markeredgecolor="0.4",
+            markeredgewidth=1.2,
+            zorder=4,
+            label=f"‡ mean feature density > {DENSE_CODE:.0%}: not a sparse code",
+        )
 
 
 def _figure(n_panels: int):
@@ -117,8 +137,15 @@ def _log_x(ax) -> None:
 
 
 def _legend(ax, title: str | None = None) -> None:
-    ax.legend(title=title, fontsize=9, title_fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-              frameon=False, alignment="left")
+    ax.legend(
+        title=title,
+        fontsize=9,
+        title_fontsize=9,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        frameon=False,
+        alignment="left",
+    )
 
 
 def _save(fig, path: Path) -> None:
@@ -160,24 +187,48 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
             front = set(pareto_frontier([(p.x, p.y) for p in pts]))
             on = [p for j, p in enumerate(pts) if j in front]
             off = [p for j, p in enumerate(pts) if j not in front]
-            ax.plot([p.x for p in on], [p.y for p in on], color=colour, linestyle=ls, marker=marker,
-                    linewidth=2.2, markersize=7, label=f"{s.label} ({len(front)} on frontier / {len(pts)})")
+            ax.plot(
+                [p.x for p in on],
+                [p.y for p in on],
+                color=colour,
+                linestyle=ls,
+                marker=marker,
+                linewidth=2.2,
+                markersize=7,
+                label=f"{s.label} ({len(front)} on frontier / {len(pts)})",
+            )
             _error_bars(ax, on, colour, x=True)
             if off:
-                ax.plot([p.x for p in off], [p.y for p in off], color=colour, marker=marker, linestyle="none",
-                        alpha=0.3, markersize=7)
+                ax.plot(
+                    [p.x for p in off],
+                    [p.y for p in off],
+                    color=colour,
+                    marker=marker,
+                    linestyle="none",
+                    alpha=0.3,
+                    markersize=7,
+                )
                 _error_bars(ax, off, colour, x=True, alpha=0.3)
         _mark_diverged(ax, diverged)
         _mark_dense(ax, dense)
         _mark_reference(ax, [r.row["loss_recovered_mean_ablation"] for _, r in mean_ablation_references(series)])
         others = {s.label for s in series if id(s) in replicas}  # their ratios are in the seed table
-        site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)
-                       and r["a"] not in others and r["b"] not in others]
+        site_ratios = [
+            r
+            for r in ratios
+            if (r["model"], r["hook"]) == (model, hook) and r["a"] not in others and r["b"] not in others
+        ]
         if site_ratios:
-            ax.text(1.03, 0.0, "L0 ratio at matched loss recovered (95 % CI)\n"
-                    + "\n".join(_ratio_short(r) for r in site_ratios),
-                    transform=ax.transAxes, ha="left", va="bottom", fontsize=8,
-                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
+            ax.text(
+                1.03,
+                0.0,
+                "L0 ratio at matched loss recovered (95 % CI)\n" + "\n".join(_ratio_short(r) for r in site_ratios),
+                transform=ax.transAxes,
+                ha="left",
+                va="bottom",
+                fontsize=8,
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"},
+            )
         _log_x(ax)
         ax.set_ylabel("Loss recovered (fraction)")
         ax.set_title(f"{model} · {hook}")
@@ -193,11 +244,22 @@ def _mark_reference(ax, levels: Sequence[float]) -> None:
     lo, hi = ax.get_ylim()
     for k, y in enumerate(levels):
         if lo <= y <= hi:
-            ax.axhline(y, color="0.45", linestyle=(0, (4, 3)), linewidth=1,
-                       label="mean activation alone (x̂ = b_dec)" if k == 0 else None)
+            ax.axhline(
+                y,
+                color="0.45",
+                linestyle=(0, (4, 3)),
+                linewidth=1,
+                label="mean activation alone (x̂ = b_dec)" if k == 0 else None,
+            )
         else:
-            ax.text(0.01, 0.01 + 0.05 * k, f"mean activation alone (x̂ = b_dec): loss recovered {y:.3f}, off the axis",
-                    transform=ax.transAxes, fontsize=8, color="0.35")
+            ax.text(
+                0.01,
+                0.01 + 0.05 * k,
+                f"mean activation alone (x̂ = b_dec): loss recovered {y:.3f}, off the axis",
+                transform=ax.transAxes,
+                fontsize=8,
+                color="0.35",
+            )
 
 
 def _styles_but_replicas(series: Sequence[Series], replicas: dict[int, int]) -> dict[int, tuple]:
@@ -211,8 +273,17 @@ def _plot_replica(ax, s: Series, pts: list[_Plotted], style: tuple, legended: se
     """A further training seed: hollow points in its first seed's colour and marker, one legend
     entry for all of an architecture's other seeds."""
     name = f"{strip_key(s.label, SEED_KEY)}, other seeds{suffix}"
-    ax.plot([p.x for p in pts], [p.y for p in pts], color=style[0], marker=style[2], linestyle="none",
-            markerfacecolor="none", alpha=0.7, markersize=7, label=name if name not in legended else "_nolegend_")
+    ax.plot(
+        [p.x for p in pts],
+        [p.y for p in pts],
+        color=style[0],
+        marker=style[2],
+        linestyle="none",
+        markerfacecolor="none",
+        alpha=0.7,
+        markersize=7,
+        label=name if name not in legended else "_nolegend_",
+    )
     legended.add(name)
 
 
@@ -256,17 +327,35 @@ def plot_shrinkage(sites: dict[tuple[str, str], list[Series]], path: Path) -> No
                 _plot_replica(ax, s, pts, styles[replicas[id(s)]], legended, raw)
                 continue
             colour, ls, marker = styles[i]
-            ax.plot([p.x for p in pts], [p.y for p in pts], color=colour, linestyle=ls, marker=marker,
-                    linewidth=1.8, markersize=7, label=s.label + raw)
+            ax.plot(
+                [p.x for p in pts],
+                [p.y for p in pts],
+                color=colour,
+                linestyle=ls,
+                marker=marker,
+                linewidth=1.8,
+                markersize=7,
+                label=s.label + raw,
+            )
             _error_bars(ax, pts, colour, x=False)
         _mark_diverged(ax, diverged)
         _log_x(ax)
         ax.set_ylabel("γ centred (< 1: shrinkage)")
         ax.set_title(f"{model} · {hook}")
         ax.grid(True, which="both", alpha=0.25)
-        ax.text(0.99, 1.0, "no shrinkage ", transform=ax.get_yaxis_transform(), ha="right", va="bottom",
-                fontsize=9, color="black")
+        ax.text(
+            0.99,
+            1.0,
+            "no shrinkage ",
+            transform=ax.get_yaxis_transform(),
+            ha="right",
+            va="bottom",
+            fontsize=9,
+            color="black",
+        )
         _legend(ax, "whiskers: 95 % CI")
-    fig.suptitle("Shrinkage: relative reconstruction bias about the means, "
-                 "γ centred = E‖x̂ − E x̂‖² / E[(x̂ − E x̂)·(x − E x)]", fontsize=12)
+    fig.suptitle(
+        "Shrinkage: relative reconstruction bias about the means, γ centred = E‖x̂ − E x̂‖² / E[(x̂ − E x̂)·(x − E x)]",
+        fontsize=12,
+    )
     _save(fig, path)

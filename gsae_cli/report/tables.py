@@ -8,17 +8,31 @@ import io
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
-from gsae_cli.report.collect import (COLUMNS, DENSE_CODE, Result, Series, arch_rank, fmt_value, is_dense,
-                                     mean_ablation_references, natural_key)
+from gsae_cli.report.collect import (
+    COLUMNS,
+    DENSE_CODE,
+    Result,
+    Series,
+    arch_rank,
+    fmt_value,
+    is_dense,
+    mean_ablation_references,
+    natural_key,
+)
 from gsae_cli.report.compare import strip_lengths, strip_tokens
 
 
 def result_sort_key(r: Result) -> tuple:
-    return (natural_key(str(r.row["model"])), natural_key(str(r.row["hook"])), arch_rank(str(r.row["architecture"])),
-            r.row["l0"] or 0.0)
+    return (
+        natural_key(str(r.row["model"])),
+        natural_key(str(r.row["hook"])),
+        arch_rank(str(r.row["architecture"])),
+        r.row["l0"] or 0.0,
+    )
 
 
 def csv_text(results: list[Result], report_dir: Path) -> str:
@@ -53,18 +67,29 @@ def _fci(r: Result, key: str, digits: int = 4) -> str:
 
 
 # (header, key, digits) for the markdown and terminal tables.
-TABLE = [("L0", "l0", 4), ("L0 gate", "l0_gate", 4), ("loss recovered", "loss_recovered", 4), ("Δ loss", "delta_loss", 3),
-         ("KL", "kl_div", 3), ("γ", "relative_reconstruction_bias", 4),
-         ("γ centred", "relative_reconstruction_bias_centred", 4), ("NMSE", "nmse", 3),
-         ("expl. var.", "explained_variance", 3), ("dead", "frac_dead", 3), ("dense", "frac_dense", 3),
-         ("pass-through", "frac_passthrough", 3)]
+TABLE = [
+    ("L0", "l0", 4),
+    ("L0 gate", "l0_gate", 4),
+    ("loss recovered", "loss_recovered", 4),
+    ("Δ loss", "delta_loss", 3),
+    ("KL", "kl_div", 3),
+    ("γ", "relative_reconstruction_bias", 4),
+    ("γ centred", "relative_reconstruction_bias_centred", 4),
+    ("NMSE", "nmse", 3),
+    ("expl. var.", "explained_variance", 3),
+    ("dead", "frac_dead", 3),
+    ("dense", "frac_dense", 3),
+    ("pass-through", "frac_passthrough", 3),
+]
 
 
 def _cells(s: Series, r: Result) -> list[str]:
     row = r.row
-    return ([s.label, _f(row["l1_coefficient"]),
-             fmt_value(row["train_tokens"]) if row["train_tokens"] is not None else "–"]
-            + [_fci(r, key, d) for _, key, d in TABLE])
+    return [
+        s.label,
+        _f(row["l1_coefficient"]),
+        fmt_value(row["train_tokens"]) if row["train_tokens"] is not None else "–",
+    ] + [_fci(r, key, d) for _, key, d in TABLE]
 
 
 def _reference_cells(eval_set: str, r: Result, several: bool) -> list[str]:
@@ -79,8 +104,11 @@ def _sparse_lines(sp: dict) -> list[str]:
     if sp["geomean"] is None:
         return [head + f"no ratio ({sp['reason']}).", ""]
     lo, hi = sp["overlap"]
-    ci = (f", 95 % CI **{sp['interval'][0]:.3f}–{sp['interval'][1]:.3f}**" if sp["interval"]
-          else f"; no interval: {sp['interval_reason']}")
+    ci = (
+        f", 95 % CI **{sp['interval'][0]:.3f}–{sp['interval'][1]:.3f}**"
+        if sp["interval"]
+        else f"; no interval: {sp['interval_reason']}"
+    )
     return [head + f"**{sp['geomean']:.3f}** over loss recovered {lo:.3f}–{hi:.3f}{ci}.", ""]
 
 
@@ -107,9 +135,16 @@ def _resampling(r: dict) -> str:
             why = f"the SAEs were evaluated on {len(r['eval_sets'])} different eval sets ({', '.join(r['eval_sets'])})"
         else:
             why = f"the evaluations of eval set {r['eval_sets'][0]} hold different numbers of windows ({windows})"
-        how = f"UNPAIRED bootstrap: {why}; each eval set was resampled on its own, so the interval is wider than a paired one"
-    valid = (f"{r['n_resamples']:,} resamples" if r["n_valid"] == r["n_resamples"] else
-             f"{r['n_resamples']:,} resamples, of which the {r['n_valid']:,} whose frontiers still overlap give the interval")
+        how = (
+            f"UNPAIRED bootstrap: {why}; each eval set was resampled on its own, so the interval is wider "
+            "than a paired one"
+        )
+    valid = (
+        f"{r['n_resamples']:,} resamples"
+        if r["n_valid"] == r["n_resamples"]
+        else f"{r['n_resamples']:,} resamples, of which the {r['n_valid']:,} whose frontiers still overlap "
+        "give the interval"
+    )
     return f"{how}; {valid}"
 
 
@@ -118,8 +153,10 @@ def ratio_line(r: dict) -> str:
     if r["geomean"] is None:
         return f"{head}: no matched-L0 ratio: {r['reason']}"
     lo, hi = r["overlap"]
-    text = (f"{head}: L0 ratio at matched loss recovered = {r['geomean']:.3f} (geometric mean of "
-            f"{len(r['ratios'])} points over loss recovered {lo:.3f}-{hi:.3f})")
+    text = (
+        f"{head}: L0 ratio at matched loss recovered = {r['geomean']:.3f} (geometric mean of "
+        f"{len(r['ratios'])} points over loss recovered {lo:.3f}-{hi:.3f})"
+    )
     if r["interval"]:
         text += f"; 95 % CI [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}], {_resampling(r)}"
     else:
@@ -127,7 +164,14 @@ def ratio_line(r: dict) -> str:
     return text
 
 
-def _span(span: Optional[Sequence[float]]) -> str:
+def _num(v: float | None, interval: Sequence[float] | None) -> str:
+    """A value to 3 places with its interval, or a dash when there is none."""
+    if v is None:
+        return "–"
+    return f"{v:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def _span(span: Sequence[float] | None) -> str:
     return "–" if span is None else f"{span[0]:.3f}–{span[1]:.3f}"
 
 
@@ -136,45 +180,70 @@ def spread_line(sp: dict) -> str:
     if sp["span"] is None:
         return f"{head}: not comparable: {sp['reason']}"
     per = ", ".join(f"{r:.3f}" for r in sp["ratios"])
-    return (f"{head}, loss recovered {_span(sp['span'])}: ratios {per}; geometric mean {sp['geomean']:.3f}, 95 % CI "
-            f"over seeds [{sp['interval'][0]:.3f}, {sp['interval'][1]:.3f}]; one more run would fall in "
-            f"[{sp['prediction'][0]:.3f}, {sp['prediction'][1]:.3f}]")
+    return (
+        f"{head}, loss recovered {_span(sp['span'])}: ratios {per}; geometric mean {sp['geomean']:.3f}, 95 % CI "
+        f"over seeds [{sp['interval'][0]:.3f}, {sp['interval'][1]:.3f}]; one more run would fall in "
+        f"[{sp['prediction'][0]:.3f}, {sp['prediction'][1]:.3f}]"
+    )
 
 
 def check_line(c: dict) -> str:
-    head = (f"{strip_lengths(c['a'])} / {strip_lengths(c['b'])} at {c['hook']}, {fmt_value(c['tokens'][0])} → "
-            f"{fmt_value(c['tokens'][1])} tokens{_factor(c)}")
+    head = (
+        f"{strip_lengths(c['a'])} / {strip_lengths(c['b'])} at {c['hook']}, {fmt_value(c['tokens'][0])} → "
+        f"{fmt_value(c['tokens'][1])} tokens{_factor(c)}"
+    )
     if c["span"] is None:
         return f"{head}: not comparable ({c['verdict_reason']})"
-    ci = (f", 95 % CI [{c['change_interval'][0]:.3f}, {c['change_interval'][1]:.3f}]" if c["change_interval"] else "")
-    return (f"{head}, at loss recovered {_span(c['span'])}: ratio {c['ratio'][0]:.3f} → {c['ratio'][1]:.3f} (change "
-            f"{c['change']:.3f}{ci}): {c['verdict']} at margin ±{c['margin']:g}"
-            + (f" ({c['verdict_reason']})" if c["verdict_reason"] else ""))
+    ci = f", 95 % CI [{c['change_interval'][0]:.3f}, {c['change_interval'][1]:.3f}]" if c["change_interval"] else ""
+    return (
+        f"{head}, at loss recovered {_span(c['span'])}: ratio {c['ratio'][0]:.3f} → {c['ratio'][1]:.3f} (change "
+        f"{c['change']:.3f}{ci}): {c['verdict']} at margin ±{c['margin']:g}"
+        + (f" ({c['verdict_reason']})" if c["verdict_reason"] else "")
+    )
 
 
 def filtered_by(filters: Sequence[str]) -> str:
     return f", filtered by {', '.join(f'`{w}`' for w in filters)}" if filters else ""
 
 
-def markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], source: str,
-              checks: Sequence[dict] = (), spreads: Sequence[dict] = ()) -> str:
-    lines = ["# gsae report", "",
-             source + ".",
-             "L0: mean non-zero features per site token (‖f‖₀, the paper's); L0 gate: mean open gates, the support "
-             "the architecture decides (equal to L0 for relu; blank for evaluations made before gsae recorded it). "
-             "Loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean). "
-             "γ: relative reconstruction bias (1 = no shrinkage); γ centred: the same about the means. "
-             "KL: KL(clean ‖ spliced) per token. Pass-through: site positions left at their clean activation. "
-             "[lo, hi]: 95 % bootstrap interval over eval windows.", "",
-             "![L0 vs loss recovered](frontier.png)", "", "![shrinkage](shrinkage.png)", ""]
+def markdown(
+    sites: dict[tuple[str, str], list[Series]],
+    ratios: list[dict],
+    source: str,
+    checks: Sequence[dict] = (),
+    spreads: Sequence[dict] = (),
+) -> str:
+    lines = [
+        "# gsae report",
+        "",
+        source + ".",
+        "L0: mean non-zero features per site token (‖f‖₀, the paper's); L0 gate: mean open gates, the support "
+        "the architecture decides (equal to L0 for relu; blank for evaluations made before gsae recorded it). "
+        "Loss recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean). "
+        "γ: relative reconstruction bias (1 = no shrinkage); γ centred: the same about the means. "
+        "KL: KL(clean ‖ spliced) per token. Pass-through: site positions left at their clean activation. "
+        "[lo, hi]: 95 % bootstrap interval over eval windows.",
+        "",
+        "![L0 vs loss recovered](frontier.png)",
+        "",
+        "![shrinkage](shrinkage.png)",
+        "",
+    ]
     diverged = [r for s in (x for ss in sites.values() for x in ss) for r in s.results if r.row["diverged_at_step"]]
     if diverged:
-        lines += ["## Warning: SAEs whose training diverged", "",
-                  "Their points below are real measurements of a broken run, not of the architecture; "
-                  "retrain them with a lower learning rate.", ""]
-        lines += [f"- {r.row['architecture']} λ {fmt_value(r.row['l1_coefficient'])} at {r.row['hook']} "
-                  f"({fmt_value(r.row['train_tokens'])} tokens): diverged at step {r.row['diverged_at_step']:,} "
-                  f"(`{r.directory.name}`)" for r in sorted(diverged, key=result_sort_key)]
+        lines += [
+            "## Warning: SAEs whose training diverged",
+            "",
+            "Their points below are real measurements of a broken run, not of the architecture; "
+            "retrain them with a lower learning rate.",
+            "",
+        ]
+        lines += [
+            f"- {r.row['architecture']} λ {fmt_value(r.row['l1_coefficient'])} at {r.row['hook']} "
+            f"({fmt_value(r.row['train_tokens'])} tokens): diverged at step {r.row['diverged_at_step']:,} "
+            f"(`{r.directory.name}`)"
+            for r in sorted(diverged, key=result_sort_key)
+        ]
         lines.append("")
     head = ["series", "λ", "train tokens"] + [h for h, *_ in TABLE] + ["eval"]
     for (model, hook), series in sites.items():
@@ -198,15 +267,23 @@ def markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], sou
         if marked:
             lines += ["† training diverged (warning above): a measurement of a broken run.", ""]
         if dense_marked:
-            lines += [f"‡ mean feature density (L0 / d_sae) above {DENSE_CODE:.0%}: not a sparse code; each ratio "
-                      "below is also given over the sparse part alone.", ""]
+            lines += [
+                f"‡ mean feature density (L0 / d_sae) above {DENSE_CODE:.0%}: not a sparse code; each ratio "
+                "below is also given over the sparse part alone.",
+                "",
+            ]
         site_ratios = [r for r in ratios if (r["model"], r["hook"]) == (model, hook)]
-        lines += ["### L0 ratio at matched loss recovered", "",
-                  "The paper's headline (docs/method.md §4, L0 ratio at matched loss recovered): how many active features one architecture needs, relative to "
-                  "another, for the same loss recovered; log L0 interpolated along each Pareto frontier, geometric "
-                  "mean over the overlap of the two frontiers' loss-recovered ranges. < 1 means the first needs "
-                  "fewer. The 95 % interval recomputes every SAE's L0 and loss recovered, both frontiers and "
-                  "the ratio on each bootstrap resample of the eval windows.", ""]
+        lines += [
+            "### L0 ratio at matched loss recovered",
+            "",
+            "The paper's headline (docs/method.md §4, L0 ratio at matched loss recovered): how many active "
+            "features one architecture needs, relative to "
+            "another, for the same loss recovered; log L0 interpolated along each Pareto frontier, geometric "
+            "mean over the overlap of the two frontiers' loss-recovered ranges. < 1 means the first needs "
+            "fewer. The 95 % interval recomputes every SAE's L0 and loss recovered, both frontiers and "
+            "the ratio on each bootstrap resample of the eval windows.",
+            "",
+        ]
         if not site_ratios:
             lines += ["Only one architecture here: nothing to compare.", ""]
         for r in site_ratios:
@@ -214,64 +291,89 @@ def markdown(sites: dict[tuple[str, str], list[Series]], ratios: list[dict], sou
                 lines += [f"- **{r['a']} / {r['b']}**: no ratio: {r['reason']}.", ""]
                 continue
             lo, hi = r["overlap"]
-            ci = (f", 95 % CI **{r['interval'][0]:.3f}–{r['interval'][1]:.3f}**: {_resampling(r)}."
-                  if r["interval"] else f"; no interval: {r['interval_reason']}.")
-            lines += [f"- **{r['a']} / {r['b']}**, {_footing_words(r)}: **{r['geomean']:.3f}** (geometric mean over "
-                      f"loss recovered {lo:.3f}–{hi:.3f}){ci}", "",
-                      *(_sparse_lines(r["sparse"]) if r.get("sparse") else []),
-                      "  | loss recovered | L0 " + r["a"] + " | L0 " + r["b"] + " | ratio |", "  |---|---|---|---|"]
+            ci = (
+                f", 95 % CI **{r['interval'][0]:.3f}–{r['interval'][1]:.3f}**: {_resampling(r)}."
+                if r["interval"]
+                else f"; no interval: {r['interval_reason']}."
+            )
+            lines += [
+                f"- **{r['a']} / {r['b']}**, {_footing_words(r)}: **{r['geomean']:.3f}** (geometric mean over "
+                f"loss recovered {lo:.3f}–{hi:.3f}){ci}",
+                "",
+                *(_sparse_lines(r["sparse"]) if r.get("sparse") else []),
+                "  | loss recovered | L0 " + r["a"] + " | L0 " + r["b"] + " | ratio |",
+                "  |---|---|---|---|",
+            ]
             for t, la, lb, q in zip(r["targets"], r["l0_a"], r["l0_b"], r["ratios"]):
                 lines.append(f"  | {t:.3f} | {la:.1f} | {lb:.1f} | {q:.3f} |")
             lines.append("")
         site_spreads = [sp for sp in spreads if (sp["model"], sp["hook"]) == (model, hook)]
         if site_spreads:
-            lines += ["### Run-to-run spread: the ratio over training seeds", "",
-                      "The same pair trained with several `train.seed` (initialisation, which rows of the store a run "
-                      "reads, and their order), at each training length, every seed's ratio at the same "
-                      "loss-recovered targets: the range all their frontiers cover. The window bootstrap above "
-                      "holds the SAEs fixed; this is the variation of training, on these eval windows (every seed "
-                      "is evaluated on the same ones, so window sampling is not in it). CI: Student t over seeds "
-                      "on log ratio; one more run: the t prediction interval for a further seed. With 3 seeds "
-                      "both are wide (t = 4.30) and assume log-normal ratios.", "",
-                      "| pair | train tokens | loss recovered | ratio per seed | geometric mean [95 % CI over seeds] "
-                      "| one more run |", "|---|---|---|---|---|---|"]
+            lines += [
+                "### Run-to-run spread: the ratio over training seeds",
+                "",
+                "The same pair trained with several `train.seed` (initialisation, which rows of the store a run "
+                "reads, and their order), at each training length, every seed's ratio at the same "
+                "loss-recovered targets: the range all their frontiers cover. The window bootstrap above "
+                "holds the SAEs fixed; this is the variation of training, on these eval windows (every seed "
+                "is evaluated on the same ones, so window sampling is not in it). CI: Student t over seeds "
+                "on log ratio; one more run: the t prediction interval for a further seed. With 3 seeds "
+                "both are wide (t = 4.30) and assume log-normal ratios.",
+                "",
+                "| pair | train tokens | loss recovered | ratio per seed | geometric mean [95 % CI over seeds] "
+                "| one more run |",
+                "|---|---|---|---|---|---|",
+            ]
             for sp in site_spreads:
                 pair = f"| {strip_tokens(sp['a'])} / {strip_tokens(sp['b'])} | " + (
-                    f"{fmt_value(sp['tokens']) if sp['tokens'] is not None else '–'} | {_span(sp['span'])} | ")
+                    f"{fmt_value(sp['tokens']) if sp['tokens'] is not None else '–'} | {_span(sp['span'])} | "
+                )
                 if sp["span"] is None:
-                    lines.append(pair + f"not comparable: {sp['reason']} (seeds "
-                                 f"{', '.join(str(x) for x in sp['seeds'])}) | – | – |")
+                    lines.append(
+                        pair + f"not comparable: {sp['reason']} (seeds "
+                        f"{', '.join(str(x) for x in sp['seeds'])}) | – | – |"
+                    )
                     continue
                 per = ", ".join(f"{r:.3f} (seed {x})" for x, r in zip(sp["seeds"], sp["ratios"]))
-                lines.append(pair + f"{per} | {sp['geomean']:.3f} [{sp['interval'][0]:.3f}, {sp['interval'][1]:.3f}] | "
-                             f"[{sp['prediction'][0]:.3f}, {sp['prediction'][1]:.3f}] |")
+                lines.append(
+                    pair + f"{per} | {sp['geomean']:.3f} [{sp['interval'][0]:.3f}, {sp['interval'][1]:.3f}] | "
+                    f"[{sp['prediction'][0]:.3f}, {sp['prediction'][1]:.3f}] |"
+                )
             lines.append("")
             for sp in site_spreads:
                 for d in sp["dropped"]:
-                    lines += [f"- Left out of {strip_tokens(sp['a'])} / {strip_tokens(sp['b'])}: seed {d['seed']}, "
-                              f"which gives no ratio ({d['reason']}).", ""]
+                    lines += [
+                        f"- Left out of {strip_tokens(sp['a'])} / {strip_tokens(sp['b'])}: seed {d['seed']}, "
+                        f"which gives no ratio ({d['reason']}).",
+                        "",
+                    ]
         site_checks = [c for c in checks if (c["model"], c["hook"]) == (model, hook)]
         if site_checks:
             margin = ", ".join(sorted({f"±{c['margin']:g}" for c in site_checks}))
-            lines += ["### Convergence: the ratio as the training tokens grow", "",
-                      "Each ratio at T training tokens against the same pair of series at a longer T′, both at the "
-                      "same loss-recovered targets: the range all four frontiers cover (docs/method.md §4.2). The "
-                      "criterion is a doubling (T′ = 2T); other lengths are shown where they ran (the factor, and "
-                      "the store sizes where they differ). Change = ratio(T′) / ratio(T), with a paired bootstrap "
-                      "interval (the same window resamples give both ratios). Fixed before the data: **converged** "
-                      f"when the change's 95 % interval lies inside 1 {margin} (`report.equivalence_margin`), **not "
-                      "converged** when it lies wholly outside, **undetermined** when it straddles a bound, "
-                      "**not comparable** when the frontiers share no range. The interval is over eval windows "
-                      "only: run-to-run variation is in the seed table, not in this verdict.", "",
-                      "| pair | T → T′ | loss recovered | ratio at T [95 % CI] | ratio at T′ [95 % CI] | change [95 % CI] "
-                      "| verdict |", "|---|---|---|---|---|---|---|"]
+            lines += [
+                "### Convergence: the ratio as the training tokens grow",
+                "",
+                "Each ratio at T training tokens against the same pair of series at a longer T′, both at the "
+                "same loss-recovered targets: the range all four frontiers cover (docs/method.md §4.2). The "
+                "criterion is a doubling (T′ = 2T); other lengths are shown where they ran (the factor, and "
+                "the store sizes where they differ). Change = ratio(T′) / ratio(T), with a paired bootstrap "
+                "interval (the same window resamples give both ratios). Fixed before the data: **converged** "
+                f"when the change's 95 % interval lies inside 1 {margin} (`report.equivalence_margin`), **not "
+                "converged** when it lies wholly outside, **undetermined** when it straddles a bound, "
+                "**not comparable** when the frontiers share no range. The interval is over eval windows "
+                "only: run-to-run variation is in the seed table, not in this verdict.",
+                "",
+                "| pair | T → T′ | loss recovered | ratio at T [95 % CI] | ratio at T′ [95 % CI] | change [95 % CI] "
+                "| verdict |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for c in site_checks:
-                iv = lambda x: f" [{x[0]:.3f}, {x[1]:.3f}]" if x else ""  # noqa: E731
-                num = lambda v, x: "–" if v is None else f"{v:.3f}{iv(x)}"  # noqa: E731
                 verdict = f"**{c['verdict']}**" + (f" ({c['verdict_reason']})" if c["verdict_reason"] else "")
-                lines.append(f"| {strip_lengths(c['a'])} / {strip_lengths(c['b'])} | {_lengths(c)} | {_span(c['span'])} | "
-                             f"{num(c['ratio'][0], c['interval'][0])} | {num(c['ratio'][1], c['interval'][1])} | "
-                             f"{num(c['change'], c['change_interval'])} | {verdict} |")
+                lines.append(
+                    f"| {strip_lengths(c['a'])} / {strip_lengths(c['b'])} | {_lengths(c)} | {_span(c['span'])} | "
+                    f"{_num(c['ratio'][0], c['interval'][0])} | {_num(c['ratio'][1], c['interval'][1])} | "
+                    f"{_num(c['change'], c['change_interval'])} | {verdict} |"
+                )
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

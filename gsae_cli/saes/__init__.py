@@ -19,9 +19,7 @@ from gsae_cli.saes.gated import GatedSAE
 from gsae_cli.saes.relu import ReluSAE
 from gsae_cli.saes.rescale_shift import RescaleShiftSAE
 
-SAE_REGISTRY: dict[str, type[SAE]] = {
-    cls.name: cls for cls in (ReluSAE, GatedSAE, RescaleShiftSAE)
-}
+SAE_REGISTRY: dict[str, type[SAE]] = {cls.name: cls for cls in (ReluSAE, GatedSAE, RescaleShiftSAE)}
 
 
 class UnknownSAEError(ConfigError, KeyError):

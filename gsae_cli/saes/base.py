@@ -103,9 +103,7 @@ def geometric_median(x: Tensor, n_iter: int = 100, tol: float = 1e-7) -> Tensor:
     return y.to(x.dtype)
 
 
-def random_unit_rows(
-    n_rows: int, n_cols: int, generator: torch.Generator | None, like: Tensor
-) -> Tensor:
+def random_unit_rows(n_rows: int, n_cols: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
     """Rows drawn isotropically (normal, then normalised), on `like`'s device and dtype."""
     device = generator.device if generator is not None else like.device
     v = torch.randn(n_rows, n_cols, generator=generator, device=device, dtype=torch.float32)
@@ -113,7 +111,7 @@ def random_unit_rows(
     return v.to(device=like.device, dtype=like.dtype)
 
 
-def reset_adam_state_(optimizer: torch.optim.Optimizer, sae: "SAE", dead_mask: Tensor) -> None:
+def reset_adam_state_(optimizer: torch.optim.Optimizer, sae: SAE, dead_mask: Tensor) -> None:
     """Zero the optimiser's per-element state (Adam's exp_avg, exp_avg_sq, ...) for the rows /
     columns of resampled features, so stale moments do not immediately push them back.
 
@@ -211,9 +209,7 @@ class SAE(nn.Module, abc.ABC):
             renormalise_rows_(self.W_dec)
 
     @abc.abstractmethod
-    def init_weights_(
-        self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None
-    ) -> None:
+    def init_weights_(self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None) -> None:
         """The initialisation of docs/method.md §2; `b_dec_init` is the geometric median of a sample."""
 
     @abc.abstractmethod
@@ -301,7 +297,5 @@ class SAE(nn.Module, abc.ABC):
             self.b_dec.zero_()
         else:
             if b_dec_init.shape != (self.d_model,):
-                raise ValueError(
-                    f"b_dec_init must be [{self.d_model}], got {tuple(b_dec_init.shape)}"
-                )
+                raise ValueError(f"b_dec_init must be [{self.d_model}], got {tuple(b_dec_init.shape)}")
             self.b_dec.copy_(b_dec_init)

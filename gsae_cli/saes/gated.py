@@ -127,9 +127,7 @@ class GatedSAE(SAE):
         return LossOutput(terms=terms, f=f, x_hat=x_hat, active=pi_gate > 0)
 
     @torch.no_grad()
-    def init_weights_(
-        self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None
-    ) -> None:
+    def init_weights_(self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None) -> None:
         """W_dec rows random unit vectors; W_gate = W_dec.T (untied: W_mag = W_gate too);
         r_mag = 0 (when present); b_gate = b_mag = 0; b_dec = b_dec_init."""
         self._init_decoder_(b_dec_init, generator)

@@ -1,7 +1,7 @@
 """Baseline ("relu") SAE, docs/method.md §1:
 
-    pi(x) = W_enc (x - b_dec) + b_enc,   f(x) = ReLU(pi(x)),   x_hat = f W_dec + b_dec
-    L(x)  = ||x - x_hat||² + λ ||f||₁
+pi(x) = W_enc (x - b_dec) + b_enc,   f(x) = ReLU(pi(x)),   x_hat = f W_dec + b_dec
+L(x)  = ||x - x_hat||² + λ ||f||₁
 """
 
 from __future__ import annotations
@@ -49,9 +49,7 @@ class ReluSAE(SAE):
         return LossOutput(terms=terms, f=f, x_hat=x_hat, active=f > 0)
 
     @torch.no_grad()
-    def init_weights_(
-        self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None
-    ) -> None:
+    def init_weights_(self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None) -> None:
         """W_dec rows random unit vectors, W_enc = W_dec.T, b_enc = 0, b_dec = b_dec_init."""
         self._init_decoder_(b_dec_init, generator)
         self.W_enc.copy_(self.W_dec.T)

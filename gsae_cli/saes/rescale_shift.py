@@ -1,4 +1,4 @@
-""""Baseline + rescale & shift", docs/method.md §1 (the paper's §5.2, Fig. 9).
+""" "Baseline + rescale & shift", docs/method.md §1 (the paper's §5.2, Fig. 9).
 
 A trained relu SAE is frozen (W_enc, b_enc, W_dec, b_dec kept as buffers, so they are in the
 state dict but not in `parameters()`); only a per-feature scale exp(r_mag) and shift b_mag of the
@@ -41,7 +41,7 @@ class RescaleShiftSAE(SAE):
         self.init_weights_()
 
     @classmethod
-    def from_relu(cls, relu_sae: ReluSAE) -> "RescaleShiftSAE":
+    def from_relu(cls, relu_sae: ReluSAE) -> RescaleShiftSAE:
         """Freeze a trained relu SAE's weights (copied) and start at r_mag = 0, b_mag = b_enc."""
         sae = cls(relu_sae.d_model, relu_sae.d_sae)
         sae.to(device=relu_sae.W_dec.device, dtype=relu_sae.W_dec.dtype)
@@ -83,9 +83,7 @@ class RescaleShiftSAE(SAE):
         return LossOutput(terms={"recon": squared_error(x, x_hat)}, f=f, x_hat=x_hat, active=active)
 
     @torch.no_grad()
-    def init_weights_(
-        self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None
-    ) -> None:
+    def init_weights_(self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None) -> None:
         """Resets only the trainable part: r_mag = 0, b_mag = b_enc (start at the baseline).
         The frozen baseline (including b_dec) is left alone, so b_dec_init and generator are
         ignored."""
