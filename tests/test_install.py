@@ -31,7 +31,7 @@ def installed(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("install")
     src = tmp / "src"  # build from a copy: an in-tree build would write build/ into the checkout
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, src / name)
     for name in ("gsae_cli", "conf"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -90,6 +90,18 @@ def test_installed_wheel_runs_a_stage_from_another_directory(installed, tmp_path
         if p.parent != REPO / "gsae_cli"
     )
     assert found.strip() == str(source), found
+    # the licence travels with the wheel (metadata and file)
+    meta = run(
+        [
+            str(installed / "bin" / "python"),
+            "-c",
+            "import importlib.metadata as m; d = m.distribution('gsae'); "
+            "print(d.metadata['License-Expression'], any(f.name == 'LICENSE' for f in d.files))",
+        ],
+        cwd=work,
+        env=env,
+    ).stdout.split()
+    assert meta == ["MIT", "True"], meta
 
     shown = run([str(gsae), "show-config", "sae=relu"], cwd=work, env=env).stdout
     assert "smollm2-135m" in shown and "relu" in shown
