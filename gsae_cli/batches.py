@@ -32,8 +32,9 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -247,8 +248,9 @@ class ShuffledBatches:
         self.buffer_rows = self.window + int(sizes.max())  # the ring buffer
         n_epochs = max(1, math.ceil(self.n_batches * self.batch_size / self.epoch_rows))
         self._sched = _Schedule(seg_lo, sizes, self.epoch_rows, n_epochs, self.seed, self.window)
-        self._stats = {"wait_seconds": 0.0, "peak_queued": 0}
-        self._gen: Iterator[torch.Tensor] | None = None
+        # wait_seconds is a float, peak_queued an int
+        self._stats: dict[str, Any] = {"wait_seconds": 0.0, "peak_queued": 0}
+        self._gen: Generator[torch.Tensor, None, None] | None = None
 
     @property
     def wait_seconds(self) -> float:
@@ -305,19 +307,19 @@ class ShuffledBatches:
         """(key of the P-th emitted row, stream position to start reading at)."""
         sched, D = self._sched, self.window
         lo, hi = max(0, P - D), min(sched.stream_rows, P + D)
-        keys = []
+        parts: list[np.ndarray] = []
         g = sched.segment_at(lo)
         while g < sched.n_total:
             start, n, _ = sched.segment(g)
             if start >= hi:
                 break
             p, _, k = sched.keys(g)
-            keys.append(k[(p >= lo) & (p < hi)])
+            parts.append(k[(p >= lo) & (p < hi)])
             g += 1
-        keys = np.concatenate(keys)
+        keys = np.concatenate(parts)
         return int(np.partition(keys, P - lo)[P - lo]), lo
 
-    def _generate(self) -> Iterator[torch.Tensor]:
+    def _generate(self) -> Generator[torch.Tensor, None, None]:
         B, sched, R = self.batch_size, self._sched, self.buffer_rows
         first, end = self.start_batch * B, self.n_batches * B
         if first >= end:
@@ -329,7 +331,7 @@ class ShuffledBatches:
         buckets: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         order_p = np.empty(0, dtype=np.int64)  # stream positions, in emission order
         qpos = 0
-        ring = None  # raw rows (bfloat16 as uint16 bits); numpy copies beat torch's on small CPUs
+        ring: np.ndarray | None = None  # raw rows (bfloat16 as uint16 bits); numpy copies beat torch's on small CPUs
         loader = _Loader(self.store, sched, g, self.prefetch, self.prefetch_chunks, self._stats)
         try:
             for _ in range(first, end, B):
@@ -343,12 +345,13 @@ class ShuffledBatches:
                         have += take
                         continue
                     if pending is not None:  # gather before the ring is overwritten
+                        assert ring is not None  # pending rows were read into it
                         out = _gather(ring, pending, out, filled, B)
                         filled, pending = have, None
                     if g >= sched.n_total:
                         raise RuntimeError("internal error: the shuffle stream ran out of rows")
-                    start, n, data = loader.get()
-                    data = _raw(data)
+                    start, n, chunk = loader.get()
+                    data = _raw(chunk)
                     if ring is None:
                         ring = np.empty((R, data.shape[1]), dtype=data.dtype)
                     r0 = start % R
@@ -378,6 +381,7 @@ class ShuffledBatches:
                         ks = np.concatenate([r[0] for r in ready])
                         ps = np.concatenate([r[1] for r in ready])
                         order_p, qpos = ps[np.argsort(ks)], 0
+                assert ring is not None  # rows are queued only once a segment has been read into it
                 yield self._to_output(_gather(ring, pending, out, filled, B))
         finally:
             loader.close()

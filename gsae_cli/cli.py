@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -180,18 +179,18 @@ def inspect(
         if mode == "compare":
             from gsae_cli.compare import run_compare
 
-            result = run_compare(cfg, force=force)
-            summary, path = result.summary, result.path / "index.html"
+            compared = run_compare(cfg, force=force)
+            summary, path = compared.summary, compared.path / "index.html"
         elif mode == "study":
             from gsae_cli.study import run_study
 
-            result = run_study(cfg, force=force)
-            summary, path = result.summary, Path(result.summary["rating_page"])
+            studied = run_study(cfg, force=force)
+            summary, path = studied.summary, Path(studied.summary["rating_page"])
         else:
             from gsae_cli.dashboard import run_inspect
 
-            result = run_inspect(cfg, force=force)
-            summary, path = result.summary, result.path / "index.html"
+            inspected = run_inspect(cfg, force=force)
+            summary, path = inspected.summary, inspected.path / "index.html"
         _emit(summary, path, as_json)
         return summary
 
@@ -343,4 +342,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()  # as __main__.py: typer exits with the command's status itself

@@ -470,7 +470,9 @@ def baseline_config(cfg: DictConfig) -> DictConfig:
     architecture and its own learning rate, so it is exactly the SAE `sae=relu` with the same keys
     trains (and reuses)."""
     relu_lr = compose_config(["sae=relu"]).sae.lr
-    return OmegaConf.merge(cfg, {"sae": {"name": "relu", "lr": relu_lr}})
+    merged = OmegaConf.merge(cfg, {"sae": {"name": "relu", "lr": relu_lr}})
+    assert isinstance(merged, DictConfig)  # merging onto a DictConfig gives a DictConfig
+    return merged
 
 
 def harvest_hash(cfg: DictConfig, hook: str) -> str:

@@ -73,9 +73,10 @@ def _kjv_chapters() -> Iterator[dict]:
     finally:
         con.close()
     chapter: list[str] = []
-    key = None
+    key: tuple | None = None
     for testament, book, chap, p1, p2 in rows:
         if (testament, book, chap) != key and chapter:
+            assert key is not None  # chapter fills only after a row set key
             yield {"text": " ".join(chapter), "source": f"kjv:{books.get(key[:2], key[1])}:{key[2]}"}
             chapter = []
         key = (testament, book, chap)
@@ -85,6 +86,7 @@ def _kjv_chapters() -> Iterator[dict]:
             if words:
                 chapter.append(" ".join(words))
     if chapter:
+        assert key is not None  # chapter fills only after a row set key
         yield {"text": " ".join(chapter), "source": f"kjv:{books.get(key[:2], key[1])}:{key[2]}"}
 
 

@@ -190,6 +190,12 @@ class Splicer:
     def entry_is_site(self) -> bool:
         return self.entry == self.hook
 
+    @property
+    def entry_name(self) -> str:
+        """`entry` where a restart needs it (from_layer)."""
+        assert self.entry is not None  # from_layer is only ever set for a hook inside a block
+        return self.entry
+
     def clean(self, tokens: Tensor, extra: tuple[str, ...] = ()) -> tuple[Tensor, dict[str, Tensor]]:
         """(logits, {name: activation}) for the hook, the block entry (restart method only) and
         `extra` hook names."""
@@ -203,7 +209,7 @@ class Splicer:
 
             return keep
 
-        names = [self.hook] + ([self.entry] if self.from_layer and not self.entry_is_site else [])
+        names = [self.hook] + ([self.entry_name] if self.from_layer and not self.entry_is_site else [])
         names += [n for n in extra if n not in names]
         logits = self.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=[(n, keeper(n)) for n in names])
         missing = [n for n in names if n not in got]
@@ -213,7 +219,7 @@ class Splicer:
                 "the residual stream, attention or MLP path (e.g. blocks.L.hook_resid_pre)."
             )
         if self.from_layer and self.entry_is_site:
-            got[self.entry] = got[self.hook]
+            got[self.entry_name] = got[self.hook]
         return logits, got
 
     def patched(
@@ -231,6 +237,7 @@ class Splicer:
 
         fwd_hooks = [(self.hook, replace)] + ([(capture, keep)] if capture else [])
         if self.from_layer:
+            assert self.layer is not None  # from_layer is only ever set for a hook inside a block
             with _only_blocks_from(self.bridge, self.layer):
                 logits = self.bridge.run_with_hooks(
                     entry, start_at_layer=self.layer, return_type="logits", fwd_hooks=fwd_hooks
@@ -266,6 +273,7 @@ class Splicer:
         logits (one sequence, a fraction of a pass). If not, use full forwards from then on."""
         self.unverified = False
         try:
+            assert entry is not None  # unverified implies from_layer, for which callers pass the entry
             check, _ = self.patched(tokens[:1], entry[:1], site[:1])
             ok = _close(check, logits[:1])
         except Exception as e:  # noqa: BLE001 — any failure of the fast path means: use the slow one
@@ -413,7 +421,7 @@ def zero_ablation_nll(
         clean.append(next_token_nll(logits, batch).sum(dim=1).cpu())
         for hook, sp in splicers.items():
             site = acts[hook]
-            entry = sp.checked_entry(batch, logits, site, acts[sp.entry] if sp.from_layer else None)
+            entry = sp.checked_entry(batch, logits, site, acts[sp.entry_name] if sp.from_layer else None)
             zero[hook].append(sp.ablated_nll(batch, entry, site, first).cpu())
         if advance is not None:
             advance(batch.shape[0])
@@ -445,7 +453,10 @@ def build_evalset(
     # float32 only: with bf16/fp16 logits the shortcut's fp32 product and the low-precision
     # log-sum-exps would differ by about a logit's rounding, as large as a typical KL.
     want_unembed = affine is not None and UNEMBED_IN in model.bridge.hook_dict and affine[0].dtype == torch.float32
-    w_float = affine[0].float() if want_unembed else None  # once, not per batch (a copy for bf16 models)
+    w_float = None
+    if want_unembed:  # once, not per batch (a copy for bf16 models)
+        assert affine is not None  # want_unembed checked it
+        w_float = affine[0].float()
     parts: dict[str, list[Tensor]] = {}
 
     def add(name: str, value: Tensor) -> None:
@@ -455,8 +466,9 @@ def build_evalset(
         batch = tokens[lo : lo + batch_size].to(model.device)
         logits, acts = splicer.clean(batch, extra=(UNEMBED_IN,) if want_unembed else ())
         site = acts[hook]
-        entry = splicer.checked_entry(batch, logits, site, acts.get(splicer.entry) if splicer.from_layer else None)
+        entry = splicer.checked_entry(batch, logits, site, acts.get(splicer.entry_name) if splicer.from_layer else None)
         if lo == 0 and want_unembed:
+            assert affine is not None  # want_unembed checked it
             weight, bias = affine
             want_unembed = _close(F.linear(acts[UNEMBED_IN], weight, bias), logits)
             if not want_unembed:
@@ -468,8 +480,10 @@ def build_evalset(
         add("nll_clean", next_token_nll(logits, batch, lse).sum(dim=1))
         add("site", site)
         if splicer.from_layer and not splicer.entry_is_site:
+            assert entry is not None  # clean() captured the block entry
             add("entry", entry)
         if want_unembed:
+            assert w_float is not None  # set whenever want_unembed is
             add("unembed_in", acts[UNEMBED_IN])
             add("unembed_p", _expected_unembedding(logits, w_float))
             add("lse_clean", lse)
@@ -500,7 +514,9 @@ def site_mean(es: EvalSet, batch_size: int = 64) -> Tensor:
     total = sum(
         es.site[lo : lo + batch_size, es.first :].double().sum(dim=(0, 1)) for lo in range(0, es.n_windows, batch_size)
     )
-    return (total / (es.n_windows * (es.ctx_len - es.first))).to(es.site.dtype)
+    mean = total / (es.n_windows * (es.ctx_len - es.first))
+    assert isinstance(mean, Tensor)  # sum is 0 only for no windows, where the division has raised
+    return mean.to(es.site.dtype)
 
 
 def _mean_ablated_nll(splicer: Splicer, es: EvalSet, batch_size: int, device) -> Tensor:
@@ -527,6 +543,7 @@ def save_evalset(directory: Path, es: EvalSet, eval_set_hash: str, config_yaml: 
     """Tensors, then evalset.json and config.yaml, then the completion marker (each atomic)."""
     from safetensors.torch import save
 
+    assert es.nll_mean is not None  # build_evalset sets it
     tensors = {
         "tokens": es.tokens,
         "site": es.site,

@@ -72,10 +72,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import Tensor
 
 from gsae_cli import artifacts
 from gsae_cli.config import eval_dir, evalset_dir, evalset_hash, to_yaml
@@ -102,6 +103,9 @@ from gsae_cli.metrics import (
 )
 from gsae_cli.models import LoadedModel, load_model, resolve_device, validate_hooks
 from gsae_cli.progress import notice, track
+
+if TYPE_CHECKING:
+    from gsae_cli.saes import SAE
 
 METRICS = "metrics.json"
 PER_WINDOW = "per_window.safetensors"
@@ -204,7 +208,7 @@ def check_sae_matches(cfg: DictConfig, meta: dict, sae_dir: Path) -> None:
 @torch.no_grad()
 def window_sums(
     model: LoadedModel,
-    sae: nn.Module,
+    sae: SAE,
     es: EvalSet,
     *,
     batch_size: int,
@@ -252,6 +256,7 @@ def window_sums(
         lse = log_sum_exp(logits)
         parts["nll_spliced"].append(next_token_nll(logits, tokens, lse).sum(dim=1).cpu())
         if es.kl is not None:
+            assert h is not None  # patched captured UNEMBED_IN, or raised
             # KL = Σ_v P_clean (z_clean - z') + L' - L_clean = E_clean[W_U]·(h - h') + L' - L_clean
             kl = {k: v[lo:hi].to(model.device) for k, v in es.kl.items()}
             kl_pos = (
@@ -279,6 +284,7 @@ def window_sums(
     fire_counts = torch.cat(fires)
     n = es.n_windows
     sums = {k: torch.cat(v) for k, v in parts.items()}
+    assert es.nll_mean is not None  # built with every eval set, and required when one is loaded
     sums.update(
         {
             "n_pred": torch.full((n,), float(ctx - 1), dtype=torch.float64),
@@ -315,7 +321,7 @@ def summarise(
 
 def evaluate(
     model: LoadedModel,
-    sae: nn.Module,
+    sae: SAE,
     es: EvalSet,
     *,
     batch_size: int,
@@ -343,7 +349,7 @@ def evaluate(
 
 def evaluate_windows(
     model: LoadedModel,
-    sae: nn.Module,
+    sae: SAE,
     hook: str,
     windows: Tensor,
     *,

@@ -36,6 +36,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -100,7 +101,8 @@ def _training_config(sae_dir: Path, cfg: DictConfig) -> DictConfig:
     path = sae_dir / "config.yaml"
     if path.exists():
         try:
-            return OmegaConf.load(path)
+            # cast: the config.yaml gsae train writes is a mapping (OmegaConf.load may also give a ListConfig)
+            return cast(DictConfig, OmegaConf.load(path))
         except Exception:  # noqa: BLE001 — a foreign or damaged file: fall back to this run's config
             pass
     return cfg

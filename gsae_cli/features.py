@@ -183,9 +183,11 @@ def logit_effects(
     for i in range(0, d.shape[0], chunk):
         eff = d[i : i + chunk] @ W.T  # [chunk, vocab]
         v, ix = torch.topk(eff, n, dim=1)
-        tops.append(ix), topv.append(v)
+        tops.append(ix)
+        topv.append(v)
         v, ix = torch.topk(eff, n, dim=1, largest=False)
-        bots.append(ix), botv.append(v)
+        bots.append(ix)
+        botv.append(v)
     return torch.cat(tops), torch.cat(topv), torch.cat(bots), torch.cat(botv)
 
 
@@ -203,7 +205,8 @@ def nearest_by_cosine(
             r = torch.arange(sim.shape[0])
             sim[r, r + i] = -math.inf
         v, ix = torch.topk(sim, n, dim=1)
-        ids.append(ix), cos.append(v)
+        ids.append(ix)
+        cos.append(v)
     return torch.cat(ids), torch.cat(cos)
 
 

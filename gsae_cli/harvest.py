@@ -75,7 +75,7 @@ def harvest_world(cfg: DictConfig) -> tuple[int, int]:
 def library_versions() -> dict:
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
+    out: dict[str, str | None] = {"python": platform.python_version()}
     for pkg in ("gsae", "torch", "transformer-lens", "transformers", "zarr", "datasets"):
         try:
             out[pkg] = md.version(pkg)
@@ -143,7 +143,9 @@ def _harvest(cfg: DictConfig, hooks: list[str], dirs: dict[str, Path], rank: int
     writers: dict[str, store.StoreWriter] = {}
     try:
         for h in hooks:
-            writers[h] = _open_writer(cfg, h, dirs[h], widths[h], rank, world)
+            width = widths[h]
+            assert width is not None  # a store's recorded width, else the probe's
+            writers[h] = _open_writer(cfg, h, dirs[h], width, rank, world)
         lead = writers[hooks[0]]
         if lead.owned_rows(0, lead.next_row):  # some of this process's rows are already on disk
             notice(

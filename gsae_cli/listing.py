@@ -244,8 +244,8 @@ def _eval(d: Path) -> tuple[bool, dict, float | None]:
 
     complete = artifacts.is_complete(d)
     metrics = _json(d / "metrics.json")
-    cfg = metrics.get("config") if isinstance(metrics.get("config"), dict) else _yaml(d / "config.yaml")
-    sae = metrics.get("sae") if isinstance(metrics.get("sae"), dict) else {}
+    cfg = metrics["config"] if isinstance(metrics.get("config"), dict) else _yaml(d / "config.yaml")
+    sae = metrics["sae"] if isinstance(metrics.get("sae"), dict) else {}
     # An SAE given by sae.path may not be what config.sae says: trust what the eval recorded.
     fields = {
         "model": _get(cfg, "model.name"),

@@ -140,7 +140,7 @@ def _convert_gguf(model_cfg, target: Path) -> None:
     apply_special_tokens(tokenizer, ids)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # The dequantised weights are plain fp32; drop the GGUF quantiser so transformers will save them.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # torch types Module.__setattr__ values as Tensor | Module
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -262,7 +262,7 @@ def load_model(model_cfg, device: torch.device) -> LoadedModel:
         hf_model, tokenizer = _load_hub(model_cfg, dtype)
     # boot_transformers leaves a model it is handed where it is: move it first (a CUDA run on a
     # CPU-resident model fails at the embedding lookup).
-    hf_model.to(device).eval()
+    hf_model.to(device).eval()  # type: ignore[arg-type]  # PreTrainedModel.to is functools.wraps'd: typeshed binds no self
     bridge = TransformerBridge.boot_transformers(
         model_cfg.hf_name, hf_model=hf_model, tokenizer=tokenizer, device=str(device), dtype=dtype
     )

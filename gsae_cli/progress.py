@@ -58,7 +58,7 @@ class _Rich:
 
 
 @contextmanager
-def track(description: str, total: float, unit: str = "tokens", completed: float = 0) -> Iterator:
+def track(description: str, total: float, unit: str = "tokens", completed: int = 0) -> Iterator:
     """Yield an object with `advance(n, **fields)`; `completed` is work already done (a resume)."""
     if not stderr.is_terminal:
         bar = _Plain(description, total, unit)

@@ -48,5 +48,5 @@ def load_sae(directory: str | Path, device: str | torch.device = "cpu") -> SAE:
         sae.load_state_dict(state)
     except RuntimeError as e:
         raise ArtifactError(f"The weights in {directory} do not match its {META} ({e}).") from None
-    sae.meta = meta  # type: ignore[attr-defined]
+    sae.meta = meta
     return sae.to(device).eval()

@@ -17,9 +17,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from gsae_cli.errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 Location = Path | Any  # Any: a upath.UPath (imported only when an s3:// URL is used)
 
@@ -56,7 +59,7 @@ def location(where: Any) -> Location:
     return UPath(where.rstrip("/"), use_listings_cache=False)
 
 
-def is_remote(p: Any) -> bool:
+def is_remote(p: Any) -> TypeGuard[UPath]:
     """Whether `p` is a location on object storage (a UPath with a remote protocol)."""
     return getattr(p, "protocol", "") not in ("", "file", "local")
 

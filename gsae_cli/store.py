@@ -59,12 +59,16 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+
+if TYPE_CHECKING:
+    from zarr.abc.codec import BytesBytesCodec
+    from zarr.core.array_spec import ArrayConfigParams
 
 from gsae_cli import storage
 from gsae_cli.errors import ArtifactError, ConfigError, StoreError
@@ -124,6 +128,7 @@ def shard_stats(rows: np.ndarray, dtype: str) -> list[float]:
 
 def combine_stats(per_shard: list[list[float]]) -> dict[str, float]:
     """The store's norms from its shards' statistics, summed in shard order."""
+    count: float  # a row count, typed as the shard statistics are
     count, sum_sq, total, peak = 0, 0.0, 0.0, 0.0
     for n, sq, s, m in per_shard:
         count += n
@@ -263,6 +268,11 @@ def _read_json(path: Path) -> Any:
     return json.loads(storage.read_bytes(path))
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """The store's array `name` (zarr types a group member as Array | Group)."""
+    return cast("zarr.Array", group[name])
+
+
 def _json_normal(obj: Any) -> Any:
     """`obj` as it reads back from JSON (tuples become lists, ...)."""
     try:
@@ -376,8 +386,8 @@ class StoreWriter:
         self._shards_done = shards_done  # owned shards durably written (this writer's part)
         self._stats: dict[int, list[float]] = dict(stats or {})
         self._group = group
-        self._acts = group["activations"]
-        self._toks = group["tokens"]
+        self._acts = _array(group, "activations")
+        self._toks = _array(group, "tokens")
         self._fsync = fsync
         self._rows_written = start_rows
         self._pos = start_rows  # the next row this writer needs (rows before it: written or buffered)
@@ -463,10 +473,11 @@ class StoreWriter:
         group = zarr.create_group(
             storage.zarr_store(path), attributes={**attrs, META_KEY: {**layout.to_json(), "open_attrs": attrs}}
         )
-        compressors = [ZstdCodec(level=ZSTD_LEVEL)] if layout.compressor == "zstd" else []
+        compressors: list[BytesBytesCodec] = [ZstdCodec(level=ZSTD_LEVEL)] if layout.compressor == "zstd" else []
         # last, so it covers the bytes on disk: damage fails to decode instead of reading as numbers
         compressors.append(Crc32cCodec())
-        cfg = {"write_empty_chunks": True}
+        # cast: zarr marks the other keys NotRequired with typing.NotRequired, unknown to mypy's 3.10 target
+        cfg = cast("ArrayConfigParams", {"write_empty_chunks": True})
         acts = group.create_array(
             "activations",
             shape=(layout.n_tokens, layout.d_model),
@@ -553,7 +564,7 @@ class StoreWriter:
                 stats = {}
         try:
             group = zarr.open_group(storage.zarr_store(path, read_only=complete), mode="r+" if not complete else "r")
-            acts, toks = group["activations"], group["tokens"]
+            acts, toks = _array(group, "activations"), _array(group, "tokens")
         except Exception as e:  # noqa: BLE001 - any zarr failure means an unusable store
             raise StoreError(
                 f"the activation store at {path} cannot be opened ({type(e).__name__}: {e}); "
@@ -661,6 +672,7 @@ class StoreWriter:
         k = min(acts.shape[0], self.n_tokens - self._pos)
         if k <= 0:
             return
+        a: torch.Tensor | np.ndarray  # the rows to write; numpy on the CPU
         a = acts[:k].detach().to(self.dtype)
         if a.device.type == "cpu":  # numpy: torch's CPU kernels are slow on small shared machines
             a = _raw_numpy(a.contiguous())
@@ -698,6 +710,7 @@ class StoreWriter:
             if self._buf is None:
                 self._buf = np.empty((shard_len, self.d_model), dtype=self.layout.np_dtype)
                 self._buf_tokens = np.empty((shard_len,), dtype=np.int32)
+            assert self._buf_tokens is not None  # allocated and released together with _buf
             n = min(k - off, shard_len - fill)
             if isinstance(a, np.ndarray):
                 self._buf[fill : fill + n] = a[off : off + n]
@@ -968,8 +981,8 @@ class ActivationStore:
         self.attrs = attrs
         #: rows readable: n_tokens, or fewer for a partial store opened with allow_incomplete
         self.rows_written = layout.n_tokens if rows_written is None else rows_written
-        self._acts = group["activations"]
-        self._toks = group["tokens"]
+        self._acts = _array(group, "activations")
+        self._toks = _array(group, "tokens")
 
     n_tokens = property(lambda self: self.layout.n_tokens)
     d_model = property(lambda self: self.layout.d_model)
@@ -1118,7 +1131,7 @@ def open_store(path: str | os.PathLike, *, allow_incomplete: bool = False) -> Ac
     corrupt = f"the activation store at {p} is corrupt"
     try:
         group = zarr.open_group(storage.zarr_store(p, read_only=True), mode="r")
-        acts, toks = group["activations"], group["tokens"]
+        acts, toks = _array(group, "activations"), _array(group, "tokens")
     except Exception as e:  # noqa: BLE001
         raise StoreError(f"{corrupt} ({type(e).__name__}: {e}); rebuild it with `gsae harvest ... --force`.") from None
     problems = []

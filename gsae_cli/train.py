@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +22,7 @@ from gsae_cli.divergence import LOG, describe, divergence_of_log, divergence_of_
 from gsae_cli.errors import ArtifactError, ConfigError, StoreError
 from gsae_cli.progress import notice, track
 from gsae_cli.sae_io import load_sae, read_sae_meta, save_sae
-from gsae_cli.saes import SAE, RescaleShiftSAE, build_sae, geometric_median, reset_adam_state_
+from gsae_cli.saes import SAE, ReluSAE, RescaleShiftSAE, build_sae, geometric_median, reset_adam_state_
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = LOG  # "metrics.jsonl", one row per train.log_every steps (divergence.py reads it too)
@@ -62,7 +63,9 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
             return TrainResult(directory, artifacts.read_json(directory / "summary.json"), True)
         from gsae_cli.harvest import run_harvest
 
-        store_path = run_harvest(OmegaConf.merge(cfg, {"hooks": []}))[0].path
+        harvest_cfg = OmegaConf.merge(cfg, {"hooks": []})
+        assert isinstance(harvest_cfg, DictConfig)  # merging onto a DictConfig gives a DictConfig
+        store_path = run_harvest(harvest_cfg)[0].path
         distributed.barrier(world)  # a distributed harvest is complete once every rank is past it
         with status.recording(directory) if world.is_main else nullcontext():
             summary = Trainer(cfg, directory, store_path, base, world).fit()
@@ -199,7 +202,7 @@ class Trainer:
         else:
             sample = self._sample_rows(max(self.tc.norm_sample_tokens, self.tc.geometric_median_tokens))
             self.scale = input_scale(sample, f"The activation store at {store_path}")
-        self.base_relu: SAE | None = None  # rescale_shift's frozen baseline, as saved (raw units)
+        self.base_relu: ReluSAE | None = None  # rescale_shift's frozen baseline, as saved (raw units)
         self.sae = self._build(base_sae_dir, sample).to(self.device)
         params = [p for p in self.sae.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=self.lr, betas=(self.tc.adam_beta1, self.tc.adam_beta2))
@@ -212,11 +215,13 @@ class Trainer:
     def _build(self, base_sae_dir: Path | None, sample: torch.Tensor | None) -> SAE:
         d_model = self.store.d_model
         if base_sae_dir is not None:
-            self.base_relu = load_sae(base_sae_dir)
+            base = load_sae(base_sae_dir)
+            assert isinstance(base, ReluSAE)  # the baseline is trained from baseline_config: sae=relu
+            self.base_relu = base
             self.base_sae_dir = Path(base_sae_dir)
-            sae = RescaleShiftSAE.from_relu(self.base_relu)  # copies; base_relu stays as saved
-            sae.fold_input_scale_(1.0 / self.scale)  # into the normalised units it trained in
-            return sae
+            rs_sae = RescaleShiftSAE.from_relu(self.base_relu)  # copies; base_relu stays as saved
+            rs_sae.fold_input_scale_(1.0 / self.scale)  # into the normalised units it trained in
+            return rs_sae
         assert sample is not None  # sampled whenever there is no baseline
         sc = self.cfg.sae
         options = (
@@ -466,6 +471,7 @@ class Trainer:
             return artifacts.read_json(self.dir / "summary.json")
         self.sae.fold_input_scale_(self.scale)  # the saved SAE takes raw activations
         if self.base_relu is not None:
+            assert isinstance(self.sae, RescaleShiftSAE)  # base_relu is set only for a rescale_shift SAE
             # Folding the frozen biases by 1/s and back by s can miss them by an ulp; the frozen
             # baseline must be the relu SAE exactly, so put its saved tensors back.
             self.sae.copy_baseline_(self.base_relu)
@@ -551,9 +557,11 @@ class _WandbLogger:
         self.run = wandb.init(
             project=cfg.train.wandb_project,
             dir=str(directory),
-            mode=mode,
+            # cast: WANDB_MODE is passed on as set; wandb itself rejects an unknown mode
+            mode=cast(Literal["online", "offline", "disabled", "shared"], mode),
             name=directory.name,
-            config=OmegaConf.to_container(cfg, resolve=True),
+            # cast: a DictConfig's container is a dict with str keys (the stub covers every config type)
+            config=cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)),
             resume="allow",
             id=directory.name[-12:],
         )

@@ -149,8 +149,8 @@ def run_report(
             "its point is not trustworthy; retrain it with a lower learning rate, or leave such SAEs out "
             "with --where diverged_at_step=none"
         )
-    for r in ratios:
-        notice(ratio_line(r))
+    for ratio in ratios:
+        notice(ratio_line(ratio))
     for c in checks:
         notice(check_line(c))
     for sp in spreads:

@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from gsae_cli.errors import ArtifactError
 from gsae_cli.report.frontier import ratios_at_common_targets
@@ -144,7 +145,8 @@ def bootstrap_common_targets(
     for k in range(n_samples):
         pts = [([(l0[k], lr[k]) for l0, lr in da], [(l0[k], lr[k]) for l0, lr in db]) for da, db in grouped]
         span, gs = ratios_at_common_targets(pts, n_targets)
-        samples.append(None if span is None or None in gs else gs)
+        # cast: gs holds no None here (checked just before), which mypy cannot see
+        samples.append(None if span is None or None in gs else cast("list[float]", gs))
     return {
         "samples": samples,
         "paired": paired,

@@ -286,25 +286,25 @@ def markdown(
         ]
         if not site_ratios:
             lines += ["Only one architecture here: nothing to compare.", ""]
-        for r in site_ratios:
-            if r["geomean"] is None:
-                lines += [f"- **{r['a']} / {r['b']}**: no ratio: {r['reason']}.", ""]
+        for ratio in site_ratios:
+            if ratio["geomean"] is None:
+                lines += [f"- **{ratio['a']} / {ratio['b']}**: no ratio: {ratio['reason']}.", ""]
                 continue
-            lo, hi = r["overlap"]
+            lo, hi = ratio["overlap"]
             ci = (
-                f", 95 % CI **{r['interval'][0]:.3f}–{r['interval'][1]:.3f}**: {_resampling(r)}."
-                if r["interval"]
-                else f"; no interval: {r['interval_reason']}."
+                f", 95 % CI **{ratio['interval'][0]:.3f}–{ratio['interval'][1]:.3f}**: {_resampling(ratio)}."
+                if ratio["interval"]
+                else f"; no interval: {ratio['interval_reason']}."
             )
             lines += [
-                f"- **{r['a']} / {r['b']}**, {_footing_words(r)}: **{r['geomean']:.3f}** (geometric mean over "
-                f"loss recovered {lo:.3f}–{hi:.3f}){ci}",
+                f"- **{ratio['a']} / {ratio['b']}**, {_footing_words(ratio)}: **{ratio['geomean']:.3f}** "
+                f"(geometric mean over loss recovered {lo:.3f}–{hi:.3f}){ci}",
                 "",
-                *(_sparse_lines(r["sparse"]) if r.get("sparse") else []),
-                "  | loss recovered | L0 " + r["a"] + " | L0 " + r["b"] + " | ratio |",
+                *(_sparse_lines(ratio["sparse"]) if ratio.get("sparse") else []),
+                "  | loss recovered | L0 " + ratio["a"] + " | L0 " + ratio["b"] + " | ratio |",
                 "  |---|---|---|---|",
             ]
-            for t, la, lb, q in zip(r["targets"], r["l0_a"], r["l0_b"], r["ratios"]):
+            for t, la, lb, q in zip(ratio["targets"], ratio["l0_a"], ratio["l0_b"], ratio["ratios"]):
                 lines.append(f"  | {t:.3f} | {la:.1f} | {lb:.1f} | {q:.3f} |")
             lines.append("")
         site_spreads = [sp for sp in spreads if (sp["model"], sp["hook"]) == (model, hook)]

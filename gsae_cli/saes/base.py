@@ -145,6 +145,7 @@ class SAE(nn.Module, abc.ABC):
     name: ClassVar[str]
     W_dec: Tensor
     b_dec: Tensor
+    meta: dict  # only on SAEs read from disk: set by sae_io.load_sae
 
     # For the generic resample_: encoder weights whose dead columns get the new direction, and
     # per-feature vectors zeroed for dead features. Subclasses that resample set these.

@@ -24,6 +24,8 @@ from gsae_cli.saes.relu import ReluSAE, relu_pre_bias
 class RescaleShiftSAE(SAE):
     name = "rescale_shift"
     FROZEN = ("W_enc", "b_enc", "W_dec", "b_dec")  # the relu baseline's tensors
+    W_enc: Tensor  # buffers (W_dec, b_dec are declared on SAE)
+    b_enc: Tensor
 
     def __init__(self, d_model: int, d_sae: int) -> None:
         super().__init__(d_model, d_sae)
