@@ -27,12 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from gsae_cli.config import compose_config, out_dir  # noqa: E402
-from gsae_cli.dashboard import feature_data, final_norm, page_settings  # noqa: E402
-from gsae_cli.evalset import _build_for, _unembed_affine  # noqa: E402
-from gsae_cli.evaluate import evaluate  # noqa: E402
-from gsae_cli.models import load_model, resolve_device, validate_hooks  # noqa: E402
-from gsae_cli.sae_io import load_sae, read_sae_meta  # noqa: E402
-from gsae_cli.webpages import write_browser  # noqa: E402
+from gsae_cli.evaluate.evalset import build_for_config  # noqa: E402
+from gsae_cli.evaluate.measure import evaluate  # noqa: E402
+from gsae_cli.evaluate.splice import unembed_affine  # noqa: E402
+from gsae_cli.inspect.dashboard import feature_data, final_norm, page_settings  # noqa: E402
+from gsae_cli.inspect.webpages import write_browser  # noqa: E402
+from gsae_cli.lm.models import load_model, resolve_device, validate_hooks  # noqa: E402
+from gsae_cli.saes.io import load_sae, read_sae_meta  # noqa: E402
 
 
 def newest_sae(cfg) -> Path:
@@ -66,7 +67,7 @@ def main() -> None:
     meta = read_sae_meta(sae_dir)
 
     t0 = time.perf_counter()
-    es = _build_for(cfg, model)
+    es = build_for_config(cfg, model)
     t_set = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -80,7 +81,7 @@ def main() -> None:
     )
     t_eval = time.perf_counter() - t0
 
-    W_U = _unembed_affine(model.bridge)[0]
+    W_U = unembed_affine(model.bridge)[0]
     info = {
         "model": cfg.model.name,
         "hook": cfg.hook,

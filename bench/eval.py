@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from gsae_cli.config import compose_config, evalset_hash, to_yaml  # noqa: E402
-from gsae_cli.evalset import build_evalset, first_spliced, load_evalset, save_evalset, select_windows  # noqa: E402
-from gsae_cli.evaluate import evaluate  # noqa: E402
-from gsae_cli.models import load_model, resolve_device, validate_hooks  # noqa: E402
-from gsae_cli.sae_io import load_sae  # noqa: E402
+from gsae_cli.evaluate.evalset import build_evalset, first_spliced, load_evalset, save_evalset, select_windows  # noqa: E402
+from gsae_cli.evaluate.measure import evaluate  # noqa: E402
+from gsae_cli.lm.models import load_model, resolve_device, validate_hooks  # noqa: E402
 from gsae_cli.saes import build_sae  # noqa: E402
+from gsae_cli.saes.io import load_sae  # noqa: E402
 
 
 def main() -> None:

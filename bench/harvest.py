@@ -20,9 +20,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from gsae_cli.config import compose_config  # noqa: E402
-from gsae_cli.data import batched_windows, kept_positions, token_windows  # noqa: E402
-from gsae_cli.harvest import capture, run_harvest  # noqa: E402
-from gsae_cli.models import load_model, resolve_device  # noqa: E402
+from gsae_cli.harvest.run import capture, run_harvest  # noqa: E402
+from gsae_cli.lm.data import batched_windows, kept_positions, token_windows  # noqa: E402
+from gsae_cli.lm.models import load_model, resolve_device  # noqa: E402
 
 
 def main() -> None:

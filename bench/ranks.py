@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import synthetic_store  # noqa: E402  (bench/train.py)
 
 from gsae_cli.config import compose_config  # noqa: E402
-from gsae_cli.cpus import available_cores  # noqa: E402
+from gsae_cli.core.cpus import available_cores  # noqa: E402
 
 
 def run(cmd: list[str], env: dict) -> dict:

@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from s3server import s3_server  # noqa: E402  (tests/s3server.py)
 
-from gsae_cli import storage, store  # noqa: E402
-from gsae_cli.batches import ShuffledBatches  # noqa: E402
+from gsae_cli import store  # noqa: E402
+from gsae_cli.core import storage  # noqa: E402
+from gsae_cli.store.batches import ShuffledBatches  # noqa: E402
 
 
 def write(where, rows: int, d_model: int) -> float:

@@ -27,8 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from gsae_cli import store  # noqa: E402
 from gsae_cli.config import compose_config, harvest_dir, harvest_hash, harvest_identity  # noqa: E402
-from gsae_cli.models import resolve_device  # noqa: E402
-from gsae_cli.train import run_train  # noqa: E402
+from gsae_cli.lm.models import resolve_device  # noqa: E402
+from gsae_cli.train.trainer import run_train  # noqa: E402
 
 MATMULS_PER_TOKEN = {"relu": 6, "gated": 8}
 

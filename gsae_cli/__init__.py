@@ -13,7 +13,7 @@ __all__ = ["load_sae"]
 
 def __getattr__(name: str) -> Any:
     if name == "load_sae":
-        from gsae_cli.sae_io import load_sae
+        from gsae_cli.saes.io import load_sae
 
         return load_sae
     raise AttributeError(f"module 'gsae_cli' has no attribute {name!r}")

@@ -90,9 +90,9 @@ def harvest(
     """Write the model's activations at `hook` (or each of `hooks=[...]`) to zarr stores."""
 
     def stage(ov: list[str]) -> dict:
-        from gsae_cli.artifacts import read_json
         from gsae_cli.config import compose_config
-        from gsae_cli.harvest import run_harvest
+        from gsae_cli.core.artifacts import read_json
+        from gsae_cli.harvest.run import run_harvest
 
         results = run_harvest(compose_config(ov), force=force)
         # a rank whose part is done but whose store another rank will complete has no summary yet
@@ -122,7 +122,7 @@ def train(
 
     def stage(ov: list[str]) -> dict:
         from gsae_cli.config import compose_config
-        from gsae_cli.train import run_train
+        from gsae_cli.train.trainer import run_train
 
         result = run_train(compose_config(ov), force=force)
         _emit(result.summary, result.path, as_json)
@@ -142,7 +142,7 @@ def eval_(
 
     def stage(ov: list[str]) -> dict:
         from gsae_cli.config import compose_config
-        from gsae_cli.evaluate import print_table, run_eval
+        from gsae_cli.evaluate.run import print_table, run_eval
 
         result = run_eval(compose_config(ov), force=force)
         if not as_json:
@@ -177,17 +177,17 @@ def inspect(
 
         cfg = compose_config(ov)
         if mode == "compare":
-            from gsae_cli.compare import run_compare
+            from gsae_cli.inspect.compare import run_compare
 
             compared = run_compare(cfg, force=force)
             summary, path = compared.summary, compared.path / "index.html"
         elif mode == "study":
-            from gsae_cli.study import run_study
+            from gsae_cli.inspect.study import run_study
 
             studied = run_study(cfg, force=force)
             summary, path = studied.summary, Path(studied.summary["rating_page"])
         else:
-            from gsae_cli.dashboard import run_inspect
+            from gsae_cli.inspect.dashboard import run_inspect
 
             inspected = run_inspect(cfg, force=force)
             summary, path = inspected.summary, inspected.path / "index.html"
@@ -275,7 +275,8 @@ def ls_(
         cfg = ls_config(overrides or [], legacy_out_dir)
         stores = None
         if cfg.get("store_url"):  # stores kept elsewhere (maybe on S3) are listed with the rest
-            from gsae_cli import config, storage
+            from gsae_cli import config
+            from gsae_cli.core import storage
 
             stores = config.store_root(cfg)
             storage.check_reachable(stores, "the activation stores (store_url)")
@@ -326,8 +327,8 @@ def setup() -> None:
 
     def stage(_: list[str]) -> dict:
         from gsae_cli.config import ModelConfig
-        from gsae_cli.data import materialise_default_corpus
-        from gsae_cli.models import prepare_gguf_model
+        from gsae_cli.lm.data import materialise_default_corpus
+        from gsae_cli.lm.models import prepare_gguf_model
 
         model_dir = prepare_gguf_model(ModelConfig())
         corpus = materialise_default_corpus()

@@ -1,40 +1,14 @@
 """`gsae export`: write a gsae SAE in another tool's on-disk format. Formats: `saelens`.
 
-SAELens format, as read from SAELens's source (v5 `sae_lens/sae.py`; v6 `sae_lens/saes/
-standard_sae.py`, `gated_sae.py`, `loading/pretrained_sae_loaders.py`, `constants.py`):
-a folder with `cfg.json` and `sae_weights.safetensors`, loaded by `SAE.load_from_disk(path)`.
-- Weights, float32. "standard": `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]`,
-  `b_dec [d_in]`, encode = ReLU((x - b_dec) W_enc + b_enc). "gated": `W_enc` (the gate's weight),
-  `b_gate`, `r_mag`, `b_mag`, `W_dec`, `b_dec`, encode = 1[(x - b_dec) W_enc + b_gate > 0] ⊙
-  ReLU((x - b_dec)(W_enc ⊙ exp(r_mag)) + b_mag); both decode f W_dec + b_dec. The subtraction of
-  b_dec needs `apply_b_dec_to_input: true`. These are gsae's equations (docs/method.md §1) with
-  gsae's own tensor layouts, so the relu and (tied) gated weights are copied unchanged.
-- cfg.json is written flat, in the pre-6.0 layout: SAELens 6 recognises a config without
-  `sae_lens_version` as pre-6.0 and moves model_name, hook_name, context_size, prepend_bos,
-  dataset_path, ... into its metadata itself, while SAELens 5 (whose config dataclass requires
-  every one of those fields) reads it as is; unknown keys are ignored by both, known ones are all
-  given. `normalize_activations` is "none": gsae folds its input scale into the saved weights,
-  so the exported SAE takes raw activations. `model_name` is the Hugging Face name (sae.json
-  `hf_name`); `prepend_bos` is true (every gsae window starts with BOS; BOS activations were
-  excluded from training). `hook_layer` is the hook's block (0 for hooks outside the blocks).
-- gsae provenance (architecture, train hash, source folder) goes to a separate `gsae.json` so
-  that no SAELens version sees an unexpected config key.
-
-rescale_shift (docs/method.md §1) has no SAELens architecture but is exactly a gated SAE: its magnitude
-path exp(r_mag) ⊙ (pi - b_enc) + b_mag = exp(r_mag) ⊙ ((x - b_dec) W_enc) + b_mag is the gated
-magnitude path with W_gate = W_enc, and its support 1[pi > 0] is the gate with b_gate = b_enc.
-So W_enc -> W_enc, b_enc -> b_gate, r_mag and b_mag unchanged (no bias shift is needed because
-docs/method.md §1 rescales pi - b_enc, not pi). A gated SAE trained with `sae.r_mag=false` (W_mag = W_gate)
-is exported with r_mag = 0. One trained with `sae.tie_weights=false` has a free W_mag, which
-SAELens's gated SAE cannot represent, so it is refused.
-"""
+SAELens's folder (`cfg.json` in its pre-6.0 flat layout, which SAELens 5 and 6 both read, and
+`sae_weights.safetensors`): relu → "standard", gated → "gated" (weights copied unchanged),
+rescale_shift → the exactly equivalent "gated"; a gated SAE with `sae.tie_weights=false` is
+refused (SAELens cannot represent a free W_mag). gsae's provenance goes to `gsae.json`. The
+format and the equivalences: docs/guide/export.md."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import cast
 
@@ -42,9 +16,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
-from gsae_cli import artifacts
+from gsae_cli.core import artifacts, atomic
 from gsae_cli.errors import ConfigError
-from gsae_cli.models import hook_layer
+from gsae_cli.lm.models import hook_layer
 from gsae_cli.saes import SAE, GatedSAE, ReluSAE, RescaleShiftSAE
 
 FORMATS = ("saelens",)
@@ -142,8 +116,8 @@ def run_export(cfg: DictConfig, fmt: str, dest: Path | None = None) -> Path:
     """Write the SAE of this config (or sae.path) as `fmt`; returns the folder written."""
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}.")
-    from gsae_cli.evaluate import locate_sae
-    from gsae_cli.sae_io import load_sae
+    from gsae_cli.evaluate.run import locate_sae
+    from gsae_cli.saes.io import load_sae
 
     sae_dir, meta, _ = locate_sae(cfg)
     sae = load_sae(sae_dir)
@@ -166,19 +140,10 @@ def run_export(cfg: DictConfig, fmt: str, dest: Path | None = None) -> Path:
 def _write_folder(dest: Path, tensors: dict[str, torch.Tensor], config: dict, provenance: dict) -> None:
     """Build the whole folder beside `dest`, then rename it into place: a killed export leaves
     either the old folder or the new one, never a mix."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
+    with atomic.folder(dest, remove=artifacts.remove) as tmp:  # remove: renames the old export aside first
         save_file(tensors, str(tmp / SAELENS_WEIGHTS))
         (tmp / SAELENS_CFG).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "gsae.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        artifacts.remove(dest)  # renames any old export aside first
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_saelens_export(path: str | Path) -> SAE:

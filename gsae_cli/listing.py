@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gsae_cli import status, storage
+from gsae_cli.core import status, storage
 from gsae_cli.errors import ConfigError
 
 STAGES = ("harvest", "train", "evalset", "eval", "inspect", "compare", "study")
@@ -219,7 +219,7 @@ def _harvest(d: Path) -> tuple[bool, dict, float | None]:
 
 
 def _train(d: Path) -> tuple[bool, dict, float | None]:
-    from gsae_cli import artifacts
+    from gsae_cli.core import artifacts
 
     complete = artifacts.is_complete(d)
     meta, summary, cfg = _json(d / "sae.json"), _json(d / "summary.json"), _yaml(d / "config.yaml")
@@ -240,7 +240,7 @@ def _train(d: Path) -> tuple[bool, dict, float | None]:
 
 
 def _eval(d: Path) -> tuple[bool, dict, float | None]:
-    from gsae_cli import artifacts
+    from gsae_cli.core import artifacts
 
     complete = artifacts.is_complete(d)
     metrics = _json(d / "metrics.json")
@@ -259,7 +259,7 @@ def _eval(d: Path) -> tuple[bool, dict, float | None]:
 
 def _evalset(d: Path) -> tuple[bool, dict, float | None]:
     """The clean and zero-ablated passes shared by every SAE evaluated at one site."""
-    from gsae_cli import artifacts
+    from gsae_cli.core import artifacts
 
     cfg = _yaml(d / "config.yaml")
     fields = {
@@ -274,7 +274,7 @@ def _evalset(d: Path) -> tuple[bool, dict, float | None]:
 
 def _inspect(d: Path) -> tuple[bool, dict, float | None]:
     """A feature browser (gsae inspect), a comparison or a study: their summary names the SAE(s)."""
-    from gsae_cli import artifacts
+    from gsae_cli.core import artifacts
 
     summary = _json(d / "summary.json") or _json(d / "study.json")
     cfg = _yaml(d / "config.yaml")

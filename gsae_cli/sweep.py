@@ -26,8 +26,8 @@ class _ConfGroups:
     built-in tree). Stands in for Hydra's internal ConfigLoaderImpl."""
 
     def get_group_options(self, group_name: str, results_filter=None, config_name=None, overrides=None) -> list[str]:
-        from gsae_cli import paths
         from gsae_cli.config import CONF_DIR
+        from gsae_cli.core import paths
 
         folders = [d / group_name for d in [*paths.extra_conf_dirs(), CONF_DIR]]
         return sorted({p.stem for f in folders if f.is_dir() for p in f.iterdir() if p.suffix in (".yaml", ".yml")})
@@ -128,7 +128,7 @@ def run_sweep(
     Rerunning the same command resumes, since finished artifacts are reused."""
     import typer
 
-    from gsae_cli import distributed
+    from gsae_cli.core import distributed
 
     world = distributed.world_from_env()
     if world.size > 1:  # under torchrun: the members are spread over the ranks, each run alone

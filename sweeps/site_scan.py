@@ -56,9 +56,9 @@ def measure(cfg, model, blocks: list[int]) -> dict:
     """One stage: both sublayers of every block on the eval windows of `cfg`, with intervals."""
     import torch
 
-    from gsae_cli.evalset import first_spliced, select_windows, zero_ablation_nll
-    from gsae_cli.metrics import bootstrap_indices, percentile_interval
-    from gsae_cli.progress import track
+    from gsae_cli.core.progress import track
+    from gsae_cli.evaluate.evalset import first_spliced, select_windows, zero_ablation_nll
+    from gsae_cli.evaluate.metrics import bootstrap_indices, percentile_interval
 
     windows, _, total = select_windows(cfg, model.tokenizer, model.bos_token_id, model.eos_token_id)
     index = bootstrap_indices(windows.shape[0], cfg.eval.bootstrap_samples, cfg.eval.bootstrap_seed)
@@ -105,7 +105,7 @@ def contenders(stage: dict) -> list[int]:
 
 def scan(overrides: list[str], blocks: list[int], confirm_tokens: int) -> dict:
     from gsae_cli.config import compose_config
-    from gsae_cli.models import load_model, resolve_device, validate_hooks
+    from gsae_cli.lm.models import load_model, resolve_device, validate_hooks
 
     if not any(o.split("=", 1)[0].lstrip("+~") == "eval.n_tokens" for o in overrides):
         overrides = [f"eval.n_tokens={SCREEN_TOKENS}", *overrides]
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(result["model"], result["confirm"], "confirm (the screen's contenders)")
     print(f"\nchosen: block {result['chosen']}")
     if args.json:
-        from gsae_cli.artifacts import write_json
+        from gsae_cli.core.artifacts import write_json
 
         write_json(args.json, result)
     return 0

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # oversubscribe the machine and run far slower than one at a time.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").isdigit():
     os.environ.setdefault("GSAE_LOCAL_PROCS", os.environ["PYTEST_XDIST_WORKER_COUNT"])
-    from gsae_cli.cpus import use_thread_share
+    from gsae_cli.core.cpus import use_thread_share
 
     use_thread_share(None)
 

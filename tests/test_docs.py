@@ -32,3 +32,31 @@ def test_committed_docs_carry_no_machine_paths():
         if m
     ]
     assert not found, "machine paths:\n" + "\n".join(found)
+
+
+def _readme_commands() -> list[str]:
+    """The commands the README shows: its indented code lines, comments stripped."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    return [ln.split("  #")[0].strip() for ln in lines if ln.startswith("    ") and ln.strip()[:1] in "./g"]
+
+
+def test_every_readme_command_is_run_by_ci_or_composes():
+    """Set-up and test commands are the ones .ci/run runs; every `gsae` example composes a valid
+    config (each member of a -m sweep), so a renamed key or group cannot linger in the README."""
+    from gsae_cli.config import compose_config
+    from gsae_cli.sweep import expand_sweep
+
+    ci = (REPO / ".ci" / "run").read_text()
+    commands = _readme_commands()
+    assert "./setup.sh" in commands and ".venv/bin/python -m pytest -q -n 2" in commands
+    gsae = [c.split() for c in commands if c.split()[0] in ("gsae", ".venv/bin/gsae")]
+    assert len(gsae) >= 5, commands
+    for c in commands:
+        if c.split()[0] not in ("gsae", ".venv/bin/gsae"):
+            base = c.replace(' -m "not slow"', "")  # the fast subset is the CI command with a marker
+            assert base in ci, f"README command not run by .ci/run: {c}"
+    for words in gsae:
+        stage, args = words[1], [w for w in words[2:] if w != "-m"]
+        assert stage in ("harvest", "train", "eval", "report", "ls", "inspect", "export"), words
+        for member in expand_sweep(args) if "-m" in words else [args]:
+            compose_config(member)  # raises ConfigError on an unknown key, group option or value

@@ -13,9 +13,9 @@ from conftest import gsae
 from safetensors.torch import load_file
 
 from gsae_cli.config import compose_config, evalset_dir, evalset_hash
-from gsae_cli.evalset import load_evalset
-from gsae_cli.metrics import metrics_from_window_sums, relative_reconstruction_bias
-from gsae_cli.sae_io import load_sae
+from gsae_cli.evaluate.evalset import load_evalset
+from gsae_cli.evaluate.metrics import metrics_from_window_sums, relative_reconstruction_bias
+from gsae_cli.saes.io import load_sae
 
 pytestmark = pytest.mark.slow
 

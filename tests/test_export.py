@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from gsae_cli.config import compose_config
 from gsae_cli.errors import ConfigError
 from gsae_cli.export import load_saelens_export, run_export
-from gsae_cli.sae_io import save_sae
 from gsae_cli.saes import SAE, GatedSAE, ReluSAE, RescaleShiftSAE
+from gsae_cli.saes.io import save_sae
 
 D, M = 16, 48
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import gsae
 
-from gsae_cli import status
+from gsae_cli.core import status
 from gsae_cli.errors import ConfigError
 from gsae_cli.listing import human_size, is_override, list_artifacts, ls_config, override_key, print_listing
 

@@ -20,10 +20,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gsae_cli import artifacts
+from gsae_cli.core import artifacts
+from gsae_cli.core.progress import notice
 from gsae_cli.errors import ConfigError
 from gsae_cli.report.bootstrap import WindowData, bootstrap_common_targets, bootstrap_ratio, load_window_data
-from gsae_cli.report.collect import Result, Series, collect, filter_results, fmt_value, group_series, notice
+from gsae_cli.report.collect import Result, Series, collect, filter_results, fmt_value, group_series
 from gsae_cli.report.compare import (
     compute_footing,
     length_checks,
@@ -92,7 +93,7 @@ def run_report(
     evidence: Path | None = None,
 ) -> Path:
     """Collect, filter, compare and write the report (see the module docstring). With `evidence`,
-    the kept evaluations' evidence is written there first (gsae_cli/evidence.py) and the report is
+    the kept evaluations' evidence is written there first (gsae_cli/report/evidence.py) and the report is
     made from it, so that `gsae report EVIDENCE` rebuilds the same files byte for byte."""
     results, looked = collect(paths, out_dir)
     if not results:
@@ -114,7 +115,7 @@ def run_report(
             + "; ".join(f"{k}: {', '.join(v)}" for k, v in present.items())
             + "."
         )
-    from gsae_cli.evidence import export_evidence, provenance
+    from gsae_cli.report.evidence import export_evidence, provenance
 
     source = f"Evaluations collected from {looked}" + filtered_by(where)
     beside = lambda folder: os.path.relpath(Path(folder).resolve(), Path(report_dir).resolve())  # noqa: E731
@@ -195,8 +196,8 @@ def report_command(
 def ratings_command(args: Sequence[str], report_dir: Path, ratings: Sequence[Path]) -> Path:
     """`gsae report --ratings FILE ... [out_dir=DIR]`: unblind a study's ratings (the study is
     found under out_dir/study/) and write study.md and study.json to the report folder."""
+    from gsae_cli.inspect.study import ratings_markdown, ratings_report
     from gsae_cli.listing import is_override, reader_config
-    from gsae_cli.study import ratings_markdown, ratings_report
 
     extra = [a for a in args if not is_override(a)]
     if extra:

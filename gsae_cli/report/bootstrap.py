@@ -33,7 +33,7 @@ class WindowData:
         """metrics_from_window_sums on the scalar sums only: L0 and loss recovered need no
         per-dimension sums, and leaving them out skips [B, k, d_model] gathers (~0.5 GB for
         1,000 resamples of 128 windows at d_model 576)."""
-        from gsae_cli import metrics
+        from gsae_cli.evaluate import metrics
 
         return metrics.metrics_from_window_sums(self.sums, index)
 
@@ -41,7 +41,7 @@ class WindowData:
         """(L0, loss recovered) of each of the `n_samples` resamples drawn with `seed`."""
         key = (n_samples, seed)
         if key not in self._cache:
-            from gsae_cli import metrics
+            from gsae_cli.evaluate import metrics
 
             m = self.metrics(metrics.bootstrap_indices(self.n_windows, n_samples, seed))
             self._cache[key] = (m["l0"].tolist(), m["loss_recovered"].tolist())
@@ -58,7 +58,7 @@ def load_window_data(directory: Path) -> WindowData:
     import torch
     from safetensors import safe_open
 
-    from gsae_cli import metrics
+    from gsae_cli.evaluate import metrics
 
     path = Path(directory) / WINDOW_FILE
     if not path.exists():
@@ -110,7 +110,7 @@ def bootstrap_ratio(
     has no ratio; the interval is over those that do (`n_valid` of `n_resamples`)."""
     import torch
 
-    from gsae_cli import metrics
+    from gsae_cli.evaluate import metrics
 
     # one pair's common targets are its own overlap: bootstrap_common_targets with a single pair
     boot = bootstrap_common_targets([(a, b)], n_samples, seed, n_targets)

@@ -6,25 +6,18 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gsae_cli import artifacts
 from gsae_cli.config import GATED_ONLY_KEYS, NON_IDENTITY_KEYS
-from gsae_cli.divergence import divergence_of_sae
+from gsae_cli.core import artifacts
+from gsae_cli.core.progress import notice
 from gsae_cli.errors import ArtifactError, ConfigError
 from gsae_cli.report.bootstrap import WINDOW_FILE
 from gsae_cli.report.frontier import Point
-
-
-def notice(text: str) -> None:
-    """A line on stderr, printed verbatim: paths and overrides may hold [brackets] that rich
-    would take for markup."""
-    print(text, file=sys.stderr, flush=True)
-
+from gsae_cli.train.divergence import divergence_of_sae
 
 ID_COLUMNS = ["model", "hook", "architecture", "l1_coefficient", "train_tokens"]
 
@@ -50,7 +43,7 @@ METRIC_KEYS = [
 
 
 # Each metric with its 95 % interval from metrics.json "ci" (blank where an eval recorded none).
-# diverged_at_step: the training step at which the SAE's training diverged (gsae_cli/divergence.py), else empty
+# diverged_at_step: the training step at which the SAE's training diverged (gsae_cli/train/divergence.py), else empty
 # d_sae and mean_density = l0 / d_sae: above DENSE_CODE a point is not a sparse code (below)
 COLUMNS = (
     ID_COLUMNS
@@ -226,7 +219,9 @@ def _load(directory: Path) -> Result:
     flat = _flatten(config)
     if arch != "gated":
         flat = {k: v for k, v in flat.items() if k not in _GATED_ONLY}
-    from gsae_cli.metrics import NO_BOOTSTRAP  # (evaluations made before it recorded one for frac_dead: not shown)
+    from gsae_cli.evaluate.metrics import (
+        NO_BOOTSTRAP,  # (evaluations made before it recorded one for frac_dead: not shown)
+    )
 
     ci = {
         k: iv

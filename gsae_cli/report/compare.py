@@ -168,7 +168,7 @@ def _at_common_targets(
     per-window sums; `interval_reason` says why there is no interval otherwise."""
     import torch
 
-    from gsae_cli import metrics
+    from gsae_cli.evaluate import metrics
 
     span, point = ratios_at_common_targets([(a.points, b.points) for a, b in pairs])
     out: dict[str, Any] = {
@@ -226,7 +226,7 @@ def length_checks(
     and the verdict is "undetermined"."""
     import torch
 
-    from gsae_cli import metrics
+    from gsae_cli.evaluate import metrics
 
     def key(r: dict) -> tuple:
         a, b = r["_series"]

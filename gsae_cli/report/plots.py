@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gsae_cli import artifacts
+from gsae_cli.core import artifacts
 from gsae_cli.report.collect import DENSE_CODE, Series, is_dense, mean_ablation_references, natural_key
 from gsae_cli.report.compare import SEED_KEY, but_seed, strip_key
 from gsae_cli.report.frontier import finite, pareto_frontier

@@ -1,0 +1,1 @@
+"""`gsae train`: fit an SAE on a store, with resume, resampling and divergence checks."""
