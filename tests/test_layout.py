@@ -79,8 +79,6 @@ def test_the_module_map_lists_exactly_the_modules():
     section = text.split("### Module map", 1)[1].split("\n### ", 1)[0]
     first_cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
     listed = {m for cell in first_cells for m in re.findall(r"`([a-z_/]+\.py)`", cell)}
-    actual = {
-        str(p.relative_to(PKG)) for p in PKG.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")
-    }
+    actual = {str(p.relative_to(PKG)) for p in PKG.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
     assert listed - actual == set(), f"listed but missing: {sorted(listed - actual)}"
     assert actual - listed == set(), f"modules missing from docs/architecture.md: {sorted(actual - listed)}"

@@ -32,6 +32,7 @@ from gsae_cli.report.compare import (
     ratio_with_interval,
     seed_spreads,
     seed_summary,
+    setting_checks,
 )
 from gsae_cli.report.frontier import (
     common_range,
@@ -79,6 +80,7 @@ __all__ = [
     "run_report",
     "seed_spreads",
     "seed_summary",
+    "setting_checks",
 ]
 
 
@@ -129,6 +131,7 @@ def run_report(
     ratios = pairwise_ratios(sites, bootstrap_samples, bootstrap_seed)
     checks = length_checks(ratios, margin=equivalence_margin, n_samples=bootstrap_samples, seed=bootstrap_seed)
     spreads = seed_spreads(ratios, n_samples=bootstrap_samples, seed=bootstrap_seed)
+    settings = setting_checks(ratios, margin=equivalence_margin, n_samples=bootstrap_samples, seed=bootstrap_seed)
     ratios = [{k: v for k, v in r.items() if not k.startswith("_")} for r in ratios]
 
     report_dir = Path(report_dir).expanduser()
@@ -137,9 +140,10 @@ def run_report(
     artifacts.atomic_write_text(report_dir / "ratios.json", to_json(ratios))
     plot_frontier(sites, report_dir / "frontier.png", ratios)
     plot_shrinkage(sites, report_dir / "shrinkage.png")
-    artifacts.atomic_write_text(report_dir / "results.md", markdown(sites, ratios, source, checks, spreads))
+    artifacts.atomic_write_text(report_dir / "results.md", markdown(sites, ratios, source, checks, spreads, settings))
     artifacts.atomic_write_text(report_dir / "convergence.json", to_json(checks))
     artifacts.atomic_write_text(report_dir / "seeds.json", to_json(spreads))
+    artifacts.atomic_write_text(report_dir / "settings.json", to_json(settings))
     print_table(sites)
     n_series = sum(len(s) for s in sites.values())
     notice(f"{len(kept)} evaluation(s) in {n_series} series at {len(sites)} site(s) written to {report_dir}")

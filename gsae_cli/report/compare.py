@@ -212,90 +212,145 @@ def _at_common_targets(
     return out
 
 
+def _change(r1: dict, r2: dict, margin: float, level: float, n_samples: int, seed: int, cache: dict) -> dict:
+    """ratio(r2) against ratio(r1) at the targets all four frontiers cover: `change` = ratio(r2) /
+    ratio(r1) with a paired bootstrap interval (the same window resamples give both ratios) and
+    the equivalence verdict at `margin` (docs/method.md §4.2). When more than 1 - `level` of the
+    resamples lose the common range, the interval is conditional on it holding: "undetermined"."""
+    import torch
+
+    from gsae_cli.evaluate import metrics
+
+    res = _at_common_targets([r1["_series"], r2["_series"]], n_samples, seed, cache, level)
+    (g1, g2), valid = res["ratios"], [x for x in res["samples"] or [] if x is not None]
+    change = g2 / g1 if g1 and g2 else None
+    interval = (
+        metrics.percentile_interval(torch.tensor([y / x for x, y in valid], dtype=torch.float64), level)
+        if valid
+        else None
+    )
+    if res["span"] is None:
+        verdict, why = "not comparable", "the four frontiers share no loss-recovered range"
+    elif interval is None:
+        verdict, why = "undetermined", f"no interval: {res['interval_reason']}"
+    elif res["n_valid"] < level * res["n_resamples"]:
+        lost = res["n_resamples"] - res["n_valid"]
+        verdict, why = "undetermined", f"the common range vanished in {lost:,} of {res['n_resamples']:,} resamples"
+    else:
+        verdict, why = equivalence_verdict(interval, margin), None
+    return {
+        "model": r1["model"],
+        "hook": r1["hook"],
+        "a": r1["a"],
+        "b": r1["b"],
+        "span": res["span"],
+        "ratio": [g1, g2],
+        "interval": res["intervals"],
+        "change": change,
+        "change_interval": interval,
+        "margin": margin,
+        "verdict": verdict,
+        "verdict_reason": why,
+        "level": level,
+        "n_resamples": res["n_resamples"],
+        "n_valid": res["n_valid"],
+        "paired": res["paired"],
+    }
+
+
 def length_checks(
     ratios: list[dict], margin: float = 0.05, level: float = 0.95, n_samples: int = 0, seed: int = 0
 ) -> list[dict]:
     """The convergence check (docs/method.md §4.2): for every ratio at T training tokens whose two
     series also exist at a longer T' (all else equal but the store's size, which a longer run may
-    need), ratio(T') against ratio(T), both at the same loss-recovered targets: the range all four
-    frontiers cover ("not comparable" when they share none). `change` = ratio(T') / ratio(T), with
-    a paired bootstrap interval (the same window resamples give both ratios), and `verdict` from
-    equivalence_verdict with `margin`. The criterion is a doubling (`factor` 2); other lengths are
-    compared too, since the data may not allow a doubling of the longest runs. When more than
-    1 - `level` of the resamples lose the common range, the interval is conditional on it holding,
-    and the verdict is "undetermined"."""
-    import torch
-
-    from gsae_cli.evaluate import metrics
+    need), ratio(T') against ratio(T) by `_change`. The criterion is a doubling (`factor` 2); other
+    lengths are compared too, since the data may not allow a doubling of the longest runs."""
 
     def key(r: dict) -> tuple:
         a, b = r["_series"]
         strip = lambda s: tuple((k, repr(v)) for k, v in s.extras if k not in LENGTH_KEYS)  # noqa: E731
         return (r["model"], r["hook"], a.architecture, b.architecture, strip(a), strip(b))
 
-    def shared(r: dict, k: str) -> int | None:
-        """The value of `k` (train tokens, store size) both series have, where it distinguishes series."""
-        a, b = r["_series"]
-        va, vb = dict(a.extras).get(k), dict(b.extras).get(k)
-        return int(va) if va is not None and va == vb else None
-
     out = []
     cache: dict = {}
     for r1 in ratios:
-        t = shared(r1, TOKENS_KEY)
+        t = _shared(r1, TOKENS_KEY)
         if t is None:
             continue
         for r2 in ratios:
-            t2 = shared(r2, TOKENS_KEY)
+            t2 = _shared(r2, TOKENS_KEY)
             if key(r2) != key(r1) or t2 is None or t2 <= t:
                 continue
-            res = _at_common_targets([r1["_series"], r2["_series"]], n_samples, seed, cache, level)
-            (g1, g2), valid = res["ratios"], [x for x in res["samples"] or [] if x is not None]
-            change = g2 / g1 if g1 and g2 else None
-            interval = (
-                metrics.percentile_interval(torch.tensor([y / x for x, y in valid], dtype=torch.float64), level)
-                if valid
-                else None
+            c = _change(r1, r2, margin, level, n_samples, seed, cache)
+            t, t2 = int(t), int(t2)
+            c.update(
+                tokens=[t, t2],
+                factor=t2 / t,
+                tests_criterion=math.isclose(t2 / t, 2.0),
+                stores=[_int_or_none(_shared(r1, HARVEST_KEY)), _int_or_none(_shared(r2, HARVEST_KEY))],
             )
-            if res["span"] is None:
-                verdict, why = "not comparable", "the four frontiers share no loss-recovered range"
-            elif interval is None:
-                verdict, why = "undetermined", f"no interval: {res['interval_reason']}"
-            elif res["n_valid"] < level * res["n_resamples"]:
-                verdict, why = (
-                    "undetermined",
-                    (
-                        f"the common range vanished in {res['n_resamples'] - res['n_valid']:,} "
-                        f"of {res['n_resamples']:,} resamples"
-                    ),
-                )
-            else:
-                verdict, why = equivalence_verdict(interval, margin), None
-            out.append(
-                {
-                    "model": r1["model"],
-                    "hook": r1["hook"],
-                    "a": r1["a"],
-                    "b": r1["b"],
-                    "tokens": [t, t2],
-                    "factor": t2 / t,
-                    "tests_criterion": math.isclose(t2 / t, 2.0),
-                    "stores": [shared(r1, HARVEST_KEY), shared(r2, HARVEST_KEY)],
-                    "span": res["span"],
-                    "ratio": [g1, g2],
-                    "interval": res["intervals"],
-                    "change": change,
-                    "change_interval": interval,
-                    "margin": margin,
-                    "verdict": verdict,
-                    "verdict_reason": why,
-                    "level": level,
-                    "n_resamples": res["n_resamples"],
-                    "n_valid": res["n_valid"],
-                    "paired": res["paired"],
-                }
-            )
+            out.append(c)
+    order = ("model", "hook", "a", "b", "tokens", "factor", "tests_criterion", "stores", "span")
+    out = [{k: c[k] for k in order} | {k: v for k, v in c.items() if k not in order} for c in out]
     return sorted(out, key=lambda c: (c["model"], c["hook"], strip_lengths(c["a"]), strip_lengths(c["b"]), c["tokens"]))
+
+
+def _int_or_none(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def _shared(r: dict, k: str) -> Any:
+    """The value of `k` both series of a ratio have, where it distinguishes series (else None)."""
+    a, b = r["_series"]
+    va, vb = dict(a.extras).get(k), dict(b.extras).get(k)
+    return va if va is not None and va == vb else None
+
+
+def _before(v1: Any, v2: Any) -> bool:
+    """An order on a setting's values, so each pair of values is checked once, smaller first."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (v1, v2))
+    return v1 < v2 if numbers else repr(v1) < repr(v2)
+
+
+# Settings with checks of their own (lengths, seeds) or that set the footing (width): the rest,
+# such as the shuffle window, get a setting check when series differ in them.
+_NOT_SETTINGS = {TOKENS_KEY, HARVEST_KEY, "train.seed", WIDTH_KEY}
+
+
+def setting_checks(
+    ratios: list[dict], margin: float = 0.05, level: float = 0.95, n_samples: int = 0, seed: int = 0
+) -> list[dict]:
+    """Does a setting move the ratio? For every setting that distinguishes series at a site (other
+    than lengths, seeds and width; e.g. `train.shuffle_buffer_chunks`), each ratio whose two series
+    share one value of it against the same pair at another value, all else equal, by `_change`:
+    ratio(value 2) / ratio(value 1), judged by the same margin as convergence."""
+    out = []
+    cache: dict = {}
+    for r1 in ratios:
+        a1, b1 = r1["_series"]
+        for r2 in ratios:
+            a2, b2 = r2["_series"]
+            if (r1["model"], r1["hook"], a1.architecture, b1.architecture) != (
+                r2["model"],
+                r2["hook"],
+                a2.architecture,
+                b2.architecture,
+            ):
+                continue
+            ea1, eb1, ea2, eb2 = (dict(s.extras) for s in (a1, b1, a2, b2))
+            differ = {
+                k
+                for k in set(ea1) | set(eb1) | set(ea2) | set(eb2)
+                if (ea1.get(k), eb1.get(k)) != (ea2.get(k), eb2.get(k))
+            }
+            if len(differ) != 1:
+                continue
+            (k,) = differ
+            v1, v2 = _shared(r1, k), _shared(r2, k)
+            if k in _NOT_SETTINGS or v1 is None or v2 is None or not _before(v1, v2):
+                continue
+            out.append({"setting": k, "values": [v1, v2]} | _change(r1, r2, margin, level, n_samples, seed, cache))
+    return sorted(out, key=lambda c: (c["model"], c["hook"], c["setting"], c["a"], c["b"], repr(c["values"])))
 
 
 SEED_KEY = "train.seed"

@@ -23,7 +23,7 @@ from gsae_cli.report.collect import (
     mean_ablation_references,
     natural_key,
 )
-from gsae_cli.report.compare import strip_lengths, strip_tokens
+from gsae_cli.report.compare import strip_key, strip_lengths, strip_tokens
 
 
 def result_sort_key(r: Result) -> tuple:
@@ -212,6 +212,7 @@ def markdown(
     source: str,
     checks: Sequence[dict] = (),
     spreads: Sequence[dict] = (),
+    settings: Sequence[dict] = (),
 ) -> str:
     lines = [
         "# gsae report",
@@ -375,7 +376,38 @@ def markdown(
                     f"{_num(c['change'], c['change_interval'])} | {verdict} |"
                 )
             lines.append("")
+        lines += _setting_lines([c for c in settings if (c["model"], c["hook"]) == (model, hook)])
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _setting_lines(site_settings: Sequence[dict]) -> list[str]:
+    """The setting checks of one site: a table, or nothing where no series differ in a setting."""
+    if not site_settings:
+        return []
+    margin = ", ".join(sorted({f"±{c['margin']:g}" for c in site_settings}))
+    lines = [
+        "### Does a setting move the ratio?",
+        "",
+        "Each ratio whose two series share one value of a setting against the same pair at another "
+        "value, all else equal, at the loss-recovered targets all four frontiers cover. Change = "
+        "ratio(value 2) / ratio(value 1), with a paired bootstrap interval; the verdict uses the "
+        f"convergence margin (1 {margin}): **converged** here reads *no change beyond the margin*, "
+        "**not converged** *a change*.",
+        "",
+        "| pair | setting: value 1 → value 2 | loss recovered | ratio at 1 [95 % CI] | ratio at 2 [95 % CI] "
+        "| change [95 % CI] | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in site_settings:
+        k = c["setting"]
+        pair = f"{strip_key(c['a'], k)} / {strip_key(c['b'], k)}"
+        values = f"`{k}`: {fmt_value(c['values'][0])} → {fmt_value(c['values'][1])}"
+        verdict = f"**{c['verdict']}**" + (f" ({c['verdict_reason']})" if c["verdict_reason"] else "")
+        lines.append(
+            f"| {pair} | {values} | {_span(c['span'])} | {_num(c['ratio'][0], c['interval'][0])} | "
+            f"{_num(c['ratio'][1], c['interval'][1])} | {_num(c['change'], c['change_interval'])} | {verdict} |"
+        )
+    return [*lines, ""]
 
 
 def _factor(c: dict) -> str:

@@ -276,6 +276,7 @@ def make_eval(
     harvest_tokens: int | None = None,
     width: int = 4,
     d_sae: int | None = None,
+    shuffle: int | None = None,
 ) -> Path:
     """An eval artifact; with `windows`, per_window.safetensors from window_sums(l0, lr) (or
     window_l0 in place of l0: sums from some other run)."""
@@ -303,6 +304,8 @@ def make_eval(
     }
     if seed is not None:
         config["train"]["seed"] = seed
+    if shuffle is not None:
+        config["train"]["shuffle_buffer_chunks"] = shuffle
     if harvest_tokens is not None:
         config["harvest"] = {"n_tokens": harvest_tokens}
     m = {
@@ -683,6 +686,32 @@ def test_length_check_at_common_targets_where_the_old_rule_was_wrong(tmp_path, c
     # a margin of 0 still admits an exact 1.0; the margin is read from the config by the CLI
     out = run_report([], root, tmp_path / "r0", [], bootstrap_samples=60, equivalence_margin=0.0)
     assert json.loads((out / "convergence.json").read_text())[0]["verdict"] == "converged"
+
+
+def test_a_setting_that_moves_the_ratio_is_found_and_one_that_does_not_is_not(tmp_path):
+    # gated / relu is 1/2 with the default shuffle window (8 chunks) and, at a window of 256, 1/2
+    # at every target for lr-sweep-like relu points shifted along the same curve, or 1/2.5: the
+    # check sees change 1.0 (converged: no change beyond the margin) or 0.8 (not converged).
+    for share, verdict, change in ((2.0, "converged", 1.0), (2.5, "not converged", 0.8)):
+        root = tmp_path / f"outputs{share}"
+        for window, front, g in ((8, RELU_FRONT[:3], 2.0), (256, RELU_FRONT[1:], share)):
+            for i, (l0, lr) in enumerate(front):
+                make_eval(root, f"relu{window}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True, shuffle=window)
+                make_eval(
+                    root, f"gated{window}-{i}", "gated", 0.1 * (i + 1), l0 / g, lr, 1.0, windows=True, shuffle=window
+                )
+        out = run_report([], root, tmp_path / f"r{share}", [], bootstrap_samples=40)
+        (c,) = json.loads((out / "settings.json").read_text())
+        assert (c["setting"], c["values"]) == ("train.shuffle_buffer_chunks", [8, 256])
+        assert c["span"] == pytest.approx([0.88, 0.93])  # the range all four frontiers cover
+        assert c["change"] == pytest.approx(change) and c["change_interval"] == pytest.approx([change, change])
+        assert c["verdict"] == verdict
+        md = (out / "results.md").read_text()
+        assert "### Does a setting move the ratio?" in md
+        assert "| gated / relu | `train.shuffle_buffer_chunks`: 8 → 256 | 0.880–0.930 | 0.500 [0.500, 0.500] |" in md
+        # gated at 256 against relu at 8 differs in more than the architecture: no such ratio
+        assert len(json.loads((out / "ratios.json").read_text())) == 2
+    assert json.loads((tmp_path / "r2.0" / "convergence.json").read_text()) == []  # no two lengths here
 
 
 def test_the_margin_is_the_config_key_report_equivalence_margin(tmp_path):

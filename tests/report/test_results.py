@@ -11,7 +11,7 @@ from gsae_cli.report import run_report
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = sorted(p.parent.name for p in (REPO / "docs" / "results").glob("*/evidence"))
-REPORT_FILES = ("results.md", "results.csv", "ratios.json", "convergence.json", "seeds.json")
+REPORT_FILES = ("results.md", "results.csv", "ratios.json", "convergence.json", "seeds.json", "settings.json")
 
 
 @pytest.mark.parametrize("study", STUDIES)
