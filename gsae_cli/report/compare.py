@@ -306,6 +306,13 @@ def _shared(r: dict, k: str) -> Any:
     return va if va is not None and va == vb else None
 
 
+def _setting_value(r: dict, k: str) -> Any:
+    """The one value of setting `k` in a ratio's series that have it (an architecture's own
+    setting, such as `sae.tie_weights`, only its series have), or None when they disagree."""
+    values = {repr(v): v for s in r["_series"] if (v := dict(s.extras).get(k)) is not None}
+    return next(iter(values.values())) if len(values) == 1 else None
+
+
 def _before(v1: Any, v2: Any) -> bool:
     """An order on a setting's values, so each pair of values is checked once, smaller first."""
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (v1, v2))
@@ -321,8 +328,9 @@ def setting_checks(
     ratios: list[dict], margin: float = 0.05, level: float = 0.95, n_samples: int = 0, seed: int = 0
 ) -> list[dict]:
     """Does a setting move the ratio? For every setting that distinguishes series at a site (other
-    than lengths, seeds and width; e.g. `train.shuffle_buffer_chunks`), each ratio whose two series
-    share one value of it against the same pair at another value, all else equal, by `_change`:
+    than lengths, seeds and width; e.g. `train.shuffle_buffer_chunks`, or a Gated SAE's ablation
+    `sae.tie_weights`, which only gated series have), each ratio whose series share one value of it
+    against the same pair at another value, all else equal, by `_change`:
     ratio(value 2) / ratio(value 1), judged by the same margin as convergence."""
     out = []
     cache: dict = {}
@@ -346,7 +354,7 @@ def setting_checks(
             if len(differ) != 1:
                 continue
             (k,) = differ
-            v1, v2 = _shared(r1, k), _shared(r2, k)
+            v1, v2 = _setting_value(r1, k), _setting_value(r2, k)
             if k in _NOT_SETTINGS or v1 is None or v2 is None or not _before(v1, v2):
                 continue
             out.append({"setting": k, "values": [v1, v2]} | _change(r1, r2, margin, level, n_samples, seed, cache))

@@ -277,6 +277,7 @@ def make_eval(
     width: int = 4,
     d_sae: int | None = None,
     shuffle: int | None = None,
+    tie_weights: bool = True,
 ) -> Path:
     """An eval artifact; with `windows`, per_window.safetensors from window_sums(l0, lr) (or
     window_l0 in place of l0: sums from some other run)."""
@@ -291,7 +292,7 @@ def make_eval(
             "expansion_factor": width,
             "path": None,
             "lr": sae_lr if sae_lr is not None else (3e-4 if arch == "gated" else 1e-3),
-            "tie_weights": True,
+            "tie_weights": tie_weights,
             "r_mag": True,
             "aux_loss": True,
             "freeze_aux_decoder": True,
@@ -712,6 +713,24 @@ def test_a_setting_that_moves_the_ratio_is_found_and_one_that_does_not_is_not(tm
         # gated at 256 against relu at 8 differs in more than the architecture: no such ratio
         assert len(json.loads((out / "ratios.json").read_text())) == 2
     assert json.loads((tmp_path / "r2.0" / "convergence.json").read_text()) == []  # no two lengths here
+
+
+def test_a_gated_ablation_is_checked_against_the_gated_sae_through_the_same_relu(tmp_path):
+    # gated needs 1/2 of relu's L0, the untied ablation 1/1.6: tying the weights changes the ratio
+    # to relu by 0.5 / 0.625 = 0.8, and the relu series (which has no tie_weights) is shared.
+    root = tmp_path / "outputs"
+    for i, (l0, lr) in enumerate(RELU_FRONT):
+        make_eval(root, f"relu-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True)
+        make_eval(root, f"gated-{i}", "gated", 0.1 * (i + 1), l0 / 2, lr, 1.0, windows=True)
+        make_eval(root, f"untied-{i}", "gated", 0.1 * (i + 1), l0 / 1.6, lr, 1.0, windows=True, tie_weights=False)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=20)
+    (c,) = json.loads((out / "settings.json").read_text())
+    assert (c["setting"], c["values"]) == ("sae.tie_weights", [False, True])
+    assert c["change"] == pytest.approx(0.8) and c["verdict"] == "not converged"
+    assert (
+        "| gated / relu | `sae.tie_weights`: False → True | 0.800–0.960 | 0.625 [0.625, 0.625] |"
+        in (out / "results.md").read_text()
+    )
 
 
 def test_the_margin_is_the_config_key_report_equivalence_margin(tmp_path):
