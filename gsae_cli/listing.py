@@ -1,5 +1,5 @@
 """`gsae ls`: every artifact under the outputs folder with the config values that tell them
-apart, its status (complete / running / failed / partial, see status.py) and its size.
+apart, its status (complete / running / failed / partial, see core/status.py) and its size.
 
 It reads only small files (summary.json, sae.json, metrics.json, config.yaml, the store's JSON)
 and never fails on a damaged artifact: what cannot be read shows as blank.
@@ -153,7 +153,7 @@ def _size(path: Path) -> int:
 
 
 def _from_name(name: str) -> dict:
-    """The directory name carries model and hook (config.py: model__hook[__sae]__hash)."""
+    """The directory name carries model and hook (config/identity.py: model__hook[__sae]__hash)."""
     parts = name.split("__")
     return {
         "model": parts[0] if len(parts) >= 2 else None,
@@ -331,7 +331,7 @@ def _row(stage: str, d: Path, lock_dir: Path) -> dict:
 def list_artifacts(out_dir: Path, stores: Path | None = None) -> list[dict]:
     """One row per artifact under OUT_DIR/{harvest,train,evalset,eval}, harvest first; [] if none.
     `stores`: where the activation stores are when not in OUT_DIR/harvest (store_url; the locks of
-    stores on object storage are in OUT_DIR/harvest, of local ones beside them: harvest.py)."""
+    stores on object storage are in OUT_DIR/harvest, of local ones beside them: harvest/run.py)."""
     out_dir = Path(out_dir).expanduser()
     rows: list[dict] = []
     for stage in STAGES:

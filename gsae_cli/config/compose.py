@@ -28,7 +28,7 @@ def _register() -> None:
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose `conf/config.yaml` with Hydra override strings; errors become ConfigError.
     Folders in GSAE_CONFIG_PATH are searched after the built-in tree, for options of their own
-    (paths.py); a `hydra.searchpath=[...]` override replaces them."""
+    (core/paths.py); a `hydra.searchpath=[...]` override replaces them."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 

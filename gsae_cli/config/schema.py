@@ -119,7 +119,7 @@ class TrainConfig:
     # Chunks read ahead on background threads (and read at once): speed only. Raise it where
     # storage has latency (S3: a few per 50 ms of round trip at a GPU's step rate).
     prefetch_chunks: int = 2
-    # The data order's number of streams S (distributed.py): batches are drawn from S contiguous
+    # The data order's number of streams S (core/distributed.py): batches are drawn from S contiguous
     # parts of the store, each shuffled alone (buffer: shuffle_buffer_chunks // S chunks each).
     # torchrun with N ranks needs N to divide S; one process with the same S trains the same SAE.
     data_streams: int = 1
@@ -201,7 +201,7 @@ class Config:
     site_start: int = 4
     device: str = "auto"  # cpu | cuda | auto
     # CPU threads for this process (torch intra-op, zarr codecs); None: its share of the cores,
-    # cores // processes on this machine (torchrun's LOCAL_WORLD_SIZE or GSAE_LOCAL_PROCS; cpus.py)
+    # cores // processes on this machine (torchrun's LOCAL_WORLD_SIZE or GSAE_LOCAL_PROCS; core/cpus.py)
     threads: Optional[int] = None
     out_dir: str = "outputs"
     # Where activation stores live: None puts them in out_dir/harvest; a path or an

@@ -46,7 +46,7 @@ class _Plotted:
     y: float
     x_ci: tuple[float, float] | None
     y_ci: tuple[float, float] | None
-    diverged: bool = False  # its training diverged (divergence.py): crossed out in the plots
+    diverged: bool = False  # its training diverged (train/divergence.py): crossed out in the plots
     dense: bool = False  # not a sparse code (is_dense): ringed in the plots
 
 

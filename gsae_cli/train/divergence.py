@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 FACTOR = 10.0
-LOG = "metrics.jsonl"  # the training log of a gsae SAE directory (train.py writes it)
+LOG = "metrics.jsonl"  # the training log of a gsae SAE directory (train/trainer.py writes it)
 
 
 def find_divergence(rows: Iterable[dict], factor: float = FACTOR) -> dict | None:

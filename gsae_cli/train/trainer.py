@@ -26,7 +26,7 @@ from gsae_cli.train.divergence import LOG, describe, divergence_of_log, divergen
 from gsae_cli.train.schedule import ResampleSchedule, lr_factor, lr_multiplier
 
 CHECKPOINT = "checkpoint.pt"
-METRICS = LOG  # "metrics.jsonl", one row per train.log_every steps (divergence.py reads it too)
+METRICS = LOG  # "metrics.jsonl", one row per train.log_every steps (train/divergence.py reads it too)
 
 
 @dataclass
@@ -327,7 +327,7 @@ class Trainer:
 
     def _batches(self) -> _StreamBatches:
         """This rank's part of every global batch: its data streams' sub-batches, in stream order
-        (distributed.py). One stream is the plain shuffled order of the whole store."""
+        (core/distributed.py). One stream is the plain shuffled order of the whole store."""
         tc, S = self.tc, self.tc.data_streams
         ranges = distributed.stream_ranges(self.store.n_chunks, self.store.chunk_rows, self.store.n_tokens, S)
         buffer = tc.shuffle_buffer_chunks if S == 1 else max(2, tc.shuffle_buffer_chunks // S)
