@@ -165,7 +165,7 @@ def test_keys_that_matter_only_in_some_settings():
     # rescale_shift's identity includes the relu SAE it is built on
     rs = compose_config(["sae=rescale_shift"])
     assert train_hash(rs) != train_hash(compose_config(["sae=rescale_shift", "sae.lr=0.5"]))
-    import gsae_cli.config as config_module
+    import gsae_cli.config.compose as config_module  # where baseline_config looks compose_config up
 
     real_compose = config_module.compose_config
     before = train_hash(rs)

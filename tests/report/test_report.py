@@ -1076,6 +1076,7 @@ def test_evidence_rebuilds_the_report_byte_for_byte(tmp_path, monkeypatch):
         "ratios.json",
         "convergence.json",
         "seeds.json",
+        "settings.json",
         "frontier.png",
         "shrinkage.png",
     }
