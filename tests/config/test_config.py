@@ -179,7 +179,7 @@ def test_keys_that_matter_only_in_some_settings():
     assert train_hash(compose_config(["train.lr=0.003"])) == train_hash(compose_config([]))
     assert train_hash(compose_config(["sae.lr=0.001"])) == train_hash(compose_config(["train.lr=0.001"]))
     # the default corpus's content version is part of every store's identity
-    import gsae_cli.config as config
+    import gsae_cli.config.identity as config  # where corpus_identity reads the version
 
     h = harvest_hash(relu, relu.hook)
     old = config.DEFAULT_CORPUS_VERSION
