@@ -15,6 +15,9 @@ import pytest
 
 from gsae_cli import store
 
+# several processes, object storage or a fresh install: end to end, minutes together
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 
 

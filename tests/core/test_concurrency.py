@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
 import torch
 from conftest import GSAE, tiny
 
 from gsae_cli import store
 from gsae_cli.saes.io import load_sae
+
+# several processes, object storage or a fresh install: end to end, minutes together
+pytestmark = pytest.mark.slow
 
 
 def _start(*args: str) -> subprocess.Popen:

@@ -13,12 +13,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import GSAE, TINY_HOOK, gsae, tiny
 
 from gsae_cli import store
 from gsae_cli.config import compose_config, harvest_dir
 from gsae_cli.store import layout
+
+# several processes, object storage or a fresh install: end to end, minutes together
+pytestmark = pytest.mark.slow
 
 TORCHRUN = [
     sys.executable,

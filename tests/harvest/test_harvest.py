@@ -89,6 +89,7 @@ def test_harvest_values_match_a_direct_forward(out):
     assert torch.allclose(acts.float(), expected.float(), atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.slow
 def test_killed_harvest_resumes_to_an_identical_store(out, tmp_path):
     args = tiny(
         out, "harvest.n_tokens=30480", "harvest.chunk_rows=256", "harvest.shard_chunks=1", "harvest.batch_size=2"
@@ -251,6 +252,7 @@ def test_harvest_default_model_offline(out):
     assert np.isclose(summary["norms"]["mean_sq_norm"], acts.double().pow(2).sum(1).mean().item())
 
 
+@pytest.mark.slow
 def test_harvest_killed_inside_finish_completes_on_rerun(out):
     """All rows on disk but no completion marker (a kill between the last shard and COMPLETE)."""
     path = gsae("harvest", *tiny(out), check=True).stdout.strip().splitlines()[-1]

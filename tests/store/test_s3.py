@@ -23,6 +23,9 @@ from gsae_cli.config import compose_config, harvest_dir
 from gsae_cli.core import storage
 from gsae_cli.store import layout as store_layout
 
+# several processes, object storage or a fresh install: end to end, minutes together
+pytestmark = pytest.mark.slow
+
 BUCKET = "gsae-test"
 
 

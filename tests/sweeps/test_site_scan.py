@@ -41,6 +41,7 @@ def test_parse_blocks():
             parse(bad)
 
 
+@pytest.mark.slow
 def test_scan_gives_the_hand_computed_ce_increase_and_ranks_blocks(tmp_path: Path):
     out = tmp_path / "scan.json"
     proc = _run("--blocks", "1-2", "--confirm-tokens", "1016", "--json", str(out), *TINY, f"out_dir={tmp_path}")

@@ -12,11 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import gsae, tiny
 from safetensors.torch import load_file
 
 from gsae_cli.config import compose_config, train_dir
+
+# several processes, object storage or a fresh install: end to end, minutes together
+pytestmark = pytest.mark.slow
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "gsae_cli"]
 # λ and LR high enough that features die before the resample checks at steps 8 and 12, so the

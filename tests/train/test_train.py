@@ -519,6 +519,7 @@ train.run_train(compose_config(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_identical_weights(out, tmp_path):
     args = tiny(out, *RESAMPLING, "train.checkpoint_every=3")
     gsae("harvest", *args, check=True)
