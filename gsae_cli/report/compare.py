@@ -274,15 +274,14 @@ def length_checks(
     out = []
     cache: dict = {}
     for r1 in ratios:
-        t = _shared(r1, TOKENS_KEY)
+        t = _int_or_none(_shared(r1, TOKENS_KEY))
         if t is None:
             continue
         for r2 in ratios:
-            t2 = _shared(r2, TOKENS_KEY)
+            t2 = _int_or_none(_shared(r2, TOKENS_KEY))
             if key(r2) != key(r1) or t2 is None or t2 <= t:
                 continue
             c = _change(r1, r2, margin, level, n_samples, seed, cache)
-            t, t2 = int(t), int(t2)
             c.update(
                 tokens=[t, t2],
                 factor=t2 / t,
