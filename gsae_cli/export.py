@@ -2,9 +2,10 @@
 
 SAELens's folder (`cfg.json` in its pre-6.0 flat layout, which SAELens 5 and 6 both read, and
 `sae_weights.safetensors`): relu → "standard", gated → "gated" (weights copied unchanged),
-rescale_shift → the exactly equivalent "gated"; a gated SAE with `sae.tie_weights=false` is
-refused (SAELens cannot represent a free W_mag). gsae's provenance goes to `gsae.json`. The
-format and the equivalences: docs/guide/export.md."""
+rescale_shift → the exactly equivalent "gated", scaled_relu → the equivalent "standard",
+jumprelu → "jumprelu", topk → "topk", batchtopk → "jumprelu" with every threshold θ; a gated SAE
+with `sae.tie_weights=false` is refused (SAELens cannot represent a free W_mag). gsae's
+provenance goes to `gsae.json`. The format and the equivalences: docs/guide/export.md."""
 
 from __future__ import annotations
 
@@ -19,17 +20,34 @@ from safetensors.torch import load_file, save_file
 from gsae_cli.core import artifacts, atomic
 from gsae_cli.errors import ConfigError
 from gsae_cli.lm.models import hook_layer
-from gsae_cli.saes import SAE, GatedSAE, ReluSAE, RescaleShiftSAE
+from gsae_cli.saes import (
+    SAE,
+    BatchTopKSAE,
+    GatedSAE,
+    JumpReLUSAE,
+    ReluSAE,
+    RescaleShiftSAE,
+    ScaledReluSAE,
+    TopKSAE,
+)
 
 FORMATS = ("saelens",)
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_CFG = "cfg.json"
 
 
-def saelens_tensors(sae: SAE) -> tuple[str, dict[str, torch.Tensor]]:
-    """(SAELens architecture, its state dict) for a gsae SAE; float32, contiguous, on CPU."""
+def saelens_tensors(sae: SAE) -> tuple[str, dict[str, torch.Tensor], dict]:
+    """(SAELens architecture, its state dict, its cfg.json fields beyond the common ones) for a
+    gsae SAE; tensors float32, contiguous, on CPU. docs/guide/export.md gives each equivalence."""
+    extra: dict = {}
     if isinstance(sae, ReluSAE):
         arch, named = "standard", {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+    elif isinstance(sae, ScaledReluSAE):  # t > 0: t ⊙ ReLU(z) = ReLU(t ⊙ z), a relu SAE exactly
+        t = torch.exp(sae.r_scale)
+        arch, named = (
+            "standard",
+            {"W_enc": sae.W_enc * t, "b_enc": sae.b_enc * t, "W_dec": sae.W_dec, "b_dec": sae.b_dec},
+        )
     elif isinstance(sae, GatedSAE):
         if not sae.tie_weights:
             raise ConfigError(
@@ -62,12 +80,24 @@ def saelens_tensors(sae: SAE) -> tuple[str, dict[str, torch.Tensor]]:
                 "b_dec": sae.b_dec,
             },
         )
+    elif isinstance(sae, JumpReLUSAE):  # the paper's encoder: no b_dec subtracted
+        arch, extra = "jumprelu", {"apply_b_dec_to_input": False}
+        named = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+        named["threshold"] = sae.threshold
+    elif isinstance(sae, BatchTopKSAE):  # at inference a JumpReLU whose thresholds all equal θ
+        arch = "jumprelu"
+        named = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+        named["threshold"] = sae.threshold.expand(sae.d_sae)
+    elif isinstance(sae, TopKSAE):
+        arch, extra = "topk", {"k": sae.k, "rescale_acts_by_decoder_norm": False}
+        named = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
     else:
         raise ConfigError(
-            f"No SAELens equivalent for the {getattr(sae, 'name', type(sae).__name__)} "
-            "architecture; exportable: relu, gated (tied), rescale_shift."
+            f"No SAELens equivalent for the {getattr(sae, 'name', type(sae).__name__)} architecture; "
+            "exportable: relu, gated (tied), rescale_shift, scaled_relu, jumprelu, topk, batchtopk."
         )
-    return arch, {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in named.items()}
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in named.items()}
+    return arch, tensors, extra
 
 
 def _training_config(sae_dir: Path, cfg: DictConfig) -> DictConfig:
@@ -82,7 +112,9 @@ def _training_config(sae_dir: Path, cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def saelens_config(sae: SAE, architecture: str, meta: dict, train_cfg: DictConfig, cfg: DictConfig) -> dict:
+def saelens_config(
+    sae: SAE, architecture: str, meta: dict, train_cfg: DictConfig, cfg: DictConfig, extra: dict | None = None
+) -> dict:
     hook = meta.get("hook") or cfg.hook
     data = train_cfg.get("data") or cfg.data
     harvest = train_cfg.get("harvest") or cfg.harvest
@@ -109,6 +141,7 @@ def saelens_config(sae: SAE, architecture: str, meta: dict, train_cfg: DictConfi
         "model_from_pretrained_kwargs": {},
         "neuronpedia_id": None,
         "seqpos_slice": [None],
+        **(extra or {}),
     }
 
 
@@ -121,8 +154,8 @@ def run_export(cfg: DictConfig, fmt: str, dest: Path | None = None) -> Path:
 
     sae_dir, meta, _ = locate_sae(cfg)
     sae = load_sae(sae_dir)
-    architecture, tensors = saelens_tensors(sae)
-    config = saelens_config(sae, architecture, meta, _training_config(sae_dir, cfg), cfg)
+    architecture, tensors, extra = saelens_tensors(sae)
+    config = saelens_config(sae, architecture, meta, _training_config(sae_dir, cfg), cfg, extra)
     provenance = {
         "exported_from": str(sae_dir),
         "gsae_architecture": sae.name,
@@ -147,24 +180,35 @@ def _write_folder(dest: Path, tensors: dict[str, torch.Tensor], config: dict, pr
 
 
 def load_saelens_export(path: str | Path) -> SAE:
-    """A gsae SAE (ReluSAE or GatedSAE) rebuilt from a SAELens folder in the layout this module
-    writes: for checking an export, or for bringing one back."""
+    """A gsae SAE rebuilt from a SAELens folder in the layout this module writes (a scaled ReLU
+    comes back as the relu SAE it equals; a BatchTopK as BatchTopKSAE when its thresholds are one
+    value): for checking an export, or for bringing one back."""
     path = Path(path)
     config = json.loads((path / SAELENS_CFG).read_text())
     tensors = load_file(str(path / SAELENS_WEIGHTS))
-    if not config.get("apply_b_dec_to_input", True) or config.get("normalize_activations", "none") != "none":
-        raise ConfigError(
-            f"{path}: only SAEs with apply_b_dec_to_input=true and "
-            "normalize_activations='none' map onto gsae's architectures."
-        )
+    arch, applied = config["architecture"], config.get("apply_b_dec_to_input", True)
+    if config.get("normalize_activations", "none") != "none":
+        raise ConfigError(f"{path}: only SAEs with normalize_activations='none' map onto gsae's architectures.")
     d_in, d_sae = int(config["d_in"]), int(config["d_sae"])
-    if config["architecture"] == "standard":
+    weights: dict[str, torch.Tensor] = {k: tensors[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec") if k in tensors}
+    if arch == "standard" and applied:
         sae: SAE = ReluSAE(d_in, d_sae)
         state = tensors
-    elif config["architecture"] == "gated":
+    elif arch == "gated" and applied:
         sae = GatedSAE(d_in, d_sae)
         state = {"W_gate": tensors["W_enc"], **{k: v for k, v in tensors.items() if k != "W_enc"}}
+    elif arch == "topk" and applied:
+        sae, state = TopKSAE(d_in, d_sae, k=int(config["k"])), weights
+    elif arch == "jumprelu" and not applied:
+        sae = JumpReLUSAE(d_in, d_sae)
+        state = {**weights, "log_threshold": torch.log(tensors["threshold"])}
+    elif arch == "jumprelu" and bool((tensors["threshold"] == tensors["threshold"][0]).all()):
+        sae = BatchTopKSAE(d_in, d_sae, k=1)
+        state = {**weights, **{k: v for k, v in sae.state_dict().items() if k.startswith("threshold")}}
+        state["threshold"] = tensors["threshold"][0].clone()
     else:
-        raise ConfigError(f"{path}: SAELens architecture {config['architecture']!r} has no gsae equivalent.")
+        raise ConfigError(
+            f"{path}: SAELens architecture {arch!r} (apply_b_dec_to_input={applied}) has no gsae equivalent."
+        )
     sae.load_state_dict(state)
     return sae.eval()

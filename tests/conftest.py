@@ -63,3 +63,37 @@ def gsae(*args: str, timeout: float = 600, check: bool = False) -> subprocess.Co
 @pytest.fixture
 def out(tmp_path: Path) -> Path:
     return tmp_path / "outputs"
+
+
+# Runs `gsae train` in-process and SIGKILLs itself two logged steps after the first checkpoint
+# saved at or after step GSAE_TEST_ARM, or, with GSAE_TEST_ARM=rewarm, in the middle of an LR
+# re-warm after a resampling (the resume must restore the resample steps the LR depends on).
+KILL_AFTER_CHECKPOINT = r"""
+import os, signal, sys
+from gsae_cli.train import trainer as train
+from gsae_cli.config import compose_config
+
+ARM = os.environ["GSAE_TEST_ARM"]
+armed = []
+save, log = train.Trainer._save_checkpoint, train.Trainer._log
+
+def due(self):
+    if ARM != "rewarm":
+        return self.step >= int(ARM)
+    since = self.step - self.resamples[-1]["step"] if self.resamples else None
+    return since is not None and 0 < since < self.resample_schedule.rewarm_steps
+
+def save_and_arm(self):
+    save(self)
+    if not armed and due(self):
+        armed.append(self.step + 2)
+
+def log_and_die(self, *args, **kwargs):
+    row = log(self, *args, **kwargs)
+    if armed and self.step >= armed[0]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return row
+
+train.Trainer._save_checkpoint, train.Trainer._log = save_and_arm, log_and_die
+train.run_train(compose_config(sys.argv[1:]))
+"""

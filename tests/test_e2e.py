@@ -5,11 +5,15 @@ the second call is cached; export and `ls` see the results."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import gsae
+from conftest import KILL_AFTER_CHECKPOINT, gsae
 from safetensors.torch import load_file
 
 from gsae_cli.config import compose_config, evalset_dir, evalset_hash
@@ -77,3 +81,39 @@ def test_eval_from_empty_outputs_runs_every_stage_then_is_cached(out):
     listing = gsae("ls", f"out_dir={out}", "--json", check=True)
     stages = sorted(r["stage"] for r in json.loads(listing.stdout))
     assert stages == ["eval", "evalset", "harvest", "train"]
+
+
+def test_each_new_architecture_trains_resumes_evaluates_inspects_and_reports(out, tmp_path):
+    """JumpReLU, TopK, BatchTopK and the scaled ReLU on the real model, all on one store: a run
+    killed after its first checkpoint resumes to the uninterrupted run's weights; then eval,
+    inspect and one report over all four (k beside λ in results.csv)."""
+    shared = [*SMALL, f"store_url={out / 'harvest'}", "sae.k=16", "train.checkpoint_every=4"]
+    gsae("harvest", f"out_dir={out}", *shared, check=True)
+    evals = []
+    for arch in ("jumprelu", "topk", "batchtopk", "scaled_relu"):
+        args = [f"out_dir={out}", *shared, f"sae={arch}"]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", GSAE_TEST_ARM="8")
+        killed = subprocess.run(
+            [sys.executable, "-c", KILL_AFTER_CHECKPOINT, *args], capture_output=True, text=True, env=env
+        )
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        resumed = gsae("train", *args, check=True)
+        assert "resuming training at step 8" in resumed.stderr, arch
+        fresh = gsae("train", f"out_dir={tmp_path / arch}", *shared, f"sae={arch}", check=True)
+        a = load_file(str(Path(resumed.stdout.strip().splitlines()[-1]) / "sae.safetensors"))
+        b = load_file(str(Path(fresh.stdout.strip().splitlines()[-1]) / "sae.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), arch
+        metrics = json.loads(gsae("eval", *args, "--json", check=True).stdout)
+        assert metrics["sae"]["architecture"] == arch
+        assert metrics["ce_clean"] < metrics["ce_spliced"] < metrics["ce_zero_ablation"]
+        evals.append(metrics)
+        browser = Path(gsae("inspect", *args, check=True).stdout.strip().splitlines()[-1])
+        assert browser.exists()
+    report = tmp_path / "report"
+    gsae("report", "--out-dir", str(out), "--report-dir", str(report), check=True)
+    rows = (report / "results.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert header[3:5] == ["l1_coefficient", "k"]
+    archs = sorted(r.split(",")[2] for r in rows[1:])
+    assert archs == ["batchtopk", "jumprelu", "scaled_relu", "topk"]
+    assert "λ / k" in (report / "results.md").read_text()

@@ -1,5 +1,6 @@
 """`gsae export --format saelens`: the exported tensors rebuild an SAE with identical outputs
-(relu, gated, and rescale_shift as a gated SAE), SAELens's own equations applied to them give the
+(every architecture: rescale_shift as a gated SAE, scaled_relu as a standard one, batchtopk as a
+JumpReLU with one threshold), SAELens's own equations applied to them give the
 same features, cfg.json carries the fields SAELens's loaders need, and bad requests are refused."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 from gsae_cli.config import compose_config
 from gsae_cli.errors import ConfigError
 from gsae_cli.export import load_saelens_export, run_export
-from gsae_cli.saes import SAE, GatedSAE, ReluSAE, RescaleShiftSAE
+from gsae_cli.saes import SAE, BatchTopKSAE, GatedSAE, JumpReLUSAE, ReluSAE, RescaleShiftSAE, ScaledReluSAE, TopKSAE
 from gsae_cli.saes.io import save_sae
 
 D, M = 16, 48
@@ -75,11 +76,37 @@ def rescale_shift_sae() -> RescaleShiftSAE:
     return sae.eval()
 
 
+def scaled_relu_sae() -> ScaledReluSAE:
+    return _randomise(ScaledReluSAE(D, M), 6)
+
+
+def jumprelu_sae() -> JumpReLUSAE:
+    return _randomise(JumpReLUSAE(D, M), 7)
+
+
+def topk_sae() -> TopKSAE:
+    return _randomise(TopKSAE(D, M, k=5), 8)
+
+
+def batchtopk_sae() -> BatchTopKSAE:
+    sae = _randomise(BatchTopKSAE(D, M, k=5), 9)
+    with torch.no_grad():
+        sae.threshold.fill_(0.4)
+    return sae
+
+
 def saelens_encode(cfg: dict, w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """SAELens's inference equations (standard and gated), written from its documented maths."""
+    """SAELens's inference equations, written from its documented maths."""
     sae_in = x - w["b_dec"] * cfg["apply_b_dec_to_input"]
     if cfg["architecture"] == "standard":
         return torch.relu(sae_in @ w["W_enc"] + w["b_enc"])
+    if cfg["architecture"] == "jumprelu":
+        pre = sae_in @ w["W_enc"] + w["b_enc"]
+        return torch.relu(pre) * (pre > w["threshold"]).float()
+    if cfg["architecture"] == "topk":
+        pre = sae_in @ w["W_enc"] + w["b_enc"]
+        top = pre.topk(cfg["k"], dim=-1)
+        return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
     gate = (sae_in @ w["W_enc"] + w["b_gate"] > 0).float()
     return gate * torch.relu(sae_in @ (w["W_enc"] * w["r_mag"].exp()) + w["b_mag"])
 
@@ -97,7 +124,16 @@ def _export(tmp_path: Path, sae: SAE, dest: Path | None = None) -> tuple[Path, P
 
 @pytest.mark.parametrize(
     "make,arch",
-    [(relu_sae, "standard"), (gated_sae, "gated"), (gated_no_r_mag_sae, "gated"), (rescale_shift_sae, "gated")],
+    [
+        (relu_sae, "standard"),
+        (gated_sae, "gated"),
+        (gated_no_r_mag_sae, "gated"),
+        (rescale_shift_sae, "gated"),
+        (scaled_relu_sae, "standard"),
+        (jumprelu_sae, "jumprelu"),
+        (topk_sae, "topk"),
+        (batchtopk_sae, "jumprelu"),
+    ],
 )
 def test_round_trip_reproduces_outputs(tmp_path: Path, make, arch):
     sae = make()
@@ -109,12 +145,14 @@ def test_round_trip_reproduces_outputs(tmp_path: Path, make, arch):
     assert set(cfg) >= REQUIRED
     assert cfg["d_in"] == D and cfg["d_sae"] == M and cfg["normalize_activations"] == "none"
     assert cfg["hook_name"] == TINY_HOOK and cfg["hook_layer"] == 2
-    assert cfg["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and cfg["apply_b_dec_to_input"]
-    expected_keys = (
-        {"W_enc", "b_enc", "W_dec", "b_dec"}
-        if arch == "standard"
-        else {"W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"}
-    )
+    assert cfg["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert cfg["apply_b_dec_to_input"] is not isinstance(sae, JumpReLUSAE)  # JumpReLU's encoder takes x itself
+    expected_keys = {
+        "standard": {"W_enc", "b_enc", "W_dec", "b_dec"},
+        "topk": {"W_enc", "b_enc", "W_dec", "b_dec"},
+        "jumprelu": {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"},
+        "gated": {"W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"},
+    }[arch]
     assert set(weights) == expected_keys
     assert weights["W_enc"].shape == (D, M) and weights["W_dec"].shape == (M, D)
     if isinstance(sae, GatedSAE) and not sae.has_r_mag:  # W_mag = W_gate is SAELens's r_mag = 0
@@ -127,6 +165,8 @@ def test_round_trip_reproduces_outputs(tmp_path: Path, make, arch):
         assert torch.allclose(rebuilt.encode(x), f, atol=1e-6)
         assert torch.allclose(rebuilt(x), x_hat, atol=1e-6)
         assert torch.equal(rebuilt.active_mask(x), active)
+        if arch == "topk":
+            assert cfg["k"] == 5 and rebuilt.k == 5
         # SAELens scales W_enc by exp(r_mag) before the matmul, gsae scales after it: equal up to
         # float32 rounding, hence the looser tolerance here
         f_saelens = saelens_encode(cfg, weights, x)

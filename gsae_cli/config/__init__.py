@@ -11,9 +11,10 @@ from gsae_cli.config.compose import (
     to_yaml,
 )
 from gsae_cli.config.identity import (
+    ARCH_ONLY_KEYS,
     EVAL_METRICS_VERSION,
-    GATED_ONLY_KEYS,
     NON_IDENTITY_KEYS,
+    applies,
     compare_hash,
     config_hash,
     corpus_identity,
@@ -51,13 +52,13 @@ from gsae_cli.config.schema import (
 )
 
 __all__ = [
+    "ARCH_ONLY_KEYS",
     "CONF_DIR",
     "Config",
     "DEFAULT_CORPUS_VERSION",
     "DataConfig",
     "EVAL_METRICS_VERSION",
     "EvalConfig",
-    "GATED_ONLY_KEYS",
     "HarvestConfig",
     "InspectConfig",
     "ModelConfig",
@@ -65,6 +66,7 @@ __all__ = [
     "ReportConfig",
     "SAEConfig",
     "TrainConfig",
+    "applies",
     "baseline_config",
     "compare_hash",
     "compose_config",

@@ -77,21 +77,50 @@ def harvest_identity(cfg: DictConfig, hook: str) -> dict:
     }
 
 
-# sae.* switches that exist only for gated (its paper ablations); the report reads them too.
-GATED_ONLY_KEYS = ("tie_weights", "r_mag", "aux_loss", "freeze_aux_decoder")
+_LAMBDA_ARCHS = ("relu", "gated", "rescale_shift", "scaled_relu", "jumprelu")
+_K_ARCHS = ("topk", "batchtopk")
+# sae.* keys that shape only some architectures (the rest are left out of their identity, so a new
+# key never changes an existing architecture's hashes); the report reads them too.
+ARCH_ONLY_KEYS: dict[str, tuple[str, ...]] = {
+    "l1_coefficient": _LAMBDA_ARCHS,
+    "tie_weights": ("gated",),
+    "r_mag": ("gated",),
+    "aux_loss": ("gated",),
+    "freeze_aux_decoder": ("gated", "scaled_relu"),
+    "k": _K_ARCHS,
+    "aux_k": _K_ARCHS,
+    "aux_k_coefficient": _K_ARCHS,
+    "aux_k_dead_tokens": _K_ARCHS,
+    "threshold_window": ("batchtopk",),
+    "bandwidth": ("jumprelu",),
+    "threshold_init": ("jumprelu",),
+    "sparsity_warmup_steps": ("jumprelu",),
+}
+# Architectures the trainer never resamples (their papers do not): train.resample* do not shape them.
+_NO_RESAMPLING = ("jumprelu", "topk", "batchtopk")
+
+
+def applies(key: str, arch: str) -> bool:
+    """Whether sae.`key` shapes an SAE of architecture `arch`."""
+    return key not in ARCH_ONLY_KEYS or arch in ARCH_ONLY_KEYS[key]
 
 
 def train_identity(cfg: DictConfig) -> dict:
     sae = _identity_part(cfg, "sae")
-    if sae["name"] != "gated":  # ablation switches only mean something for gated
-        for k in GATED_ONLY_KEYS:
-            sae.pop(k)
-    elif not sae["tie_weights"]:
+    arch = sae["name"]
+    sae = {k: v for k, v in sae.items() if applies(k, arch)}
+    if arch == "gated" and not sae["tie_weights"]:
         sae.pop("r_mag")  # untied: W_mag is its own parameter, r_mag does not exist
     sae.pop("lr")
     train = _identity_part(cfg, "train")
     train["lr"] = effective_lr(cfg)  # train.lr=X and sae.lr=X train the same SAE
-    if not train["resample"]:
+    if arch in _K_ARCHS or arch == "jumprelu":  # no λ, or jumprelu's own warm-up (sae.sparsity_warmup_steps)
+        train.pop("l1_warmup_steps")
+    if arch in _NO_RESAMPLING:  # AuxK's dead window is capped by train.resample_dead_window
+        kept = ("resample_dead_window",) if arch in _K_ARCHS else ()
+        for k in [k for k in train if k.startswith("resample") and k not in kept]:
+            train.pop(k)
+    elif not train["resample"]:
         for k in [k for k in train if k.startswith("resample_")]:
             train.pop(k)
     if train["data_streams"] == 1:  # the one-stream order every SAE before the key had

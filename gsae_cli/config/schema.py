@@ -62,13 +62,29 @@ class SAEConfig:
     # Adam learning rate for this architecture (conf/sae/*.yaml: each the best of one sweep at the
     # default budget, docs/evidence/lr_sweep.csv); train.lr, when set, overrides it for every one.
     lr: float = 3e-3
+    # λ: the L1 coefficient (relu, gated, rescale_shift's baseline, scaled_relu), the L0
+    # coefficient for jumprelu; topk and batchtopk have none (k sets their sparsity).
     # gated-only ablation switches (docs/method.md §1). The paper's own ablations: tie_weights=false
     # (W_mag its own parameter), r_mag=false (W_mag = W_gate, only b_mag differs),
     # freeze_aux_decoder=false. aux_loss=false is gsae's addition, not in the paper.
     tie_weights: bool = True
     r_mag: bool = True
     aux_loss: bool = True
-    freeze_aux_decoder: bool = True
+    freeze_aux_decoder: bool = True  # (also scaled_relu's: its first term's decoder frozen)
+    # topk and batchtopk (Gao et al. 2024; Bussmann et al. 2024): k latents per token (per token on
+    # average over the batch for batchtopk) in place of λ; AuxK on latents dead for
+    # min(aux_k_dead_tokens, train.resample_dead_window of the run) tokens, k_aux = aux_k (None: 512).
+    k: int = 32
+    aux_k: Optional[int] = None
+    aux_k_coefficient: float = 0.03125
+    aux_k_dead_tokens: int = 10_000_000
+    # batchtopk: θ is the mean of each batch's smallest kept activation over this last part of the run
+    threshold_window: float = 0.1
+    # jumprelu (Rajamanoharan et al. 2024b): the kernel's bandwidth ε and θ's start (units where
+    # E||x||² = 1), and λ's linear warm-up from 0 (capped at a tenth of the run for short runs)
+    bandwidth: float = 0.001
+    threshold_init: float = 0.001
+    sparsity_warmup_steps: int = 10_000
     # an existing SAE directory to use instead of the one this config addresses
     path: Optional[str] = None
 

@@ -101,6 +101,15 @@ def any_(mask: torch.Tensor, world: World) -> torch.Tensor:
     return m.bool()
 
 
+def gather(part: torch.Tensor, world: World) -> torch.Tensor:
+    """Every rank's `part` (all the same shape) concatenated along dim 0, in rank order."""
+    if world.size == 1:
+        return part
+    parts = [torch.empty_like(part) for _ in range(world.size)]
+    dist.all_gather(parts, part.contiguous())
+    return torch.cat(parts)
+
+
 def gather_streams(part: torch.Tensor, world: World, n_streams: int) -> torch.Tensor:
     """The global batch, in stream order, from each rank's part (its streams r, r+N, ...)."""
     if world.size == 1:

@@ -24,7 +24,7 @@ from gsae_cli.core import artifacts
 from gsae_cli.core.progress import notice
 from gsae_cli.errors import ConfigError
 from gsae_cli.report.bootstrap import WindowData, bootstrap_common_targets, bootstrap_ratio, load_window_data
-from gsae_cli.report.collect import Result, Series, collect, filter_results, fmt_value, group_series
+from gsae_cli.report.collect import Result, Series, collect, filter_results, group_series
 from gsae_cli.report.compare import (
     compute_footing,
     length_checks,
@@ -51,6 +51,7 @@ from gsae_cli.report.tables import (
     print_table,
     ratio_line,
     result_sort_key,
+    setting_words,
     spread_line,
     to_json,
 )
@@ -149,7 +150,7 @@ def run_report(
     notice(f"{len(kept)} evaluation(s) in {n_series} series at {len(sites)} site(s) written to {report_dir}")
     for r in sorted((r for r in kept if r.row["diverged_at_step"]), key=result_sort_key):
         notice(
-            f"WARNING: the {r.row['architecture']} SAE at λ {fmt_value(r.row['l1_coefficient'])} "
+            f"WARNING: the {r.row['architecture']} SAE at {setting_words(r.row)} "
             f"({r.row['hook']}, {r.directory.name}) diverged in training at step {r.row['diverged_at_step']:,}: "
             "its point is not trustworthy; retrain it with a lower learning rate, or leave such SAEs out "
             "with --where diverged_at_step=none"

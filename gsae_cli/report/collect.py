@@ -1,6 +1,7 @@
 """Finished evaluations as report rows (Result), filtered by --where and grouped into series: one
 per (model, hook, architecture) plus every other config value that differs between the rows, so
-that a frontier never mixes models, sites, budgets or widths. λ is what varies along a series."""
+that a frontier never mixes models, sites, budgets or widths. λ (or k, for topk and batchtopk) is
+what varies along a series."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gsae_cli.config import GATED_ONLY_KEYS, NON_IDENTITY_KEYS
+from gsae_cli.config import ARCH_ONLY_KEYS, NON_IDENTITY_KEYS, applies
 from gsae_cli.core import artifacts
 from gsae_cli.core.progress import notice
 from gsae_cli.errors import ArtifactError, ConfigError
@@ -64,6 +65,7 @@ ALIASES = {
     "arch": "architecture",
     "l1": "l1_coefficient",
     "sae.l1_coefficient": "l1_coefficient",
+    "sae.k": "k",
     "tokens": "train_tokens",
     "train.n_tokens": "train_tokens",
     "hook": "hook",
@@ -77,6 +79,7 @@ WIDTH_KEY = "sae.expansion_factor"
 # (the shuffle window among them: it changes which rows share a batch).
 _NOT_SERIES_KEYS = {
     "sae.l1_coefficient",
+    "sae.k",  # (what varies along a fixed-k architecture's series)
     "sae.path",
     "sae.name",
     "model.name",
@@ -99,7 +102,7 @@ _NOT_SERIES_KEYS = {
     "eval.density_bins",
 } | NON_IDENTITY_KEYS  # speed, place, logging: never a series
 
-_GATED_ONLY = {f"sae.{k}" for k in GATED_ONLY_KEYS}
+_ARCH_ONLY = {f"sae.{k}" for k in ARCH_ONLY_KEYS}
 
 
 # Each architecture has its own tuned learning rate (sae.lr, conf/sae/*.yaml), so the LR splits
@@ -113,7 +116,7 @@ _GATED_ONLY = {f"sae.{k}" for k in GATED_ONLY_KEYS}
 _ARCH_SCOPED = {"lr", "eval_set", WIDTH_KEY}
 
 # Fixed colours so an architecture looks the same in every plot; the paper's comparison first.
-ARCH_ORDER = ["gated", "rescale_shift", "relu"]
+ARCH_ORDER = ["gated", "rescale_shift", "relu", "scaled_relu", "jumprelu", "topk", "batchtopk"]
 
 
 @dataclass
@@ -217,8 +220,7 @@ def _load(directory: Path) -> Result:
     # An SAE given by sae.path may differ from config.sae.name: trust what the eval recorded.
     arch = sae.get("architecture") or config.get("sae", {}).get("name")
     flat = _flatten(config)
-    if arch != "gated":
-        flat = {k: v for k, v in flat.items() if k not in _GATED_ONLY}
+    flat = {k: v for k, v in flat.items() if k not in _ARCH_ONLY or applies(k[4:], str(arch))}
     from gsae_cli.evaluate.metrics import (
         NO_BOOTSTRAP,  # (evaluations made before it recorded one for frac_dead: not shown)
     )
@@ -232,7 +234,10 @@ def _load(directory: Path) -> Result:
         "model": config.get("model", {}).get("name") or sae.get("model"),
         "hook": config.get("hook") or sae.get("hook"),
         "architecture": arch,
-        "l1_coefficient": num(sae.get("l1_coefficient", config.get("sae", {}).get("l1_coefficient"))),
+        "l1_coefficient": num(sae.get("l1_coefficient", config.get("sae", {}).get("l1_coefficient")))
+        if applies("l1_coefficient", str(arch))
+        else None,
+        "k": num(config.get("sae", {}).get("k")) if applies("k", str(arch)) else None,
         "train_tokens": config.get("train", {}).get("n_tokens"),
         **{k: num(metrics.get(k)) for k in METRIC_KEYS},
         **{f"{k}_{end}": (ci[k][i] if k in ci else None) for k in METRIC_KEYS for i, end in enumerate(("lo", "hi"))},
@@ -371,10 +376,10 @@ def group_series(results: list[Result]) -> dict[tuple[str, str], list[Series]]:
         keys = sorted(set().union(*(r.series_keys.keys() for r in rows)) - _NOT_SERIES_KEYS)
 
         def disagree(k: str, rs: list[Result]) -> bool:
-            # A gated-only switch varies only if the rows that have it disagree. Any other key a
-            # row lacks (an evaluation from an older gsae) counts as a value of its own, so old
-            # and new results never merge into one frontier.
-            if k in _GATED_ONLY:
+            # An architecture's own key (gated's switches, k) varies only if the rows that have it
+            # disagree. Any other key a row lacks (an evaluation from an older gsae) counts as a
+            # value of its own, so old and new results never merge into one frontier.
+            if k in _ARCH_ONLY:
                 return len({repr(r.series_keys[k]) for r in rs if k in r.series_keys}) > 1
             return len({repr(r.series_keys.get(k, "<absent>")) for r in rs}) > 1
 

@@ -13,9 +13,17 @@ from gsae_cli.report.collect import DENSE_CODE, Series, is_dense, mean_ablation_
 from gsae_cli.report.compare import SEED_KEY, but_seed, strip_key
 from gsae_cli.report.frontier import finite, pareto_frontier
 
-ARCH_COLOURS = {"gated": "tab:blue", "relu": "tab:orange", "rescale_shift": "tab:green"}
+ARCH_COLOURS = {
+    "gated": "tab:blue",
+    "relu": "tab:orange",
+    "rescale_shift": "tab:green",
+    "scaled_relu": "tab:olive",
+    "jumprelu": "tab:red",
+    "topk": "tab:purple",
+    "batchtopk": "tab:brown",
+}
 
-_EXTRA_COLOURS = ["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+_EXTRA_COLOURS = ["tab:pink", "tab:cyan", "tab:gray"]
 
 
 _STYLES = ["-", "--", ":", "-."]

@@ -37,12 +37,15 @@ def result_sort_key(r: Result) -> tuple:
 
 def csv_text(results: list[Result], report_dir: Path) -> str:
     """results.csv; eval_path relative to the report folder, so that no machine's layout is in it."""
+    columns = list(COLUMNS)
+    if any(r.row.get("k") is not None for r in results):  # a fixed-k architecture: its k beside λ
+        columns.insert(columns.index("l1_coefficient") + 1, "k")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for r in sorted(results, key=result_sort_key):
         row = r.row | {"eval_path": os.path.relpath(Path(r.row["eval_path"]).resolve(), Path(report_dir).resolve())}
-        writer.writerow({k: ("" if row[k] is None else row[k]) for k in COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
     return buf.getvalue()
 
 
@@ -83,13 +86,27 @@ TABLE = [
 ]
 
 
+def sparsity_setting(row: dict) -> str:
+    """What sets an SAE's sparsity: its λ, or "k 32" for a fixed-k architecture."""
+    return f"k {row['k']:g}" if row.get("k") is not None else _f(row["l1_coefficient"])
+
+
+def sparsity_header(results: Sequence[Result]) -> str:
+    return "λ / k" if any(r.row.get("k") is not None for r in results) else "λ"
+
+
 def _cells(s: Series, r: Result) -> list[str]:
     row = r.row
     return [
         s.label,
-        _f(row["l1_coefficient"]),
+        sparsity_setting(row),
         fmt_value(row["train_tokens"]) if row["train_tokens"] is not None else "–",
     ] + [_fci(r, key, d) for _, key, d in TABLE]
+
+
+def setting_words(row: dict) -> str:
+    """ "λ 0.1" or "k 32", for sentences."""
+    return sparsity_setting(row) if row.get("k") is not None else f"λ {fmt_value(row['l1_coefficient'])}"
 
 
 def _reference_cells(eval_set: str, r: Result, several: bool) -> list[str]:
@@ -240,13 +257,14 @@ def markdown(
             "",
         ]
         lines += [
-            f"- {r.row['architecture']} λ {fmt_value(r.row['l1_coefficient'])} at {r.row['hook']} "
+            f"- {r.row['architecture']} {setting_words(r.row)} at {r.row['hook']} "
             f"({fmt_value(r.row['train_tokens'])} tokens): diverged at step {r.row['diverged_at_step']:,} "
             f"(`{r.directory.name}`)"
             for r in sorted(diverged, key=result_sort_key)
         ]
         lines.append("")
-    head = ["series", "λ", "train tokens"] + [h for h, *_ in TABLE] + ["eval"]
+    every = [r for series in sites.values() for s in series for r in s.results]
+    head = ["series", sparsity_header(every), "train tokens"] + [h for h, *_ in TABLE] + ["eval"]
     for (model, hook), series in sites.items():
         lines += [f"## {model} · {hook}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         marked = dense_marked = False
@@ -435,7 +453,8 @@ def print_table(sites: dict[tuple[str, str], list[Series]]) -> None:
     console = Console(stderr=True, highlight=False, soft_wrap=False, width=None if probe.is_terminal else 250)
     for (model, hook), series in sites.items():
         table = Table(title=Text(f"{model} · {hook}  ([lo, hi]: 95 % CI)"), title_justify="left", header_style="bold")
-        for h in ["series", "λ", "tokens"] + [h for h, *_ in TABLE]:
+        every = [r for s in series for r in s.results]
+        for h in ["series", sparsity_header(every), "tokens"] + [h for h, *_ in TABLE]:
             table.add_column(h, justify="left" if h == "series" else "right")
         for s in series:
             for r in s.results:

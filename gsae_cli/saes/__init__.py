@@ -15,17 +15,33 @@ from gsae_cli.saes.base import (
     renormalise_rows_,
     reset_adam_state_,
 )
+from gsae_cli.saes.batchtopk import BatchTopKSAE
 from gsae_cli.saes.gated import GatedSAE
+from gsae_cli.saes.jumprelu import JumpReLUSAE
 from gsae_cli.saes.relu import ReluSAE
 from gsae_cli.saes.rescale_shift import RescaleShiftSAE
+from gsae_cli.saes.scaled_relu import ScaledReluSAE
+from gsae_cli.saes.topk import TopKSAE
 
-SAE_REGISTRY: dict[str, type[SAE]] = {cls.name: cls for cls in (ReluSAE, GatedSAE, RescaleShiftSAE)}
+SAE_REGISTRY: dict[str, type[SAE]] = {
+    cls.name: cls for cls in (ReluSAE, GatedSAE, RescaleShiftSAE, ScaledReluSAE, JumpReLUSAE, TopKSAE, BatchTopKSAE)
+}
 
 
 class UnknownSAEError(ConfigError, KeyError):
     """An `sae.name` not in the registry (also a KeyError, as a failed registry lookup)."""
 
     __str__ = Exception.__str__  # KeyError would quote the whole message
+
+
+def sae_options(sae_config: Any) -> dict[str, Any]:
+    """The constructor options of `sae_config.name`'s class, read from the sae config group (every
+    option is a key of it of the same name)."""
+    cls = SAE_REGISTRY.get(sae_config.name)
+    if cls is None:
+        return {}
+    params = inspect.signature(cls.__init__).parameters
+    return {p: sae_config[p] for p in params if p not in ("self", "d_model", "d_sae")}
 
 
 def build_sae(name: str, d_model: int, d_sae: int, **options: Any) -> SAE:
@@ -48,13 +64,18 @@ def build_sae(name: str, d_model: int, d_sae: int, **options: Any) -> SAE:
 __all__ = [
     "SAE",
     "SAE_REGISTRY",
+    "BatchTopKSAE",
     "GatedSAE",
+    "JumpReLUSAE",
     "LossOutput",
     "ParamSlice",
     "ReluSAE",
     "RescaleShiftSAE",
+    "ScaledReluSAE",
+    "TopKSAE",
     "UnknownSAEError",
     "build_sae",
+    "sae_options",
     "geometric_median",
     "project_out_parallel_grad",
     "renormalise_rows_",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -25,12 +25,14 @@ class LossOutput:
     x_hat:  reconstruction `[batch, d_model]`.
     active: bool `[batch, d_sae]`, which features fire (what L0 counts); for most architectures
             `f != 0`, for Gated SAEs the gate `pi_gate > 0`.
+    stats:  named scalars that are not optimised, for the architecture's `after_step_`.
     """
 
     terms: dict[str, Tensor]
     f: Tensor
     x_hat: Tensor
     active: Tensor
+    stats: dict[str, Tensor] = field(default_factory=dict)
 
     def total(self) -> Tensor:
         return sum(self.terms.values())  # type: ignore[return-value]
@@ -151,6 +153,9 @@ class SAE(nn.Module, abc.ABC):
     # per-feature vectors zeroed for dead features. Subclasses that resample set these.
     _resample_encoder_weights: tuple[str, ...] = ()
     _resample_zeroed: tuple[str, ...] = ()
+    # False: the trainer never resamples this architecture (its paper revives or keeps dead
+    # latents its own way), so the train.resample_* keys do not shape it.
+    resamples: ClassVar[bool] = True
 
     def __init__(self, d_model: int, d_sae: int) -> None:
         super().__init__()
@@ -187,8 +192,14 @@ class SAE(nn.Module, abc.ABC):
         return f, f != 0
 
     @abc.abstractmethod
-    def loss(self, x: Tensor, l1_coefficient: float) -> LossOutput:
-        """Named scalar terms (their sum is optimised), plus f, x_hat and the active mask."""
+    def loss(self, x: Tensor, l1_coefficient: float, dead: Tensor | None = None) -> LossOutput:
+        """Named scalar terms (their sum is optimised), plus f, x_hat and the active mask.
+        `dead` (bool [d_sae], latents that have not fired for the trainer's dead window) is used
+        by architectures with an auxiliary loss on dead latents and ignored by the rest."""
+
+    def after_step_(self, out: LossOutput, step: int, n_steps: int) -> None:
+        """Called by the trainer after the optimiser step `step` (0-based) of `n_steps` with that
+        step's `loss` output: for state learnt outside the gradient (BatchTopK's threshold)."""
 
     @property
     def decoder_directions(self) -> Tensor:

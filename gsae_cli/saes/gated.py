@@ -109,7 +109,7 @@ class GatedSAE(SAE):
         pi_gate, pi_mag = self.pre_activations(x)
         return self._combine(pi_gate, pi_mag), pi_gate > 0
 
-    def loss(self, x: Tensor, l1_coefficient: float) -> LossOutput:
+    def loss(self, x: Tensor, l1_coefficient: float, dead: Tensor | None = None) -> LossOutput:
         pi_gate, pi_mag = self.pre_activations(x)
         f = self._combine(pi_gate, pi_mag)
         x_hat = self.decode(f)

@@ -38,7 +38,7 @@ class ReluSAE(SAE):
     def encode(self, x: Tensor) -> Tensor:
         return torch.relu(self.pre_activation(x))
 
-    def loss(self, x: Tensor, l1_coefficient: float) -> LossOutput:
+    def loss(self, x: Tensor, l1_coefficient: float, dead: Tensor | None = None) -> LossOutput:
         f = self.encode(x)
         x_hat = self.decode(f)
         terms = {

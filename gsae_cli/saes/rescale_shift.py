@@ -77,7 +77,7 @@ class RescaleShiftSAE(SAE):
     def encode_with_mask(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._f(self._pre_bias(x))
 
-    def loss(self, x: Tensor, l1_coefficient: float = 0.0) -> LossOutput:
+    def loss(self, x: Tensor, l1_coefficient: float = 0.0, dead: Tensor | None = None) -> LossOutput:
         """Only "recon": the support is the frozen baseline's, so there is nothing to sparsify
         (l1_coefficient is accepted for the common interface and ignored)."""
         f, active = self._f(self._pre_bias(x))

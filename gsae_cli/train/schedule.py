@@ -82,3 +82,20 @@ def lr_multiplier(step: int, resample_steps: Sequence[int], tc: DictConfig, n_st
             f0 = sched.lr_factor
             factor *= f0 + (1.0 - f0) * (1.0 - math.cos(math.pi * since / sched.rewarm_steps)) / 2.0
     return factor
+
+
+def sparsity_warmup_steps(sc: DictConfig, tc: DictConfig, n_steps: int) -> int:
+    """Steps over which λ rises linearly to its value: jumprelu's own warm-up (its paper's 10,000
+    steps, capped at a tenth of the run so a short run is not spent warming up), else
+    train.l1_warmup_steps."""
+    if sc.name == "jumprelu":
+        return min(int(sc.sparsity_warmup_steps), math.ceil(0.1 * n_steps))
+    return int(tc.l1_warmup_steps)
+
+
+def aux_dead_steps(sc: DictConfig, tc: DictConfig, n_steps: int) -> int:
+    """AuxK's dead window in steps: sae.aux_k_dead_tokens (Gao et al.'s 10M tokens), capped at
+    train.resample_dead_window of the run (gsae's dead window for every architecture), so that a
+    short run has dead latents to revive at all."""
+    paper = math.ceil(int(sc.aux_k_dead_tokens) / int(tc.batch_size))
+    return max(1, min(paper, round(tc.resample_dead_window * n_steps)))

@@ -16,14 +16,29 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gsae_cli import store
-from gsae_cli.config import baseline_config, effective_lr, to_yaml, train_dir, train_hash, train_identity
+from gsae_cli.config import applies, baseline_config, effective_lr, to_yaml, train_dir, train_hash, train_identity
 from gsae_cli.core import artifacts, atomic, distributed, status
 from gsae_cli.core.progress import notice, track
 from gsae_cli.errors import ArtifactError, ConfigError, StoreError
-from gsae_cli.saes import SAE, ReluSAE, RescaleShiftSAE, build_sae, geometric_median, reset_adam_state_
+from gsae_cli.saes import (
+    SAE,
+    BatchTopKSAE,
+    ReluSAE,
+    RescaleShiftSAE,
+    build_sae,
+    geometric_median,
+    reset_adam_state_,
+    sae_options,
+)
 from gsae_cli.saes.io import load_sae, read_sae_meta, save_sae
 from gsae_cli.train.divergence import LOG, describe, divergence_of_log, divergence_of_sae
-from gsae_cli.train.schedule import ResampleSchedule, lr_factor, lr_multiplier
+from gsae_cli.train.schedule import (
+    ResampleSchedule,
+    aux_dead_steps,
+    lr_factor,
+    lr_multiplier,
+    sparsity_warmup_steps,
+)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = LOG  # "metrics.jsonl", one row per train.log_every steps (train/divergence.py reads it too)
@@ -119,6 +134,10 @@ class Trainer:
         self.n_steps = max(1, self.tc.n_tokens // self.tc.batch_size)
         self.lr = effective_lr(cfg)
         self.resample_schedule = ResampleSchedule.of(self.tc, self.n_steps)
+        self.l1_warmup_steps = sparsity_warmup_steps(cfg.sae, self.tc, self.n_steps)
+        # λ where it shapes the SAE; 0 (and logged as 0) where k sets the sparsity instead
+        self.l1_coefficient = float(cfg.sae.l1_coefficient) if applies("l1_coefficient", cfg.sae.name) else 0.0
+        self.aux_dead_steps = aux_dead_steps(cfg.sae, self.tc, self.n_steps)
         self.generator = torch.Generator(device="cpu").manual_seed(self.tc.seed)
         # Inputs are divided by one scalar so that E||x||² = 1 (a stated deviation); the scalar is
         # folded into the saved weights. rescale_shift works in the units its baseline trained in,
@@ -131,6 +150,8 @@ class Trainer:
             self.scale = input_scale(sample, f"The activation store at {store_path}")
         self.base_relu: ReluSAE | None = None  # rescale_shift's frozen baseline, as saved (raw units)
         self.sae = self._build(base_sae_dir, sample).to(self.device)
+        if isinstance(self.sae, BatchTopKSAE) and world.size > 1:  # its k·B-th value is the global batch's
+            self.sae.distribute(lambda t: distributed.gather(t, world), world.size)
         params = [p for p in self.sae.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=self.lr, betas=(self.tc.adam_beta1, self.tc.adam_beta2))
         self.steps_since_fired = torch.zeros(self.sae.d_sae, dtype=torch.long, device=self.device)
@@ -151,17 +172,7 @@ class Trainer:
             return rs_sae
         assert sample is not None  # sampled whenever there is no baseline
         sc = self.cfg.sae
-        options = (
-            {
-                "tie_weights": sc.tie_weights,
-                "r_mag": sc.r_mag,
-                "aux_loss": sc.aux_loss,
-                "freeze_aux_decoder": sc.freeze_aux_decoder,
-            }
-            if sc.name == "gated"
-            else {}
-        )
-        sae = build_sae(sc.name, d_model, sc.expansion_factor * d_model, **options)
+        sae = build_sae(sc.name, d_model, sc.expansion_factor * d_model, **sae_options(sc))
         median_sample = sample[: self.tc.geometric_median_tokens] / self.scale
         sae.init_weights_(geometric_median(median_sample), generator=self.generator)
         return sae
@@ -275,9 +286,10 @@ class Trainer:
                 lr = self.lr * lr_multiplier(self.step, [e["step"] for e in self.resamples], tc, self.n_steps)
                 for group in self.opt.param_groups:
                     group["lr"] = lr
-                l1 = self.cfg.sae.l1_coefficient * lr_factor(self.step, tc.l1_warmup_steps)
+                l1 = self.l1_coefficient * lr_factor(self.step, self.l1_warmup_steps)
+                dead = self.steps_since_fired >= self.aux_dead_steps  # (only AuxK architectures read it)
                 with autocast:
-                    out = loss_fn(x, l1)
+                    out = loss_fn(x, l1, dead)
                     total = out.total()
                 self.opt.zero_grad(set_to_none=True)
                 total.backward()
@@ -296,6 +308,7 @@ class Trainer:
                 self.sae.constrain_decoder_grad_()
                 self.opt.step()
                 self.sae.renormalise_decoder_()
+                self.sae.after_step_(out, self.step, self.n_steps)
                 fired = distributed.any_(out.active.any(dim=0), self.world)
                 self.steps_since_fired += 1
                 self.steps_since_fired[fired] = 0
@@ -351,7 +364,7 @@ class Trainer:
     def _maybe_resample(self, x: torch.Tensor) -> None:
         """At a check, re-initialise the dead features toward badly reconstructed rows of x
         (Bricken et al. 2023; `SAE.resample_`) and zero their Adam moments."""
-        if not self.tc.resample or not self.resample_schedule.is_check(self.step):
+        if not (self.tc.resample and self.sae.resamples) or not self.resample_schedule.is_check(self.step):
             return
         x = distributed.gather_streams(x, self.world, self.tc.data_streams)  # the same rows on every rank
         dead = self.steps_since_fired >= self.resample_schedule.dead_steps
@@ -419,7 +432,8 @@ class Trainer:
             "store_hash": self.store.attrs.get("config_hash"),
             "input_scale_folded": self.scale,
             "train_hash": train_hash(self.cfg),
-            "l1_coefficient": self.cfg.sae.l1_coefficient,
+            "l1_coefficient": self.cfg.sae.l1_coefficient if self.l1_coefficient else None,
+            "k": self.cfg.sae.k if applies("k", self.cfg.sae.name) else None,
             "divergence": diverged,
         }
         save_sae(self.dir, self.sae.cpu(), meta)
@@ -440,7 +454,7 @@ class Trainer:
                 "rewarm_steps": rs.rewarm_steps,
                 "lr_factor": rs.lr_factor,
             }
-            if self.tc.resample
+            if self.tc.resample and self.sae.resamples
             else None,
             "resamples": self.resamples,
             "final": last,

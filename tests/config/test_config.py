@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from gsae_cli.config import (
-    GATED_ONLY_KEYS,
+    ARCH_ONLY_KEYS,
     NON_IDENTITY_KEYS,
     Config,
     compose_config,
@@ -144,10 +144,13 @@ def test_every_key_that_can_change_a_result_is_in_its_artifacts_hash():
     keys = dict(_leaves(Config))
     assert set(keys) >= NON_IDENTITY_KEYS, "a non-identity key that is not in the schema"
     for key, typ in keys.items():
-        value = OmegaConf.select(base, key)
-        cfg = copy.deepcopy(base)
+        # an architecture's own key is changed on an SAE of that architecture
+        own = key.startswith("sae.") and key[4:] in ARCH_ONLY_KEYS and "gated" not in ARCH_ONLY_KEYS[key[4:]]
+        start = compose_config([f"sae={ARCH_ONLY_KEYS[key[4:]][0]}"]) if own else base
+        value = OmegaConf.select(start, key)
+        cfg = copy.deepcopy(start)
         OmegaConf.update(cfg, key, _changed(key, value, typ), force_add=False)
-        before, after = _hashes(base), _hashes(cfg)
+        before, after = _hashes(start), _hashes(cfg)
         if key in NON_IDENTITY_KEYS:
             assert after == before, f"{key} is listed as speed/logging-only but changes a hash"
         else:
@@ -162,6 +165,28 @@ def test_keys_that_matter_only_in_some_settings():
     assert train_hash(untied) == train_hash(compose_config(["sae.tie_weights=false", "sae.r_mag=false"]))
     off = compose_config(["train.resample=false"])
     assert train_hash(off) == train_hash(compose_config(["train.resample=false", "train.resample_interval=0.2"]))
+    # fixed-k architectures have no λ, and like jumprelu are never resampled; jumprelu has its own
+    # λ warm-up; no architecture's own key reaches another's identity
+    topk = compose_config(["sae=topk"])
+    for extra in (
+        "sae.l1_coefficient=0.5",
+        "train.resample_interval=0.2",
+        "train.l1_warmup_steps=9",
+        "sae.bandwidth=1",
+    ):
+        assert train_hash(topk) == train_hash(compose_config(["sae=topk", extra])), extra
+    assert train_hash(topk) != train_hash(compose_config(["sae=topk", "train.resample_dead_window=0.1"]))  # AuxK's cap
+    jump = compose_config(["sae=jumprelu"])
+    for extra in ("sae.k=7", "train.l1_warmup_steps=9", "train.resample=false", "sae.tie_weights=false"):
+        assert train_hash(jump) == train_hash(compose_config(["sae=jumprelu", extra])), extra
+    for extra in ("sae.k=7", "sae.bandwidth=1", "sae.threshold_window=0.5", "sae.aux_k=3"):
+        assert train_hash(relu) == train_hash(compose_config(["sae=relu", extra])), extra
+    # the keys added for them left every earlier architecture's artifacts where they were
+    assert [train_hash(compose_config([f"sae={a}"])) for a in ("relu", "gated", "rescale_shift")] == [
+        "494a28059e9f",
+        "701f850114b2",
+        "f2a203e8e389",
+    ]
     # rescale_shift's identity includes the relu SAE it is built on
     rs = compose_config(["sae=rescale_shift"])
     assert train_hash(rs) != train_hash(compose_config(["sae=rescale_shift", "sae.lr=0.5"]))
@@ -206,7 +231,7 @@ def test_default_learning_rates_come_from_one_procedure_and_defaults_compare_fai
     rows = list(csv.DictReader((REPO / "docs" / "evidence" / "lr_sweep.csv").open()))
     default = compose_config([])
     archs = sorted({r["sae"] for r in rows})
-    assert archs == ["gated", "relu", "rescale_shift"]
+    assert archs == ["batchtopk", "gated", "jumprelu", "relu", "rescale_shift", "scaled_relu", "topk"]
     for arch in archs:
         best = min((r for r in rows if r["sae"] == arch), key=lambda r: float(r["objective"]))
         cfg = compose_config([f"sae={arch}"])
@@ -217,5 +242,8 @@ def test_default_learning_rates_come_from_one_procedure_and_defaults_compare_fai
         plain = OmegaConf.to_container(cfg, resolve=True)
         ref = OmegaConf.to_container(default, resolve=True)
         for c in (plain, ref):
-            c["sae"] = {k: v for k, v in c["sae"].items() if k not in ("name", "lr", *GATED_ONLY_KEYS)}
+            c["sae"] = {k: v for k, v in c["sae"].items() if k not in ("name", "lr", *ARCH_ONLY_KEYS)}
         assert plain == ref, arch
+        # the L1 architectures share the default λ (jumprelu's λ weighs L0, another scale)
+        if arch in ("gated", "relu", "rescale_shift", "scaled_relu"):
+            assert cfg.sae.l1_coefficient == default.sae.l1_coefficient

@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from hand_weights import B_DEC, W_DEC, X1, W, set_params, t
 from safetensors.torch import load_file, save_file
 
 from gsae_cli.errors import ConfigError
@@ -28,21 +29,6 @@ from gsae_cli.saes import (
     renormalise_rows_,
     reset_adam_state_,
 )
-
-W = [[1.0, 0.0, 1.0], [0.0, 1.0, -1.0]]
-W_DEC = [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]
-B_DEC = [0.5, 0.0]
-X1 = [[1.5, 2.0]]
-
-
-def t(v) -> torch.Tensor:
-    return torch.tensor(v, dtype=torch.float32)
-
-
-def set_params(module: torch.nn.Module, **values) -> None:
-    with torch.no_grad():
-        for name, v in values.items():
-            getattr(module, name).copy_(t(v))
 
 
 def hand_relu() -> ReluSAE:
@@ -66,9 +52,17 @@ def perturbed(sae: torch.nn.Module, seed: int = 0, dtype=torch.float64) -> torch
     sae.to(dtype)
     with torch.no_grad():
         for p in list(sae.parameters()) + list(sae.buffers()):
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=dtype))
+            if p.is_floating_point():  # (BatchTopK's threshold count stays an integer)
+                p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
         renormalise_rows_(sae.W_dec)
     return sae
+
+
+def small(name: str, d_model: int, d_sae: int, **options):
+    """build_sae with a k that fits a tiny d_sae for the fixed-k architectures."""
+    if name in ("topk", "batchtopk"):
+        options.setdefault("k", 2)
+    return build_sae(name, d_model, d_sae, **options)
 
 
 def grad_of(term: torch.Tensor, param: torch.Tensor) -> torch.Tensor | None:
@@ -302,7 +296,7 @@ def test_state_dict_round_trips_through_safetensors(name, tmp_path):
         sae = RescaleShiftSAE.from_relu(perturbed(ReluSAE(3, 4), dtype=torch.float32))
         perturbed(sae, seed=5, dtype=torch.float32)
     else:
-        sae = perturbed(build_sae(name, 3, 4), dtype=torch.float32)
+        sae = perturbed(small(name, 3, 4), dtype=torch.float32)
     path = tmp_path / "sae.safetensors"
     save_file(sae.state_dict(), str(path))
     fresh = build_sae(name, 3, 4, **sae.options)
@@ -324,10 +318,23 @@ def _make(name: str) -> torch.nn.Module:
         return perturbed(GatedSAE(4, 6, tie_weights=False), seed=3)
     if name == "gated_no_r_mag":
         return perturbed(GatedSAE(4, 6, r_mag=False), seed=3)
-    return perturbed(build_sae(name, 4, 6), seed=3)
+    return perturbed(small(name, 4, 6), seed=3)
 
 
-@pytest.mark.parametrize("name", ["relu", "gated", "gated_untied", "gated_no_r_mag", "rescale_shift"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "relu",
+        "gated",
+        "gated_untied",
+        "gated_no_r_mag",
+        "rescale_shift",
+        "scaled_relu",
+        "jumprelu",
+        "topk",
+        "batchtopk",
+    ],
+)
 @pytest.mark.parametrize("scale", [4.0, 3.7])
 def test_fold_input_scale(name, scale):
     sae = _make(name)
@@ -365,7 +372,7 @@ def test_renormalise_rows_by_hand():
     assert torch.allclose(W, t([[0.6, 0.8], [0.0, -1.0]]))
 
 
-@pytest.mark.parametrize("name", ["relu", "gated", "rescale_shift"])
+@pytest.mark.parametrize("name", ["relu", "gated", "rescale_shift", "scaled_relu", "jumprelu", "topk", "batchtopk"])
 def test_decoder_constraint_calls(name):
     """What the Trainer calls around each Adam step (tests/train/test_train.py drives the real loop):
     a trainable decoder gets its gradient projected and its rows renormalised; rescale_shift's
@@ -387,7 +394,7 @@ def test_decoder_constraint_calls(name):
     assert torch.allclose(sae.W_dec, W0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["relu", "gated", "gated_untied", "gated_no_r_mag"])
+@pytest.mark.parametrize("name", ["relu", "gated", "gated_untied", "gated_no_r_mag", "scaled_relu", "topk", "jumprelu"])
 def test_init_weights(name):
     b = t([0.1, -0.2, 0.3])
     saes = []
@@ -395,16 +402,19 @@ def test_init_weights(name):
         if name.startswith("gated_"):
             sae = GatedSAE(3, 5, tie_weights=name != "gated_untied", r_mag=name != "gated_no_r_mag")
         else:
-            sae = build_sae(name, 3, 5)
+            sae = small(name, 3, 5)
         sae.init_weights_(b, torch.Generator().manual_seed(7))
         saes.append(sae)
     sae, twin = saes
     assert torch.equal(sae.W_dec, twin.W_dec)  # seeded
     assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(5), atol=1e-6)
-    assert torch.equal(sae.b_dec, b)
-    enc = sae.W_enc if name == "relu" else sae.W_gate
+    # JumpReLU follows Gemma Scope: b_dec = 0 and θ = threshold_init (0.001)
+    assert torch.equal(sae.b_dec, torch.zeros(3) if name == "jumprelu" else b)
+    if name == "jumprelu":
+        assert torch.allclose(sae.threshold, torch.full((5,), 0.001))
+    enc = sae.W_gate if name.startswith("gated") else sae.W_enc
     assert torch.equal(enc, sae.W_dec.T)
-    for bias in ("b_enc", "b_gate", "b_mag", "r_mag"):
+    for bias in ("b_enc", "b_gate", "b_mag", "r_mag", "r_scale"):
         if hasattr(sae, bias):
             assert torch.equal(getattr(sae, bias), torch.zeros(5))
     if name == "gated_untied":
@@ -483,9 +493,9 @@ def test_resample_gated_and_reset_adam_state():
 
 
 def test_registry_builds_each_architecture():
-    assert set(SAE_REGISTRY) == {"relu", "gated", "rescale_shift"}
+    assert set(SAE_REGISTRY) == {"relu", "gated", "rescale_shift", "scaled_relu", "jumprelu", "topk", "batchtopk"}
     for name, cls in SAE_REGISTRY.items():
-        sae = build_sae(name, 3, 5)
+        sae = small(name, 3, 5)
         assert type(sae) is cls and sae.name == name
         assert sae.decoder_directions.shape == (5, 3)
         assert sae.encode(torch.randn(2, 3)).shape == (2, 5)
@@ -496,8 +506,9 @@ def test_registry_builds_each_architecture():
 
 def test_registry_errors():
     with pytest.raises(ConfigError) as err:
-        build_sae("topk", 3, 5)
+        build_sae("topkk", 3, 5)
     assert isinstance(err.value, KeyError)
-    assert "gated" in str(err.value) and "relu" in str(err.value) and "rescale_shift" in str(err.value)
+    for name in ("gated", "relu", "rescale_shift", "jumprelu", "topk", "batchtopk", "scaled_relu"):
+        assert name in str(err.value)
     with pytest.raises(ConfigError, match="tie_weights"):
         build_sae("relu", 3, 5, tie_weights=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import gsae, tiny
+from conftest import KILL_AFTER_CHECKPOINT, gsae, tiny
 from safetensors.torch import load_file
 
 from gsae_cli import store
@@ -491,41 +491,18 @@ def test_resampling_drops_the_lr_and_rewarms_it(out, arch):
 # kill and resume
 # ---------------------------------------------------------------------------------------------
 
-# Runs `gsae train` in-process and SIGKILLs itself two logged steps after the first checkpoint
-# saved in the middle of an LR re-warm: the resume must restore the resample steps (the LR
-# depends on them) and drop the two log lines written after the checkpoint.
-_KILL_IN_REWARM = r"""
-import os, signal, sys
-from gsae_cli.train import trainer as train
-from gsae_cli.config import compose_config
-
-armed = []
-save, log = train.Trainer._save_checkpoint, train.Trainer._log
-
-def save_and_arm(self):
-    save(self)
-    since = self.step - self.resamples[-1]["step"] if self.resamples else None
-    if not armed and since is not None and 0 < since < self.resample_schedule.rewarm_steps:
-        armed.append(self.step + 2)
-
-def log_and_die(self, *args, **kwargs):
-    row = log(self, *args, **kwargs)
-    if armed and self.step >= armed[0]:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return row
-
-train.Trainer._save_checkpoint, train.Trainer._log = save_and_arm, log_and_die
-train.run_train(compose_config(sys.argv[1:]))
-"""
-
 
 @pytest.mark.slow
 def test_killed_training_resumes_to_identical_weights(out, tmp_path):
+    """Killed two logged steps after a checkpoint saved in an LR re-warm: the resume restores the
+    resample steps (the LR depends on them) and drops the two log lines written after it."""
     args = tiny(out, *RESAMPLING, "train.checkpoint_every=3")
     gsae("harvest", *args, check=True)
     directory = train_dir(compose_config(args))
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    killed = subprocess.run([sys.executable, "-c", _KILL_IN_REWARM, *args], capture_output=True, text=True, env=env)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GSAE_TEST_ARM="rewarm")
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_CHECKPOINT, *args], capture_output=True, text=True, env=env
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (directory / "checkpoint.pt").exists() and not (directory / "COMPLETE").exists()
     checkpoint_step = torch.load(directory / "checkpoint.pt", weights_only=False)["step"]

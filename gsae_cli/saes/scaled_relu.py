@@ -1,0 +1,81 @@
+"""Scaled ReLU SAE, docs/method.md §1: a ReLU SAE with a learned per-feature scale t in place of
+Gated's Heaviside gate, proposed by a reader in public discussion of the Gated SAE paper (no
+published result; issue 24 asks what the gate adds beyond it):
+
+    f(x)  = ReLU((x - b_dec) W_enc + b_enc),      t = exp(r_scale) > 0 per feature
+    x_hat = (t ⊙ f) W_dec + b_dec                  (the SAE's reconstruction, also at inference)
+    L     = ||x - (f sg(W_dec) + sg(b_dec))||² + ||x - x_hat||² + λ ||f||₁
+
+sg stops gradients (the first term trains only the encoder, like Gated's frozen auxiliary
+decoder, b_dec reached only through the encoder's input; `freeze_aux_decoder=false` lets it
+train the decoder too). L1 acts on f, and t undoes its shrinkage in x_hat. t starts at 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gsae_cli.saes.base import SAE, LossOutput, squared_error
+from gsae_cli.saes.relu import relu_pre_bias
+
+
+class ScaledReluSAE(SAE):
+    name = "scaled_relu"
+    _resample_encoder_weights = ("W_enc",)
+    _resample_zeroed = ("b_enc", "r_scale")
+
+    def __init__(self, d_model: int, d_sae: int, *, freeze_aux_decoder: bool = True) -> None:
+        super().__init__(d_model, d_sae)
+        self.freeze_aux_decoder = bool(freeze_aux_decoder)
+        self.W_enc = nn.Parameter(torch.empty(d_model, d_sae))
+        self.b_enc = nn.Parameter(torch.empty(d_sae))
+        self.r_scale = nn.Parameter(torch.empty(d_sae))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_model))
+        self.b_dec = nn.Parameter(torch.empty(d_model))
+        self.init_weights_()
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"freeze_aux_decoder": self.freeze_aux_decoder}
+
+    def unscaled(self, x: Tensor) -> Tensor:
+        """f(x) = ReLU(pi(x)) [batch, d_sae], what the L1 penalty sees."""
+        return torch.relu(relu_pre_bias(x, self.W_enc, self.b_dec) + self.b_enc)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """t ⊙ f(x): the features the decoder reconstructs from (zero exactly where f is)."""
+        return self.unscaled(x) * torch.exp(self.r_scale)
+
+    def loss(self, x: Tensor, l1_coefficient: float, dead: Tensor | None = None) -> LossOutput:
+        f = self.unscaled(x)
+        scaled = f * torch.exp(self.r_scale)
+        x_hat = self.decode(scaled)
+        if self.freeze_aux_decoder:
+            W_dec, b_dec = self.W_dec.detach(), self.b_dec.detach()
+        else:
+            W_dec, b_dec = self.W_dec, self.b_dec
+        terms = {
+            "recon": squared_error(x, x_hat),
+            "sparsity": l1_coefficient * f.sum(dim=-1).mean(),
+            "aux": squared_error(x, f @ W_dec + b_dec),
+        }
+        return LossOutput(terms=terms, f=scaled, x_hat=x_hat, active=f > 0)
+
+    @torch.no_grad()
+    def init_weights_(self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None) -> None:
+        """As relu (W_dec rows random unit vectors, W_enc = W_dec.T, b_enc = 0, b_dec = b_dec_init),
+        with t = 1."""
+        self._init_decoder_(b_dec_init, generator)
+        self.W_enc.copy_(self.W_dec.T)
+        self.b_enc.zero_()
+        self.r_scale.zero_()
+
+    @torch.no_grad()
+    def fold_input_scale_(self, scale: float) -> None:
+        """As relu: biases × s give f' = s f(x/s); t is unchanged, so x_hat' = s x_hat(x/s)."""
+        s = self._check_scale(scale)
+        self.b_enc.mul_(s)
+        self.b_dec.mul_(s)
