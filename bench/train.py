@@ -11,6 +11,16 @@ FLOPs per token counted (n = d_model, M = d_sae; a matmul of [B,a]@[a,b] is 2·B
   gated: shared encoder matmul + decoder + aux decoder forward (3), encoder input and
          weight gradients (2), decoder input and weight gradients (2), aux decoder
          input gradient only (its W_dec is detached) (1)                          = 8 · 2nM
+
+Against SAELens (issue 24's speed target: gsae's step no slower than SAELens's, per architecture):
+
+    .venv/bin/python bench/train.py vs-saelens [SAELENS_PYTHON] [--steps N] [--k 32] [--dead 0.1]
+
+times gsae's training update (`train.trainer.update`, the Trainer's own step) and SAELens's
+SAETrainer.step (bench/saelens_step.py, run by SAELENS_PYTHON, SAELens's own virtualenv:
+docs/benchmarks.md) at the same shapes, interleaved step by step in one run, each process alone
+on the CPU while it steps, and prints the ratio per architecture. gsae's TopK step is also timed
+with a dense decode (f @ W_dec), to show what the sparse one saves.
 """
 
 from __future__ import annotations
@@ -122,5 +132,102 @@ def main() -> None:
         )
 
 
+SAELENS_NAMES = {"relu": "standard", "gated": "gated", "jumprelu": "jumprelu", "topk": "topk", "batchtopk": "batchtopk"}
+
+
+def _dense_topk_loss(sae, x, l1, dead):
+    """TopK's loss with the dense decode f @ W_dec: the same maths, for the timing comparison."""
+    from gsae_cli.saes.base import LossOutput, squared_error
+    from gsae_cli.saes.topk import topk_relu
+
+    pre = sae.pre_activation(x)
+    f = topk_relu(pre, sae.k)
+    x_hat = sae.decode(f)
+    terms = {"recon": squared_error(x, x_hat), **sae._aux_terms(x, x_hat, pre, dead)}
+    return LossOutput(terms=terms, f=f, x_hat=x_hat, active=f > 0)
+
+
+def vs_saelens(argv: list[str]) -> None:
+    import argparse
+    import statistics
+    import subprocess
+
+    from gsae_cli.saes import build_sae
+    from gsae_cli.train.trainer import update
+
+    ap = argparse.ArgumentParser(prog="bench/train.py vs-saelens")
+    ap.add_argument("python", nargs="?", default=".venv-saelens/bin/python", help="SAELens's Python")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--dead", type=float, default=0.1, help="fraction of latents held dead (AuxK's work)")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    d_in, d_sae, batch = 576, 2304, 4096
+    torch.set_num_threads(a.threads)
+    worker = subprocess.Popen(
+        [a.python, os.path.join(os.path.dirname(__file__), "saelens_step.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def ask(line: str) -> dict:
+        assert worker.stdin is not None and worker.stdout is not None
+        worker.stdin.write(line + "\n")
+        worker.stdin.flush()
+        return json.loads(worker.stdout.readline())
+
+    x = torch.randn(batch, d_in, generator=torch.Generator().manual_seed(0)) * 2.0 + 0.1
+    dead = torch.zeros(d_sae, dtype=torch.bool)
+    dead[: round(a.dead * d_sae)] = True
+    runs: dict[str, dict] = {}
+    for arch in ["relu", "gated", "rescale_shift", "scaled_relu", "jumprelu", "topk", "batchtopk"]:
+        options = {"k": a.k} if arch in ("topk", "batchtopk") else {}
+        torch.manual_seed(0)
+        sae = build_sae(arch, d_in, d_sae, **options)
+        params = [p for p in sae.parameters() if p.requires_grad]
+        runs[arch] = {"sae": sae, "loss": sae.loss, "opt": torch.optim.Adam(params, lr=3e-4, betas=(0.0, 0.999))}
+        if arch in SAELENS_NAMES:
+            version = ask(f"setup {SAELENS_NAMES[arch]} {d_in} {d_sae} {batch} {a.k} {a.dead} {a.threads}")["sae_lens"]
+    dense = build_sae("topk", d_in, d_sae, k=a.k)
+    runs["topk (dense decode)"] = {
+        "sae": dense,
+        "loss": lambda xb, l1, d: _dense_topk_loss(dense, xb, l1, d),
+        "opt": torch.optim.Adam(dense.parameters(), lr=3e-4, betas=(0.0, 0.999)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs} | {f"saelens {n}": [] for n in SAELENS_NAMES}
+    for r in range(a.warmup + a.steps):  # round r: step r of every run in turn
+        for name, run in runs.items():
+            t = time.perf_counter()
+            update(run["sae"], run["loss"], run["opt"], x, 0.01, dead, r, 10_000)
+            ms = (time.perf_counter() - t) * 1e3
+            if r >= a.warmup:
+                times[name].append(ms)
+            if name in SAELENS_NAMES:
+                theirs = ask(f"step {SAELENS_NAMES[name]}")["ms"]
+                if r >= a.warmup:
+                    times[f"saelens {name}"].append(theirs)
+    worker.stdin.close()  # type: ignore[union-attr]
+    worker.wait()
+    print(
+        f"d_in {d_in}, d_sae {d_sae}, batch {batch}, k {a.k}, {a.dead:.0%} of latents dead, float32 CPU, "
+        f"{a.threads} threads; torch {torch.__version__}, sae-lens {version}; median of {a.steps} steps "
+        f"after {a.warmup}, interleaved"
+    )
+    print(f"{'architecture':<22} {'gsae ms':>9} {'SAELens ms':>11} {'gsae / SAELens':>15}")
+    figures = {}
+    for name in runs:
+        ours = statistics.median(times[name])
+        theirs = statistics.median(times[f"saelens {name}"]) if name in SAELENS_NAMES else None
+        ratio = f"{ours / theirs:15.2f}" if theirs else f"{'(no peer)':>15}"
+        print(f"{name:<22} {ours:9.0f} {theirs or float('nan'):11.0f} {ratio}")
+        figures[name] = {"gsae_ms": ours, "saelens_ms": theirs}
+    print(json.dumps(figures))
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["vs-saelens"]:
+        vs_saelens(sys.argv[2:])
+    else:
+        main()

@@ -89,7 +89,9 @@ def saelens_tensors(sae: SAE) -> tuple[str, dict[str, torch.Tensor], dict]:
         named = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
         named["threshold"] = sae.threshold.expand(sae.d_sae)
     elif isinstance(sae, TopKSAE):
-        arch, extra = "topk", {"k": sae.k, "rescale_acts_by_decoder_norm": False}
+        k = {"k": sae.k}  # (the pre-6.0 layout reads k from activation_fn_kwargs)
+        arch = "topk"
+        extra = {**k, "activation_fn_str": "topk", "activation_fn_kwargs": k, "rescale_acts_by_decoder_norm": False}
         named = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
     else:
         raise ConfigError(

@@ -32,7 +32,7 @@
 #   # when all tasks are done:
 #   .venv/bin/gsae report out_dir=outputs
 # Members are ordered hook-major (a stopped sweep leaves whole sites), then token count, then
-# architecture, then the further seeds. --list shows them (hook, tokens, architecture, λ,
+# architecture, then the further seeds. --list shows them (hook, tokens, architecture, λ or k,
 # train.lr, train.seed).
 #
 # Exit status: 0 if every member succeeded (and the report was written), 1 if any failed,
@@ -68,6 +68,10 @@ COEFFS=${COEFFS-"0.02 0.04 0.08 0.16 0.32 blocks.24.hook_mlp_out:0.005,0.01,0.02
 # the mid-frontier λ the doubled-token check and the further seeds repeat (same syntax; "" runs
 # neither)
 DOUBLE_COEFFS=${DOUBLE_COEFFS-"0.04 0.08 0.16 blocks.24.hook_mlp_out:0.01,0.02,0.04"}
+# An architecture whose sparsity setting means something else has its own list at every site,
+# "arch=v,v,...": JumpReLU's λ weighs an L0 penalty, and TopK and BatchTopK sweep k (sae.k), not λ.
+ARCH_COEFFS=${ARCH_COEFFS-"jumprelu=0.001,0.003,0.01,0.03 topk=8,16,32,64,128 batchtopk=8,16,32,64,128"}
+DOUBLE_ARCH_COEFFS=${DOUBLE_ARCH_COEFFS-"jumprelu=0.003,0.01 topk=16,32,64 batchtopk=16,32,64"}
 SEEDS=${SEEDS:-"0 1 2"}   # train.seed of the spread runs (DOUBLE_COEFFS at both lengths); "0" turns them off
                           # (so EXTRA must not set train.seed)
 # Learning rates (train.lr): "arch=lr" for an architecture at every site, "hook:arch=lr" for one
@@ -109,6 +113,16 @@ coeffs_of() {  # "list" hook -> the λ for that hook: its own "hook:λ,λ" item,
     done
     echo ${plain[@]+"${plain[@]}"}
 }
+arch_coeffs_of() {  # "list" arch fallback... -> that architecture's own "arch=v,v" values, else the fallback
+    local item
+    for item in $1; do
+        [[ "${item%%=*}" == "$2" ]] && { echo "${item#*=}" | tr , ' '; return; }
+    done
+    echo "${@:3}"
+}
+setting_key() {  # arch -> the override its sweep value sets
+    case "$1" in topk | batchtopk) echo sae.k ;; *) echo sae.l1_coefficient ;; esac
+}
 num='([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?'
 for var in COEFFS DOUBLE_COEFFS; do
     seen=" "
@@ -124,6 +138,14 @@ for var in COEFFS DOUBLE_COEFFS; do
             exit 2
         fi
         seen+="$h "
+    done
+done
+for var in ARCH_COEFFS DOUBLE_ARCH_COEFFS; do
+    for item in ${!var}; do
+        if ! [[ "$item" =~ ^[a-z_]+=$num(,$num)*$ ]]; then
+            echo "frontier.sh: $var item '$item' is not arch=v,v,... (e.g. ARCH_COEFFS=\"topk=8,32,128\")" >&2
+            exit 2
+        fi
     done
 done
 read -r -a seed_items <<< "$SEEDS"
@@ -174,7 +196,9 @@ for hook in "${hooks[@]}"; do  # site by site, so a sweep stopped midway leaves 
         cs=(${coeffs[@]+"${coeffs[@]}"})
         (( t != TRAIN_TOKENS )) && cs=(${double_coeffs[@]+"${double_coeffs[@]}"})
         for arch in "${archs[@]}"; do
-            for c in ${cs[@]+"${cs[@]}"}; do
+            own=$ARCH_COEFFS
+            (( t != TRAIN_TOKENS )) && own=$DOUBLE_ARCH_COEFFS
+            for c in $(arch_coeffs_of "$own" "${arch%%:*}" ${cs[@]+"${cs[@]}"}); do
                 members+=("$hook $t $arch $c $(lr_of "$hook" "${arch%%:*}") 0")
             done
         done
@@ -183,7 +207,7 @@ for hook in "${hooks[@]}"; do  # site by site, so a sweep stopped midway leaves 
         (( s == 0 )) && continue
         for t in "${token_counts[@]}"; do
             for arch in "${archs[@]}"; do
-                for c in ${double_coeffs[@]+"${double_coeffs[@]}"}; do
+                for c in $(arch_coeffs_of "$DOUBLE_ARCH_COEFFS" "${arch%%:*}" ${double_coeffs[@]+"${double_coeffs[@]}"}); do
                     members+=("$hook $t $arch $c $(lr_of "$hook" "${arch%%:*}") $s")
                 done
             done
@@ -209,7 +233,7 @@ run_member() {  # hook tokens arch[:key=value...] coeff lr ("-": the architectur
     [[ "$5" != - ]] && lr=("train.lr=$5")
     [[ "$6" != 0 ]] && lr+=("train.seed=$6")
     [[ "$3" == *:* ]] && IFS=: read -r -a own <<< "${3#*:}"
-    "$GSAE" eval "${common[@]}" "hook=$1" "train.n_tokens=$2" "sae=${3%%:*}" "sae.l1_coefficient=$4" \
+    "$GSAE" eval "${common[@]}" "hook=$1" "train.n_tokens=$2" "sae=${3%%:*}" "$(setting_key "${3%%:*}")=$4" \
         ${own[@]+"${own[@]}"} ${lr[@]+"${lr[@]}"} ${extra[@]+"${extra[@]}"}
 }
 
@@ -226,7 +250,7 @@ if [[ -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
         exit 2
     fi
     read -r hook t arch c lr seed <<< "${members[$i]}"
-    echo "[task $i of $n] hook=$hook train.n_tokens=$t sae=$arch sae.l1_coefficient=$c train.lr=$lr train.seed=$seed" >&2
+    echo "[task $i of $n] hook=$hook train.n_tokens=$t sae=$arch $(setting_key "${arch%%:*}")=$c train.lr=$lr train.seed=$seed" >&2
     run_member "$hook" "$t" "$arch" "$c" "$lr" "$seed"
     exit $?
 fi
@@ -247,7 +271,7 @@ trap 'for j in $(jobs -p); do pkill -TERM -P "$j"; kill "$j"; done 2>/dev/null; 
 one_member() {  # index member: runs it, records "exit-code description" in $status_dir/index
     local hook t arch c lr seed start=$SECONDS rc
     read -r hook t arch c lr seed <<< "$2"
-    local what="hook=$hook train.n_tokens=$t sae=${arch//:/ } sae.l1_coefficient=$c train.lr=$lr"
+    local what="hook=$hook train.n_tokens=$t sae=${arch//:/ } $(setting_key "${arch%%:*}")=$c train.lr=$lr"
     [[ "$seed" != 0 ]] && what+=" train.seed=$seed"
     echo "[$1/$n] $what" >&2
     GSAE_LOCAL_PROCS=$JOBS run_member "$hook" "$t" "$arch" "$c" "$lr" "$seed"

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from gsae_cli.saes.base import LossOutput, squared_error
-from gsae_cli.saes.topk import TopKSAE
+from gsae_cli.saes.topk import TopKSAE, decode_sparse
 
 
 def batch_kth_value(a: Tensor, k_total: int, gather: Callable[[Tensor], Tensor] | None = None) -> Tensor:
@@ -94,7 +94,10 @@ class BatchTopKSAE(TopKSAE):
         the batch's smallest kept activation for `after_step_`."""
         pre = self.pre_activation(x)
         f, smallest = self.batch_topk(torch.relu(pre))
-        x_hat = self.decode(f)
+        rows, cols = f.nonzero(as_tuple=True)  # row-major: each row's kept latents in one run
+        counts = torch.bincount(rows, minlength=f.shape[0])
+        offsets = torch.cumsum(counts, 0) - counts
+        x_hat = decode_sparse(cols, f[rows, cols], self.W_dec, offsets) + self.b_dec
         terms = {"recon": squared_error(x, x_hat), **self._aux_terms(x, x_hat, pre, dead)}
         return LossOutput(terms=terms, f=f, x_hat=x_hat, active=f > 0, stats={"batch_min_kept": smallest})
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gsae_cli.saes.base import SAE, LossOutput, squared_error
@@ -28,17 +29,21 @@ def topk_relu(pre: Tensor, k: int) -> Tensor:
     return torch.zeros_like(pre).scatter(-1, index, torch.relu(values))
 
 
+def decode_sparse(index: Tensor, values: Tensor, W_dec: Tensor, offsets: Tensor | None = None) -> Tensor:
+    """Σ_j values_j W_dec[index_j] per row, without the bias: index and values [batch, k], or flat
+    with `offsets` (each row's start). Neither pass builds a dense [batch, d_sae] tensor, which at
+    the shapes of bench/train.py makes a TopK step faster (docs/benchmarks.md)."""
+    return F.embedding_bag(index, W_dec, offsets, mode="sum", per_sample_weights=values)
+
+
 def aux_k_reconstruction(pre: Tensor, dead: Tensor, k_aux: int, W_dec: Tensor) -> Tensor:
     """ê = ReLU(TopK_k_aux(pi over the dead latents)) W_dec, no bias: [batch, d_model].
 
     `dead` is bool [d_sae]; live latents are excluded by -inf, so they are never chosen, and at
     most min(k_aux, number of dead) latents per row are used."""
-    n_dead = int(dead.sum())
-    k = min(int(k_aux), n_dead)
-    masked = pre.masked_fill(~dead, float("-inf"))
-    values, index = masked.topk(k, dim=-1, sorted=False)
-    z_aux = torch.zeros_like(pre).scatter(-1, index, torch.relu(values))
-    return z_aux @ W_dec
+    k = min(int(k_aux), int(dead.sum()))
+    values, index = pre.masked_fill(~dead, float("-inf")).topk(k, dim=-1, sorted=False)
+    return decode_sparse(index, torch.relu(values), W_dec)
 
 
 def aux_k_loss(x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor | None, k_aux: int, W_dec: Tensor) -> Tensor:
@@ -89,10 +94,13 @@ class TopKSAE(SAE):
 
     def loss(self, x: Tensor, l1_coefficient: float = 0.0, dead: Tensor | None = None) -> LossOutput:
         """Reconstruction plus α·AuxK over the `dead` latents (bool [d_sae]); l1_coefficient is
-        accepted for the common interface and ignored (k sets the sparsity)."""
+        accepted for the common interface and ignored (k sets the sparsity). The returned f is
+        detached: the reconstruction is decoded from the k kept values directly."""
         pre = self.pre_activation(x)
-        f = topk_relu(pre, self.k)
-        x_hat = self.decode(f)
+        values, index = pre.topk(min(self.k, self.d_sae), dim=-1, sorted=False)
+        values = torch.relu(values)
+        x_hat = decode_sparse(index, values, self.W_dec) + self.b_dec
+        f = torch.zeros_like(pre, requires_grad=False).scatter(-1, index, values.detach())
         terms = {"recon": squared_error(x, x_hat), **self._aux_terms(x, x_hat, pre, dead)}
         return LossOutput(terms=terms, f=f, x_hat=x_hat, active=f > 0)
 

@@ -7,7 +7,8 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -23,6 +24,7 @@ from gsae_cli.errors import ArtifactError, ConfigError, StoreError
 from gsae_cli.saes import (
     SAE,
     BatchTopKSAE,
+    LossOutput,
     ReluSAE,
     RescaleShiftSAE,
     build_sae,
@@ -106,6 +108,41 @@ def input_scale(sample: torch.Tensor, where: Path | str = "the activation store"
             "show-config` prints it) and rebuild the store with `gsae harvest --force`."
         )
     return scale
+
+
+def update(
+    sae: SAE,
+    loss_fn: Callable[..., LossOutput],
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    l1: float,
+    dead: torch.Tensor,
+    step: int,
+    n_steps: int,
+    world: distributed.World = distributed.World(),
+    autocast: AbstractContextManager = nullcontext(),
+) -> tuple[LossOutput, torch.Tensor]:
+    """One training update of `sae` on the batch x (every rank's share): loss, backward, the
+    gradients averaged over ranks, the decoder gradient projected, Adam, the decoder rows
+    renormalised, the architecture's `after_step_`. Returns the loss output and the loss (the
+    ranks' mean); raises FloatingPointError, before any parameter moves, if the loss is not finite."""
+    with autocast:
+        out = loss_fn(x, l1, dead)
+        total = out.total()
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    # each rank's loss is the mean over its equal share of the batch: the mean of the ranks'
+    # gradients is the gradient of the global batch's mean loss; the loss rides in the same
+    # all-reduce, so every rank sees a non-finite loss and stops together
+    reported = total.detach().float().reshape(1)
+    distributed.average_([reported, *(p.grad for p in sae.parameters() if p.grad is not None)], world)
+    if not torch.isfinite(reported):
+        raise FloatingPointError(f"{total.item()}")
+    sae.constrain_decoder_grad_()
+    opt.step()
+    sae.renormalise_decoder_()
+    sae.after_step_(out, step, n_steps)
+    return out, total.detach()
 
 
 class Trainer:
@@ -288,27 +325,15 @@ class Trainer:
                     group["lr"] = lr
                 l1 = self.l1_coefficient * lr_factor(self.step, self.l1_warmup_steps)
                 dead = self.steps_since_fired >= self.aux_dead_steps  # (only AuxK architectures read it)
-                with autocast:
-                    out = loss_fn(x, l1, dead)
-                    total = out.total()
-                self.opt.zero_grad(set_to_none=True)
-                total.backward()
-                # each rank's loss is the mean over its equal share of the batch: the mean of the
-                # ranks' gradients is the gradient of the global batch's mean loss; the loss rides
-                # in the same all-reduce, so every rank sees a non-finite loss and stops together
-                reported = total.detach().float().reshape(1)
-                distributed.average_(
-                    [reported, *(p.grad for p in self.sae.parameters() if p.grad is not None)], self.world
-                )
-                if not torch.isfinite(reported):
-                    raise ArtifactError(
-                        f"The loss became {total.item()} at step {self.step}; lower the learning rate "
-                        f"(train.lr={self.lr / 3:.3g}, say). The last checkpoint in {self.dir} is intact."
+                try:
+                    out, total = update(
+                        self.sae, loss_fn, self.opt, x, l1, dead, self.step, self.n_steps, self.world, autocast
                     )
-                self.sae.constrain_decoder_grad_()
-                self.opt.step()
-                self.sae.renormalise_decoder_()
-                self.sae.after_step_(out, self.step, self.n_steps)
+                except FloatingPointError as e:
+                    raise ArtifactError(
+                        f"The loss became {e} at step {self.step}; lower the learning rate "
+                        f"(train.lr={self.lr / 3:.3g}, say). The last checkpoint in {self.dir} is intact."
+                    ) from None
                 fired = distributed.any_(out.active.any(dim=0), self.world)
                 self.steps_since_fired += 1
                 self.steps_since_fired[fired] = 0

@@ -174,6 +174,36 @@ def test_architectures_with_overrides_of_their_own(tmp_path):
     assert proc.returncode == 2 and "ARCHS item 'relu:expansion'" in proc.stderr and calls == []
 
 
+def test_architectures_with_a_sparsity_setting_of_their_own(tmp_path):
+    """TopK and BatchTopK sweep k (sae.k), JumpReLU its L0 λ, each from ARCH_COEFFS at every
+    site; the doubled-token check takes DOUBLE_ARCH_COEFFS; the rest keep COEFFS."""
+    proc, calls = frontier(
+        tmp_path,
+        ARCHS="relu topk jumprelu",
+        COEFFS="0.1",
+        DOUBLE="1",
+        DOUBLE_COEFFS="0.1",
+        TRAIN_TOKENS="1000",
+        HARVEST_TOKENS="2000",
+        ARCH_COEFFS="topk=8,32 jumprelu=0.01",
+        DOUBLE_ARCH_COEFFS="topk=16",
+    )
+    assert proc.returncode == 0, proc.stderr
+    evals = [[w for w in c.split() if w.startswith(("sae", "train.n_tokens"))] for c in calls if c.startswith("eval")]
+    assert evals == [
+        ["train.n_tokens=1000", "sae=relu", "sae.l1_coefficient=0.1"],
+        ["train.n_tokens=1000", "sae=topk", "sae.k=8"],
+        ["train.n_tokens=1000", "sae=topk", "sae.k=32"],
+        ["train.n_tokens=1000", "sae=jumprelu", "sae.l1_coefficient=0.01"],
+        ["train.n_tokens=2000", "sae=relu", "sae.l1_coefficient=0.1"],
+        ["train.n_tokens=2000", "sae=topk", "sae.k=16"],
+        ["train.n_tokens=2000", "sae=jumprelu", "sae.l1_coefficient=0.1"],  # no item of its own: DOUBLE_COEFFS
+    ]
+    (tmp_path / "bad").mkdir()
+    proc, calls = frontier(tmp_path / "bad", ARCH_COEFFS="topk:8")
+    assert proc.returncode == 2 and "ARCH_COEFFS item 'topk:8'" in proc.stderr and calls == []
+
+
 def test_learning_rates_per_architecture_and_per_site(tmp_path):
     def listed(**env):
         return subprocess.run(

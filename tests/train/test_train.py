@@ -275,7 +275,7 @@ def test_trainer_step_matches_a_hand_computed_two_steps(tmp_path):
     start = {n: t.detach().double().clone() for n, t in trainer.sae.named_parameters()}
     batches = []  # what the Trainer trained on (the shuffle may mix the two epochs' rows)
     loss = trainer.sae.loss
-    trainer.sae.loss = lambda xb, l1: (batches.append(xb.detach().double()), loss(xb, l1))[1]
+    trainer.sae.loss = lambda xb, l1, dead=None: (batches.append(xb.detach().double()), loss(xb, l1, dead))[1]
     trainer.fit()
     rows = {tuple(r) for r in (x_raw / trainer.scale).tolist()}
     assert len(batches) == 2 and all(tuple(r) in rows for b in batches for r in b.tolist())
@@ -342,7 +342,7 @@ def test_trainer_feeds_a_bf16_store_exactly_upcast_and_scaled(tmp_path):
     assert trainer.scale == pytest.approx(float(stored.double().pow(2).sum(1).mean().sqrt()), rel=1e-6)
     batches = []
     loss = trainer.sae.loss
-    trainer.sae.loss = lambda xb, l1: (batches.append(xb.detach().clone()), loss(xb, l1))[1]
+    trainer.sae.loss = lambda xb, l1, dead=None: (batches.append(xb.detach().clone()), loss(xb, l1, dead))[1]
     trainer.fit()
     want = stored / trainer.scale
     assert len(batches) == 1
