@@ -23,6 +23,7 @@ from pathlib import Path
 from gsae_cli.core import artifacts
 from gsae_cli.core.progress import notice
 from gsae_cli.errors import ConfigError
+from gsae_cli.report.against import against_reference
 from gsae_cli.report.bootstrap import WindowData, bootstrap_common_targets, bootstrap_ratio, load_window_data
 from gsae_cli.report.collect import Result, Series, collect, filter_results, group_series
 from gsae_cli.report.compare import (
@@ -133,6 +134,7 @@ def run_report(
     checks = length_checks(ratios, margin=equivalence_margin, n_samples=bootstrap_samples, seed=bootstrap_seed)
     spreads = seed_spreads(ratios, n_samples=bootstrap_samples, seed=bootstrap_seed)
     settings = setting_checks(ratios, margin=equivalence_margin, n_samples=bootstrap_samples, seed=bootstrap_seed)
+    against = against_reference(ratios, margin=equivalence_margin, n_samples=bootstrap_samples, seed=bootstrap_seed)
     ratios = [{k: v for k, v in r.items() if not k.startswith("_")} for r in ratios]
 
     report_dir = Path(report_dir).expanduser()
@@ -141,7 +143,13 @@ def run_report(
     artifacts.atomic_write_text(report_dir / "ratios.json", to_json(ratios))
     plot_frontier(sites, report_dir / "frontier.png", ratios)
     plot_shrinkage(sites, report_dir / "shrinkage.png")
-    artifacts.atomic_write_text(report_dir / "results.md", markdown(sites, ratios, source, checks, spreads, settings))
+    artifacts.atomic_write_text(
+        report_dir / "results.md", markdown(sites, ratios, source, checks, spreads, settings, against)
+    )
+    if against:  # (only where a site has three architectures or more)
+        artifacts.atomic_write_text(report_dir / "against.json", to_json(against))
+    else:
+        (report_dir / "against.json").unlink(missing_ok=True)
     artifacts.atomic_write_text(report_dir / "convergence.json", to_json(checks))
     artifacts.atomic_write_text(report_dir / "seeds.json", to_json(spreads))
     artifacts.atomic_write_text(report_dir / "settings.json", to_json(settings))

@@ -160,7 +160,7 @@ HARVEST_KEY = "harvest.n_tokens"
 LENGTH_KEYS = (TOKENS_KEY, HARVEST_KEY)  # what a longer run changes: its tokens, and the store it may need
 
 
-def _at_common_targets(
+def at_common_targets(
     pairs: Sequence[tuple[Series, Series]], n_samples: int, seed: int, cache: dict, level: float
 ) -> dict:
     """ratios_at_common_targets of the pairs' (metrics.json) points, with each ratio's interval and
@@ -221,7 +221,7 @@ def _change(r1: dict, r2: dict, margin: float, level: float, n_samples: int, see
 
     from gsae_cli.evaluate import metrics
 
-    res = _at_common_targets([r1["_series"], r2["_series"]], n_samples, seed, cache, level)
+    res = at_common_targets([r1["_series"], r2["_series"]], n_samples, seed, cache, level)
     (g1, g2), valid = res["ratios"], [x for x in res["samples"] or [] if x is not None]
     change = g2 / g1 if g1 and g2 else None
     interval = (
@@ -438,7 +438,7 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
         if len(usable) < 2:
             out.append(entry | {"reason": "fewer than two seeds give a ratio"})
             continue
-        res = _at_common_targets([r["_series"] for _, r in usable], n_samples, seed, cache, level)
+        res = at_common_targets([r["_series"] for _, r in usable], n_samples, seed, cache, level)
         if res["span"] is None:
             out.append(entry | {"reason": "the seeds' frontiers share no loss-recovered range"})
             continue

@@ -230,6 +230,7 @@ def markdown(
     checks: Sequence[dict] = (),
     spreads: Sequence[dict] = (),
     settings: Sequence[dict] = (),
+    against: Sequence[dict] = (),
 ) -> str:
     lines = [
         "# gsae report",
@@ -395,7 +396,29 @@ def markdown(
                 )
             lines.append("")
         lines += _setting_lines([c for c in settings if (c["model"], c["hook"]) == (model, hook)])
+        lines += _against_lines([c for c in against if (c["model"], c["hook"]) == (model, hook)])
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _against_lines(site: Sequence[dict]) -> list[str]:
+    """Every architecture against gated at common targets (report/against.py), or nothing."""
+    if not site:
+        return []
+    (c,) = site
+    lines = [
+        "### Every architecture against gated, at the same loss-recovered targets",
+        "",
+        f"gated / X: the ratio of active features at matched loss recovered, every pair at the same targets "
+        f"(loss recovered {_span(c['span'])}, the range all these frontiers cover), with a paired bootstrap "
+        f"interval; below 1, gated needs fewer features. Verdict by the margin ±{c['margin']:g}: **equal** when "
+        "the interval lies inside 1 ± margin, **not settled** when it straddles a bound."
+        + (f" No interval: {c['interval_reason']}." if c["interval_reason"] else ""),
+        "",
+        f"| {c['reference']} / X | ratio [95 % CI] | verdict |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {r['b']} | {_num(r['ratio'], r['interval'])} | **{r['verdict']}** |" for r in c["rows"]]
+    return [*lines, ""]
 
 
 def _setting_lines(site_settings: Sequence[dict]) -> list[str]:

@@ -1110,3 +1110,33 @@ def test_evidence_goes_to_a_folder_of_its_own(tmp_path):
     with pytest.raises(ConfigError, match="holds the evaluation"):
         run_report([], root, tmp_path / "r", ["sae=gated"], bootstrap_samples=0, evidence=root / "eval")
     assert {p: p.read_bytes() for p in (root / "eval").rglob("*") if p.is_file()} == before
+
+
+def test_every_architecture_against_gated_at_the_targets_all_frontiers_cover(tmp_path):
+    """gated needs 1/2 of relu's L0 on relu's curve; topk (k where λ would be) needs exactly
+    gated's, and jumprelu 0.9x gated's; jumprelu's frontier covers only part of the range, so all
+    three ratios are taken there: 0.5, 1.0 and 1/0.9, with intervals of zero width (every window
+    has the same sums). Verdicts by ±5 %: gated needs fewer than relu, equals topk, and needs
+    more than jumprelu. With two architectures only, no such table."""
+    root = tmp_path / "outputs"
+    for i, (l0, lr) in enumerate(RELU_FRONT):
+        make_eval(root, f"relu{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True)
+        make_eval(root, f"gated{i}", "gated", 0.1 * (i + 1), l0 / 2, lr, 1.0, windows=True)
+        make_eval(root, f"topk{i}", "topk", 0.1, l0 / 2, lr, 1.0, windows=True)
+    for i, (l0, lr) in enumerate(RELU_FRONT[1:3]):
+        make_eval(root, f"jumprelu{i}", "jumprelu", 0.01 * (i + 1), l0 / 2 * 0.9, lr, 1.0, windows=True)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=40)
+    (site,) = json.loads((out / "against.json").read_text())
+    assert site["reference"] == "gated" and site["span"] == pytest.approx([RELU_FRONT[1][1], RELU_FRONT[2][1]])
+    rows = {r["b"]: r for r in site["rows"]}
+    assert rows["relu"]["ratio"] == pytest.approx(0.5) and rows["relu"]["verdict"] == "gated needs fewer"
+    assert rows["topk"]["ratio"] == pytest.approx(1.0) and rows["topk"]["verdict"] == "equal within ±5%"
+    assert rows["jumprelu"]["ratio"] == pytest.approx(1 / 0.9) and rows["jumprelu"]["verdict"] == "gated needs more"
+    assert rows["topk"]["interval"] == pytest.approx([1.0, 1.0])
+    md = (out / "results.md").read_text()
+    assert "### Every architecture against gated, at the same loss-recovered targets" in md
+    assert "| topk | 1.000 [1.000, 1.000] | **equal within ±5%** |" in md
+    assert "λ / k" not in md  # (these made-up topk evaluations record no k)
+    two = tmp_path / "two"
+    make_sweep(two, windows=True)
+    assert not (run_report([], two, tmp_path / "r2", [], bootstrap_samples=10) / "against.json").exists()

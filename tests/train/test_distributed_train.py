@@ -63,6 +63,26 @@ def test_two_ranks_train_the_same_sae_as_one_process(tmp_path):
     assert not list(two.glob("checkpoint*")) and (two / "COMPLETE").exists()
 
 
+@pytest.mark.parametrize("arch", ["batchtopk", "jumprelu"])
+def test_two_ranks_train_the_same_new_architecture_as_one_process(tmp_path, arch):
+    """BatchTopK's k·B-th value is found over the global batch (each rank gathering the other's
+    candidates), and its θ from the global batch's smallest kept activation; JumpReLU's θ
+    gradient is averaged like every other. Float rounding only, as above."""
+    args = ["train.data_streams=2", f"sae={arch}", "sae.k=8"]
+    one = Path(gsae("train", *tiny(tmp_path / "one", *args), check=True).stdout.strip().splitlines()[-1])
+    proc = torchrun("train", *tiny(tmp_path / "two", *args))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = Path(proc.stdout.strip().splitlines()[-1])
+    w1, w2 = weights(one), weights(two)
+    for k in w1:
+        assert torch.allclose(w1[k].double(), w2[k].double(), rtol=1e-3, atol=1e-4), k
+    if arch == "batchtopk":
+        assert int(w1["threshold_count"]) == int(w2["threshold_count"]) == 2
+    m1, m2 = ([json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two))
+    for a, b in zip(m1, m2):  # the same number of kept activations per token over the global batch
+        assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]) and abs(a["l0"] - b["l0"]) < 1e-2
+
+
 def test_a_killed_two_rank_run_resumes_to_the_uninterrupted_result(tmp_path):
     long = ["train.n_tokens=131072", "train.checkpoint_every=8"]  # 256 steps of 512
     whole = torchrun("train", *tiny(tmp_path / "whole", *ARGS, *long))
