@@ -228,8 +228,9 @@ def _train(d: Path) -> tuple[bool, dict, float | None]:
         "model": _first(meta.get("model"), summary.get("model"), _get(cfg, "model.name")),
         "hook": _first(meta.get("hook"), summary.get("hook"), _get(cfg, "hook")),
         "sae": _first(meta.get("architecture"), summary.get("architecture"), _get(cfg, "sae.name")),
-        "l1_coefficient": _first(
-            meta.get("l1_coefficient"), summary.get("l1_coefficient"), _get(cfg, "sae.l1_coefficient")
+        "l1_coefficient": _sparsity(
+            _first(meta.get("k"), summary.get("k")),
+            _first(meta.get("l1_coefficient"), summary.get("l1_coefficient"), _get(cfg, "sae.l1_coefficient")),
         ),
         "tokens": tokens,
     }
@@ -237,6 +238,11 @@ def _train(d: Path) -> tuple[bool, dict, float | None]:
     if not complete:
         progress = _fraction(_last_json_line(d / "metrics.jsonl").get("tokens"), tokens)
     return complete, fields, progress
+
+
+def _sparsity(k: Any, l1: Any) -> Any:
+    """What sets the SAE's sparsity, for the λ column: "k=32" for a fixed-k architecture, else λ."""
+    return f"k={k}" if k is not None else l1
 
 
 def _eval(d: Path) -> tuple[bool, dict, float | None]:
@@ -251,7 +257,7 @@ def _eval(d: Path) -> tuple[bool, dict, float | None]:
         "model": _get(cfg, "model.name"),
         "hook": _get(cfg, "hook"),
         "sae": _first(sae.get("architecture"), _get(cfg, "sae.name")),
-        "l1_coefficient": _first(sae.get("l1_coefficient"), _get(cfg, "sae.l1_coefficient")),
+        "l1_coefficient": _sparsity(sae.get("k"), _first(sae.get("l1_coefficient"), _get(cfg, "sae.l1_coefficient"))),
         "tokens": _get(cfg, "train.n_tokens"),
     }
     return complete, fields, None

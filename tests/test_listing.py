@@ -258,3 +258,19 @@ def test_a_rank_clears_only_its_own_failure_note(tmp_path):
     with status.recording(d, "harvest rank 0 of 2: "):  # rank 0's own rerun clears it
         pass
     assert status.read_failed(d) is None
+
+
+def test_a_fixed_k_sae_lists_its_k_where_others_list_lambda(tmp_path):
+    out = tmp_path / "outputs"
+    t = out / "train" / f"smollm2-135m__{HOOK}__topk__kkkk"
+    _yaml(t, sae="topk", l1=0.1)  # (the config's λ, which a TopK SAE does not use)
+    meta = {"architecture": "topk", "model": "smollm2-135m", "hook": HOOK, "l1_coefficient": None, "k": 32}
+    (t / "sae.json").write_text(json.dumps(meta))
+    (t / "COMPLETE").write_text("x\n")
+    e = out / "eval" / "smollm2-135m__kkkk"
+    e.mkdir(parents=True)
+    cfg = {"model": {"name": "smollm2-135m"}, "hook": HOOK, "sae": {"name": "topk", "l1_coefficient": 0.1}}
+    (e / "metrics.json").write_text(json.dumps({"config": cfg, "sae": {"architecture": "topk", "k": 32}}))
+    (e / "COMPLETE").write_text("x\n")
+    rows = _by_name(list_artifacts(out))
+    assert rows[t.name]["l1_coefficient"] == rows[e.name]["l1_coefficient"] == "k=32"

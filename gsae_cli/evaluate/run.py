@@ -157,6 +157,7 @@ def _evaluate(cfg: DictConfig, sae_dir: Path, meta: dict, directory: Path) -> di
         "architecture": meta.get("architecture"),
         "d_sae": meta.get("d_sae"),
         "l1_coefficient": meta.get("l1_coefficient"),
+        **({"k": meta["k"]} if meta.get("k") is not None else {}),  # (topk, batchtopk)
         "train_hash": meta.get("train_hash"),
         "hook": meta.get("hook", cfg.hook),
         "model": meta.get("model", cfg.model.name),

@@ -236,7 +236,8 @@ def _inspect(cfg: DictConfig, sae_dir: Path, meta: dict, sae_id: str, directory:
         directory / FEATURES_FILE,
         save(tensors, metadata={"format": FEATURES_FORMAT, "inspect": digest, "first": str(data.first)}),
     )
-    label = f"{meta.get('architecture', cfg.sae.name)} SAE, λ={meta.get('l1_coefficient')}"
+    setting = f"k={meta['k']}" if meta.get("k") is not None else f"λ={meta.get('l1_coefficient')}"
+    label = f"{meta.get('architecture', cfg.sae.name)} SAE, {setting}"
     info = {
         "model": cfg.model.name,
         "hook": cfg.hook,
