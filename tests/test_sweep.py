@@ -30,8 +30,14 @@ def test_range_choice_and_glob():
     # float noise from range() is tidied: 0.30000000000000004 would address a different artifact
     assert expand_sweep(["c=range(0.1,0.4,0.1)"]) == [["c=0.1"], ["c=0.2"], ["c=0.3"], ["c=0.4"]]
     assert expand_sweep(["b=choice(x,y)", "a=1"]) == [["b=x", "a=1"], ["b=y", "a=1"]]
-    assert expand_sweep(["sae=glob(*)"]) == [["sae=gated"], ["sae=relu"], ["sae=rescale_shift"]]
-    assert expand_sweep(["sae=glob(*,exclude=rescale*)"]) == [["sae=gated"], ["sae=relu"]]
+    every = ["batchtopk", "gated", "jumprelu", "relu", "rescale_shift", "scaled_relu", "topk"]
+    assert expand_sweep(["sae=glob(*)"]) == [[f"sae={a}"] for a in every]
+    assert expand_sweep(["sae=glob(*,exclude=[rescale*,*topk])"]) == [
+        ["sae=gated"],
+        ["sae=jumprelu"],
+        ["sae=relu"],
+        ["sae=scaled_relu"],
+    ]
 
 
 def test_bad_sweeps_are_config_errors_naming_the_override():
