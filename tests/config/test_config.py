@@ -247,3 +247,14 @@ def test_default_learning_rates_come_from_one_procedure_and_defaults_compare_fai
         # the L1 architectures share the default λ (jumprelu's λ weighs L0, another scale)
         if arch in ("gated", "relu", "rescale_shift", "scaled_relu"):
             assert cfg.sae.l1_coefficient == default.sae.l1_coefficient
+
+
+def test_resampling_keys_shape_exactly_the_architectures_that_resample():
+    """config/identity.py's list of architectures never resampled agrees with each class's own
+    `resamples` flag (the identity cannot import the SAE classes: torch stays out of start-up)."""
+    from gsae_cli.saes import SAE_REGISTRY
+
+    for name, cls in SAE_REGISTRY.items():
+        base = compose_config([f"sae={name}"])
+        changed = compose_config([f"sae={name}", "train.resample_interval=0.2"])
+        assert (train_hash(base) != train_hash(changed)) == cls.resamples, name
