@@ -19,9 +19,10 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from gsae_cli.saes.base import SAE, LossOutput, squared_error
+from gsae_cli.saes.base import LossOutput, squared_error
+from gsae_cli.saes.relu import AffineEncoderSAE
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -75,21 +76,17 @@ def step(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
     return _Step.apply(z, theta, bandwidth)
 
 
-class JumpReLUSAE(SAE):
+class JumpReLUSAE(AffineEncoderSAE):
     name = "jumprelu"
     resamples = False  # the paper neither resamples nor uses an auxiliary loss
+    log_threshold: Tensor  # log θ [d_sae]
 
     def __init__(self, d_model: int, d_sae: int, *, bandwidth: float = 0.001, threshold_init: float = 0.001) -> None:
-        super().__init__(d_model, d_sae)
+        super().__init__(d_model, d_sae, per_feature=("log_threshold",))
         if not (bandwidth > 0 and threshold_init > 0):
             raise ValueError(f"bandwidth and threshold_init must be positive, got {bandwidth}, {threshold_init}")
         self.bandwidth = float(bandwidth)
         self.threshold_init = float(threshold_init)
-        self.W_enc = nn.Parameter(torch.empty(d_model, d_sae))
-        self.b_enc = nn.Parameter(torch.empty(d_sae))
-        self.log_threshold = nn.Parameter(torch.empty(d_sae))
-        self.W_dec = nn.Parameter(torch.empty(d_sae, d_model))
-        self.b_dec = nn.Parameter(torch.empty(d_model))
         self.init_weights_()
 
     @property
@@ -133,16 +130,12 @@ class JumpReLUSAE(SAE):
     def init_weights_(self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None) -> None:
         """Gemma Scope §3.2 (the same team's recipe): W_dec rows random unit vectors, W_enc = W_dec.T,
         θ = threshold_init, b_enc = b_dec = 0 (so b_dec_init is ignored)."""
-        self._init_decoder_(None, generator)
-        self.W_enc.copy_(self.W_dec.T)
-        self.b_enc.zero_()
+        super().init_weights_(None, generator)
         self.log_threshold.fill_(math.log(self.threshold_init))
 
     @torch.no_grad()
     def fold_input_scale_(self, scale: float) -> None:
         """Trained on x/s: pi'(x) = x W_enc + s b_enc = s pi(x/s), and with θ' = s θ the same
         features fire, f' = s f(x/s); b_dec × s gives x_hat' = s x_hat(x/s)."""
-        s = self._check_scale(scale)
-        self.b_enc.mul_(s)
-        self.log_threshold.add_(math.log(s))
-        self.b_dec.mul_(s)
+        super().fold_input_scale_(scale)
+        self.log_threshold.add_(math.log(scale))

@@ -18,22 +18,52 @@ def relu_pre_bias(x: Tensor, W_enc: Tensor, b_dec: Tensor) -> Tensor:
     return (x - b_dec) @ W_enc
 
 
-class ReluSAE(SAE):
-    name = "relu"
-    _resample_encoder_weights = ("W_enc",)
-    _resample_zeroed = ("b_enc",)
+class AffineEncoderSAE(SAE):
+    """The parameters, initialisation and input-scale fold that relu, TopK, BatchTopK, JumpReLU
+    and the scaled ReLU share: an affine encoder (W_enc [d_model, d_sae], b_enc) and decoder
+    (W_dec [d_sae, d_model], b_dec), pi(x) = (x - b_dec) W_enc + b_enc. A subclass names its own
+    per-feature vectors in `per_feature` and then calls `init_weights_()`."""
 
-    def __init__(self, d_model: int, d_sae: int) -> None:
+    _resample_encoder_weights: tuple[str, ...] = ("W_enc",)
+    _resample_zeroed: tuple[str, ...] = ("b_enc",)
+
+    def __init__(self, d_model: int, d_sae: int, per_feature: tuple[str, ...] = ()) -> None:
         super().__init__(d_model, d_sae)
         self.W_enc = nn.Parameter(torch.empty(d_model, d_sae))
         self.b_enc = nn.Parameter(torch.empty(d_sae))
+        # between the encoder's and the decoder's: the parameter order a checkpoint's optimizer
+        # state follows, kept as it was before this class existed
+        for name in per_feature:
+            self.register_parameter(name, nn.Parameter(torch.empty(d_sae)))
         self.W_dec = nn.Parameter(torch.empty(d_sae, d_model))
         self.b_dec = nn.Parameter(torch.empty(d_model))
-        self.init_weights_()
 
     def pre_activation(self, x: Tensor) -> Tensor:
         """pi(x) [batch, d_sae]."""
         return relu_pre_bias(x, self.W_enc, self.b_dec) + self.b_enc
+
+    @torch.no_grad()
+    def init_weights_(self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None) -> None:
+        """W_dec rows random unit vectors, W_enc = W_dec.T, b_enc = 0, b_dec = b_dec_init."""
+        self._init_decoder_(b_dec_init, generator)
+        self.W_enc.copy_(self.W_dec.T)
+        self.b_enc.zero_()
+
+    @torch.no_grad()
+    def fold_input_scale_(self, scale: float) -> None:
+        """Trained on x/s: biases × s give pi'(x) = s pi(x/s), so (for an activation that commutes
+        with a positive scale) f' = s f(x/s), and x_hat' = f' W_dec + s b_dec = s x_hat(x/s)."""
+        s = self._check_scale(scale)
+        self.b_enc.mul_(s)
+        self.b_dec.mul_(s)
+
+
+class ReluSAE(AffineEncoderSAE):
+    name = "relu"
+
+    def __init__(self, d_model: int, d_sae: int) -> None:
+        super().__init__(d_model, d_sae)
+        self.init_weights_()
 
     def encode(self, x: Tensor) -> Tensor:
         return torch.relu(self.pre_activation(x))
@@ -47,18 +77,3 @@ class ReluSAE(SAE):
             "sparsity": l1_coefficient * f.sum(dim=-1).mean(),
         }
         return LossOutput(terms=terms, f=f, x_hat=x_hat, active=f > 0)
-
-    @torch.no_grad()
-    def init_weights_(self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None) -> None:
-        """W_dec rows random unit vectors, W_enc = W_dec.T, b_enc = 0, b_dec = b_dec_init."""
-        self._init_decoder_(b_dec_init, generator)
-        self.W_enc.copy_(self.W_dec.T)
-        self.b_enc.zero_()
-
-    @torch.no_grad()
-    def fold_input_scale_(self, scale: float) -> None:
-        """Trained on x/s; want f'(x) = s f(x/s) = ReLU(W_enc (x - s b_dec) + s b_enc), and then
-        x_hat' = f' W_dec + s b_dec = s x_hat(x/s). So: biases × s, weights unchanged."""
-        s = self._check_scale(scale)
-        self.b_enc.mul_(s)
-        self.b_dec.mul_(s)

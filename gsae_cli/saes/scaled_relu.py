@@ -16,25 +16,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from gsae_cli.saes.base import SAE, LossOutput, squared_error
-from gsae_cli.saes.relu import relu_pre_bias
+from gsae_cli.saes.base import LossOutput, squared_error
+from gsae_cli.saes.relu import AffineEncoderSAE
 
 
-class ScaledReluSAE(SAE):
+class ScaledReluSAE(AffineEncoderSAE):
     name = "scaled_relu"
-    _resample_encoder_weights = ("W_enc",)
     _resample_zeroed = ("b_enc", "r_scale")
+    r_scale: Tensor  # log t [d_sae]
 
     def __init__(self, d_model: int, d_sae: int, *, freeze_aux_decoder: bool = True) -> None:
-        super().__init__(d_model, d_sae)
+        super().__init__(d_model, d_sae, per_feature=("r_scale",))
         self.freeze_aux_decoder = bool(freeze_aux_decoder)
-        self.W_enc = nn.Parameter(torch.empty(d_model, d_sae))
-        self.b_enc = nn.Parameter(torch.empty(d_sae))
-        self.r_scale = nn.Parameter(torch.empty(d_sae))
-        self.W_dec = nn.Parameter(torch.empty(d_sae, d_model))
-        self.b_dec = nn.Parameter(torch.empty(d_model))
         self.init_weights_()
 
     @property
@@ -43,7 +38,7 @@ class ScaledReluSAE(SAE):
 
     def unscaled(self, x: Tensor) -> Tensor:
         """f(x) = ReLU(pi(x)) [batch, d_sae], what the L1 penalty sees."""
-        return torch.relu(relu_pre_bias(x, self.W_enc, self.b_dec) + self.b_enc)
+        return torch.relu(self.pre_activation(x))
 
     def encode(self, x: Tensor) -> Tensor:
         """t ⊙ f(x): the features the decoder reconstructs from (zero exactly where f is)."""
@@ -66,16 +61,6 @@ class ScaledReluSAE(SAE):
 
     @torch.no_grad()
     def init_weights_(self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None) -> None:
-        """As relu (W_dec rows random unit vectors, W_enc = W_dec.T, b_enc = 0, b_dec = b_dec_init),
-        with t = 1."""
-        self._init_decoder_(b_dec_init, generator)
-        self.W_enc.copy_(self.W_dec.T)
-        self.b_enc.zero_()
+        """As relu, with t = 1. The fold is relu's too: t is unchanged, so x_hat' = s x_hat(x/s)."""
+        super().init_weights_(b_dec_init, generator)
         self.r_scale.zero_()
-
-    @torch.no_grad()
-    def fold_input_scale_(self, scale: float) -> None:
-        """As relu: biases × s give f' = s f(x/s); t is unchanged, so x_hat' = s x_hat(x/s)."""
-        s = self._check_scale(scale)
-        self.b_enc.mul_(s)
-        self.b_dec.mul_(s)

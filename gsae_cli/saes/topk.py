@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from gsae_cli.saes.base import SAE, LossOutput, squared_error
+from gsae_cli.saes.base import LossOutput, squared_error
+from gsae_cli.saes.relu import AffineEncoderSAE
 
 
 def topk_relu(pre: Tensor, k: int) -> Tensor:
@@ -58,11 +59,12 @@ def aux_k_loss(x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor | None, k_aux
 AUX_K = 512  # the papers' k_aux (Bussmann et al. §2, summarising Gao et al.)
 
 
-class TopKSAE(SAE):
+class TopKSAE(AffineEncoderSAE):
+    """Initialised as relu, which is Gao et al.'s §2.4 and App. A with b_dec their b_pre (the
+    geometric median); the fold too, since TopK of s·pi keeps the same latents."""
+
     name = "topk"
     resamples = False  # dead latents are revived by AuxK, not resampled
-    _resample_encoder_weights = ("W_enc",)
-    _resample_zeroed = ("b_enc",)
 
     def __init__(
         self, d_model: int, d_sae: int, *, k: int = 32, aux_k: int | None = None, aux_k_coefficient: float = 1 / 32
@@ -73,18 +75,11 @@ class TopKSAE(SAE):
         self.k = int(k)
         self.aux_k = int(aux_k) if aux_k is not None else AUX_K
         self.aux_k_coefficient = float(aux_k_coefficient)
-        self.W_enc = nn.Parameter(torch.empty(d_model, d_sae))
-        self.b_enc = nn.Parameter(torch.empty(d_sae))
-        self.W_dec = nn.Parameter(torch.empty(d_sae, d_model))
-        self.b_dec = nn.Parameter(torch.empty(d_model))
         self.init_weights_()
 
     @property
     def options(self) -> dict[str, Any]:
         return {"k": self.k, "aux_k": self.aux_k, "aux_k_coefficient": self.aux_k_coefficient}
-
-    def pre_activation(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
 
     def encode(self, x: Tensor) -> Tensor:
         return topk_relu(self.pre_activation(x), self.k)
@@ -103,18 +98,3 @@ class TopKSAE(SAE):
         f = torch.zeros_like(pre, requires_grad=False).scatter(-1, index, values.detach())
         terms = {"recon": squared_error(x, x_hat), **self._aux_terms(x, x_hat, pre, dead)}
         return LossOutput(terms=terms, f=f, x_hat=x_hat, active=f > 0)
-
-    @torch.no_grad()
-    def init_weights_(self, b_dec_init: Tensor | None = None, generator: torch.Generator | None = None) -> None:
-        """Gao et al. §2.4 and App. A: W_dec rows random unit vectors, W_enc = W_dec.T, b_enc = 0,
-        b_dec (their b_pre) = the geometric median b_dec_init."""
-        self._init_decoder_(b_dec_init, generator)
-        self.W_enc.copy_(self.W_dec.T)
-        self.b_enc.zero_()
-
-    @torch.no_grad()
-    def fold_input_scale_(self, scale: float) -> None:
-        """Biases × s: pi'(x) = s pi(x/s), whose top k are the same latents, so f' = s f(x/s)."""
-        s = self._check_scale(scale)
-        self.b_enc.mul_(s)
-        self.b_dec.mul_(s)
