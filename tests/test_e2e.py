@@ -85,8 +85,9 @@ def test_eval_from_empty_outputs_runs_every_stage_then_is_cached(out):
 
 def test_each_new_architecture_trains_resumes_evaluates_inspects_and_reports(out, tmp_path):
     """JumpReLU, TopK, BatchTopK and the scaled ReLU on the real model, all on one store: a run
-    killed after its first checkpoint resumes to the uninterrupted run's weights; then eval,
-    inspect and one report over all four (k beside λ in results.csv)."""
+    killed after its first checkpoint resumes (BatchTopK's, threshold buffers and all, to the
+    uninterrupted run's weights); then eval, inspect and one report over all four (k beside λ in
+    results.csv)."""
     shared = [*SMALL, f"store_url={out / 'harvest'}", "sae.k=16", "train.checkpoint_every=4"]
     gsae("harvest", f"out_dir={out}", *shared, check=True)
     evals = []
@@ -99,10 +100,11 @@ def test_each_new_architecture_trains_resumes_evaluates_inspects_and_reports(out
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
         resumed = gsae("train", *args, check=True)
         assert "resuming training at step 8" in resumed.stderr, arch
-        fresh = gsae("train", f"out_dir={tmp_path / arch}", *shared, f"sae={arch}", check=True)
-        a = load_file(str(Path(resumed.stdout.strip().splitlines()[-1]) / "sae.safetensors"))
-        b = load_file(str(Path(fresh.stdout.strip().splitlines()[-1]) / "sae.safetensors"))
-        assert all(torch.equal(a[k], b[k]) for k in a), arch
+        if arch == "batchtopk":  # the others' resumes are compared on the tiny model (test_train_architectures)
+            fresh = gsae("train", f"out_dir={tmp_path / arch}", *shared, f"sae={arch}", check=True)
+            a = load_file(str(Path(resumed.stdout.strip().splitlines()[-1]) / "sae.safetensors"))
+            b = load_file(str(Path(fresh.stdout.strip().splitlines()[-1]) / "sae.safetensors"))
+            assert all(torch.equal(a[k], b[k]) for k in a), arch
         metrics = json.loads(gsae("eval", *args, "--json", check=True).stdout)
         assert metrics["sae"]["architecture"] == arch
         assert metrics["ce_clean"] < metrics["ce_spliced"] < metrics["ce_zero_ablation"]

@@ -504,6 +504,15 @@ def test_registry_builds_each_architecture():
     assert no_r_mag.options["r_mag"] is False and "r_mag" not in dict(no_r_mag.named_parameters())
 
 
+def test_parameter_order_is_what_checkpoints_were_written_with():
+    # a checkpoint's optimizer state is matched to parameters by position, so a reordering would
+    # hand one parameter another's Adam moments on resume
+    per_feature = {"scaled_relu": ["r_scale"], "jumprelu": ["log_threshold"]}
+    for name in ("relu", "topk", "batchtopk", "scaled_relu", "jumprelu"):
+        order = [n for n, _ in build_sae(name, 3, 40).named_parameters()]
+        assert order == ["W_enc", "b_enc", *per_feature.get(name, []), "W_dec", "b_dec"], name
+
+
 def test_registry_errors():
     with pytest.raises(ConfigError) as err:
         build_sae("topkk", 3, 5)
