@@ -30,7 +30,9 @@ def _run_folder(runs: Path, arch: str, lr: str, losses: list[float], diverged_at
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     divergence = {"step": diverged_at} if diverged_at is not None else None
     (d / "summary.json").write_text(json.dumps({"divergence": divergence}))
-    (d / "config.yaml").write_text(f"hook: blocks.24.attn.hook_z\nsae:\n  name: {arch}\n  lr: {lr}\ntrain:\n  lr: null\n")
+    (d / "config.yaml").write_text(
+        f"hook: blocks.24.attn.hook_z\nsae:\n  name: {arch}\n  lr: {lr}\ntrain:\n  lr: null\n"
+    )
 
 
 def sweep(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -77,7 +79,12 @@ def test_own_lists_csv_rows_and_the_pick_skips_diverged_runs(tmp_path):
     # the diverged run has the lower objective but is not picked
     assert proc.stdout.strip().splitlines()[-1] == "blocks.24.attn.hook_z:relu=1e-3 blocks.24.attn.hook_z:topk=1e-2"
     # a second sweep appends to the same file; one whose columns differ is refused
-    assert sweep(tmp_path, GSAE=str(fake), LOG=str(log), RUNS=str(runs), ARCHS="relu", LRS="1e-3", CSV=str(table)).returncode == 0
+    assert (
+        sweep(
+            tmp_path, GSAE=str(fake), LOG=str(log), RUNS=str(runs), ARCHS="relu", LRS="1e-3", CSV=str(table)
+        ).returncode
+        == 0
+    )
     assert len(list(csv.DictReader(table.open()))) == 5
     other = tmp_path / "other.csv"
     other.write_text("site,sae,lr,objective,l0,baseline_lr\n")
@@ -91,7 +98,9 @@ def test_two_values_for_one_architecture_are_refused(tmp_path):
 
 
 def test_a_real_run_on_the_tiny_model(tmp_path):
-    extra = [o for o in tiny(tmp_path / "out") if not o.startswith(("harvest.n_tokens", "train.n_tokens", "out_dir", "hook"))]
+    extra = [
+        o for o in tiny(tmp_path / "out") if not o.startswith(("harvest.n_tokens", "train.n_tokens", "out_dir", "hook"))
+    ]
     proc = sweep(
         tmp_path,
         HOOK=TINY_HOOK,
