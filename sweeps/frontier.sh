@@ -113,16 +113,8 @@ coeffs_of() {  # "list" hook -> the λ for that hook: its own "hook:λ,λ" item,
     done
     echo ${plain[@]+"${plain[@]}"}
 }
-arch_coeffs_of() {  # "list" arch fallback... -> that architecture's own "arch=v,v" values, else the fallback
-    local item
-    for item in $1; do
-        [[ "${item%%=*}" == "$2" ]] && { echo "${item#*=}" | tr , ' '; return; }
-    done
-    echo "${@:3}"
-}
-setting_key() {  # arch -> the override its sweep value sets
-    case "$1" in topk | batchtopk) echo sae.k ;; *) echo sae.l1_coefficient ;; esac
-}
+# shellcheck source=sweeps/items.sh
+source "$repo_root/sweeps/items.sh"  # arch_coeffs_of, setting_key
 num='([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?'
 for var in COEFFS DOUBLE_COEFFS; do
     seen=" "

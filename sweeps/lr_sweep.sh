@@ -38,14 +38,13 @@ CSV=${CSV:-}
 read -r -a extra <<< "$EXTRA"
 site=(); [[ -n "$HOOK" ]] && site=("hook=$HOOK")
 
+# shellcheck source=sweeps/items.sh
+source "$repo_root/sweeps/items.sh"  # arch_coeffs_of, setting_key
 values_for() {  # LIST arch -> that architecture's values (its "arch=v,v" item, else the plain items)
-    local item own="" plain=()
-    for item in $1; do
-        if [[ "$item" == "$2="* ]]; then own=${item#*=}; elif [[ "$item" != *=* ]]; then plain+=("$item"); fi
-    done
-    if [[ -n "$own" ]]; then echo "${own//,/ }"; else echo "${plain[*]}"; fi
+    local item plain=()
+    for item in $1; do [[ "$item" != *=* ]] && plain+=("$item"); done
+    arch_coeffs_of "$1" "$2" ${plain[@]+"${plain[@]}"}
 }
-sparsity_key() { case "$1" in topk | batchtopk) echo sae.k ;; *) echo sae.l1_coefficient ;; esac; }
 
 rows=$(mktemp); trap 'rm -f "$rows"' EXIT
 printf '%-14s %-8s %-10s %-10s %-8s\n' sae lr objective recon l0
@@ -56,7 +55,7 @@ for arch in $ARCHS; do
         exit 2
     fi
     for lr in $(values_for "$LRS" "$arch"); do
-        dir=$("$GSAE" train "sae=$arch" "sae.lr=$lr" "$(sparsity_key "$arch")=${coeff[0]}" ${site[@]+"${site[@]}"} \
+        dir=$("$GSAE" train "sae=$arch" "sae.lr=$lr" "$(setting_key "$arch")=${coeff[0]}" ${site[@]+"${site[@]}"} \
               "train.n_tokens=$TRAIN_TOKENS" "harvest.n_tokens=$HARVEST_TOKENS" "out_dir=$OUT_DIR" \
               ${extra[@]+"${extra[@]}"} | tail -1)
         "$PY" - "$dir" "$arch" "$lr" "$rows" <<'PY'
