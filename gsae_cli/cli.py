@@ -165,6 +165,7 @@ def inspect(
     ),
     force: bool = ForceOpt,
     as_json: bool = JsonOpt,
+    multirun: bool = MultiOpt,
 ) -> None:
     """Feature dashboards: `gsae inspect` writes a static HTML feature browser for one SAE;
     `gsae inspect compare` matches two SAEs' features by decoder cosine; `gsae inspect study`
@@ -194,7 +195,7 @@ def inspect(
         _emit(summary, path, as_json)
         return summary
 
-    _run(args, False, stage)
+    _run(args, multirun, stage)
 
 
 @app.command()

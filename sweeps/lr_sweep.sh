@@ -15,8 +15,9 @@
 #
 # LRS and COEFF take plain items (every architecture) and "arch=v,v" items (that architecture's
 # own list, which replaces the plain items for it); TopK's and BatchTopK's COEFF is k (sae.k),
-# JumpReLU's the weight of its L0 penalty. CSV=FILE appends one row per run (site, sae, lr,
-# objective, l0, baseline_lr, diverged_step: the step where training recorded a divergence,
+# JumpReLU's the weight of its L0 penalty. CSV=FILE appends one row per run (site, sae, setting:
+# the λ or k it trained at, lr, objective, l0, baseline_lr, diverged_step: the step where training
+# recorded a divergence,
 # train/divergence.py, else empty). The last line printed is each architecture's best rate among
 # this invocation's runs, as sweeps/frontier.sh LRS items, "hook:arch=lr"; a diverged run is never
 # picked (a grid extended by a second invocation is read from the CSV as a whole).
@@ -58,12 +59,12 @@ for arch in $ARCHS; do
         dir=$("$GSAE" train "sae=$arch" "sae.lr=$lr" "$(setting_key "$arch")=${coeff[0]}" ${site[@]+"${site[@]}"} \
               "train.n_tokens=$TRAIN_TOKENS" "harvest.n_tokens=$HARVEST_TOKENS" "out_dir=$OUT_DIR" \
               ${extra[@]+"${extra[@]}"} | tail -1)
-        "$PY" - "$dir" "$arch" "$lr" "$rows" <<'PY'
+        "$PY" - "$dir" "$arch" "$lr" "$rows" "${coeff[0]}" <<'PY'
 import json, sys
 from pathlib import Path
 from omegaconf import OmegaConf
 from gsae_cli.config import baseline_config, effective_lr
-d, arch, lr, rows_file = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+d, arch, lr, rows_file, setting = Path(sys.argv[1]), *sys.argv[2:6]
 rows = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines() if l]
 tail = rows[-max(1, len(rows) // 4):]
 median = lambda k: sorted(r.get(k, 0.0) for r in tail)[len(tail) // 2]
@@ -73,12 +74,12 @@ print(f"{arch:<14} {lr:<8} {median('loss'):<10.5f} {median('recon'):<10.5f} {med
 cfg = OmegaConf.load(d / "config.yaml")
 base_lr = f"{effective_lr(baseline_config(cfg)):g}" if arch == "rescale_shift" else ""
 with open(rows_file, "a") as f:
-    f.write(f"{cfg.hook},{arch},{lr},{median('loss'):.5f},{median('l0'):.1f},{base_lr},{diverged}\n")
+    f.write(f"{cfg.hook},{arch},{setting},{lr},{median('loss'):.5f},{median('l0'):.1f},{base_lr},{diverged}\n")
 PY
     done
 done
 if [[ -n "$CSV" ]]; then
-    header="site,sae,lr,objective,l0,baseline_lr,diverged_step"
+    header="site,sae,setting,lr,objective,l0,baseline_lr,diverged_step"
     [[ -s "$CSV" ]] || echo "$header" > "$CSV"
     if [[ "$(head -1 "$CSV")" != "$header" ]]; then
         echo "lr_sweep.sh: $CSV has other columns than $header; give CSV a new file" >&2
@@ -89,7 +90,7 @@ fi
 "$PY" - "$rows" <<'PY'
 import csv, math, sys
 best = {}
-for site, arch, lr, objective, _l0, _base, diverged in csv.reader(open(sys.argv[1])):
+for site, arch, _setting, lr, objective, _l0, _base, diverged in csv.reader(open(sys.argv[1])):
     if diverged == "" and math.isfinite(float(objective)) and ((site, arch) not in best or float(objective) < best[(site, arch)][1]):
         best[(site, arch)] = (lr, float(objective))
 print(" ".join(f"{site}:{arch}={lr}" for (site, arch), (lr, _) in best.items()))

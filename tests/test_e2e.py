@@ -84,38 +84,37 @@ def test_eval_from_empty_outputs_runs_every_stage_then_is_cached(out):
 
 
 def test_each_new_architecture_trains_resumes_evaluates_inspects_and_reports(out, tmp_path):
-    """JumpReLU, TopK, BatchTopK and the scaled ReLU on the real model, all on one store: a run
-    killed after its first checkpoint resumes (BatchTopK's, threshold buffers and all, to the
-    uninterrupted run's weights); then eval, inspect and one report over all four (k beside λ in
-    results.csv)."""
-    shared = [*SMALL, f"store_url={out / 'harvest'}", "sae.k=16", "train.checkpoint_every=4"]
-    gsae("harvest", f"out_dir={out}", *shared, check=True)
-    evals = []
-    for arch in ("jumprelu", "topk", "batchtopk", "scaled_relu"):
-        args = [f"out_dir={out}", *shared, f"sae={arch}"]
-        env = dict(os.environ, HF_HUB_OFFLINE="1", GSAE_TEST_ARM="8")
+    """JumpReLU, TopK, BatchTopK and the scaled ReLU on the real model, all on one store: each run
+    killed after its first checkpoint resumes; then one `-m` sweep each of eval and inspect over
+    the four (the model loaded once per sweep), and one report over all four (k beside λ in
+    results.csv). Resumes to identical weights are checked on the tiny model
+    (test_train_architectures)."""
+    archs = ["jumprelu", "topk", "batchtopk", "scaled_relu"]
+    shared = [f"out_dir={out}", *SMALL, f"store_url={out / 'harvest'}", "sae.k=16", "train.checkpoint_every=4"]
+    gsae("harvest", *shared, check=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GSAE_TEST_ARM="8")
+    for arch in archs:
         killed = subprocess.run(
-            [sys.executable, "-c", KILL_AFTER_CHECKPOINT, *args], capture_output=True, text=True, env=env
+            [sys.executable, "-c", KILL_AFTER_CHECKPOINT, *shared, f"sae={arch}"],
+            capture_output=True,
+            text=True,
+            env=env,
         )
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-        resumed = gsae("train", *args, check=True)
-        assert "resuming training at step 8" in resumed.stderr, arch
-        if arch == "batchtopk":  # the others' resumes are compared on the tiny model (test_train_architectures)
-            fresh = gsae("train", f"out_dir={tmp_path / arch}", *shared, f"sae={arch}", check=True)
-            a = load_file(str(Path(resumed.stdout.strip().splitlines()[-1]) / "sae.safetensors"))
-            b = load_file(str(Path(fresh.stdout.strip().splitlines()[-1]) / "sae.safetensors"))
-            assert all(torch.equal(a[k], b[k]) for k in a), arch
-        metrics = json.loads(gsae("eval", *args, "--json", check=True).stdout)
-        assert metrics["sae"]["architecture"] == arch
-        assert metrics["ce_clean"] < metrics["ce_spliced"] < metrics["ce_zero_ablation"]
-        evals.append(metrics)
-        browser = Path(gsae("inspect", *args, check=True).stdout.strip().splitlines()[-1])
-        assert browser.exists()
+    sweep = f"sae={','.join(archs)}"
+    resumed = gsae("train", "-m", *shared, sweep, check=True)
+    assert resumed.stderr.count("resuming training at step 8") == 4, resumed.stderr[-3000:]
+    gsae("eval", "-m", *shared, sweep, check=True)
+    evals = [json.loads(p.read_text()) for p in sorted((out / "eval").glob("*/metrics.json"))]
+    assert sorted(m["sae"]["architecture"] for m in evals) == sorted(archs)
+    for metrics in evals:
+        assert metrics["ce_clean"] < metrics["ce_spliced"] < metrics["ce_zero_ablation"], metrics["sae"]
+    browsers = gsae("inspect", "-m", *shared, sweep, check=True).stdout.strip().splitlines()
+    assert len(browsers) == 4 and all(Path(b).exists() for b in browsers)
     report = tmp_path / "report"
     gsae("report", "--out-dir", str(out), "--report-dir", str(report), check=True)
     rows = (report / "results.csv").read_text().splitlines()
     header = rows[0].split(",")
     assert header[3:5] == ["l1_coefficient", "k"]
-    archs = sorted(r.split(",")[2] for r in rows[1:])
-    assert archs == ["batchtopk", "jumprelu", "scaled_relu", "topk"]
+    assert sorted(r.split(",")[2] for r in rows[1:]) == sorted(archs)
     assert "λ / k" in (report / "results.md").read_text()

@@ -236,7 +236,29 @@ def _quiet_transformers() -> None:
     warnings.filterwarnings("ignore", module="transformer_lens")
 
 
+# The last model loaded, kept for the next stage of a `-m` sweep in the same process: members
+# that differ only in their SAE then load the model once, not once each (one entry, so a sweep
+# over models holds one at a time).
+_last_loaded: tuple[str, str, LoadedModel] | None = None
+
+
 def load_model(model_cfg, device: torch.device) -> LoadedModel:
+    """The model of `model_cfg` on `device`, frozen and in eval mode; a repeat of the previous
+    call's config and device returns the same object (stages only run it, with hooks that
+    `run_with_hooks` removes)."""
+    global _last_loaded
+    from omegaconf import OmegaConf
+
+    key = OmegaConf.to_yaml(model_cfg) if OmegaConf.is_config(model_cfg) else repr(model_cfg)
+    if _last_loaded is not None and _last_loaded[:2] == (key, str(device)):
+        return _last_loaded[2]
+    _last_loaded = None  # free the previous model before loading the next
+    model = _load(model_cfg, device)
+    _last_loaded = (key, str(device), model)
+    return model
+
+
+def _load(model_cfg, device: torch.device) -> LoadedModel:
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
 

@@ -70,11 +70,11 @@ def test_own_lists_csv_rows_and_the_pick_skips_diverged_runs(tmp_path):
     assert "sae.l1_coefficient=0.02" in calls[0] and "sae.k=32" in calls[2] and "sae.l1_coefficient" not in calls[2]
     assert "diverged at step 60" in proc.stdout
     rows = list(csv.DictReader(table.open()))
-    assert [(r["sae"], r["lr"], r["objective"], r["diverged_step"]) for r in rows] == [
-        ("relu", "1e-3", "0.31000", ""),
-        ("relu", "3e-3", "0.21000", "60"),
-        ("topk", "3e-3", "0.51000", ""),
-        ("topk", "1e-2", "0.41000", ""),
+    assert [(r["sae"], r["setting"], r["lr"], r["objective"], r["diverged_step"]) for r in rows] == [
+        ("relu", "0.02", "1e-3", "0.31000", ""),
+        ("relu", "0.02", "3e-3", "0.21000", "60"),
+        ("topk", "32", "3e-3", "0.51000", ""),
+        ("topk", "32", "1e-2", "0.41000", ""),
     ]
     # the diverged run has the lower objective but is not picked
     assert proc.stdout.strip().splitlines()[-1] == "blocks.24.attn.hook_z:relu=1e-3 blocks.24.attn.hook_z:topk=1e-2"
@@ -87,7 +87,7 @@ def test_own_lists_csv_rows_and_the_pick_skips_diverged_runs(tmp_path):
     )
     assert len(list(csv.DictReader(table.open()))) == 5
     other = tmp_path / "other.csv"
-    other.write_text("site,sae,lr,objective,l0,baseline_lr\n")
+    other.write_text("site,sae,lr,objective,l0,baseline_lr,diverged_step\n")  # before the setting column
     refused = sweep(tmp_path, GSAE=str(fake), LOG=str(log), RUNS=str(runs), ARCHS="relu", LRS="1e-3", CSV=str(other))
     assert refused.returncode == 2 and "other columns" in refused.stderr
 

@@ -41,8 +41,9 @@ def weights(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_ranks_train_the_same_sae_as_one_process(tmp_path):
-    one = Path(gsae("train", *tiny(tmp_path / "one", *ARGS), check=True).stdout.strip().splitlines()[-1])
-    proc = torchrun("train", *tiny(tmp_path / "two", *ARGS))
+    args = [*ARGS, f"store_url={tmp_path / 'store'}"]  # harvested once, by the first run
+    one = Path(gsae("train", *tiny(tmp_path / "one", *args), check=True).stdout.strip().splitlines()[-1])
+    proc = torchrun("train", *tiny(tmp_path / "two", *args))
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = Path(proc.stdout.strip().splitlines()[-1])
     s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
@@ -69,7 +70,7 @@ def test_two_ranks_train_the_same_new_architecture_as_one_process(tmp_path, arch
     candidates), and its θ from the global batch's smallest kept activation; JumpReLU's θ
     gradient is averaged like every other. Float rounding only, as above."""
     # (jumprelu at 3e-3, not its 3e-2: a kernel window and Adam both amplify rounding at high rates)
-    args = ["train.data_streams=2", f"sae={arch}", "sae.k=8", "train.lr=3e-3"]
+    args = ["train.data_streams=2", f"sae={arch}", "sae.k=8", "train.lr=3e-3", f"store_url={tmp_path / 'store'}"]
     one = Path(gsae("train", *tiny(tmp_path / "one", *args), check=True).stdout.strip().splitlines()[-1])
     proc = torchrun("train", *tiny(tmp_path / "two", *args))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -89,7 +90,7 @@ def test_two_ranks_train_the_same_new_architecture_as_one_process(tmp_path, arch
 
 
 def test_a_killed_two_rank_run_resumes_to_the_uninterrupted_result(tmp_path):
-    long = ["train.n_tokens=131072", "train.checkpoint_every=8"]  # 256 steps of 512
+    long = ["train.n_tokens=131072", "train.checkpoint_every=8", f"store_url={tmp_path / 'store'}"]  # 256 steps of 512
     whole = torchrun("train", *tiny(tmp_path / "whole", *ARGS, *long))
     assert whole.returncode == 0, whole.stderr[-3000:]
     args = tiny(tmp_path / "killed", *ARGS, *long)

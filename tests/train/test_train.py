@@ -496,7 +496,7 @@ def test_resampling_drops_the_lr_and_rewarms_it(out, arch):
 def test_killed_training_resumes_to_identical_weights(out, tmp_path):
     """Killed two logged steps after a checkpoint saved in an LR re-warm: the resume restores the
     resample steps (the LR depends on them) and drops the two log lines written after it."""
-    args = tiny(out, *RESAMPLING, "train.checkpoint_every=3")
+    args = tiny(out, *RESAMPLING, "train.checkpoint_every=3", f"store_url={out / 'harvest'}")  # one store for both runs
     gsae("harvest", *args, check=True)
     directory = train_dir(compose_config(args))
     env = dict(os.environ, HF_HUB_OFFLINE="1", GSAE_TEST_ARM="rewarm")

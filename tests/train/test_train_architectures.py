@@ -96,6 +96,7 @@ def test_killed_training_resumes_to_identical_weights(out, tmp_path, arch):
     args = tiny(
         out, f"sae={arch}", "sae.k=8", "train.n_tokens=40960", "train.checkpoint_every=3", "train.log_every=1"
     )  # 80 steps: batchtopk's window is steps 72-79, the kill after the checkpoint at 72
+    args.append(f"store_url={out / 'harvest'}")  # the fresh run below reads the same store
     gsae("harvest", *args, check=True)
     directory = train_dir(compose_config(args))
     env = dict(os.environ, HF_HUB_OFFLINE="1", GSAE_TEST_ARM="72")
