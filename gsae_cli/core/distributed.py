@@ -11,6 +11,7 @@ over ranks before the (identical) Adam step, so every rank holds the same weight
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,6 +65,15 @@ def init(world: World, device: torch.device) -> None:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+        # Leave the group before the interpreter tears down: a gloo group left to its destructor
+        # can abort a rank that exits while the other still holds the connection (SIGABRT,
+        # "terminate called without an active exception", seen after a resumed two-rank run).
+        atexit.register(_leave)
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(world: World) -> None:
