@@ -129,6 +129,7 @@ def run_sweep(
     import typer
 
     from gsae_cli.core import distributed
+    from gsae_cli.lm import models
 
     world = distributed.world_from_env()
     if world.size > 1:  # under torchrun: the members are spread over the ranks, each run alone
@@ -143,20 +144,21 @@ def run_sweep(
     n = len(members)
     codes: dict[int, int] = {}
     failed: list[tuple[Member, int]] = []
-    for i, member in enumerate(members):
-        print(f"[{i + 1}/{n}] {_show(member)}", file=sys.stderr, flush=True)
-        try:
-            stage(list(member))
-        except KeyboardInterrupt as err:
-            code = fail(err)
-            _summary(members, codes, stopped_at=i)
-            raise typer.Exit(code) from None
-        except Exception as err:  # noqa: BLE001 — one member's failure must not end the sweep
-            code = fail(err) or 1
-            codes[i] = code
-            failed.append((list(member), code))
-        else:
-            codes[i] = 0
+    with models.keep_loaded():  # members sharing a model load it once
+        for i, member in enumerate(members):
+            print(f"[{i + 1}/{n}] {_show(member)}", file=sys.stderr, flush=True)
+            try:
+                stage(list(member))
+            except KeyboardInterrupt as err:
+                code = fail(err)
+                _summary(members, codes, stopped_at=i)
+                raise typer.Exit(code) from None
+            except Exception as err:  # noqa: BLE001 — one member's failure must not end the sweep
+                code = fail(err) or 1
+                codes[i] = code
+                failed.append((list(member), code))
+            else:
+                codes[i] = 0
     if n > 1 or failed:
         _summary(members, codes, stopped_at=None)
     return failed

@@ -59,12 +59,12 @@ for arch in $ARCHS; do
         dir=$("$GSAE" train "sae=$arch" "sae.lr=$lr" "$(setting_key "$arch")=${coeff[0]}" ${site[@]+"${site[@]}"} \
               "train.n_tokens=$TRAIN_TOKENS" "harvest.n_tokens=$HARVEST_TOKENS" "out_dir=$OUT_DIR" \
               ${extra[@]+"${extra[@]}"} | tail -1)
-        "$PY" - "$dir" "$arch" "$lr" "$rows" "${coeff[0]}" <<'PY'
+        "$PY" - "$dir" "$arch" "$lr" "$rows" "$(setting_key "$arch")" <<'PY'
 import json, sys
 from pathlib import Path
 from omegaconf import OmegaConf
 from gsae_cli.config import baseline_config, effective_lr
-d, arch, lr, rows_file, setting = Path(sys.argv[1]), *sys.argv[2:6]
+d, arch, lr, rows_file, setting_key = Path(sys.argv[1]), *sys.argv[2:6]
 rows = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines() if l]
 tail = rows[-max(1, len(rows) // 4):]
 median = lambda k: sorted(r.get(k, 0.0) for r in tail)[len(tail) // 2]
@@ -72,6 +72,7 @@ diverged = (json.loads((d / "summary.json").read_text()).get("divergence") or {}
 note = f"  diverged at step {diverged}" if diverged != "" else ""
 print(f"{arch:<14} {lr:<8} {median('loss'):<10.5f} {median('recon'):<10.5f} {median('l0'):<8.1f}{note}")
 cfg = OmegaConf.load(d / "config.yaml")
+setting = OmegaConf.select(cfg, setting_key)  # as trained (an EXTRA override wins over COEFF)
 base_lr = f"{effective_lr(baseline_config(cfg)):g}" if arch == "rescale_shift" else ""
 with open(rows_file, "a") as f:
     f.write(f"{cfg.hook},{arch},{setting},{lr},{median('loss'):.5f},{median('l0'):.1f},{base_lr},{diverged}\n")

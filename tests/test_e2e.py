@@ -86,9 +86,8 @@ def test_eval_from_empty_outputs_runs_every_stage_then_is_cached(out):
 def test_each_new_architecture_trains_resumes_evaluates_inspects_and_reports(out, tmp_path):
     """JumpReLU, TopK, BatchTopK and the scaled ReLU on the real model, all on one store: each run
     killed after its first checkpoint resumes; then one `-m` sweep each of eval and inspect over
-    the four (the model loaded once per sweep), and one report over all four (k beside λ in
-    results.csv). Resumes to identical weights are checked on the tiny model
-    (test_train_architectures)."""
+    the four, and one report over all four (k beside λ in results.csv). Resumes to identical
+    weights are checked on the tiny model (test_train_architectures)."""
     archs = ["jumprelu", "topk", "batchtopk", "scaled_relu"]
     shared = [f"out_dir={out}", *SMALL, f"store_url={out / 'harvest'}", "sae.k=16", "train.checkpoint_every=4"]
     gsae("harvest", *shared, check=True)

@@ -84,6 +84,29 @@ def test_all_done_returns_no_failures(capsys):
     assert "2 done, 0 failed of 2 runs." in capsys.readouterr().err
 
 
+def test_members_load_the_model_once_and_the_sweep_lets_it_go(monkeypatch):
+    """A stage's load_model returns the model the previous member loaded (a stand-in loader
+    counts the loads); after the sweep nothing is kept."""
+    from types import SimpleNamespace
+
+    from gsae_cli.lm import models
+
+    loads = []
+    monkeypatch.setattr(models, "_load", lambda cfg, device: loads.append(cfg) or SimpleNamespace(bridge=_Bridge()))
+    cfg = {"name": "tiny"}
+    got = []
+    run_sweep([["a=1"], ["a=2"]], lambda ov: got.append(models.load_model(cfg, "cpu")) or {}, _fail)
+    assert len(loads) == 1 and got[0] is got[1]
+    assert models._last_loaded is None
+    models.load_model(cfg, "cpu")
+    assert len(loads) == 2  # outside a sweep every load is a load
+
+
+class _Bridge:
+    def eval(self):
+        return self
+
+
 def test_keyboard_interrupt_stops_the_whole_sweep(capsys):
     ran = []
 

@@ -65,15 +65,20 @@ def init(world: World, device: torch.device) -> None:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
-        # Leave the group before the interpreter tears down: a gloo group left to its destructor
-        # can abort a rank that exits while the other still holds the connection (SIGABRT,
-        # "terminate called without an active exception", seen after a resumed two-rank run).
-        atexit.register(_leave)
+        if device.type != "cuda":
+            # Leave a gloo group before the interpreter tears down: left to its destructor it can
+            # abort a rank that exits while the other still holds the connection (SIGABRT,
+            # "terminate called without an active exception", seen after a resumed two-rank
+            # run). Not NCCL's: its destroy waits on peers, so a failed rank could hang there.
+            atexit.register(_leave_gloo)
 
 
-def _leave() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def _leave_gloo() -> None:
+    try:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 — at exit a failure to leave changes nothing; never a traceback
+        pass
 
 
 def barrier(world: World) -> None:

@@ -3,9 +3,12 @@ shipped in a PyPI package, converted once to safetensors), hub names, and tiny t
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib.util
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,23 +239,47 @@ def _quiet_transformers() -> None:
     warnings.filterwarnings("ignore", module="transformer_lens")
 
 
-# The last model loaded, kept for the next stage of a `-m` sweep in the same process: members
-# that differ only in their SAE then load the model once, not once each (one entry, so a sweep
-# over models holds one at a time).
+# Inside a `-m` sweep (keep_loaded), the last model loaded is kept for the next member, so
+# members that differ only in their SAE load it once. Outside one, nothing is kept: a stage frees
+# its model when it returns, as training (which never needs it) relies on.
+_keep = False
 _last_loaded: tuple[str, str, LoadedModel] | None = None
 
 
+@contextlib.contextmanager
+def keep_loaded() -> Iterator[None]:
+    """While open, a repeated `load_model` of the same config and device returns the model
+    already loaded (one entry: another config frees it first); on leaving, it is let go."""
+    global _keep, _last_loaded
+    _keep = True
+    try:
+        yield
+    finally:
+        _keep, _last_loaded = False, None
+
+
+def release() -> None:
+    """Let go of a kept model (before a stage that does not need it, such as training)."""
+    global _last_loaded
+    _last_loaded = None
+    gc.collect()
+
+
 def load_model(model_cfg, device: torch.device) -> LoadedModel:
-    """The model of `model_cfg` on `device`, frozen and in eval mode; a repeat of the previous
-    call's config and device returns the same object (stages only run it, with hooks that
-    `run_with_hooks` removes)."""
+    """The model of `model_cfg` on `device`, frozen and in eval mode (inside `keep_loaded`, the
+    same object again for a repeat of the previous call's config and device: stages only run
+    it, with hooks that `run_with_hooks` removes)."""
     global _last_loaded
     from omegaconf import OmegaConf
 
-    key = OmegaConf.to_yaml(model_cfg) if OmegaConf.is_config(model_cfg) else repr(model_cfg)
+    if not _keep:
+        return _load(model_cfg, device)
+    conf = model_cfg if OmegaConf.is_config(model_cfg) else OmegaConf.structured(model_cfg)
+    key = OmegaConf.to_yaml(conf, resolve=True)
     if _last_loaded is not None and _last_loaded[:2] == (key, str(device)):
+        _last_loaded[2].bridge.eval()
         return _last_loaded[2]
-    _last_loaded = None  # free the previous model before loading the next
+    release()  # free the previous model before loading the next
     model = _load(model_cfg, device)
     _last_loaded = (key, str(device), model)
     return model

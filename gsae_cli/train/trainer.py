@@ -85,6 +85,9 @@ def run_train(cfg: DictConfig, force: bool = False) -> TrainResult:
         assert isinstance(harvest_cfg, DictConfig)  # merging onto a DictConfig gives a DictConfig
         store_path = run_harvest(harvest_cfg)[0].path
         distributed.barrier(world)  # a distributed harvest is complete once every rank is past it
+        from gsae_cli.lm.models import release
+
+        release()  # a sweep's kept model is not needed while the SAE trains
         with status.recording(directory) if world.is_main else nullcontext():
             summary = Trainer(cfg, directory, store_path, base, world).fit()
     return TrainResult(directory, summary, False)

@@ -52,20 +52,27 @@ def test_a_conversion_without_the_record_is_redone(tmp_path, monkeypatch):
         models.prepare_gguf_model(ModelConfig())
 
 
-def test_a_repeated_load_returns_the_loaded_model_and_another_config_loads_anew():
-    """`-m` sweeps load the model once for members that differ only in their SAE; a change to the
-    model's config (here the tiny model's initialisation seed) is another model."""
+def test_a_sweep_keeps_the_loaded_model_for_its_next_member_and_lets_it_go_after():
+    """Inside `keep_loaded` (every `-m` sweep) a repeated load returns the loaded model; another
+    model config (here the tiny model's initialisation seed) loads anew and replaces it; outside
+    a sweep, and after it, every load is a new model."""
     import torch
 
     from gsae_cli.config import compose_config
 
     cpu = torch.device("cpu")
     cfg = compose_config(["model=tiny"]).model
-    first = models.load_model(cfg, cpu)
-    assert models.load_model(compose_config(["model=tiny"]).model, cpu) is first
     other = compose_config(["model=tiny", f"model.init_seed={cfg.init_seed + 1}"]).model
-    second = models.load_model(other, cpu)
-    assert second is not first
-    w1, w2 = (m.bridge.blocks[0].attn.q.weight for m in (first, second))  # another seed, other weights
-    assert not torch.equal(w1, w2)
-    assert models.load_model(cfg, cpu) is not first  # one entry: the first was let go
+    assert models.load_model(cfg, cpu) is not models.load_model(cfg, cpu)
+    with models.keep_loaded():
+        first = models.load_model(cfg, cpu)
+        assert models.load_model(compose_config(["model=tiny"]).model, cpu) is first
+        second = models.load_model(other, cpu)
+        assert second is not first
+        w1, w2 = (m.bridge.blocks[0].attn.q.weight for m in (first, second))  # another seed, other weights
+        assert not torch.equal(w1, w2)
+        assert models.load_model(cfg, cpu) is not first  # one entry: the first was let go
+        kept = models.load_model(cfg, cpu)
+        models.release()  # as training does
+        assert models.load_model(cfg, cpu) is not kept
+    assert models._last_loaded is None

@@ -31,7 +31,8 @@ def _run_folder(runs: Path, arch: str, lr: str, losses: list[float], diverged_at
     divergence = {"step": diverged_at} if diverged_at is not None else None
     (d / "summary.json").write_text(json.dumps({"divergence": divergence}))
     (d / "config.yaml").write_text(
-        f"hook: blocks.24.attn.hook_z\nsae:\n  name: {arch}\n  lr: {lr}\ntrain:\n  lr: null\n"
+        f"hook: blocks.24.attn.hook_z\nsae:\n  name: {arch}\n  lr: {lr}\n  l1_coefficient: 0.02\n  k: 32\n"
+        "train:\n  lr: null\n"
     )
 
 

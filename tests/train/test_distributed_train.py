@@ -41,9 +41,10 @@ def weights(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_ranks_train_the_same_sae_as_one_process(tmp_path):
-    args = [*ARGS, f"store_url={tmp_path / 'store'}"]  # harvested once, by the first run
-    one = Path(gsae("train", *tiny(tmp_path / "one", *args), check=True).stdout.strip().splitlines()[-1])
-    proc = torchrun("train", *tiny(tmp_path / "two", *args))
+    # each run harvests its own store (the two ranks theirs together inside `train`); the other
+    # tests here share one store between their runs
+    one = Path(gsae("train", *tiny(tmp_path / "one", *ARGS), check=True).stdout.strip().splitlines()[-1])
+    proc = torchrun("train", *tiny(tmp_path / "two", *ARGS))
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = Path(proc.stdout.strip().splitlines()[-1])
     s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
