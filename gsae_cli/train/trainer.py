@@ -447,8 +447,9 @@ class Trainer:
             base = divergence_of_sae(self.base_sae_dir, self.base_relu.meta)
             diverged = {**base, "baseline": str(self.base_sae_dir)} if base else None
         if diverged:
+            setting = f"k {self.cfg.sae.k}" if applies("k", self.sae.name) else f"λ {self.cfg.sae.l1_coefficient}"
             notice(
-                f"WARNING: the {self.sae.name} SAE at λ {self.cfg.sae.l1_coefficient} in {self.dir}: "
+                f"WARNING: the {self.sae.name} SAE at {setting} in {self.dir}: "
                 f"{describe(diverged)}. The SAE is saved, and `gsae eval` and `gsae report` flag it; "
                 f"retrain with a lower learning rate (train.lr={self.lr / 3:.3g}, say)."
             )

@@ -108,6 +108,17 @@ def test_trainer_records_a_loss_jump_in_summary_and_sae_meta(tmp_path, capsys, o
     assert all(r["recon"] <= FACTOR * min(q["recon"] for q in logged[:i]) for i, r in enumerate(logged[:at]) if i)
 
 
+def test_the_warning_names_a_fixed_k_architecture_by_its_k(tmp_path, capsys):
+    x = sparse_rows(1024, 8, 6, seed=3)
+    x[-64:] *= 100.0  # as above: a block of rows 100x their norm
+    path = synthetic_store(tmp_path / "store", x)
+    overrides = ["sae=topk", "sae.k=4", "train.batch_size=64", "train.n_tokens=1024", "train.lr_warmup_steps=1"]
+    summary = Trainer(small_cfg(tmp_path / "out", *overrides), tmp_path / "sae", path, None).fit()
+    err = capsys.readouterr().err
+    assert summary["divergence"] is not None
+    assert f"topk SAE at k 4 in {tmp_path / 'sae'}" in err and "λ" not in err
+
+
 def test_report_flags_diverged_saes_new_and_old(tmp_path, capsys, monkeypatch):
     out = tmp_path / "outputs"
     make_sweep(out)
