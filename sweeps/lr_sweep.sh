@@ -17,8 +17,7 @@
 # own list, which replaces the plain items for it); TopK's and BatchTopK's COEFF is k (sae.k),
 # JumpReLU's the weight of its L0 penalty. CSV=FILE appends one row per run (site, sae, setting:
 # the λ or k it trained at, lr, objective, l0, baseline_lr, diverged_step: the step where training
-# recorded a divergence,
-# train/divergence.py, else empty). The last line printed is each architecture's best rate among
+# recorded a divergence, train/divergence.py, else empty). The last line printed is each architecture's best rate among
 # this invocation's runs, as sweeps/frontier.sh LRS items, "hook:arch=lr"; a diverged run is never
 # picked (a grid extended by a second invocation is read from the CSV as a whole).
 #

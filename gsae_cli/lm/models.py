@@ -261,8 +261,9 @@ def keep_loaded() -> Iterator[None]:
 def release() -> None:
     """Let go of a kept model (before a stage that does not need it, such as training)."""
     global _last_loaded
-    _last_loaded = None
-    gc.collect()
+    if _last_loaded is not None:  # (every training calls this; only a kept model needs collecting)
+        _last_loaded = None
+        gc.collect()
 
 
 def load_model(model_cfg, device: torch.device) -> LoadedModel:
