@@ -144,8 +144,8 @@ def _log_x(ax) -> None:
     ax.set_xlabel("L0 (mean active features per token, log scale)")
 
 
-def _legend(ax, title: str | None = None) -> None:
-    ax.legend(
+def _legend(ax, title: str | None = None):
+    return ax.legend(
         title=title,
         fontsize=9,
         title_fontsize=9,
@@ -174,7 +174,7 @@ def _ratio_short(r: dict) -> str:
 def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios: Sequence[dict] = ()) -> None:
     """L0 vs loss recovered, one panel per (model, hook): each series' Pareto frontier drawn bold
     and connected, dominated points faded, 95 % intervals as whiskers in both directions, and the
-    site's matched-L0 ratios to the right, below the legend."""
+    site's matched-L0 ratios to the right, under the legend."""
     fig, axes = _figure(len(sites))
     for ax, ((model, hook), series) in zip(axes, sites.items()):
         replicas = _seed_replicas(series)
@@ -226,22 +226,25 @@ def plot_frontier(sites: dict[tuple[str, str], list[Series]], path: Path, ratios
             for r in ratios
             if (r["model"], r["hook"]) == (model, hook) and r["a"] not in others and r["b"] not in others
         ]
-        if site_ratios:
-            ax.text(
-                1.03,
-                0.0,
-                "L0 ratio at matched loss recovered (95 % CI)\n" + "\n".join(_ratio_short(r) for r in site_ratios),
-                transform=ax.transAxes,
-                ha="left",
-                va="bottom",
-                fontsize=8,
-                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"},
-            )
         _log_x(ax)
         ax.set_ylabel("Loss recovered (fraction)")
         ax.set_title(f"{model} · {hook}")
         ax.grid(True, which="both", alpha=0.25)
-        _legend(ax, "Pareto frontier in bold; faded points are dominated; whiskers: 95 % CI")
+        legend = _legend(ax, "Pareto frontier in bold; faded points are dominated; whiskers: 95 % CI")
+        if site_ratios:
+            # Hung from the legend's measured bottom: anchored to the axes' foot, seven series'
+            # 21 ratios ran up into the legend.
+            bottom = legend.get_window_extent(fig.canvas.get_renderer()).transformed(ax.transAxes.inverted()).y0
+            ax.text(
+                1.03,
+                bottom - 0.03,
+                "L0 ratio at matched loss recovered (95 % CI)\n" + "\n".join(_ratio_short(r) for r in site_ratios),
+                transform=ax.transAxes,
+                ha="left",
+                va="top",
+                fontsize=8,
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"},
+            )
     fig.suptitle("Sparsity vs fidelity (up and to the left is better)", fontsize=13)
     _save(fig, path)
 

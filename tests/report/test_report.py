@@ -499,6 +499,25 @@ def test_plots_draw_the_intervals(tmp_path, monkeypatch):
         assert all(t.get_window_extent().x0 > ax.get_window_extent().x1 for t in ax.texts if "L0 ratio" in t.get_text())
 
 
+def test_the_ratios_of_seven_series_sit_beside_the_legend(tmp_path, monkeypatch):
+    """Seven series give 21 ratios: the box hangs under the legend and covers neither it nor the
+    axes (anchored to the axes' foot, it ran up into the legend)."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    root = tmp_path / "outputs"
+    for k, arch in enumerate(("relu", "gated", "rescale_shift", "scaled_relu", "jumprelu", "topk", "batchtopk")):
+        for i, (l0, lr, g) in enumerate(GATED):
+            make_eval(root, f"{arch}{i}", arch, 0.1 * (i + 1), l0 * (1 + 0.1 * k), lr, g)
+    run_report([], root, tmp_path / "r", [], bootstrap_samples=0)
+    frontier = figures[0]
+    frontier.canvas.draw()
+    ax = frontier.axes[0]
+    (box,) = [t for t in ax.texts if "L0 ratio" in t.get_text()]
+    assert box.get_text().count("\n") == 21
+    legend, text = ax.get_legend().get_window_extent(), box.get_bbox_patch().get_window_extent()
+    assert not legend.overlaps(text) and text.y1 < legend.y0 and text.x0 > ax.get_window_extent().x1
+
+
 def test_shrinkage_plot_falls_back_to_raw_gamma_for_old_evaluations(tmp_path, monkeypatch):
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
