@@ -447,7 +447,10 @@ class Trainer:
             base = divergence_of_sae(self.base_sae_dir, self.base_relu.meta)
             diverged = {**base, "baseline": str(self.base_sae_dir)} if base else None
         if diverged:
-            setting = f"k {self.cfg.sae.k}" if applies("k", self.sae.name) else f"λ {self.cfg.sae.l1_coefficient}"
+            from gsae_cli.report.tables import setting_words  # the report's wording ("λ 0.1", "k 32")
+
+            k = self.cfg.sae.k if applies("k", self.sae.name) else None
+            setting = setting_words({"k": k, "l1_coefficient": self.cfg.sae.l1_coefficient})
             notice(
                 f"WARNING: the {self.sae.name} SAE at {setting} in {self.dir}: "
                 f"{describe(diverged)}. The SAE is saved, and `gsae eval` and `gsae report` flag it; "
