@@ -23,7 +23,7 @@ from gsae_cli.report.collect import (
     mean_ablation_references,
     natural_key,
 )
-from gsae_cli.report.compare import strip_key, strip_lengths, strip_tokens
+from gsae_cli.report.compare import SEED_KEY, strip_key, strip_lengths, strip_tokens
 
 
 def result_sort_key(r: Result) -> tuple:
@@ -401,24 +401,70 @@ def markdown(
 
 
 def _against_lines(site: Sequence[dict]) -> list[str]:
-    """Every architecture against gated at common targets (report/against.py), or nothing."""
+    """Every architecture against gated at common targets (report/against.py), or nothing: one
+    table, or one per training seed and the spread over seeds."""
     if not site:
         return []
-    (c,) = site
+    tables = [c for c in site if "seeds" not in c]
+    c, seeded = tables[0], "seed" in tables[0]
+    where = (
+        "the range all these frontiers cover at one training seed, given with its table"
+        if seeded
+        else f"loss recovered {_span(c['span'])}, the range all these frontiers cover"
+    )
     lines = [
         "### Every architecture against gated, at the same loss-recovered targets",
         "",
         f"gated / X: the ratio of active features at matched loss recovered, every pair at the same targets "
-        f"(loss recovered {_span(c['span'])}, the range all these frontiers cover), with a paired bootstrap "
-        f"interval; below 1, gated needs fewer features. Verdict by the margin ±{c['margin']:g}: **equal** when "
-        "the interval lies inside 1 ± margin, **not settled** when it straddles a bound."
-        + (f" No interval: {c['interval_reason']}." if c["interval_reason"] else ""),
+        f"({where}), with a paired bootstrap interval; below 1, gated needs fewer features. "
+        f"Verdict by the margin ±{c['margin']:g}: **equal** when the interval lies inside 1 ± margin, "
+        "**not settled** when it straddles a bound."
+        + (f" No interval: {c['interval_reason']}." if c["interval_reason"] and not seeded else ""),
         "",
-        f"| {c['reference']} / X | ratio [95 % CI] | verdict |",
-        "|---|---|---|",
     ]
-    lines += [f"| {r['b']} | {_num(r['ratio'], r['interval'])} | **{r['verdict']}** |" for r in c["rows"]]
-    return [*lines, ""]
+    if not seeded:
+        return [*lines, *_against_table(c), ""]
+    for c in tables:
+        reason = f" No interval: {c['interval_reason']}." if c["interval_reason"] else ""
+        lines += [f"Seed {c['seed']}, loss recovered {_span(c['span'])}.{reason}", "", *_against_table(c), ""]
+    for sp in (c for c in site if "seeds" in c):
+        lines += _against_seed_lines(sp)
+    return lines
+
+
+def _against_table(c: dict) -> list[str]:
+    return [
+        f"| {strip_key(c['reference'], SEED_KEY)} / X | ratio [95 % CI] | verdict |",
+        "|---|---|---|",
+        *(
+            f"| {strip_key(r['b'], SEED_KEY)} | {_num(r['ratio'], r['interval'])} | **{r['verdict']}** |"
+            for r in c["rows"]
+        ),
+    ]
+
+
+def _against_seed_lines(sp: dict) -> list[str]:
+    seeds = ", ".join(str(x) for x in sp["seeds"])
+    head = ["#### Over training seeds", ""]
+    if sp["span"] is None:
+        return [*head, f"Seeds {seeds}: not comparable: {sp['reason']}.", ""]
+    return [
+        *head,
+        f"Each seed's gated / X at the same targets (loss recovered {_span(sp['span'])}, the range every seed's "
+        f"frontiers cover), their geometric mean with a Student-t 95 % interval over the {len(sp['seeds'])} seeds "
+        "on log ratio, and where one more run would land; the verdict applies the same rule to the interval "
+        f"over seeds (margin ±{sp['margin']:g}).",
+        "",
+        f"| {sp['reference']} / X | ratio per seed ({seeds}) | geometric mean [95 % CI over seeds] | one more run "
+        "| verdict over seeds |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['b']} | {', '.join(f'{x:.3f}' for x in r['ratios'])} | {_num(r['geomean'], r['interval'])} | "
+            f"[{r['prediction'][0]:.3f}, {r['prediction'][1]:.3f}] | **{r['verdict']}** |"
+            for r in sp["rows"]
+        ),
+        "",
+    ]
 
 
 def _setting_lines(site_settings: Sequence[dict]) -> list[str]:

@@ -1159,3 +1159,40 @@ def test_every_architecture_against_gated_at_the_targets_all_frontiers_cover(tmp
     two = tmp_path / "two"
     make_sweep(two, windows=True)
     assert not (run_report([], two, tmp_path / "r2", [], bootstrap_samples=10) / "against.json").exists()
+
+
+def test_every_architecture_against_gated_at_each_seed_and_over_seeds(tmp_path):
+    """Seeds 0, 1, 2 with gated at 0.5·e^d of relu's L0 and e^d of topk's (d = 0, 0.1, -0.1);
+    seed 0 spans RELU_FRONT, seeds 1 and 2 its middle two points. One table per seed at its own
+    range; over seeds, at the range every seed covers (0.88-0.93), relu's ratios are
+    0.5·(1, e^0.1, e^-0.1): geometric mean 0.5, log sd 0.1, Student t (2 df, 4.303) interval
+    0.5·exp(±4.303·0.1/√3) = [0.390, 0.641], so gated needs fewer; topk's [0.780, 1.282] is
+    not settled."""
+    root = tmp_path / "outputs"
+    for seed, d, idx in ((0, 0.0, range(4)), (1, 0.1, (1, 2)), (2, -0.1, (1, 2))):
+        for i in idx:
+            l0, lr = RELU_FRONT[i]
+            make_eval(root, f"relu{seed}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True, seed=seed)
+            gated = l0 * 0.5 * math.exp(d)
+            make_eval(root, f"gated{seed}-{i}", "gated", 0.1 * (i + 1), gated, lr, 1.0, windows=True, seed=seed)
+            make_eval(root, f"topk{seed}-{i}", "topk", 0.1, l0 * 0.5, lr, 1.0, windows=True, seed=seed)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=20)
+    *tables, over = json.loads((out / "against.json").read_text())
+    assert [t["seed"] for t in tables] == [0, 1, 2]
+    assert tables[0]["span"] == pytest.approx([0.80, 0.96]) and tables[1]["span"] == pytest.approx([0.88, 0.93])
+    assert [r["ratio"] for r in tables[1]["rows"]] == pytest.approx([0.5 * math.exp(0.1), math.exp(0.1)])
+    assert over["seeds"] == [0, 1, 2] and over["span"] == pytest.approx([0.88, 0.93])
+    relu, topk = over["rows"]
+    assert (relu["b"], topk["b"]) == ("relu", "topk")
+    assert relu["ratios"] == pytest.approx([0.5, 0.5 * math.exp(0.1), 0.5 * math.exp(-0.1)])
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert relu["geomean"] == pytest.approx(0.5) and relu["sd_log"] == pytest.approx(0.1)
+    assert relu["interval"] == pytest.approx([0.5 * math.exp(-half), 0.5 * math.exp(half)], rel=1e-5)
+    assert relu["verdict"] == "gated needs fewer" and topk["verdict"] == "not settled"
+    assert topk["interval"] == pytest.approx([math.exp(-half), math.exp(half)], rel=1e-5)
+    md = (out / "results.md").read_text()
+    assert "Seed 1, loss recovered 0.880–0.930." in md
+    assert "| relu | 0.553 [0.553, 0.553] | **gated needs fewer** |" in md  # seed 1: 0.5·e^0.1
+    assert (
+        "| topk | 1.000, 1.105, 0.905 | 1.000 [0.780, 1.282] | [0.608, 1.643] | **not settled** |" in md
+    )  # exp(±t·0.1·√(4/3))
