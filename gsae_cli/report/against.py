@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from gsae_cli.report.collect import WIDTH_KEY
-from gsae_cli.report.compare import SEED_KEY, at_common_targets, seed_summary, strip_key
-from gsae_cli.report.frontier import ratios_at_common_targets
+from gsae_cli.report.compare import SEED_KEY, at_common_targets, spreads_over_seeds, strip_key
 
 REFERENCE = "gated"
 
@@ -106,16 +105,14 @@ def _over_seeds(tables: list[dict], margin: float, level: float) -> list[dict]:
             "margin": margin,
             "rows": [],
         }
-        pairs = [p[b] for b in shared for p in per_seed]
-        span, points = ratios_at_common_targets([(a.points, x.points) for a, x in pairs])
-        if span is None or None in points:
+        res = spreads_over_seeds([[p[b] for p in per_seed] for b in shared], level)
+        if not res["summaries"]:
             out.append(entry | {"reason": "the seeds' frontiers share no loss-recovered range"})
             continue
         n = len(ts)
-        rows = []
-        for i, b in enumerate(shared):
-            at_seeds = [float(x) for x in points[i * n : (i + 1) * n] if x is not None]
-            spread = seed_summary(at_seeds, level)
-            rows.append({"b": b, "ratios": at_seeds, **spread, "verdict": verdict(spread["interval"], margin)})
-        out.append(entry | {"span": span, "reason": None, "rows": rows})
+        rows = [
+            {"b": b, "ratios": res["ratios"][i * n : (i + 1) * n], **s, "verdict": verdict(s["interval"], margin)}
+            for i, (b, s) in enumerate(zip(shared, res["summaries"]))
+        ]
+        out.append(entry | {"span": res["span"], "reason": None, "rows": rows})
     return out

@@ -438,8 +438,8 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
         if len(usable) < 2:
             out.append(entry | {"reason": "fewer than two seeds give a ratio"})
             continue
-        res = at_common_targets([r["_series"] for _, r in usable], n_samples, seed, cache, level)
-        if res["span"] is None:
+        res = spreads_over_seeds([[r["_series"] for _, r in usable]], level, n_samples, seed, cache)
+        if not res["summaries"]:
             out.append(entry | {"reason": "the seeds' frontiers share no loss-recovered range"})
             continue
         out.append(
@@ -450,10 +450,28 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
                 "windows_interval": res["intervals"],
                 "n_resamples": res["n_resamples"],
                 "n_valid": res["n_valid"],
-                **seed_summary(res["ratios"], level),
+                **res["summaries"][0],
             }
         )
     return out
+
+
+def spreads_over_seeds(
+    groups: Sequence[Sequence[tuple[Series, Series]]],
+    level: float = 0.95,
+    n_samples: int = 0,
+    seed: int = 0,
+    cache: dict | None = None,
+) -> dict:
+    """at_common_targets of every group's pairs together (each group one pair per training seed,
+    the seeds in the same order in every group), so all share one set of targets, and per group
+    seed_summary of its seeds' ratios: `summaries`, in group order, empty when the frontiers share
+    no range."""
+    res = at_common_targets([p for g in groups for p in g], n_samples, seed, {} if cache is None else cache, level)
+    if res["span"] is None or None in res["ratios"]:
+        return res | {"summaries": []}
+    it = iter(res["ratios"])
+    return res | {"summaries": [seed_summary([next(it) for _ in g], level) for g in groups]}
 
 
 def strip_key(label: str, key: str) -> str:
