@@ -42,6 +42,7 @@ from gsae_cli.report.frontier import (
     matched_l0_ratios,
     pareto_frontier,
     ratios_at_common_targets,
+    why_no_common_range,
 )
 from gsae_cli.report.plots import plot_frontier, plot_shrinkage
 from gsae_cli.report.tables import (
@@ -83,6 +84,7 @@ __all__ = [
     "seed_spreads",
     "seed_summary",
     "setting_checks",
+    "why_no_common_range",
 ]
 
 

@@ -12,8 +12,10 @@ from typing import Any
 
 from gsae_cli.report.collect import WIDTH_KEY
 from gsae_cli.report.compare import SEED_KEY, at_common_targets, spreads_over_seeds, strip_key
+from gsae_cli.report.frontier import why_no_common_range
 
 REFERENCE = "gated"
+NO_RANGE = "the frontiers share no loss-recovered range"
 
 
 def verdict(interval: Any, margin: float) -> str:
@@ -59,6 +61,10 @@ def against_reference(
         if len({r["_series"][0].label for r in rs}) != 1 or len(rs) < 2:
             continue  # one gated series, and at least two others to set beside each other
         res = at_common_targets([r["_series"] for r in rs], n_samples, seed, cache, level)
+        if res["span"] is None:
+            named = [(strip_key(rs[0]["a"], SEED_KEY), rs[0]["_series"][0].points)]
+            named += [(strip_key(r["b"], SEED_KEY), r["_series"][1].points) for r in rs]
+            res["interval_reason"] = f"{NO_RANGE}: {why_no_common_range(named)}"
         rows = [
             {"b": r["b"], "ratio": point, "interval": interval, "verdict": verdict(interval, margin)}
             for r, point, interval in zip(rs, res["ratios"], res["intervals"])
@@ -107,7 +113,9 @@ def _over_seeds(tables: list[dict], margin: float, level: float) -> list[dict]:
         }
         res = spreads_over_seeds([[p[b] for p in per_seed] for b in shared], level)
         if not res["summaries"]:
-            out.append(entry | {"reason": "the seeds' frontiers share no loss-recovered range"})
+            named = [(f"{entry['reference']} at seed {t['seed']}", t["_pairs"][0][0].points) for t in ts]
+            named += [(f"{b} at seed {t['seed']}", p[b][1].points) for b in shared for t, p in zip(ts, per_seed)]
+            out.append(entry | {"reason": f"{NO_RANGE}: {why_no_common_range(named)}"})
             continue
         n = len(ts)
         rows = [

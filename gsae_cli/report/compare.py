@@ -18,7 +18,12 @@ from gsae_cli.report.bootstrap import (
     load_window_data,
 )
 from gsae_cli.report.collect import WIDTH_KEY, Result, Series, arch_rank, is_dense, num
-from gsae_cli.report.frontier import equivalence_verdict, matched_l0_ratios, ratios_at_common_targets
+from gsae_cli.report.frontier import (
+    equivalence_verdict,
+    matched_l0_ratios,
+    ratios_at_common_targets,
+    why_no_common_range,
+)
 
 
 def _comparable(a: Series, b: Series) -> bool:
@@ -440,7 +445,12 @@ def seed_spreads(ratios: list[dict], level: float = 0.95, n_samples: int = 0, se
             continue
         res = spreads_over_seeds([[r["_series"] for _, r in usable]], level, n_samples, seed, cache)
         if not res["summaries"]:
-            out.append(entry | {"reason": "the seeds' frontiers share no loss-recovered range"})
+            a, b = first["_series"]
+            names = (a.architecture, b.architecture) if a.architecture != b.architecture else (entry["a"], entry["b"])
+            named = [(f"{n} at seed {s}", x.points) for s, r in usable for n, x in zip(names, r["_series"])]
+            out.append(
+                entry | {"reason": f"the seeds' frontiers share no loss-recovered range: {why_no_common_range(named)}"}
+            )
             continue
         out.append(
             entry

@@ -116,6 +116,21 @@ def common_range(series: Sequence[Sequence[Point]]) -> tuple[float, float] | Non
     return (lo, hi) if lo <= hi else None
 
 
+def why_no_common_range(named: Sequence[tuple[str, Sequence[Point]]]) -> str:
+    """Why common_range of the named series is None, in words: the series with no usable point,
+    or the frontier that ends lowest in loss recovered and the one that begins highest (the two
+    to extend towards each other), with their ranges."""
+    fronts = [(name, _frontier(points)) for name, points in named]
+    empty = [name for name, f in fronts if not f]
+    if empty:
+        return f"{', '.join(empty)} {'has' if len(empty) == 1 else 'have'} no usable point"
+    (low, f_low), (high, f_high) = min(fronts, key=lambda nf: nf[1][-1][1]), max(fronts, key=lambda nf: nf[1][0][1])
+    return (
+        f"{low}'s frontier ends at loss recovered {f_low[-1][1]:.3f} ({f_low[0][1]:.3f}-{f_low[-1][1]:.3f}), "
+        f"below where {high}'s begins ({f_high[0][1]:.3f}-{f_high[-1][1]:.3f})"
+    )
+
+
 def ratios_at_common_targets(
     pairs: Sequence[tuple[Sequence[Point], Sequence[Point]]], n_targets: int = 5
 ) -> tuple[tuple[float, float] | None, list[float | None]]:

@@ -419,12 +419,19 @@ def _against_lines(site: Sequence[dict]) -> list[str]:
         f"({where}), with a paired bootstrap interval; below 1, gated needs fewer features. "
         f"Verdict by the margin ±{c['margin']:g}: **equal** when the interval lies inside 1 ± margin, "
         "**not settled** when it straddles a bound."
-        + (f" No interval: {c['interval_reason']}." if c["interval_reason"] and not seeded else ""),
+        + (
+            f" {'No interval' if c['span'] is not None else 'No table'}: {c['interval_reason']}."
+            if c["interval_reason"] and not seeded
+            else ""
+        ),
         "",
     ]
     if not seeded:
-        return [*lines, *_against_table(c), ""]
+        return [*lines, *(_against_table(c) if c["span"] is not None else []), ""]
     for c in tables:
+        if c["span"] is None:  # no targets, so no ratio to tabulate: the reason names the frontiers
+            lines += [f"Seed {c['seed']}: no table, {c['interval_reason']}.", ""]
+            continue
         reason = f" No interval: {c['interval_reason']}." if c["interval_reason"] else ""
         lines += [f"Seed {c['seed']}, loss recovered {_span(c['span'])}.{reason}", "", *_against_table(c), ""]
     for sp in (c for c in site if "seeds" in c):

@@ -30,6 +30,7 @@ from gsae_cli.report import (
     ratios_at_common_targets,
     run_report,
     seed_summary,
+    why_no_common_range,
 )
 from gsae_cli.report.plots import _plottable, _seed_replicas
 
@@ -154,6 +155,15 @@ def test_common_range_is_the_intersection_of_every_frontier():
     assert common_range([RELU_AT["T"], GATED_AT["T"], RELU_AT["2T"], GATED_AT["2T"]]) == pytest.approx((0.88, 0.93))
     assert common_range([[(10, 0.80), (20, 0.85)], [(30, 0.90)]]) is None
     assert common_range([[(10, 0.80)], []]) is None
+
+
+def test_why_no_common_range_names_the_frontier_ending_lowest_and_the_one_beginning_highest():
+    # b ends lowest (0.85), c begins highest (0.90); a's dominated point (30, 0.70) is not its start
+    named = [("a", [(5, 0.75), (30, 0.70), (50, 0.95)]), ("b", [(10, 0.80), (20, 0.85)]), ("c", [(30, 0.90)])]
+    assert why_no_common_range(named) == (
+        "b's frontier ends at loss recovered 0.850 (0.800-0.850), below where c's begins (0.900-0.900)"
+    )
+    assert why_no_common_range([("a", [(10, 0.8)]), ("b", []), ("c", [(0, 0.9)])]) == "b, c have no usable point"
 
 
 def test_lengths_on_the_same_curves_compare_equal_only_at_common_targets():
@@ -1050,10 +1060,14 @@ def test_a_seed_without_ratio_is_named_and_seeds_without_a_common_range_are_not_
     sp2, sp4 = json.loads((out / "seeds.json").read_text())
     assert sp2["seeds"] == [0, 1, 2] and sp2["dropped"] == [{"seed": 3, "reason": sp2["dropped"][0]["reason"]}]
     assert "overlap" in sp2["dropped"][0]["reason"]
-    assert sp4["span"] is None and sp4["reason"] == "the seeds' frontiers share no loss-recovered range"
+    why = (
+        "the seeds' frontiers share no loss-recovered range: gated at seed 0's frontier ends at loss recovered "
+        "0.880 (0.800-0.880), below where gated at seed 1's begins (0.930-0.960)"
+    )
+    assert sp4["span"] is None and sp4["reason"] == why
     md = (out / "results.md").read_text()
     assert "Left out of gated / relu: seed 3, which gives no ratio (" in md
-    assert "| 4M | – | not comparable: the seeds' frontiers share no loss-recovered range (seeds 0, 1) |" in md
+    assert f"| 4M | – | not comparable: {why} (seeds 0, 1) |" in md
 
 
 def test_eval_set_from_summary_when_the_per_window_file_is_missing(tmp_path):
@@ -1196,3 +1210,25 @@ def test_every_architecture_against_gated_at_each_seed_and_over_seeds(tmp_path):
     assert (
         "| topk | 1.000, 1.105, 0.905 | 1.000 [0.780, 1.282] | [0.608, 1.643] | **not settled** |" in md
     )  # exp(±t·0.1·√(4/3))
+
+
+def test_a_seed_whose_frontiers_share_no_range_gets_no_table_and_the_reason_names_them(tmp_path):
+    """Seed 1's topk frontier lies 0.2 lower in loss recovered (0.60-0.76), ending below where
+    its gated begins (0.80): seed 1 has no table, and no spread over seeds can be taken; both
+    say which two frontiers to extend towards each other."""
+    root = tmp_path / "outputs"
+    for seed, shift in ((0, 0.0), (1, 0.2)):
+        for i, (l0, lr) in enumerate(RELU_FRONT):
+            make_eval(root, f"relu{seed}-{i}", "relu", 0.1 * (i + 1), l0, lr, 0.9, windows=True, seed=seed)
+            make_eval(root, f"gated{seed}-{i}", "gated", 0.1 * (i + 1), l0 / 2, lr, 1.0, windows=True, seed=seed)
+            make_eval(root, f"topk{seed}-{i}", "topk", 0.1, l0 / 2, lr - shift, 1.0, windows=True, seed=seed)
+    out = run_report([], root, tmp_path / "r", [], bootstrap_samples=20)
+    seed0, seed1, over = json.loads((out / "against.json").read_text())
+    assert seed0["span"] == pytest.approx([0.80, 0.96]) and seed1["span"] is None and over["span"] is None
+    why = "topk's frontier ends at loss recovered 0.760 (0.600-0.760), below where gated's begins (0.800-0.960)"
+    assert seed1["interval_reason"] == f"the frontiers share no loss-recovered range: {why}"
+    at_seeds = why.replace("topk's", "topk at seed 1's").replace("gated's", "gated at seed 0's")
+    assert over["reason"] == f"the frontiers share no loss-recovered range: {at_seeds}"
+    md = (out / "results.md").read_text()
+    assert f"Seed 1: no table, the frontiers share no loss-recovered range: {why}." in md
+    assert "Seed 1, loss recovered" not in md and "| topk | – |" not in md
