@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from gsae_cli.report.collect import WIDTH_KEY
-from gsae_cli.report.compare import SEED_KEY, at_common_targets, spreads_over_seeds, strip_key
+from gsae_cli.report.compare import NO_RANGE, SEED_KEY, at_common_targets, spreads_over_seeds, strip_key
 from gsae_cli.report.frontier import why_no_common_range
 
 REFERENCE = "gated"
-NO_RANGE = "the frontiers share no loss-recovered range"
 
 
 def verdict(interval: Any, margin: float) -> str:

@@ -162,6 +162,7 @@ TOKENS_KEY = "train.n_tokens"
 HARVEST_KEY = "harvest.n_tokens"
 
 
+NO_RANGE = "the frontiers share no loss-recovered range"
 LENGTH_KEYS = (TOKENS_KEY, HARVEST_KEY)  # what a longer run changes: its tokens, and the store it may need
 
 
@@ -189,7 +190,7 @@ def at_common_targets(
         "interval_reason": None,
     }
     if span is None or None in point:
-        out["interval_reason"] = "the frontiers share no loss-recovered range"
+        out["interval_reason"] = NO_RANGE
         return out
     series = [s for pair in pairs for s in pair]
     flat, out["interval_reason"] = _usable_windows([r for s in series for r in s.results], n_samples, cache)
